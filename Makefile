@@ -1,0 +1,17 @@
+# Conventions: `make ci` is exactly what .ci/run does; `make lint` keeps fmt and clippy clean.
+.PHONY: ci test demo lint world world-down release
+
+ci: test
+
+test:
+	scripts/test
+
+world:
+	scripts/testworld up
+
+world-down:
+	scripts/testworld down
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings

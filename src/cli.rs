@@ -1,0 +1,324 @@
+//! The command line: `agent run [--dry]` and its flags (clap derive), and the environment variables
+//! that are read without a flag because they hold secrets or come from CodeBuild.
+//!
+//! Flags that the Jets-style setup also names as a variable read it with clap's `env` (shown in
+//! `--help`, values hidden). Secrets (`JETS_SSH_KEY`, `DOCKER_PASS`, the key's passphrase) are read
+//! from the environment only: a secret on a command line is visible to every process on the host.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::exit;
+
+/// Builds Docker images on a remote Docker host that keeps its layer cache between builds.
+///
+/// Run it in an AWS CodeBuild buildspec phase with the Jets-style variables (DOCKER_HOST,
+/// JETS_SSH_KEY, JETS_SSH_KNOWN, DOCKER_USER, DOCKER_PASS); rehearse it anywhere with
+/// `agent run --dry`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// More log output: -v for debug, -vv for trace (RUST_LOG, when set, takes precedence)
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Less log output: warnings and errors only
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Log format on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "AGENT_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event, for the CodeBuild log
+    Text,
+    /// One JSON object per line, for log processors
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the image on the Docker host and push its tags (or, with --dry, print the plan)
+    Run(RunArgs),
+}
+
+/// The flags of `agent run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Print the plan (every step, where each value comes from, secrets masked) and do nothing:
+    /// no file is written and no connection is made
+    #[arg(long)]
+    pub dry: bool,
+
+    /// The Docker daemon: ssh://[user@]host[:port][/socket], tcp://host[:port] or unix:///path;
+    /// may be SSM:/parameter [default: the local socket]
+    #[arg(
+        long = "host",
+        short = 'H',
+        env = "DOCKER_HOST",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub host: Option<String>,
+
+    /// The image repository to build and push, without tag (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app)
+    #[arg(
+        long,
+        env = "REPOSITORY_URI",
+        hide_env_values = true,
+        value_name = "REPO"
+    )]
+    pub image: Option<String>,
+
+    /// A tag to build and push; repeat for several [default: latest, plus IMAGE_TAG or else the
+    /// first 7 characters of CODEBUILD_RESOLVED_SOURCE_VERSION]
+    #[arg(long = "tag", short = 't', value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// The build context directory
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub context: PathBuf,
+
+    /// The Dockerfile [default: DIR/Dockerfile]
+    #[arg(long, short = 'f', value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    /// A build-time variable, KEY=VALUE, or KEY alone to pass the value of the environment variable KEY; repeatable
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+
+    /// The build stage to stop at (a multi-stage Dockerfile's `FROM … AS NAME`)
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
+
+    /// A label to set on the image, KEY=VALUE; repeatable
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+
+    /// The platform to build for, e.g. linux/amd64 [default: the daemon's]
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+
+    /// Always pull newer versions of the base images
+    #[arg(long)]
+    pub pull: bool,
+
+    /// Build without using the daemon's layer cache
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Build and tag, but push nothing
+    #[arg(long)]
+    pub no_push: bool,
+
+    /// Write imagedefinitions.json (CodePipeline's ECS format) for this container name, in the working directory
+    #[arg(long, value_name = "CONTAINER_NAME")]
+    pub image_definitions: Option<String>,
+
+    /// The registry that DOCKER_USER/DOCKER_PASS log into; may be SSM:/parameter [default: Docker Hub]
+    #[arg(
+        long,
+        env = "DOCKER_REGISTRY",
+        hide_env_values = true,
+        value_name = "HOST"
+    )]
+    pub registry: Option<String>,
+
+    /// The user name for that registry (its password is read from DOCKER_PASS); may be SSM:/parameter
+    #[arg(long, env = "DOCKER_USER", hide_env_values = true, value_name = "NAME")]
+    pub registry_user: Option<String>,
+
+    /// ECR registries to log into with an ECR token, comma-separated, in addition to the image's own
+    #[arg(
+        long = "ecr-registry",
+        env = "ECR_REGISTRY",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
+    pub ecr_registries: Vec<String>,
+
+    /// The AWS region for SSM and ECR [default: AWS_REGION, else AWS_DEFAULT_REGION]
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Where to install the SSH private key from JETS_SSH_KEY [default: ~/.ssh/id_rsa]
+    #[arg(long, value_name = "PATH")]
+    pub ssh_key_file: Option<PathBuf>,
+
+    /// Where to add the host keys from JETS_SSH_KNOWN [default: ~/.ssh/known_hosts]
+    #[arg(long, value_name = "PATH")]
+    pub known_hosts_file: Option<PathBuf>,
+
+    /// Seconds to wait for a connection to the Docker host
+    #[arg(
+        long,
+        default_value_t = 20,
+        env = "AGENT_CONNECT_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub connect_timeout: u64,
+}
+
+/// The environment variables read without a flag, with what each is for; printed in `--help`.
+pub const ENV_ONLY: &[(&str, &str)] = &[
+    (
+        "JETS_SSH_KEY",
+        "the SSH private key for the Docker host (secret; may be SSM:/parameter)",
+    ),
+    (
+        "JETS_SSH_KEY_PASSPHRASE",
+        "the passphrase of an encrypted JETS_SSH_KEY (secret)",
+    ),
+    (
+        "JETS_SSH_KNOWN",
+        "known_hosts line(s) for the Docker host (may be SSM:/parameter)",
+    ),
+    (
+        "DOCKER_PASS",
+        "the password or token for DOCKER_USER (secret; may be SSM:/parameter)",
+    ),
+    (
+        "IMAGE_TAG",
+        "a tag added to `latest` when no --tag is given",
+    ),
+    (
+        "CODEBUILD_RESOLVED_SOURCE_VERSION",
+        "the commit; its first 7 characters tag the image when IMAGE_TAG is unset",
+    ),
+    (
+        "AWS_REGION, AWS_DEFAULT_REGION",
+        "the AWS region for SSM and ECR",
+    ),
+    (
+        "DOCKER_TLS_VERIFY, DOCKER_CERT_PATH",
+        "TLS for tcp:// daemons, as the docker CLI reads them",
+    ),
+    (
+        "DOCKER_CONFIG",
+        "the directory of the docker config.json [default: ~/.docker]",
+    ),
+    (
+        "RUST_LOG",
+        "log filter, e.g. agent=debug (overrides -v and -q)",
+    ),
+];
+
+/// The text after `agent run --help`: environment-only variables and exit codes.
+pub fn run_after_help() -> String {
+    let mut text = String::from("Environment (read without a flag):\n");
+    for (name, meaning) in ENV_ONLY {
+        text.push_str(&format!("  {name}\n          {meaning}\n"));
+    }
+    text.push_str("\nExit codes:\n");
+    for (code, name, meaning) in exit::TABLE {
+        text.push_str(&format!("  {code:>3}  {name:<19} {meaning}\n"));
+    }
+    text
+}
+
+/// The clap command with the generated help texts attached.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_subcommand("run", |run| run.after_long_help(run_after_help()))
+}
+
+/// Parses the command line. The matches are kept to tell where each value came from.
+pub fn parse<I, T>(argv: I) -> Result<(Cli, clap::ArgMatches), clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    let matches = command().try_get_matches_from(argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok((cli, matches))
+}
+
+/// A snapshot of the environment, read once: the config is built from it, and tests build it by hand.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    vars: BTreeMap<String, String>,
+}
+
+impl Environment {
+    /// The process's environment. Values that are not UTF-8 are kept out (and so read as unset).
+    pub fn from_process() -> Self {
+        Environment {
+            vars: std::env::vars_os()
+                .filter_map(|(name, value)| {
+                    Some((name.into_string().ok()?, value.into_string().ok()?))
+                })
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Environment {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// The value of a variable; an empty value counts as unset, as CodeBuild leaves unset ones empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|value| !value.trim().is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_valid() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn repeatable_flags_collect() {
+        let (cli, _) = parse([
+            "agent",
+            "run",
+            "--tag",
+            "a",
+            "-t",
+            "b",
+            "--build-arg",
+            "X=1",
+            "--build-arg",
+            "Y",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.tags, ["a", "b"]);
+        assert_eq!(args.build_args, ["X=1", "Y"]);
+    }
+
+    #[test]
+    fn help_lists_env_only_variables_and_exit_codes() {
+        let help = run_after_help();
+        assert!(help.contains("JETS_SSH_KEY"));
+        assert!(help.contains("  3  config"));
+    }
+}

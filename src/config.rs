@@ -1,0 +1,1055 @@
+//! The validated configuration: flags and environment turned into one [`Config`], with every
+//! problem found at once and reported together (see [`crate::error::Problem`]).
+//!
+//! Values that may be `SSM:` references are kept as [`Value::Ssm`] until the plan's "resolve SSM
+//! parameters" step fetches them; everything else is checked here, before any step runs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+
+use crate::cli::{Environment, RunArgs};
+use crate::docker_host::DockerHost;
+use crate::error::{Error, Problem};
+use crate::image_ref::{self, EcrRegistry, Repository};
+use crate::secrets::{Origin, Secret, SsmRef};
+
+/// A value given directly, or a reference to an SSM parameter that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value<T> {
+    Known(T),
+    Ssm(SsmRef),
+}
+
+/// A value with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+/// Everything a run needs, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The daemon to build on.
+    pub host: Sourced<Value<DockerHost>>,
+    /// HTTPS with client certificates for `tcp://` daemons (`DOCKER_TLS_VERIFY`).
+    pub tls: Option<Tls>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// The SSH private key to install and log in with (`JETS_SSH_KEY`).
+    pub ssh_key: Option<Sourced<Value<Secret>>>,
+    /// The passphrase of an encrypted `JETS_SSH_KEY`.
+    pub ssh_key_passphrase: Option<Secret>,
+    /// Where the key is installed.
+    pub ssh_key_file: Sourced<PathBuf>,
+    /// The host keys to trust (`JETS_SSH_KNOWN`).
+    pub known_hosts: Option<Sourced<Value<String>>>,
+    /// Where the host keys are added.
+    pub known_hosts_file: Sourced<PathBuf>,
+    /// The `DOCKER_USER`/`DOCKER_PASS` login, if both are set.
+    pub registry_login: Option<RegistryLogin>,
+    /// Registries to log into with an ECR token.
+    pub ecr_logins: Vec<EcrLogin>,
+    /// The AWS region for SSM (and ECR registries whose host names none).
+    pub region: Option<Sourced<String>>,
+    /// The image repository.
+    pub image: Sourced<Repository>,
+    /// The tags to build and push, in order, without duplicates.
+    pub tags: Sourced<Vec<String>>,
+    /// What to build.
+    pub build: Build,
+    /// Whether to push the tags.
+    pub push: bool,
+    /// The container name for imagedefinitions.json.
+    pub image_definitions: Option<String>,
+    /// The commit being built (`CODEBUILD_RESOLVED_SOURCE_VERSION`), for the image's labels.
+    pub revision: Option<String>,
+    /// The docker CLI's configuration directory (`DOCKER_CONFIG`, else `~/.docker`).
+    pub docker_config_dir: PathBuf,
+}
+
+/// TLS settings for a `tcp://` daemon, as the docker CLI reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The directory holding `ca.pem`, `cert.pem` and `key.pem` (`DOCKER_CERT_PATH`, else `~/.docker`).
+    pub cert_dir: PathBuf,
+}
+
+/// The login with `DOCKER_USER`/`DOCKER_PASS`.
+#[derive(Debug, Clone)]
+pub struct RegistryLogin {
+    /// The registry host; `docker.io` when `DOCKER_REGISTRY` is unset.
+    pub registry: Sourced<Value<String>>,
+    pub user: Sourced<Value<String>>,
+    pub password: Sourced<Value<Secret>>,
+}
+
+/// A registry to log into with a token from ECR's GetAuthorizationToken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcrLogin {
+    pub registry: String,
+    /// The region to ask for the token: the host's own, else the configured region.
+    pub region: Option<String>,
+    /// Where the registry was named: the image repository or `ECR_REGISTRY`.
+    pub origin: Origin,
+}
+
+/// What to build and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Build {
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+    pub build_args: Vec<BuildArg>,
+    pub target: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub platform: Option<String>,
+    pub pull: bool,
+    pub no_cache: bool,
+}
+
+/// One `--build-arg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildArg {
+    pub key: String,
+    /// The value; `None` when `KEY` alone named an environment variable that is unset (the docker
+    /// CLI then leaves the argument out).
+    pub value: Option<String>,
+    /// Whether the value came from the environment variable `KEY` (the plan then does not print it).
+    pub from_env: bool,
+}
+
+/// The names of flags and variables, as messages and the plan show them.
+mod names {
+    pub const DOCKER_HOST: &str = "DOCKER_HOST";
+    pub const JETS_SSH_KEY: &str = "JETS_SSH_KEY";
+    pub const JETS_SSH_KEY_PASSPHRASE: &str = "JETS_SSH_KEY_PASSPHRASE";
+    pub const JETS_SSH_KNOWN: &str = "JETS_SSH_KNOWN";
+    pub const DOCKER_USER: &str = "DOCKER_USER";
+    pub const DOCKER_PASS: &str = "DOCKER_PASS";
+    pub const DOCKER_REGISTRY: &str = "DOCKER_REGISTRY";
+    pub const ECR_REGISTRY: &str = "ECR_REGISTRY";
+    pub const REPOSITORY_URI: &str = "REPOSITORY_URI";
+    pub const IMAGE_TAG: &str = "IMAGE_TAG";
+    pub const SOURCE_VERSION: &str = "CODEBUILD_RESOLVED_SOURCE_VERSION";
+}
+
+/// Tells whether a clap argument came from its flag, its environment variable, or its default.
+pub trait ArgOrigins {
+    fn origin(&self, id: &str, flag: &'static str, env: Option<&'static str>) -> Origin;
+}
+
+impl ArgOrigins for clap::ArgMatches {
+    fn origin(&self, id: &str, flag: &'static str, env: Option<&'static str>) -> Origin {
+        match (self.value_source(id), env) {
+            (Some(ValueSource::EnvVariable), Some(env)) => Origin::Env(env),
+            (Some(ValueSource::CommandLine), _) => Origin::Flag(flag),
+            _ => Origin::Default,
+        }
+    }
+}
+
+/// Origins for tests and callers without clap matches: every value given counts as a flag.
+pub struct AllFlags;
+
+impl ArgOrigins for AllFlags {
+    fn origin(&self, _id: &str, flag: &'static str, _env: Option<&'static str>) -> Origin {
+        Origin::Flag(flag)
+    }
+}
+
+impl Config {
+    /// Builds the configuration, or reports every problem found.
+    pub fn new(
+        args: &RunArgs,
+        origins: &impl ArgOrigins,
+        env: &Environment,
+        cwd: &Path,
+    ) -> Result<Config, Error> {
+        let mut problems = Vec::new();
+        let home = env.get("HOME").map(PathBuf::from);
+
+        // The daemon.
+        let host_origin = origins.origin("host", "--host", Some(names::DOCKER_HOST));
+        let tls = env.get("DOCKER_TLS_VERIFY").map(|_| Tls {
+            cert_dir: env
+                .get("DOCKER_CERT_PATH")
+                .map(PathBuf::from)
+                .or_else(|| home.as_ref().map(|home| home.join(".docker")))
+                .unwrap_or_else(|| PathBuf::from(".docker")),
+        });
+        let host_text = args.host.as_deref().filter(|text| !text.trim().is_empty());
+        let host = match host_text {
+            None => Some(Value::Known(
+                DockerHost::parse("", false).expect("the default host is valid"),
+            )),
+            Some(text) => match SsmRef::parse(text) {
+                Ok(Some(reference)) => Some(Value::Ssm(reference)),
+                Ok(None) => match DockerHost::parse(text, tls.is_some()) {
+                    Ok(host) => Some(Value::Known(host)),
+                    Err(error) => {
+                        problems.push(
+                            Problem::new(host_origin.subject(), error.message).hint(error.hint),
+                        );
+                        None
+                    }
+                },
+                Err(message) => {
+                    problems.push(Problem::new(host_origin.subject(), message).hint(SSM_HINT));
+                    None
+                }
+            },
+        };
+        let host_origin = if host_text.is_none() {
+            Origin::Default
+        } else {
+            host_origin
+        };
+        if args.connect_timeout == 0 {
+            problems.push(
+                Problem::new("--connect-timeout", "the timeout is 0 seconds")
+                    .hint("give a number of seconds above 0, e.g. 20"),
+            );
+        }
+
+        // SSH key and known hosts.
+        let ssh_key = env.get(names::JETS_SSH_KEY).and_then(|text| {
+            secret_value(text, names::JETS_SSH_KEY, &mut problems).map(|value| Sourced {
+                value,
+                origin: Origin::Env(names::JETS_SSH_KEY),
+            })
+        });
+        let ssh_key_passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
+        let known_hosts = env.get(names::JETS_SSH_KNOWN).and_then(|text| {
+            plain_value(text, names::JETS_SSH_KNOWN, &mut problems).map(|value| Sourced {
+                value,
+                origin: Origin::Env(names::JETS_SSH_KNOWN),
+            })
+        });
+        let ssh_key_file = path_in_home(
+            args.ssh_key_file.as_deref(),
+            "--ssh-key-file",
+            ".ssh/id_rsa",
+            home.as_deref(),
+            cwd,
+            &mut problems,
+        );
+        let known_hosts_file = path_in_home(
+            args.known_hosts_file.as_deref(),
+            "--known-hosts-file",
+            ".ssh/known_hosts",
+            home.as_deref(),
+            cwd,
+            &mut problems,
+        );
+
+        // The registry login with DOCKER_USER / DOCKER_PASS.
+        let user_origin =
+            origins.origin("registry_user", "--registry-user", Some(names::DOCKER_USER));
+        let user = args
+            .registry_user
+            .as_deref()
+            .filter(|text| !text.trim().is_empty());
+        let password = env.get(names::DOCKER_PASS);
+        let registry_login = match (user, password) {
+            (Some(user), Some(password)) => {
+                let user = plain_value(user.trim(), names::DOCKER_USER, &mut problems);
+                let password = secret_value(password, names::DOCKER_PASS, &mut problems);
+                let registry_origin =
+                    origins.origin("registry", "--registry", Some(names::DOCKER_REGISTRY));
+                let registry = match args
+                    .registry
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|text| !text.is_empty())
+                {
+                    None => Some(Sourced {
+                        value: Value::Known(image_ref::DOCKER_HUB.to_string()),
+                        origin: Origin::Default,
+                    }),
+                    Some(text) => match SsmRef::parse(text) {
+                        Ok(Some(reference)) => Some(Sourced {
+                            value: Value::Ssm(reference),
+                            origin: registry_origin,
+                        }),
+                        Ok(None) => match normalise_registry(text) {
+                            Ok(host) => Some(Sourced {
+                                value: Value::Known(host),
+                                origin: registry_origin,
+                            }),
+                            Err(message) => {
+                                problems.push(
+                                    Problem::new(registry_origin.subject(), message)
+                                        .hint(REGISTRY_HINT),
+                                );
+                                None
+                            }
+                        },
+                        Err(message) => {
+                            problems.push(
+                                Problem::new(registry_origin.subject(), message).hint(SSM_HINT),
+                            );
+                            None
+                        }
+                    },
+                };
+                match (registry, user, password) {
+                    (Some(registry), Some(user), Some(password)) => Some(RegistryLogin {
+                        registry,
+                        user: Sourced {
+                            value: user,
+                            origin: user_origin,
+                        },
+                        password: Sourced {
+                            value: password,
+                            origin: Origin::Env(names::DOCKER_PASS),
+                        },
+                    }),
+                    _ => None,
+                }
+            }
+            (Some(_), None) => {
+                problems.push(
+                    Problem::new(names::DOCKER_PASS, "is not set, but DOCKER_USER is")
+                        .hint("set DOCKER_PASS to the password or access token of DOCKER_USER, or unset DOCKER_USER"),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                problems.push(
+                    Problem::new(names::DOCKER_USER, "is not set, but DOCKER_PASS is")
+                        .hint("set DOCKER_USER (or --registry-user) to the user that DOCKER_PASS belongs to"),
+                );
+                None
+            }
+            (None, None) => None,
+        };
+
+        // The region.
+        let region = match (
+            &args.region,
+            env.get("AWS_REGION"),
+            env.get("AWS_DEFAULT_REGION"),
+        ) {
+            (Some(region), _, _) => Some(Sourced {
+                value: region.trim().to_string(),
+                origin: Origin::Flag("--region"),
+            }),
+            (None, Some(region), _) => Some(Sourced {
+                value: region.trim().to_string(),
+                origin: Origin::Env("AWS_REGION"),
+            }),
+            (None, None, Some(region)) => Some(Sourced {
+                value: region.trim().to_string(),
+                origin: Origin::Env("AWS_DEFAULT_REGION"),
+            }),
+            (None, None, None) => None,
+        };
+        if let Some(region) = &region {
+            if region.value.is_empty()
+                || !region
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                problems.push(
+                    Problem::new(
+                        region.origin.subject(),
+                        format!("{:?} is not an AWS region name", region.value),
+                    )
+                    .hint("write a region such as eu-west-1"),
+                );
+            }
+        }
+
+        // The image and its tags.
+        let image_origin = origins.origin("image", "--image", Some(names::REPOSITORY_URI));
+        let image = match args
+            .image
+            .as_deref()
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+        {
+            None => {
+                problems.push(
+                    Problem::new("--image", "no image repository is given")
+                        .hint("pass --image REPO or set REPOSITORY_URI, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app"),
+                );
+                None
+            }
+            Some(text) => match Repository::parse(text) {
+                Ok(repository) => Some(Sourced {
+                    value: repository,
+                    origin: image_origin.clone(),
+                }),
+                Err(message) => {
+                    problems.push(
+                        Problem::new(image_origin.subject(), message)
+                            .hint("an image repository looks like registry.example.com/team/app"),
+                    );
+                    None
+                }
+            },
+        };
+        let revision = env
+            .get(names::SOURCE_VERSION)
+            .map(|text| text.trim().to_string());
+        let tags = default_or_given_tags(args, env, revision.as_deref(), &mut problems);
+
+        // ECR logins: the image's own registry, and ECR_REGISTRY.
+        let mut ecr_logins: Vec<EcrLogin> = Vec::new();
+        if let Some(ecr) = image
+            .as_ref()
+            .and_then(|image| EcrRegistry::detect(image.value.registry()))
+        {
+            ecr_logins.push(EcrLogin {
+                registry: ecr.host,
+                region: Some(ecr.region),
+                origin: image_origin.clone(),
+            });
+        }
+        let ecr_origin = origins.origin(
+            "ecr_registries",
+            "--ecr-registry",
+            Some(names::ECR_REGISTRY),
+        );
+        for entry in args
+            .ecr_registries
+            .iter()
+            .map(|entry| entry.trim())
+            .filter(|entry| !entry.is_empty())
+        {
+            match normalise_registry(entry) {
+                Ok(host) => {
+                    if ecr_logins.iter().any(|login| login.registry == host) {
+                        continue;
+                    }
+                    let region = EcrRegistry::detect(&host)
+                        .map(|ecr| ecr.region)
+                        .or_else(|| region.as_ref().map(|r| r.value.clone()));
+                    ecr_logins.push(EcrLogin {
+                        registry: host,
+                        region,
+                        origin: ecr_origin.clone(),
+                    });
+                }
+                Err(message) => {
+                    problems.push(Problem::new(ecr_origin.subject(), message).hint(REGISTRY_HINT))
+                }
+            }
+        }
+
+        // What to build.
+        let build = check_build(args, env, revision.as_deref(), cwd, &mut problems);
+
+        if let Some(name) = &args.image_definitions {
+            if name.trim().is_empty() || name.chars().any(|c| c.is_control()) {
+                problems.push(
+                    Problem::new(
+                        "--image-definitions",
+                        "the container name is empty or holds control characters",
+                    )
+                    .hint("give the container name of the ECS task definition, e.g. web"),
+                );
+            }
+        }
+
+        let docker_config_dir = env
+            .get("DOCKER_CONFIG")
+            .map(|dir| absolute(Path::new(dir), cwd))
+            .or_else(|| home.as_ref().map(|home| home.join(".docker")))
+            .unwrap_or_else(|| PathBuf::from("/root/.docker"));
+
+        match (host, ssh_key_file, known_hosts_file, image, tags, build) {
+            (
+                Some(host),
+                Some(ssh_key_file),
+                Some(known_hosts_file),
+                Some(image),
+                Some(tags),
+                Some(build),
+            ) if problems.is_empty() => Ok(Config {
+                host: Sourced {
+                    value: host,
+                    origin: host_origin,
+                },
+                tls,
+                connect_timeout: Duration::from_secs(args.connect_timeout),
+                ssh_key,
+                ssh_key_passphrase,
+                ssh_key_file,
+                known_hosts,
+                known_hosts_file,
+                registry_login,
+                ecr_logins,
+                region,
+                image,
+                tags,
+                build,
+                push: !args.no_push,
+                image_definitions: args
+                    .image_definitions
+                    .as_ref()
+                    .map(|name| name.trim().to_string()),
+                revision,
+                docker_config_dir,
+            }),
+            _ => {
+                if problems.is_empty() {
+                    return Err(Error::Internal(
+                        "a configuration value is missing but no problem was recorded".into(),
+                    ));
+                }
+                Err(Error::Config(problems))
+            }
+        }
+    }
+
+    /// Every `SSM:` reference in the configuration, with the variable that holds it, in a stable order.
+    pub fn ssm_references(&self) -> Vec<(&Origin, &SsmRef)> {
+        let mut references = Vec::new();
+        if let Value::Ssm(reference) = &self.host.value {
+            references.push((&self.host.origin, reference));
+        }
+        if let Some(Sourced {
+            value: Value::Ssm(reference),
+            origin,
+        }) = &self.ssh_key
+        {
+            references.push((origin, reference));
+        }
+        if let Some(Sourced {
+            value: Value::Ssm(reference),
+            origin,
+        }) = &self.known_hosts
+        {
+            references.push((origin, reference));
+        }
+        if let Some(login) = &self.registry_login {
+            if let Value::Ssm(reference) = &login.registry.value {
+                references.push((&login.registry.origin, reference));
+            }
+            if let Value::Ssm(reference) = &login.user.value {
+                references.push((&login.user.origin, reference));
+            }
+            if let Value::Ssm(reference) = &login.password.value {
+                references.push((&login.password.origin, reference));
+            }
+        }
+        references
+    }
+}
+
+const SSM_HINT: &str = "write SSM:/path/to/parameter, e.g. SSM:/codebuild/docker/host";
+const REGISTRY_HINT: &str = "write the registry's host name, with a port if it has one, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+
+fn secret_value(
+    text: &str,
+    name: &'static str,
+    problems: &mut Vec<Problem>,
+) -> Option<Value<Secret>> {
+    match SsmRef::parse(text) {
+        Ok(Some(reference)) => Some(Value::Ssm(reference)),
+        Ok(None) => Some(Value::Known(Secret::new(text))),
+        Err(message) => {
+            problems.push(Problem::new(name, message).hint(SSM_HINT));
+            None
+        }
+    }
+}
+
+fn plain_value(
+    text: &str,
+    name: &'static str,
+    problems: &mut Vec<Problem>,
+) -> Option<Value<String>> {
+    match SsmRef::parse(text) {
+        Ok(Some(reference)) => Some(Value::Ssm(reference)),
+        Ok(None) => Some(Value::Known(text.to_string())),
+        Err(message) => {
+            problems.push(Problem::new(name, message).hint(SSM_HINT));
+            None
+        }
+    }
+}
+
+/// A registry host as the user may write it (`https://host/`, `host:port`) reduced to `host[:port]`.
+pub fn normalise_registry(text: &str) -> Result<String, String> {
+    let host = text.trim();
+    let host = host
+        .strip_prefix("https://")
+        .or_else(|| host.strip_prefix("http://"))
+        .unwrap_or(host);
+    let host = host.trim_end_matches('/');
+    let host = host
+        .strip_suffix("/v1")
+        .or_else(|| host.strip_suffix("/v2"))
+        .unwrap_or(host);
+    if host == "index.docker.io" || host == "registry-1.docker.io" {
+        return Ok(image_ref::DOCKER_HUB.to_string());
+    }
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{text:?} is not a registry host"));
+    }
+    // The same grammar as an image reference's registry part.
+    Repository::parse(&format!("{host}/x"))
+        .ok()
+        .filter(|repository| repository.domain.as_deref() == Some(host) || host == "localhost")
+        .map(|_| host.to_string())
+        .ok_or_else(|| format!("{text:?} is not a registry host"))
+}
+
+fn path_in_home(
+    given: Option<&Path>,
+    flag: &'static str,
+    default: &str,
+    home: Option<&Path>,
+    cwd: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<Sourced<PathBuf>> {
+    match (given, home) {
+        (Some(path), _) => Some(Sourced {
+            value: absolute(path, cwd),
+            origin: Origin::Flag(flag),
+        }),
+        (None, Some(home)) => Some(Sourced {
+            value: home.join(default),
+            origin: Origin::Default,
+        }),
+        (None, None) => {
+            problems.push(
+                Problem::new("HOME", format!("is not set, so ~/{default} has no place"))
+                    .hint(format!("set HOME, or pass {flag} PATH")),
+            );
+            None
+        }
+    }
+}
+
+/// The path made absolute against the working directory, without `.` components.
+fn absolute(path: &Path, cwd: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cwd.join(path)
+    };
+    joined
+        .components()
+        .filter(|component| !matches!(component, std::path::Component::CurDir))
+        .collect()
+}
+
+fn default_or_given_tags(
+    args: &RunArgs,
+    env: &Environment,
+    revision: Option<&str>,
+    problems: &mut Vec<Problem>,
+) -> Option<Sourced<Vec<String>>> {
+    let mut ok = true;
+    let mut tags: Vec<String> = Vec::new();
+    let mut add =
+        |tag: &str, subject: &str, problems: &mut Vec<Problem>| match image_ref::check_tag(tag) {
+            Ok(()) => {
+                if !tags.iter().any(|known| known == tag) {
+                    tags.push(tag.to_string());
+                }
+            }
+            Err(message) => {
+                ok = false;
+                problems.push(
+                    Problem::new(subject, message)
+                        .hint("a tag is up to 128 letters, digits, '_', '.' and '-'"),
+                );
+            }
+        };
+    let origin = if !args.tags.is_empty() {
+        for tag in &args.tags {
+            add(tag.trim(), "--tag", problems);
+        }
+        Origin::Flag("--tag")
+    } else {
+        add(image_ref::LATEST, "--tag", problems);
+        if let Some(tag) = env.get(names::IMAGE_TAG) {
+            add(tag.trim(), names::IMAGE_TAG, problems);
+            Origin::Env(names::IMAGE_TAG)
+        } else if let Some(revision) = revision {
+            let short: String = revision.chars().take(7).collect();
+            add(&short, names::SOURCE_VERSION, problems);
+            Origin::Env(names::SOURCE_VERSION)
+        } else {
+            Origin::Default
+        }
+    };
+    ok.then_some(Sourced {
+        value: tags,
+        origin,
+    })
+}
+
+fn check_build(
+    args: &RunArgs,
+    env: &Environment,
+    revision: Option<&str>,
+    cwd: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<Build> {
+    let before = problems.len();
+    let context = absolute(&args.context, cwd);
+    if !context.is_dir() {
+        let message = if context.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        problems.push(
+            Problem::new(
+                "--context",
+                format!("the build context {} {message}", context.display()),
+            )
+            .hint("run the agent in the source directory, or pass --context DIR"),
+        );
+    }
+    let dockerfile = match &args.file {
+        Some(file) => absolute(file, cwd),
+        None => context.join("Dockerfile"),
+    };
+    if context.is_dir() && !dockerfile.is_file() {
+        problems.push(
+            Problem::new(
+                "--file",
+                format!("the Dockerfile {} does not exist", dockerfile.display()),
+            )
+            .hint("pass --file PATH to name the Dockerfile"),
+        );
+    }
+
+    let mut build_args = Vec::new();
+    for text in &args.build_args {
+        let (key, value) = match text.split_once('=') {
+            Some((key, value)) => (key, Some(value.to_string())),
+            None => (text.as_str(), None),
+        };
+        if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            problems.push(
+                Problem::new("--build-arg", format!("{:?} has no valid name before '='", truncate(text)))
+                    .hint("write --build-arg KEY=VALUE, or --build-arg KEY to pass the environment variable KEY"),
+            );
+            continue;
+        }
+        let from_env = value.is_none();
+        let value = value.or_else(|| env.get(key).map(str::to_string));
+        build_args.push(BuildArg {
+            key: key.to_string(),
+            value,
+            from_env,
+        });
+    }
+
+    let mut labels = Vec::new();
+    for text in &args.labels {
+        match text.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                labels.push((key.trim().to_string(), value.to_string()))
+            }
+            _ => problems.push(
+                Problem::new("--label", format!("{:?} is not KEY=VALUE", truncate(text)))
+                    .hint("write --label KEY=VALUE"),
+            ),
+        }
+    }
+    if let Some(revision) = revision {
+        if !labels
+            .iter()
+            .any(|(key, _)| key == "org.opencontainers.image.revision")
+        {
+            labels.push((
+                "org.opencontainers.image.revision".to_string(),
+                revision.to_string(),
+            ));
+        }
+    }
+
+    if let Some(target) = &args.target {
+        if target.trim().is_empty() || target.chars().any(char::is_whitespace) {
+            problems.push(
+                Problem::new("--target", format!("{target:?} is not a stage name"))
+                    .hint("name a stage from `FROM image AS NAME`"),
+            );
+        }
+    }
+    if let Some(platform) = &args.platform {
+        let parts: Vec<&str> = platform.split('/').collect();
+        if !(2..=3).contains(&parts.len())
+            || parts
+                .iter()
+                .any(|part| part.is_empty() || part.contains(char::is_whitespace))
+        {
+            problems.push(
+                Problem::new(
+                    "--platform",
+                    format!("{platform:?} is not OS/ARCH[/VARIANT]"),
+                )
+                .hint("write e.g. linux/amd64 or linux/arm64"),
+            );
+        }
+    }
+
+    (problems.len() == before).then(|| Build {
+        context,
+        dockerfile,
+        build_args,
+        target: args.target.clone(),
+        labels,
+        platform: args.platform.clone(),
+        pull: args.pull,
+        no_cache: args.no_cache,
+    })
+}
+
+/// A value cut short for an error message.
+fn truncate(text: &str) -> String {
+    if text.chars().count() > 40 {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Command, parse};
+
+    fn fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        dir
+    }
+
+    fn config(argv: &[&str], env: &[(&str, &str)], cwd: &Path) -> Result<Config, Error> {
+        let mut full = vec!["agent", "run"];
+        full.extend_from_slice(argv);
+        let (cli, _) = parse(full).unwrap();
+        let Command::Run(args) = cli.command;
+        let mut env = env.to_vec();
+        env.push(("HOME", "/home/ci"));
+        Config::new(&args, &AllFlags, &Environment::from_pairs(env), cwd)
+    }
+
+    fn problems(argv: &[&str], env: &[(&str, &str)]) -> Vec<(String, String)> {
+        let dir = fixture();
+        match config(argv, env, dir.path()) {
+            Err(Error::Config(problems)) => problems
+                .into_iter()
+                .map(|p| (p.subject, p.message))
+                .collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let dir = fixture();
+        let config = config(&["--image", "app"], &[], dir.path()).unwrap();
+        assert_eq!(
+            config.host.value,
+            Value::Known(DockerHost::Unix {
+                path: "/var/run/docker.sock".into()
+            })
+        );
+        assert_eq!(config.host.origin, Origin::Default);
+        assert_eq!(config.tags.value, ["latest"]);
+        assert_eq!(
+            config.ssh_key_file.value,
+            PathBuf::from("/home/ci/.ssh/id_rsa")
+        );
+        assert_eq!(config.build.dockerfile, dir.path().join("Dockerfile"));
+        assert!(config.registry_login.is_none() && config.ecr_logins.is_empty());
+        assert!(config.push);
+    }
+
+    #[test]
+    fn default_tags_follow_image_tag_then_commit() {
+        let dir = fixture();
+        let sha = [("CODEBUILD_RESOLVED_SOURCE_VERSION", "0123456789abcdef")];
+        let with_commit = config(&["--image", "app"], &sha, dir.path()).unwrap();
+        assert_eq!(with_commit.tags.value, ["latest", "0123456"]);
+        let mut env = sha.to_vec();
+        env.push(("IMAGE_TAG", "v1"));
+        assert_eq!(
+            config(&["--image", "app"], &env, dir.path())
+                .unwrap()
+                .tags
+                .value,
+            ["latest", "v1"]
+        );
+        assert_eq!(
+            config(&["--image", "app", "-t", "x", "-t", "x"], &env, dir.path())
+                .unwrap()
+                .tags
+                .value,
+            ["x"]
+        );
+        assert!(with_commit.build.labels.contains(&(
+            "org.opencontainers.image.revision".into(),
+            "0123456789abcdef".into()
+        )));
+    }
+
+    #[test]
+    fn ssm_references_are_kept_for_later() {
+        let dir = fixture();
+        let env = [
+            ("JETS_SSH_KEY", "SSM:/ci/key"),
+            ("DOCKER_PASS", "SSM:/ci/pass"),
+        ];
+        let config = config(
+            &[
+                "--image",
+                "app",
+                "--host",
+                "SSM:/ci/host",
+                "--registry-user",
+                "bob",
+            ],
+            &env,
+            dir.path(),
+        )
+        .unwrap();
+        let names: Vec<String> = config
+            .ssm_references()
+            .iter()
+            .map(|(_, r)| r.name.clone())
+            .collect();
+        assert_eq!(names, ["/ci/host", "/ci/key", "/ci/pass"]);
+    }
+
+    #[test]
+    fn ecr_registries_come_from_the_image_and_the_list() {
+        let dir = fixture();
+        let image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/app";
+        let env = [("AWS_REGION", "us-east-2")];
+        let config = config(
+            &[
+                "--image",
+                image,
+                "--ecr-registry",
+                "127.0.0.1:5001, 123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            ],
+            &env,
+            dir.path(),
+        )
+        .unwrap();
+        let logins: Vec<(&str, Option<&str>)> = config
+            .ecr_logins
+            .iter()
+            .map(|l| (l.registry.as_str(), l.region.as_deref()))
+            .collect();
+        assert_eq!(
+            logins,
+            [
+                (
+                    "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                    Some("eu-west-1")
+                ),
+                ("127.0.0.1:5001", Some("us-east-2"))
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let found = problems(
+            &[
+                "--host",
+                "ftp://x",
+                "--image",
+                "Bad",
+                "--build-arg",
+                "=v",
+                "--tag=-x",
+                "--label",
+                "nolabel",
+                "--connect-timeout",
+                "0",
+                "--registry-user",
+                "bob",
+            ],
+            &[],
+        );
+        let subjects: Vec<&str> = found.iter().map(|(subject, _)| subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            [
+                "--host",
+                "--connect-timeout",
+                "DOCKER_PASS",
+                "--image",
+                "--tag",
+                "--build-arg",
+                "--label"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_image_and_context_are_problems() {
+        let dir = fixture();
+        let found = match config(&["--context", "nowhere"], &[], dir.path()) {
+            Err(Error::Config(problems)) => problems,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(found[0].subject, "--image");
+        assert!(found[1].message.contains("does not exist"), "{found:?}");
+    }
+
+    #[test]
+    fn build_args_take_values_from_the_environment() {
+        let dir = fixture();
+        let config = config(
+            &[
+                "--image",
+                "app",
+                "--build-arg",
+                "A=1",
+                "--build-arg",
+                "B",
+                "--build-arg",
+                "C",
+            ],
+            &[("B", "from-env")],
+            dir.path(),
+        )
+        .unwrap();
+        let args: Vec<(&str, Option<&str>, bool)> = config
+            .build
+            .build_args
+            .iter()
+            .map(|a| (a.key.as_str(), a.value.as_deref(), a.from_env))
+            .collect();
+        assert_eq!(
+            args,
+            [
+                ("A", Some("1"), false),
+                ("B", Some("from-env"), true),
+                ("C", None, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn registries_are_normalised() {
+        assert_eq!(
+            normalise_registry("https://index.docker.io/v1/"),
+            Ok("docker.io".into())
+        );
+        assert_eq!(
+            normalise_registry("127.0.0.1:5000"),
+            Ok("127.0.0.1:5000".into())
+        );
+        assert_eq!(normalise_registry("https://ghcr.io"), Ok("ghcr.io".into()));
+        assert!(normalise_registry("not a host").is_err());
+        assert!(normalise_registry("host/path").is_err());
+    }
+}

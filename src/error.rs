@@ -1,0 +1,262 @@
+//! The one error type of the agent, and the exit code of every failure class.
+//!
+//! Every variant maps, in [`Error::exit_code`], to one of the documented [`exit`] codes. Messages
+//! are lowercase fragments ("failed to …") and each error may carry a hint; both are printed once,
+//! as text, after passing through the secret redactor (see `run.rs`).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Exit codes by failure class. The README's table is generated from the same list
+/// ([`exit::TABLE`]) and a test keeps the two in step.
+pub mod exit {
+    /// The run succeeded (or the dry run printed a valid plan).
+    pub const OK: u8 = 0;
+    /// A bug in the agent: an unexpected internal failure.
+    pub const INTERNAL: u8 = 1;
+    /// The command line could not be parsed (unknown flag, missing value).
+    pub const USAGE: u8 = 2;
+    /// Flags or environment variables hold invalid values.
+    pub const CONFIG: u8 = 3;
+    /// A local file could not be read or written (ssh key, known_hosts, docker config, output).
+    pub const LOCAL_FILE: u8 = 4;
+    /// A step that this version of the agent cannot execute yet.
+    pub const UNSUPPORTED: u8 = 5;
+    /// An `SSM:` reference could not be resolved (missing, denied, no region, no credentials).
+    pub const SECRETS: u8 = 10;
+    /// The daemon's host name could not be resolved.
+    pub const NAME_RESOLUTION: u8 = 20;
+    /// The daemon's host refused the connection.
+    pub const CONNECTION_REFUSED: u8 = 21;
+    /// Connecting to the daemon's host, or waiting for its answer, timed out.
+    pub const TIMEOUT: u8 = 22;
+    /// The SSH host key is not in known_hosts (never trusted on first use).
+    pub const HOST_KEY_UNKNOWN: u8 = 23;
+    /// The SSH host key differs from the one in known_hosts, or is revoked.
+    pub const HOST_KEY_CHANGED: u8 = 24;
+    /// The SSH server refused the user's key.
+    pub const SSH_AUTH: u8 = 25;
+    /// The remote Docker socket is missing or not accessible to the SSH user.
+    pub const REMOTE_SOCKET: u8 = 26;
+    /// The SSH connection failed or dropped for another reason.
+    pub const SSH: u8 = 27;
+    /// The Docker daemon did not answer or answered with an error.
+    pub const DAEMON: u8 = 30;
+    /// The Docker daemon's API is older than the agent supports.
+    pub const DAEMON_TOO_OLD: u8 = 31;
+    /// A registry login failed (Docker Hub, a private registry, or ECR).
+    pub const LOGIN: u8 = 40;
+    /// The image build failed.
+    pub const BUILD: u8 = 50;
+    /// Pushing a tag failed.
+    pub const PUSH: u8 = 60;
+
+    /// Every exit code with its name and meaning, in order, for `--help` and the README.
+    pub const TABLE: &[(u8, &str, &str)] = &[
+        (
+            OK,
+            "ok",
+            "the run succeeded, or the dry run printed a valid plan",
+        ),
+        (INTERNAL, "internal", "a bug in the agent"),
+        (USAGE, "usage", "the command line could not be parsed"),
+        (
+            CONFIG,
+            "config",
+            "flags or environment variables hold invalid values",
+        ),
+        (
+            LOCAL_FILE,
+            "local-file",
+            "a local file could not be read or written",
+        ),
+        (
+            UNSUPPORTED,
+            "unsupported",
+            "a step this version cannot execute yet",
+        ),
+        (
+            SECRETS,
+            "secrets",
+            "an SSM: reference could not be resolved",
+        ),
+        (
+            NAME_RESOLUTION,
+            "name-resolution",
+            "the daemon's host name did not resolve",
+        ),
+        (
+            CONNECTION_REFUSED,
+            "connection-refused",
+            "the daemon's host refused the connection",
+        ),
+        (
+            TIMEOUT,
+            "timeout",
+            "connecting or waiting for an answer timed out",
+        ),
+        (
+            HOST_KEY_UNKNOWN,
+            "host-key-unknown",
+            "the SSH host key is not in known_hosts",
+        ),
+        (
+            HOST_KEY_CHANGED,
+            "host-key-changed",
+            "the SSH host key changed or is revoked",
+        ),
+        (SSH_AUTH, "ssh-auth", "the SSH server refused the key"),
+        (
+            REMOTE_SOCKET,
+            "remote-socket",
+            "the remote Docker socket is missing or not accessible",
+        ),
+        (SSH, "ssh", "the SSH connection failed or dropped"),
+        (
+            DAEMON,
+            "daemon",
+            "the Docker daemon did not answer or answered with an error",
+        ),
+        (
+            DAEMON_TOO_OLD,
+            "daemon-too-old",
+            "the Docker daemon's API is too old",
+        ),
+        (LOGIN, "login", "a registry login failed"),
+        (BUILD, "build", "the image build failed"),
+        (PUSH, "push", "pushing a tag failed"),
+    ];
+}
+
+/// One invalid value found while building the configuration. All of them are reported at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The flag or environment variable that holds the value, e.g. `DOCKER_HOST` or `--build-arg`.
+    pub subject: String,
+    /// What is wrong, as a lowercase fragment. Never contains a secret value.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    pub fn new(subject: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            subject: subject.into(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Everything that can make a run fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more configuration problems, reported together.
+    #[error("invalid configuration ({} problem{})", .0.len(), if .0.len() == 1 { "" } else { "s" })]
+    Config(Vec<Problem>),
+
+    /// A local file could not be read or written.
+    #[error("failed to {action} {}: {source}", .path.display())]
+    LocalFile {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        hint: Option<String>,
+    },
+
+    /// A step this version cannot execute yet.
+    #[error("step \"{step}\" is not implemented in agent {}", env!("CARGO_PKG_VERSION"))]
+    Unsupported { step: String },
+
+    /// A bug: something the agent assumed could not happen.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The documented exit code of this failure's class.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => exit::CONFIG,
+            Error::LocalFile { .. } => exit::LOCAL_FILE,
+            Error::Unsupported { .. } => exit::UNSUPPORTED,
+            Error::Internal(_) => exit::INTERNAL,
+        }
+    }
+
+    /// A hint on how to fix the failure, if there is a useful one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Config(_) => None,
+            Error::LocalFile { hint, .. } => hint.clone(),
+            Error::Unsupported { .. } => {
+                Some("run `agent run --dry` to see the plan without executing it".to_string())
+            }
+            Error::Internal(_) => {
+                Some("this is a bug in the agent; please report it with the log above".to_string())
+            }
+        }
+    }
+
+    /// The whole report as printed on stderr: the message, each problem, and the hints.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        self.write_report(&mut out)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn write_report(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        writeln!(out, "error: {self}")?;
+        if let Error::Config(problems) = self {
+            for problem in problems {
+                writeln!(out, "  - {}: {}", problem.subject, problem.message)?;
+                if let Some(hint) = &problem.hint {
+                    writeln!(out, "    hint: {hint}")?;
+                }
+            }
+        }
+        if let Some(hint) = self.hint() {
+            writeln!(out, "  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_unique_and_listed_in_order() {
+        let codes: Vec<u8> = exit::TABLE.iter().map(|row| row.0).collect();
+        let mut sorted = codes.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(codes, sorted);
+    }
+
+    #[test]
+    fn config_report_lists_every_problem_with_its_hint() {
+        let error = Error::Config(vec![
+            Problem::new("DOCKER_HOST", "unknown scheme \"ftp\"").hint("use ssh://"),
+            Problem::new("--build-arg", "\"X\" has no '='"),
+        ]);
+        assert_eq!(
+            error.report(),
+            "error: invalid configuration (2 problems)\n  \
+             - DOCKER_HOST: unknown scheme \"ftp\"\n    hint: use ssh://\n  \
+             - --build-arg: \"X\" has no '='\n"
+        );
+        assert_eq!(error.exit_code(), exit::CONFIG);
+    }
+}

@@ -1,0 +1,21 @@
+//! `agent` builds Docker images in AWS CodeBuild on a remote Docker host that keeps its layer
+//! cache between builds. The modules follow the run's concerns, one each:
+//!
+//! - [`cli`]: the command line (clap) and the environment variables it reads;
+//! - [`config`]: flags and environment turned into one validated [`config::Config`];
+//! - [`plan`]: the ordered steps a run consists of, printed by `--dry`, executed by `run`;
+//! - [`docker_host`]: the `DOCKER_HOST` grammar; [`image_ref`]: image references and tags;
+//! - [`secrets`]: `SSM:` references, secret values and the redactor every output passes through;
+//! - [`output`]: logging (tracing) to stderr, text or JSON;
+//! - [`error`]: the one error type and its documented exit codes;
+//! - [`run`]: the top level that ties them together.
+
+pub mod cli;
+pub mod config;
+pub mod docker_host;
+pub mod error;
+pub mod image_ref;
+pub mod output;
+pub mod plan;
+pub mod run;
+pub mod secrets;

@@ -1,0 +1,476 @@
+//! The plan: the ordered steps of a run, built from the [`Config`]. `agent run --dry` prints it;
+//! `agent run` executes it, step by step, through the one loop in [`execute`] — so the dry run
+//! cannot drift from the real one.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::config::{BuildArg, Config, RegistryLogin, Sourced, Value};
+use crate::docker_host::DockerHost;
+use crate::error::{Error, Result};
+use crate::secrets::{MASK, Origin, SsmRef};
+
+/// One step of a run.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Fetch every `SSM:` reference at once (GetParameters, with decryption).
+    ResolveSsm {
+        references: Vec<(Origin, SsmRef)>,
+        region: Option<Sourced<String>>,
+    },
+    /// Write the SSH private key to its file (0600, directory 0700).
+    InstallSshKey { origin: Origin, path: PathBuf },
+    /// Add the known_hosts lines that are not there yet.
+    InstallKnownHosts { origin: Origin, path: PathBuf },
+    /// Open the connection to the daemon.
+    Connect {
+        host: Sourced<Value<DockerHost>>,
+        timeout: Duration,
+        tls: Option<PathBuf>,
+    },
+    /// Ping the daemon and read its version.
+    CheckDaemon,
+    /// Log into a registry with a user and password, checked by the daemon.
+    Login {
+        registry: Sourced<Value<String>>,
+        user: Sourced<Value<String>>,
+        password: Origin,
+    },
+    /// Log into a registry with a token from ECR's GetAuthorizationToken.
+    EcrLogin {
+        registry: String,
+        region: Option<String>,
+        origin: Origin,
+    },
+    /// Record the logins in the docker CLI's config.json, merged with what is there.
+    WriteDockerConfig { path: PathBuf },
+    /// Build the image on the daemon.
+    Build {
+        context: PathBuf,
+        dockerfile: PathBuf,
+        reference: String,
+        build_args: Vec<BuildArg>,
+        target: Option<String>,
+        labels: Vec<(String, String)>,
+        platform: Option<String>,
+        pull: bool,
+        no_cache: bool,
+    },
+    /// Tag the built image with another tag.
+    Tag { source: String, target: String },
+    /// Push one tag.
+    Push { reference: String, registry: String },
+    /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
+    WriteImageDefinitions {
+        path: PathBuf,
+        container: String,
+        image_uri: String,
+    },
+}
+
+/// The steps of a run, in order.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// Builds the plan from a validated configuration.
+    pub fn new(config: &Config, cwd: &std::path::Path) -> Plan {
+        let mut steps = Vec::new();
+        let references: Vec<(Origin, SsmRef)> = config
+            .ssm_references()
+            .into_iter()
+            .map(|(origin, reference)| (origin.clone(), reference.clone()))
+            .collect();
+        if !references.is_empty() {
+            steps.push(Step::ResolveSsm {
+                references,
+                region: config.region.clone(),
+            });
+        }
+        if let Some(key) = &config.ssh_key {
+            steps.push(Step::InstallSshKey {
+                origin: key.origin.clone(),
+                path: config.ssh_key_file.value.clone(),
+            });
+        }
+        if let Some(known) = &config.known_hosts {
+            steps.push(Step::InstallKnownHosts {
+                origin: known.origin.clone(),
+                path: config.known_hosts_file.value.clone(),
+            });
+        }
+        steps.push(Step::Connect {
+            host: config.host.clone(),
+            timeout: config.connect_timeout,
+            tls: config.tls.as_ref().map(|tls| tls.cert_dir.clone()),
+        });
+        steps.push(Step::CheckDaemon);
+        if let Some(RegistryLogin {
+            registry,
+            user,
+            password,
+        }) = &config.registry_login
+        {
+            steps.push(Step::Login {
+                registry: registry.clone(),
+                user: user.clone(),
+                password: password.origin.clone(),
+            });
+        }
+        for login in &config.ecr_logins {
+            steps.push(Step::EcrLogin {
+                registry: login.registry.clone(),
+                region: login.region.clone(),
+                origin: login.origin.clone(),
+            });
+        }
+        if config.registry_login.is_some() || !config.ecr_logins.is_empty() {
+            steps.push(Step::WriteDockerConfig {
+                path: config.docker_config_dir.join("config.json"),
+            });
+        }
+        let image = &config.image.value;
+        let tags = &config.tags.value;
+        let first = image.with_tag(&tags[0]);
+        let build = &config.build;
+        steps.push(Step::Build {
+            context: build.context.clone(),
+            dockerfile: build.dockerfile.clone(),
+            reference: first.clone(),
+            build_args: build.build_args.clone(),
+            target: build.target.clone(),
+            labels: build.labels.clone(),
+            platform: build.platform.clone(),
+            pull: build.pull,
+            no_cache: build.no_cache,
+        });
+        for tag in &tags[1..] {
+            steps.push(Step::Tag {
+                source: first.clone(),
+                target: image.with_tag(tag),
+            });
+        }
+        if config.push {
+            for tag in tags {
+                steps.push(Step::Push {
+                    reference: image.with_tag(tag),
+                    registry: image.registry().to_string(),
+                });
+            }
+        }
+        if let Some(container) = &config.image_definitions {
+            // CodePipeline deploys the commit's tag when there is one: the last tag is the most specific.
+            let tag = tags.last().expect("a config always has a tag");
+            steps.push(Step::WriteImageDefinitions {
+                path: cwd.join("imagedefinitions.json"),
+                container: container.clone(),
+                image_uri: image.with_tag(tag),
+            });
+        }
+        Plan { steps }
+    }
+}
+
+impl Step {
+    /// The step's name, as the log and the plan show it.
+    pub fn title(&self) -> String {
+        match self {
+            Step::ResolveSsm { references, .. } => {
+                format!(
+                    "resolve {} SSM parameter{}",
+                    references.len(),
+                    if references.len() == 1 { "" } else { "s" }
+                )
+            }
+            Step::InstallSshKey { .. } => "install ssh key".to_string(),
+            Step::InstallKnownHosts { .. } => "install known_hosts".to_string(),
+            Step::Connect { host, .. } => match &host.value {
+                Value::Known(host) => format!("connect to {host}"),
+                Value::Ssm(reference) => format!("connect to the daemon in {reference}"),
+            },
+            Step::CheckDaemon => "check daemon".to_string(),
+            Step::Login { registry, .. } => format!("log in to {}", show(&registry.value)),
+            Step::EcrLogin { registry, .. } => format!("log in to ECR {registry}"),
+            Step::WriteDockerConfig { .. } => "write docker config".to_string(),
+            Step::Build { reference, .. } => format!("build {reference}"),
+            Step::Tag { target, .. } => format!("tag {target}"),
+            Step::Push { reference, .. } => format!("push {reference}"),
+            Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
+        }
+    }
+
+    /// What the step would do, one line each, for the dry-run plan. Never holds a secret.
+    pub fn details(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        match self {
+            Step::ResolveSsm { references, region } => {
+                for (origin, reference) in references {
+                    lines.push(format!(
+                        "{} <- {reference} (GetParameters, with decryption)",
+                        origin.subject()
+                    ));
+                }
+                lines.push(match region {
+                    Some(region) => format!("region {} (from {})", region.value, region.origin),
+                    None => "region from the AWS configuration (no AWS_REGION set)".to_string(),
+                });
+                lines.push("credentials from the default AWS chain (environment, profile, CodeBuild's role)".to_string());
+            }
+            Step::InstallSshKey { origin, path } => {
+                lines.push(format!("key from {origin}: {MASK}"));
+                lines.push(format!("write {} (mode 0600, directory 0700); an existing different key is never overwritten", path.display()));
+            }
+            Step::InstallKnownHosts { origin, path } => {
+                lines.push(format!("host keys from {origin}"));
+                lines.push(format!(
+                    "append the lines not already in {} (mode 0644)",
+                    path.display()
+                ));
+            }
+            Step::Connect { host, timeout, tls } => {
+                match &host.value {
+                    Value::Known(DockerHost::Ssh {
+                        user,
+                        host: name,
+                        port,
+                        socket,
+                    }) => {
+                        lines.push(format!(
+                            "daemon {} (from {})",
+                            host.value_text(),
+                            host.origin
+                        ));
+                        lines.push(format!(
+                            "one SSH connection to {name}:{port} as {}, host key checked against known_hosts",
+                            user.as_deref().unwrap_or("the current user")
+                        ));
+                        lines.push(format!(
+                            "each HTTP connection is a channel to the remote socket {socket}"
+                        ));
+                    }
+                    Value::Known(DockerHost::Tcp { .. }) => {
+                        lines.push(format!(
+                            "daemon {} (from {})",
+                            host.value_text(),
+                            host.origin
+                        ));
+                        lines.push(match tls {
+                            Some(dir) => {
+                                format!("HTTPS with the client certificate in {}", dir.display())
+                            }
+                            None => "plain HTTP (no DOCKER_TLS_VERIFY)".to_string(),
+                        });
+                    }
+                    Value::Known(DockerHost::Unix { .. }) => {
+                        lines.push(format!(
+                            "daemon {} (from {})",
+                            host.value_text(),
+                            host.origin
+                        ));
+                    }
+                    Value::Ssm(reference) => {
+                        lines.push(format!(
+                            "daemon address held in {reference} (from {}), resolved in step 1",
+                            host.origin
+                        ));
+                    }
+                }
+                lines.push(format!("connect timeout {}s", timeout.as_secs()));
+            }
+            Step::CheckDaemon => {
+                lines.push(
+                    "ping, then version: server and API version, OS/arch, storage driver"
+                        .to_string(),
+                );
+            }
+            Step::Login {
+                registry,
+                user,
+                password,
+            } => {
+                lines.push(format!(
+                    "registry {} (from {})",
+                    show(&registry.value),
+                    registry.origin
+                ));
+                lines.push(format!("user {} (from {})", show(&user.value), user.origin));
+                lines.push(format!(
+                    "password {MASK} (from {password}), checked by the daemon"
+                ));
+            }
+            Step::EcrLogin {
+                registry,
+                region,
+                origin,
+            } => {
+                lines.push(format!("registry {registry} (from {origin})"));
+                lines.push(format!(
+                    "token from ECR GetAuthorizationToken in region {}, checked by the daemon",
+                    region.as_deref().unwrap_or("of the AWS configuration")
+                ));
+            }
+            Step::WriteDockerConfig { path } => {
+                lines.push(format!(
+                    "merge the logins into {} (mode 0600), keeping every other entry",
+                    path.display()
+                ));
+            }
+            Step::Build {
+                context,
+                dockerfile,
+                reference,
+                build_args,
+                target,
+                labels,
+                platform,
+                pull,
+                no_cache,
+            } => {
+                lines.push(format!("context {}", context.display()));
+                lines.push(format!("Dockerfile {}", dockerfile.display()));
+                lines.push(format!("tag {reference}"));
+                for arg in build_args {
+                    lines.push(match (&arg.value, arg.from_env) {
+                        (Some(value), false) => format!("build arg {}={value}", arg.key),
+                        (Some(_), true) => {
+                            format!("build arg {} (value from env {})", arg.key, arg.key)
+                        }
+                        (None, _) => {
+                            format!("build arg {} (env {} is unset: left out)", arg.key, arg.key)
+                        }
+                    });
+                }
+                if let Some(target) = target {
+                    lines.push(format!("target stage {target}"));
+                }
+                for (key, value) in labels {
+                    lines.push(format!("label {key}={value}"));
+                }
+                if let Some(platform) = platform {
+                    lines.push(format!("platform {platform}"));
+                }
+                if *pull {
+                    lines.push("pull newer base images".to_string());
+                }
+                if *no_cache {
+                    lines.push("without the layer cache".to_string());
+                }
+            }
+            Step::Tag { source, target } => lines.push(format!("{source} -> {target}")),
+            Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
+            Step::WriteImageDefinitions {
+                path,
+                container,
+                image_uri,
+            } => {
+                lines.push(format!("write {} (atomically)", path.display()));
+                lines.push(format!(
+                    "[{{\"name\":\"{container}\",\"imageUri\":\"{image_uri}\"}}]"
+                ));
+            }
+        }
+        lines
+    }
+}
+
+impl Sourced<Value<DockerHost>> {
+    fn value_text(&self) -> String {
+        show(&self.value)
+    }
+}
+
+fn show<T: std::fmt::Display>(value: &Value<T>) -> String {
+    match value {
+        Value::Known(value) => value.to_string(),
+        Value::Ssm(reference) => format!("from {reference}"),
+    }
+}
+
+/// How the plan is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Print every step; execute none.
+    Dry,
+    /// Execute every step.
+    Run,
+}
+
+/// Renders the plan as the dry run prints it.
+pub fn render(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "agent {} plan, {} steps (dry run: nothing is written, no connection is made)",
+        env!("CARGO_PKG_VERSION"),
+        plan.steps.len()
+    );
+    let width = plan.steps.len().to_string().len();
+    for (index, step) in plan.steps.iter().enumerate() {
+        let _ = writeln!(out, "\n{:>width$}. {}", index + 1, step.title());
+        for line in step.details() {
+            let _ = writeln!(out, "{:width$}    {line}", "");
+        }
+    }
+    out
+}
+
+/// Carries out the plan: in [`Mode::Dry`] prints it; in [`Mode::Run`] executes each step in order,
+/// logging its outcome and duration, and stops at the first failure.
+pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> Result<()> {
+    if mode == Mode::Dry {
+        crate::output::print(&render(plan));
+        return Ok(());
+    }
+    let total = plan.steps.len();
+    let started = Instant::now();
+    for (index, step) in plan.steps.iter().enumerate() {
+        let title = step.title();
+        let step_started = Instant::now();
+        tracing::info!("step {}/{total} {title}", index + 1);
+        match runner.run(step).await {
+            Ok(outcome) => {
+                let outcome = outcome.unwrap_or_else(|| "ok".to_string());
+                tracing::info!(
+                    "step {}/{total} {title}: {outcome} ({:.2}s)",
+                    index + 1,
+                    step_started.elapsed().as_secs_f64()
+                );
+            }
+            Err(error) => {
+                tracing::error!(
+                    "step {}/{total} {title}: failed ({:.2}s)",
+                    index + 1,
+                    step_started.elapsed().as_secs_f64()
+                );
+                return Err(error);
+            }
+        }
+    }
+    tracing::info!(
+        "done: {total} steps in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What executes a step. The agent's own runner does the real work; the plan does not care how.
+#[expect(
+    async_fn_in_trait,
+    reason = "the runner is used in this crate only, with one executor"
+)]
+pub trait StepRunner {
+    /// Executes one step; `Ok(Some(text))` replaces "ok" in the step's log line.
+    async fn run(&mut self, step: &Step) -> Result<Option<String>>;
+}
+
+/// The runner of this version: the steps are planned, not yet implemented.
+pub struct Unimplemented;
+
+impl StepRunner for Unimplemented {
+    async fn run(&mut self, step: &Step) -> Result<Option<String>> {
+        Err(Error::Unsupported { step: step.title() })
+    }
+}

@@ -1,0 +1,71 @@
+//! The top level: parse the command line, set up logging, build the config and the plan, carry
+//! the plan out, and turn the outcome into the documented exit code.
+
+use std::process::ExitCode;
+
+use crate::cli::{self, Command, Environment};
+use crate::config::Config;
+use crate::error::{Error, exit};
+use crate::output;
+use crate::plan::{self, Mode, Plan};
+
+/// The whole program; `main.rs` calls only this.
+pub fn main() -> ExitCode {
+    let (cli, matches) = match cli::parse(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            // --help and --version are "errors" that print to stdout and exit 0.
+            let code = if error.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    output::init(cli.log_format, cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return fail(&Error::Internal(format!(
+                "failed to start the async runtime: {error}"
+            )));
+        }
+    };
+    let result = match &cli.command {
+        Command::Run(args) => {
+            let run_matches = matches
+                .subcommand_matches("run")
+                .expect("the run subcommand was parsed");
+            runtime.block_on(run(args, run_matches))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+async fn run(args: &cli::RunArgs, matches: &clap::ArgMatches) -> Result<(), Error> {
+    let env = Environment::from_process();
+    let cwd = std::env::current_dir().map_err(|source| Error::LocalFile {
+        action: "read the working directory",
+        path: ".".into(),
+        source,
+        hint: None,
+    })?;
+    let config = Config::new(args, matches, &env, &cwd)?;
+    let plan = Plan::new(&config, &cwd);
+    let mode = if args.dry { Mode::Dry } else { Mode::Run };
+    plan::execute(&plan, mode, &mut plan::Unimplemented).await
+}
+
+fn fail(error: &Error) -> ExitCode {
+    output::eprint(&error.report());
+    ExitCode::from(error.exit_code())
+}

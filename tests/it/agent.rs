@@ -1,0 +1,138 @@
+//! A builder that runs the real `agent` executable in a temporary working directory with a clean
+//! environment and a temporary HOME, and captures what it did.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One run of the agent, before it starts.
+pub struct Agent {
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    pub home: tempfile::TempDir,
+    pub work: tempfile::TempDir,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Both streams, for greps that must cover every byte the agent printed.
+    pub fn all_output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// Asserts the exit code and that nothing panicked, showing the output when not.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(
+            !self.all_output().contains("panicked"),
+            "the agent panicked:\n{}",
+            self.stderr
+        );
+        assert!(
+            !self.all_output().contains("RUST_BACKTRACE"),
+            "the agent panicked:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
+impl Agent {
+    /// A run with no environment but PATH, a fresh HOME, and a working directory holding a
+    /// one-line Dockerfile.
+    pub fn new() -> Agent {
+        let home = tempfile::tempdir().expect("temp HOME");
+        let work = tempfile::tempdir().expect("temp working directory");
+        std::fs::write(
+            work.path().join("Dockerfile"),
+            "FROM scratch\nCOPY Dockerfile /\n",
+        )
+        .expect("write Dockerfile");
+        let mut env = BTreeMap::new();
+        env.insert(
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_default(),
+        );
+        env.insert("HOME".to_string(), home.path().display().to_string());
+        Agent {
+            args: Vec::new(),
+            env,
+            home,
+            work,
+        }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.args
+            .extend(args.into_iter().map(|arg| arg.as_ref().to_string()));
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl AsRef<str>) -> Self {
+        self.env
+            .insert(name.to_string(), value.as_ref().to_string());
+        self
+    }
+
+    /// Runs the agent to its end and returns what it did; the temp dirs stay for inspection.
+    pub fn run(&self) -> Outcome {
+        let started = Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(&self.args)
+            .env_clear()
+            .envs(&self.env)
+            .current_dir(self.work.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("start the agent");
+        Outcome {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// Every file under a directory with its size and mode, to show that a run changed nothing.
+pub fn tree_listing(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).expect("read dir") {
+            let entry = entry.expect("dir entry");
+            let meta = entry.metadata().expect("metadata");
+            entries.push(format!(
+                "{} {:o} {}",
+                entry.path().display(),
+                meta.mode(),
+                meta.len()
+            ));
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    entries.sort();
+    entries
+}

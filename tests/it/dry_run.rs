@@ -1,0 +1,241 @@
+//! `agent run --dry`: the whole plan printed, every secret masked, nothing written, no connection.
+
+use std::net::TcpListener;
+
+use crate::agent::{Agent, tree_listing};
+
+const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\n\
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n\
+QyNTUxOQAAACDrTestOnlyNotARealKeyButLooksLikeOneXXXXXXXXXXXXXXXXXXXXXX\n\
+-----END OPENSSH PRIVATE KEY-----\n";
+const PASSWORD: &str = "dckr_pat_dry-run-secret-9f8e7d";
+const PASSPHRASE: &str = "passphrase-dry-run-1234";
+
+/// A loopback port that accepts connections, to prove that none arrives.
+fn listener() -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.set_nonblocking(true).expect("non-blocking");
+    listener
+}
+
+fn assert_no_connection(listener: &TcpListener) {
+    match listener.accept() {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the dry run connected: {other:?}"),
+    }
+}
+
+fn jets_agent(port: u16) -> Agent {
+    Agent::new()
+        .env("DOCKER_HOST", format!("ssh://ec2-user@127.0.0.1:{port}"))
+        .env("JETS_SSH_KEY", KEY)
+        .env("JETS_SSH_KEY_PASSPHRASE", PASSPHRASE)
+        .env(
+            "JETS_SSH_KNOWN",
+            "|1|c2FsdA==|aGFzaA== ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbc",
+        )
+        .env("DOCKER_USER", "ci-bot")
+        .env("DOCKER_PASS", PASSWORD)
+        .env(
+            "REPOSITORY_URI",
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web",
+        )
+        .env(
+            "ECR_REGISTRY",
+            "210987654321.dkr.ecr.us-east-1.amazonaws.com",
+        )
+        .env(
+            "CODEBUILD_RESOLVED_SOURCE_VERSION",
+            "0123456789abcdef0123456789abcdef01234567",
+        )
+        .env("AWS_REGION", "eu-west-1")
+}
+
+#[test]
+fn dry_run_prints_every_step_masks_secrets_writes_nothing_and_connects_nowhere() {
+    let daemon = listener();
+    let port = daemon.local_addr().unwrap().port();
+    let agent = jets_agent(port).args([
+        "run",
+        "--dry",
+        "--image-definitions",
+        "web",
+        "--build-arg",
+        "MODE=ci",
+    ]);
+    std::fs::create_dir(agent.home.path().join(".ssh")).unwrap();
+    std::fs::write(
+        agent.home.path().join(".ssh/known_hosts"),
+        "existing line\n",
+    )
+    .unwrap();
+    let home_before = tree_listing(agent.home.path());
+    let work_before = tree_listing(agent.work.path());
+
+    let outcome = agent.run();
+    outcome.expect_code(0);
+
+    assert_eq!(
+        tree_listing(agent.home.path()),
+        home_before,
+        "the dry run changed HOME"
+    );
+    assert_eq!(
+        tree_listing(agent.work.path()),
+        work_before,
+        "the dry run changed the working directory"
+    );
+    assert_no_connection(&daemon);
+
+    let output = outcome.all_output();
+    for secret in [PASSWORD, PASSPHRASE]
+        .into_iter()
+        .chain(KEY.lines().filter(|line| !line.starts_with("-----")))
+    {
+        assert!(
+            !output.contains(secret),
+            "a secret appears in the output:\n{output}"
+        );
+    }
+    for step in [
+        "install ssh key",
+        "install known_hosts",
+        &format!("connect to ssh://ec2-user@127.0.0.1:{port}/var/run/docker.sock"),
+        "check daemon",
+        "log in to docker.io",
+        "log in to ECR 123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+        "log in to ECR 210987654321.dkr.ecr.us-east-1.amazonaws.com",
+        "write docker config",
+        "build 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:latest",
+        "tag 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:0123456",
+        "push 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:latest",
+        "push 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:0123456",
+        "write imagedefinitions.json",
+    ] {
+        assert!(
+            outcome.stdout.contains(step),
+            "the plan lacks {step:?}:\n{}",
+            outcome.stdout
+        );
+    }
+
+    let home = agent.home.path().display().to_string();
+    let work = agent.work.path().display().to_string();
+    insta::with_settings!({filters => vec![
+        (home.as_str(), "[HOME]"),
+        (work.as_str(), "[WORK]"),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        (r"agent \d+\.\d+\.\d+", "agent [VERSION]"),
+    ]}, {
+        insta::assert_snapshot!("jets_style_plan", outcome.stdout);
+    });
+}
+
+#[test]
+fn dry_run_keeps_ssm_references_unfetched() {
+    let moto = listener();
+    let endpoint = format!("http://127.0.0.1:{}", moto.local_addr().unwrap().port());
+    let outcome = Agent::new()
+        .env("DOCKER_HOST", "SSM:/ci/docker-host")
+        .env("JETS_SSH_KEY", "SSM:/ci/ssh-key")
+        .env("JETS_SSH_KNOWN", "SSM:/ci/known-hosts")
+        .env("DOCKER_USER", "SSM:/ci/docker-user")
+        .env("DOCKER_PASS", "SSM:/ci/docker-pass")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .args(["run", "--dry", "--image", "app"])
+        .run();
+    outcome.expect_code(0);
+    assert_no_connection(&moto);
+    assert!(
+        outcome.stdout.contains("resolve 5 SSM parameters"),
+        "{}",
+        outcome.stdout
+    );
+    for line in [
+        "DOCKER_HOST <- SSM:/ci/docker-host",
+        "JETS_SSH_KEY <- SSM:/ci/ssh-key",
+        "JETS_SSH_KNOWN <- SSM:/ci/known-hosts",
+        "DOCKER_USER <- SSM:/ci/docker-user",
+        "DOCKER_PASS <- SSM:/ci/docker-pass",
+        "connect to the daemon in SSM:/ci/docker-host",
+        "region us-east-1 (from env AWS_REGION)",
+    ] {
+        assert!(
+            outcome.stdout.contains(line),
+            "the plan lacks {line:?}:\n{}",
+            outcome.stdout
+        );
+    }
+}
+
+#[test]
+fn dry_run_shows_where_values_come_from() {
+    let outcome = Agent::new()
+        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
+        .env("IMAGE_TAG", "v7")
+        .args([
+            "run",
+            "--dry",
+            "--image",
+            "registry.example.com/team/app",
+            "--no-push",
+            "--build-arg",
+            "TOKEN",
+        ])
+        .env("TOKEN", "build-arg-from-env-value")
+        .run();
+    outcome.expect_code(0);
+    let plan = &outcome.stdout;
+    assert!(
+        plan.contains("daemon tcp://127.0.0.1:1 (from env DOCKER_HOST)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("tag registry.example.com/team/app:v7"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("build arg TOKEN (value from env TOKEN)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("build-arg-from-env-value"), "{plan}");
+    assert!(!plan.contains("push "), "--no-push plans no push:\n{plan}");
+}
+
+#[test]
+fn dry_run_uses_the_local_socket_by_default() {
+    let outcome = Agent::new().args(["run", "--dry", "--image", "app"]).run();
+    outcome.expect_code(0);
+    assert!(
+        outcome
+            .stdout
+            .contains("connect to unix:///var/run/docker.sock"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.stdout.contains("(from default)"),
+        "{}",
+        outcome.stdout
+    );
+}
+
+#[test]
+fn a_real_run_of_an_unimplemented_step_says_so() {
+    let outcome = Agent::new()
+        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
+        .args(["run", "--image", "app"])
+        .run();
+    outcome.expect_code(5);
+    assert!(
+        outcome.stderr.contains("is not implemented"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(
+        outcome.elapsed < std::time::Duration::from_secs(10),
+        "{:?}",
+        outcome.elapsed
+    );
+}

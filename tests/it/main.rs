@@ -1,0 +1,9 @@
+//! The integration tests: one binary that runs the real `agent` executable, against the real
+//! servers of the test world (`scripts/testworld up`) where a test needs them.
+
+mod agent;
+mod cli;
+mod config_errors;
+mod dry_run;
+mod world;
+mod world_answers;

@@ -1,0 +1,304 @@
+//! The test world that `scripts/testworld up` brings up on loopback: a Docker daemon (unix socket
+//! and a TCP forward), an OpenSSH server with keys for the user `agent-test`, two registries
+//! standing in for Docker Hub and Amazon ECR, and a moto server for SSM and ECR.
+//!
+//! Everything is read from the env file the script writes (`KEY=value` lines): by default
+//! `<repo>/target/testworld/env`, else `$AGENT_TESTWORLD_ENV`, else `$AGENT_TESTWORLD_DIR/env`.
+//! Secrets (registry passwords, the key passphrase) live in files named there, never in the env
+//! file itself.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// What a test says when the world is not there.
+pub const NOT_UP: &str = "test world not up: run scripts/testworld up";
+
+/// The line sshd (LogLevel VERBOSE) writes once per incoming connection.
+pub const SSH_CONNECTION_LINE: &str = "Connection from 127.0.0.1 port";
+
+/// The servers, keys and files of the test world.
+#[derive(Debug, Clone)]
+pub struct World {
+    /// The env file this was read from.
+    pub env_file: PathBuf,
+    /// TW_STATE_DIR
+    pub state_dir: PathBuf,
+    /// TW_DOCKER_SOCK: the daemon's unix socket (`/var/run/docker.sock`).
+    pub docker_sock: PathBuf,
+    /// TW_DOCKER_TCP: `127.0.0.1:PORT`, plain TCP forwarded to the daemon's socket.
+    pub docker_tcp: String,
+    /// TW_SSH_HOST (`127.0.0.1`)
+    pub ssh_host: String,
+    /// TW_SSH_PORT
+    pub ssh_port: u16,
+    /// TW_SSH_USER (`agent-test`, member of group docker)
+    pub ssh_user: String,
+    /// TW_SSH_LOG: sshd's log (one "Connection from 127.0.0.1 port" line per connection).
+    pub ssh_log: PathBuf,
+    /// TW_KEY_ED25519: authorized, OpenSSH format, no passphrase.
+    pub key_ed25519: PathBuf,
+    /// TW_KEY_RSA_PEM: authorized, RSA 3072 in PEM (`BEGIN RSA PRIVATE KEY`).
+    pub key_rsa_pem: PathBuf,
+    /// TW_KEY_ECDSA: authorized, ECDSA P-256, OpenSSH format.
+    pub key_ecdsa: PathBuf,
+    /// TW_KEY_ED25519_ENC: authorized, encrypted with the passphrase in `key_passphrase_file`.
+    pub key_ed25519_enc: PathBuf,
+    /// TW_KEY_PASSPHRASE_FILE: the passphrase of `key_ed25519_enc` (no trailing newline).
+    pub key_passphrase_file: PathBuf,
+    /// TW_KEY_ASKPASS: an SSH_ASKPASS program that prints that passphrase.
+    pub key_askpass: PathBuf,
+    /// TW_KEY_UNAUTHORIZED: a valid ed25519 key that sshd does not accept.
+    pub key_unauthorized: PathBuf,
+    /// TW_KNOWN_HOSTS_HASHED: `ssh-keyscan -H`, every host key type.
+    pub known_hosts_hashed: PathBuf,
+    /// TW_KNOWN_HOSTS_PLAIN: `[127.0.0.1]:PORT TYPE KEY`, every host key type.
+    pub known_hosts_plain: PathBuf,
+    /// TW_KNOWN_HOSTS_RSA: hashed, RSA host key only (as the Jets docs generate it).
+    pub known_hosts_rsa: PathBuf,
+    /// TW_HUB_REGISTRY: `127.0.0.1:PORT`, the registry standing in for Docker Hub.
+    pub hub_registry: String,
+    /// TW_HUB_USER
+    pub hub_user: String,
+    /// TW_HUB_PASS_FILE
+    pub hub_pass_file: PathBuf,
+    /// TW_HUB_LOG
+    pub hub_log: PathBuf,
+    /// TW_ECR_REGISTRY: `127.0.0.1:PORT`, the registry standing in for ECR.
+    pub ecr_registry: String,
+    /// TW_ECR_USER (`AWS`)
+    pub ecr_user: String,
+    /// TW_ECR_PASS_FILE (holds `123456789012-auth-token`, what moto's GetAuthorizationToken gives)
+    pub ecr_pass_file: PathBuf,
+    /// TW_ECR_LOG
+    pub ecr_log: PathBuf,
+    /// TW_ECR_ACCOUNT (`123456789012`, moto's default account)
+    pub ecr_account: String,
+    /// TW_MOTO_URL: `http://127.0.0.1:PORT` (SSM and ECR; any credentials, region us-east-1).
+    pub moto_url: String,
+    /// TW_MOTO_LOG
+    pub moto_log: PathBuf,
+    /// TW_PYTHON: a python with boto3 (the moto venv).
+    pub python: PathBuf,
+    /// Every `KEY=value` of the env file, for keys without a field.
+    pub vars: BTreeMap<String, String>,
+}
+
+impl World {
+    /// Where the env file is looked for.
+    pub fn env_file_path() -> PathBuf {
+        if let Some(p) = std::env::var_os("AGENT_TESTWORLD_ENV").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        if let Some(d) = std::env::var_os("AGENT_TESTWORLD_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d).join("env");
+        }
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("testworld")
+            .join("env")
+    }
+
+    /// True when an env file exists (the world was brought up and not taken down).
+    pub fn is_up() -> bool {
+        Self::env_file_path().is_file()
+    }
+
+    /// Reads the env file; panics with "test world not up: run scripts/testworld up" if missing.
+    pub fn load() -> World {
+        let path = Self::env_file_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => panic!("{NOT_UP} (cannot read {}: {e})", path.display()),
+        };
+        Self::parse(&path, &text)
+    }
+
+    /// One `World` per test binary, loaded on first use.
+    pub fn shared() -> &'static World {
+        static WORLD: OnceLock<World> = OnceLock::new();
+        WORLD.get_or_init(World::load)
+    }
+
+    fn parse(path: &Path, text: &str) -> World {
+        let mut vars = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some((key, value)) = line.split_once('=') {
+                vars.insert(key.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        let s = |key: &str| -> String { required(&vars, path, key) };
+        let p = |key: &str| -> PathBuf { PathBuf::from(required(&vars, path, key)) };
+        let ssh_port_text = s("TW_SSH_PORT");
+        let ssh_port = ssh_port_text.parse::<u16>().unwrap_or_else(|e| {
+            panic!(
+                "{}: TW_SSH_PORT={ssh_port_text:?} is not a port: {e}",
+                path.display()
+            )
+        });
+        let world = World {
+            env_file: path.to_path_buf(),
+            state_dir: p("TW_STATE_DIR"),
+            docker_sock: p("TW_DOCKER_SOCK"),
+            docker_tcp: s("TW_DOCKER_TCP"),
+            ssh_host: s("TW_SSH_HOST"),
+            ssh_port,
+            ssh_user: s("TW_SSH_USER"),
+            ssh_log: p("TW_SSH_LOG"),
+            key_ed25519: p("TW_KEY_ED25519"),
+            key_rsa_pem: p("TW_KEY_RSA_PEM"),
+            key_ecdsa: p("TW_KEY_ECDSA"),
+            key_ed25519_enc: p("TW_KEY_ED25519_ENC"),
+            key_passphrase_file: p("TW_KEY_PASSPHRASE_FILE"),
+            key_askpass: p("TW_KEY_ASKPASS"),
+            key_unauthorized: p("TW_KEY_UNAUTHORIZED"),
+            known_hosts_hashed: p("TW_KNOWN_HOSTS_HASHED"),
+            known_hosts_plain: p("TW_KNOWN_HOSTS_PLAIN"),
+            known_hosts_rsa: p("TW_KNOWN_HOSTS_RSA"),
+            hub_registry: s("TW_HUB_REGISTRY"),
+            hub_user: s("TW_HUB_USER"),
+            hub_pass_file: p("TW_HUB_PASS_FILE"),
+            hub_log: p("TW_HUB_LOG"),
+            ecr_registry: s("TW_ECR_REGISTRY"),
+            ecr_user: s("TW_ECR_USER"),
+            ecr_pass_file: p("TW_ECR_PASS_FILE"),
+            ecr_log: p("TW_ECR_LOG"),
+            ecr_account: s("TW_ECR_ACCOUNT"),
+            moto_url: s("TW_MOTO_URL"),
+            moto_log: p("TW_MOTO_LOG"),
+            python: p("TW_PYTHON"),
+            vars: BTreeMap::new(),
+        };
+        World { vars, ..world }
+    }
+
+    /// A value of the env file by its key (`TW_...`), if present.
+    pub fn var(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+
+    /// The Docker Hub stand-in's password.
+    pub fn hub_pass(&self) -> String {
+        read_secret(&self.hub_pass_file, "the hub registry password")
+    }
+
+    /// The ECR stand-in's password (`123456789012-auth-token`).
+    pub fn ecr_pass(&self) -> String {
+        read_secret(&self.ecr_pass_file, "the ECR registry password")
+    }
+
+    /// The passphrase of `key_ed25519_enc`.
+    pub fn key_passphrase(&self) -> String {
+        read_secret(&self.key_passphrase_file, "the key passphrase")
+    }
+
+    /// How many connections sshd has logged so far (the log only grows while the world is up;
+    /// compare before/after, and expect `>=` since other tests may connect at the same time).
+    pub fn ssh_connection_count(&self) -> usize {
+        let bytes = std::fs::read(&self.ssh_log)
+            .unwrap_or_else(|e| panic!("cannot read sshd log {}: {e}", self.ssh_log.display()));
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|line| line.contains(SSH_CONNECTION_LINE))
+            .count()
+    }
+
+    /// `ssh://agent-test@127.0.0.1:PORT`
+    pub fn ssh_url(&self) -> String {
+        format!(
+            "ssh://{}@{}:{}",
+            self.ssh_user, self.ssh_host, self.ssh_port
+        )
+    }
+
+    /// `tcp://127.0.0.1:PORT`
+    pub fn docker_tcp_url(&self) -> String {
+        format!("tcp://{}", self.docker_tcp)
+    }
+
+    /// The port of the TCP forward to the daemon.
+    pub fn docker_tcp_port(&self) -> u16 {
+        port_of(&self.docker_tcp)
+    }
+
+    /// The port of the Docker Hub stand-in.
+    pub fn hub_port(&self) -> u16 {
+        port_of(&self.hub_registry)
+    }
+
+    /// The port of the ECR stand-in.
+    pub fn ecr_port(&self) -> u16 {
+        port_of(&self.ecr_registry)
+    }
+
+    /// The port of the moto server.
+    pub fn moto_port(&self) -> u16 {
+        port_of(self.moto_url.trim_start_matches("http://"))
+    }
+
+    /// The system `ssh` to the world's sshd as `agent-test`, non-interactive (BatchMode), with
+    /// strict host key checking against `known_hosts`; append the remote command with `.arg(..)`.
+    pub fn ssh_command(&self, key: &Path, known_hosts: &Path) -> Command {
+        self.ssh_command_with(key, known_hosts, true)
+    }
+
+    /// As `ssh_command`; with `batch_mode` false ssh may ask SSH_ASKPASS for a key passphrase.
+    pub fn ssh_command_with(&self, key: &Path, known_hosts: &Path, batch_mode: bool) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-i"])
+            .arg(key)
+            .args(["-o", "IdentitiesOnly=yes"])
+            .args([
+                "-o",
+                if batch_mode {
+                    "BatchMode=yes"
+                } else {
+                    "BatchMode=no"
+                },
+            ])
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+            .args(["-o", "ConnectTimeout=20"])
+            .args(["-o", "LogLevel=ERROR"])
+            .arg("-p")
+            .arg(self.ssh_port.to_string())
+            .arg(format!("{}@{}", self.ssh_user, self.ssh_host))
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+fn required(vars: &BTreeMap<String, String>, path: &Path, key: &str) -> String {
+    match vars.get(key) {
+        Some(value) if !value.is_empty() => value.clone(),
+        _ => panic!(
+            "{NOT_UP} ({} has no {key}; the script is newer than this world)",
+            path.display()
+        ),
+    }
+}
+
+fn read_secret(path: &Path, what: &str) -> String {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {what} from {}: {e} ({NOT_UP})", path.display()));
+    text.trim_end_matches(['\r', '\n']).to_owned()
+}
+
+/// The port of `HOST:PORT`.
+pub fn port_of(addr: &str) -> u16 {
+    let port = addr
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .unwrap_or_default();
+    port.trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("{addr:?} has no port: {e}"))
+}
