@@ -171,6 +171,96 @@ pub enum Error {
         hint: Option<String>,
     },
 
+    /// The SSH key in a variable or file cannot be used.
+    #[error("{subject} {error}")]
+    SshKey {
+        subject: String,
+        error: crate::ssh::key::KeyError,
+    },
+
+    /// The key file exists and holds another key: it is never overwritten.
+    #[error("{} already holds a different key", .path.display())]
+    KeyFileExists { path: PathBuf },
+
+    /// No line of `JETS_SSH_KNOWN` is a known_hosts entry.
+    #[error("{subject} holds no known_hosts entry (lines {lines} could not be read)")]
+    KnownHostsInvalid { subject: String, lines: String },
+
+    /// There is no key to log in with.
+    #[error(
+        "no SSH key to log in to {host} with: JETS_SSH_KEY is unset and none of {tried} exists"
+    )]
+    NoSshKey { host: String, tried: String },
+
+    /// The connection to the daemon's host could not be opened.
+    #[error("failed to connect to {target}: {detail}")]
+    Connect {
+        target: String,
+        class: ConnectClass,
+        detail: String,
+    },
+
+    /// The SSH host key is in no known_hosts entry.
+    #[error(
+        "the host key of {host} is unknown (it presented {presented}); the agent never trusts a host on first use"
+    )]
+    HostKeyUnknown {
+        host: String,
+        keyscan: String,
+        presented: String,
+    },
+
+    /// The SSH host key differs from the known one.
+    #[error("the host key of {host} has changed: it presented {presented}, known_hosts expects {}", .expected.join(", "))]
+    HostKeyChanged {
+        host: String,
+        keyscan: String,
+        presented: String,
+        expected: Vec<String>,
+    },
+
+    /// The SSH host key is marked `@revoked`.
+    #[error("the host key of {host} is revoked ({presented}, @revoked in {source_line})")]
+    HostKeyRevoked {
+        host: String,
+        presented: String,
+        source_line: String,
+    },
+
+    /// The SSH server refused the key.
+    #[error("{host} refused the SSH key {key} for user {user}")]
+    SshAuth {
+        host: String,
+        user: String,
+        key: String,
+    },
+
+    /// The remote Docker socket could not be opened through SSH.
+    #[error("failed to open the Docker socket {socket} on {host}: {detail}")]
+    RemoteSocket {
+        host: String,
+        socket: String,
+        detail: String,
+    },
+
+    /// The SSH connection failed after it was opened.
+    #[error("the SSH connection to {host} failed: {detail}")]
+    Ssh { host: String, detail: String },
+
+    /// The daemon did not answer, or answered with an error.
+    #[error("the Docker daemon at {target} {detail}")]
+    Daemon { target: String, detail: String },
+
+    /// The daemon's API is older than the agent supports.
+    #[error(
+        "the Docker daemon at {target} speaks API {version}, older than {minimum}, the oldest the agent supports"
+    )]
+    DaemonTooOld {
+        target: String,
+        version: String,
+        minimum: String,
+    },
+
     /// A step this version cannot execute yet.
     #[error("step \"{step}\" is not implemented in agent {}", env!("CARGO_PKG_VERSION"))]
     Unsupported { step: String },
@@ -184,8 +274,23 @@ impl Error {
     /// The documented exit code of this failure's class.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => exit::CONFIG,
-            Error::LocalFile { .. } => exit::LOCAL_FILE,
+            Error::Config(_) | Error::SshKey { .. } | Error::KnownHostsInvalid { .. } => {
+                exit::CONFIG
+            }
+            Error::LocalFile { .. } | Error::KeyFileExists { .. } => exit::LOCAL_FILE,
+            Error::NoSshKey { .. } | Error::SshAuth { .. } => exit::SSH_AUTH,
+            Error::Connect { class, .. } => match class {
+                ConnectClass::NameResolution => exit::NAME_RESOLUTION,
+                ConnectClass::Refused => exit::CONNECTION_REFUSED,
+                ConnectClass::Timeout => exit::TIMEOUT,
+                ConnectClass::Other => exit::SSH,
+            },
+            Error::HostKeyUnknown { .. } => exit::HOST_KEY_UNKNOWN,
+            Error::HostKeyChanged { .. } | Error::HostKeyRevoked { .. } => exit::HOST_KEY_CHANGED,
+            Error::RemoteSocket { .. } => exit::REMOTE_SOCKET,
+            Error::Ssh { .. } => exit::SSH,
+            Error::Daemon { .. } => exit::DAEMON,
+            Error::DaemonTooOld { .. } => exit::DAEMON_TOO_OLD,
             Error::Unsupported { .. } => exit::UNSUPPORTED,
             Error::Internal(_) => exit::INTERNAL,
         }
@@ -196,6 +301,47 @@ impl Error {
         match self {
             Error::Config(_) => None,
             Error::LocalFile { hint, .. } => hint.clone(),
+            Error::SshKey { error, .. } => Some(error.hint().to_string()),
+            Error::KeyFileExists { .. } => Some(
+                "the agent never overwrites a key: remove that file if it is stale, \
+                 or install JETS_SSH_KEY elsewhere with --ssh-key-file PATH"
+                    .to_string(),
+            ),
+            Error::KnownHostsInvalid { .. } => Some(
+                "store the output of `ssh-keyscan -H HOST` (lines like `|1|…= ssh-ed25519 AAAA…` or `host ssh-rsa AAAA…`)"
+                    .to_string(),
+            ),
+            Error::NoSshKey { .. } => Some("set JETS_SSH_KEY to the private key of the Docker host's user".to_string()),
+            Error::Connect { class, .. } => Some(
+                match class {
+                    ConnectClass::NameResolution => "check the host name in DOCKER_HOST and the build's DNS",
+                    ConnectClass::Refused => "check that the host is up and that sshd (or the daemon) listens on that port",
+                    ConnectClass::Timeout => {
+                        "check the host's address, its security group and network ACLs, or raise --connect-timeout"
+                    }
+                    ConnectClass::Other => "check DOCKER_HOST and that the host is reachable from the build",
+                }
+                .to_string(),
+            ),
+            Error::HostKeyUnknown { keyscan, .. } => Some(format!(
+                "add the host's key to JETS_SSH_KNOWN: run `{keyscan}` on a machine that reaches the host, \
+                 check the fingerprints with the host's administrator, and store the output"
+            )),
+            Error::HostKeyChanged { keyscan, .. } => Some(format!(
+                "if the host was rebuilt, confirm its new key with its administrator and replace JETS_SSH_KNOWN \
+                 with the output of `{keyscan}`; otherwise someone may be intercepting the connection"
+            )),
+            Error::HostKeyRevoked { .. } => Some("the host's key was revoked: ask its administrator for the new one".to_string()),
+            Error::SshAuth { user, .. } => Some(format!(
+                "add the public half of JETS_SSH_KEY to ~{user}/.ssh/authorized_keys on the host, or fix the user in DOCKER_HOST"
+            )),
+            Error::RemoteSocket { socket, .. } => Some(format!(
+                "check that dockerd runs on the host, that {socket} is its socket (give another as ssh://user@host/path), \
+                 that the SSH user may open it (group docker), and that sshd allows AllowStreamLocalForwarding"
+            )),
+            Error::Ssh { .. } => Some("run again; if it persists, check the host's sshd log".to_string()),
+            Error::Daemon { .. } => Some("check that dockerd runs on the host: `systemctl status docker`".to_string()),
+            Error::DaemonTooOld { .. } => Some("upgrade Docker on the host".to_string()),
             Error::Unsupported { .. } => {
                 Some("run `agent run --dry` to see the plan without executing it".to_string())
             }
@@ -228,6 +374,15 @@ impl Error {
         }
         Ok(())
     }
+}
+
+/// The kind of failure when opening a connection, each with its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectClass {
+    NameResolution,
+    Refused,
+    Timeout,
+    Other,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

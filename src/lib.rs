@@ -5,6 +5,7 @@
 //! - [`config`]: flags and environment turned into one validated [`config::Config`];
 //! - [`plan`]: the ordered steps a run consists of, printed by `--dry`, executed by `run`;
 //! - [`docker_host`]: the `DOCKER_HOST` grammar; [`image_ref`]: image references and tags;
+//! - [`ssh`]: the key and known_hosts files, the host-key check, the SSH transport;
 //! - [`secrets`]: `SSM:` references, secret values and the redactor every output passes through;
 //! - [`output`]: logging (tracing) to stderr, text or JSON;
 //! - [`error`]: the one error type and its documented exit codes;
@@ -19,3 +20,4 @@ pub mod output;
 pub mod plan;
 pub mod run;
 pub mod secrets;
+pub mod ssh;

@@ -1,0 +1,215 @@
+//! The files the agent installs for itself and for the buildspec's later `ssh`, `docker` and `git`
+//! commands: the private key (0600 in a 0700 directory, never overwriting a different key) and
+//! known_hosts (each line once). Both are written atomically: a temporary file in the same
+//! directory, renamed into place, so a crash leaves the old file or the new one, never half.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// What installing a file did, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installed {
+    Written,
+    AlreadyThere,
+    Added(usize),
+}
+
+/// Installs the key text at `path`. An existing file with the same key is left as it is (its
+/// mode tightened to 0600); one with other content is an error and is not touched.
+pub fn install_key(
+    path: &Path,
+    text: &str,
+    same_key: impl Fn(&str) -> bool,
+) -> Result<Installed, Error> {
+    let dir = parent(path)?;
+    ensure_private_dir(&dir)?;
+    match fs::read_to_string(path) {
+        Ok(existing) => {
+            if existing == text || same_key(&existing) {
+                fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+                    .map_err(|source| file_error("set the mode of", path, source))?;
+                return Ok(Installed::AlreadyThere);
+            }
+            Err(Error::KeyFileExists {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            write_atomically(path, text.as_bytes(), 0o600, false)?;
+            Ok(Installed::Written)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            Err(Error::KeyFileExists {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(source) => Err(file_error("read", path, source)),
+    }
+}
+
+/// Adds each line that the file does not hold yet (compared with whitespace runs made one).
+/// Returns how many were added. The file keeps its mode; a new one is 0644, as OpenSSH expects.
+pub fn install_known_hosts(path: &Path, lines: &[String]) -> Result<Installed, Error> {
+    let dir = parent(path)?;
+    ensure_private_dir(&dir)?;
+    let (existing, mode) = match fs::read(path) {
+        Ok(bytes) => {
+            let mode = fs::metadata(path)
+                .map(|meta| meta.mode() & 0o7777)
+                .unwrap_or(0o644);
+            (String::from_utf8_lossy(&bytes).into_owned(), mode)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => (String::new(), 0o644),
+        Err(source) => return Err(file_error("read", path, source)),
+    };
+    let normal = |line: &str| line.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut present: Vec<String> = existing.lines().map(normal).collect();
+    let mut content = existing.clone();
+    let mut added = 0;
+    for line in lines {
+        let line = normal(line);
+        if line.is_empty() || present.contains(&line) {
+            continue;
+        }
+        if !content.is_empty() && !content.ends_with('\n') {
+            content.push('\n');
+        }
+        content.push_str(&line);
+        content.push('\n');
+        present.push(line);
+        added += 1;
+    }
+    if added == 0 {
+        return Ok(Installed::AlreadyThere);
+    }
+    write_atomically(path, content.as_bytes(), mode, true)?;
+    Ok(Installed::Added(added))
+}
+
+/// Writes a file through a temporary file in the same directory and a rename. With `replace`
+/// false, an existing file is never replaced (the rename fails instead).
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<(), Error> {
+    let dir = parent(path)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".agent-")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(&dir)
+        .map_err(|source| file_error("create a temporary file in", &dir, source))?;
+    temp.write_all(bytes)
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(|source| file_error("write", temp.path(), source))?;
+    fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode))
+        .map_err(|source| file_error("set the mode of", temp.path(), source))?;
+    let result = if replace {
+        temp.persist(path).map(drop)
+    } else {
+        temp.persist_noclobber(path).map(drop)
+    };
+    result.map_err(|error| {
+        if error.error.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::KeyFileExists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            file_error("write", path, error.error)
+        }
+    })
+}
+
+fn parent(path: &Path) -> Result<PathBuf, Error> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => Ok(dir.to_path_buf()),
+        _ => Ok(PathBuf::from(".")),
+    }
+}
+
+/// Creates the directory with mode 0700 if it is missing. An existing one keeps its mode.
+fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| file_error("create the directory", dir, source))
+}
+
+fn file_error(action: &'static str, path: &Path, source: std::io::Error) -> Error {
+    let hint = (source.kind() == std::io::ErrorKind::PermissionDenied)
+        .then(|| "check the owner and mode of the file and its directory, or choose another path with --ssh-key-file / --known-hosts-file".to_string());
+    Error::LocalFile {
+        action,
+        path: path.to_path_buf(),
+        source,
+        hint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_written_private_and_never_overwritten() {
+        let home = tempfile::tempdir().unwrap();
+        let path = home.path().join(".ssh/id_rsa");
+        assert_eq!(
+            install_key(&path, "KEY\n", |_| false).unwrap(),
+            Installed::Written
+        );
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            install_key(&path, "KEY\n", |_| false).unwrap(),
+            Installed::AlreadyThere
+        );
+        assert!(matches!(
+            install_key(&path, "OTHER\n", |_| false),
+            Err(Error::KeyFileExists { .. })
+        ));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "KEY\n");
+        assert_eq!(
+            install_key(&path, "SAME KEY, OTHER FORM\n", |_| true).unwrap(),
+            Installed::AlreadyThere
+        );
+        assert_eq!(
+            fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
+    }
+
+    #[test]
+    fn known_hosts_lines_are_added_once() {
+        let home = tempfile::tempdir().unwrap();
+        let path = home.path().join(".ssh/known_hosts");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, "existing  line").unwrap();
+        let lines = vec![
+            "a b c".to_string(),
+            "existing line".to_string(),
+            "a  b c".to_string(),
+        ];
+        assert_eq!(
+            install_known_hosts(&path, &lines).unwrap(),
+            Installed::Added(1)
+        );
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "existing  line\na b c\n"
+        );
+        assert_eq!(
+            install_known_hosts(&path, &lines).unwrap(),
+            Installed::AlreadyThere
+        );
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
+    }
+}

@@ -1,0 +1,255 @@
+//! The SSH private key: repairing what users paste into parameter stores, decoding it, and
+//! describing it (type and fingerprint) without ever showing it.
+
+use russh::keys::{HashAlg, PrivateKey};
+
+use crate::secrets::Secret;
+
+/// Why a key could not be used. Messages never contain the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("holds no private key (no \"-----BEGIN … PRIVATE KEY-----\" line)")]
+    NotAKey,
+    #[error("holds a public key, not a private key")]
+    PublicKey,
+    #[error("is an encrypted key and no passphrase was given")]
+    Encrypted,
+    #[error("could not be decrypted with the passphrase in JETS_SSH_KEY_PASSPHRASE")]
+    WrongPassphrase,
+    #[error("could not be read as a private key: {0}")]
+    Corrupt(String),
+}
+
+impl KeyError {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            KeyError::NotAKey | KeyError::Corrupt(_) => {
+                "store the whole private key file, from its -----BEGIN line to its -----END line \
+                 (OpenSSH, PEM RSA or PKCS#8 format)"
+            }
+            KeyError::PublicKey => {
+                "store the private key (the file without .pub), e.g. the contents of ~/.ssh/id_ed25519"
+            }
+            KeyError::Encrypted => "set JETS_SSH_KEY_PASSPHRASE, or store a key without passphrase",
+            KeyError::WrongPassphrase => "check JETS_SSH_KEY_PASSPHRASE",
+        }
+    }
+}
+
+/// A decoded private key with its repaired text (as it is written to the key file).
+pub struct SshKey {
+    pub key: PrivateKey,
+    /// The repaired text: what the key file holds. Registered with the redactor.
+    pub text: Secret,
+}
+
+impl std::fmt::Debug for SshKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SshKey({})", self.describe())
+    }
+}
+
+impl SshKey {
+    /// Repairs and decodes a key as found in `JETS_SSH_KEY` or a key file.
+    pub fn parse(raw: &str, passphrase: Option<&Secret>) -> Result<SshKey, KeyError> {
+        let text = repair(raw);
+        let text = Secret::new(text);
+        let body = text.expose();
+        if !body.contains("-----BEGIN ") || !body.contains("PRIVATE KEY-----") {
+            let first = body.split_whitespace().next().unwrap_or_default();
+            if first.starts_with("ssh-")
+                || first.starts_with("ecdsa-")
+                || first.contains("PUBLIC KEY")
+                || body.contains("PUBLIC KEY-----")
+            {
+                return Err(KeyError::PublicKey);
+            }
+            return Err(KeyError::NotAKey);
+        }
+        let key = match russh::keys::decode_secret_key(body, passphrase.map(Secret::expose)) {
+            Ok(key) => key,
+            Err(russh::keys::Error::KeyIsEncrypted) => return Err(KeyError::Encrypted),
+            Err(_) if passphrase.is_some() && is_encrypted(body) => {
+                return Err(KeyError::WrongPassphrase);
+            }
+            Err(error) => return Err(KeyError::Corrupt(redacted_reason(&error))),
+        };
+        Ok(SshKey { key, text })
+    }
+
+    /// E.g. `ssh-ed25519 SHA256:abc…`.
+    pub fn describe(&self) -> String {
+        let public = self.key.public_key();
+        format!(
+            "{} {}",
+            public.algorithm().as_str(),
+            public.fingerprint(HashAlg::Sha256)
+        )
+    }
+}
+
+/// Whether the key text is an encrypted key (OpenSSH's bcrypt KDF, or a PEM with DEK-Info).
+fn is_encrypted(text: &str) -> bool {
+    text.contains("ENCRYPTED")
+        || text.contains("DEK-Info")
+        || russh::keys::ssh_key::PrivateKey::from_openssh(text).is_ok_and(|key| key.is_encrypted())
+}
+
+/// The decoder's reason, kept short and free of key material (the decoders never echo input,
+/// but the redactor has the key registered anyway).
+fn redacted_reason(error: &russh::keys::Error) -> String {
+    crate::secrets::redact(&error.to_string())
+}
+
+/// Repairs what users paste into parameter stores and CI variables: surrounding whitespace or
+/// quotes, literal `\n` sequences, CRLF, indented lines, newlines collapsed into spaces, and a
+/// missing final newline.
+pub fn repair(raw: &str) -> String {
+    let mut text = raw.trim().to_string();
+    // Surrounding quotes, possibly several layers ("'…'").
+    loop {
+        let trimmed = text.trim();
+        let unquoted = ['"', '\''].iter().find_map(|quote| {
+            trimmed
+                .strip_prefix(*quote)
+                .and_then(|rest| rest.strip_suffix(*quote))
+        });
+        match unquoted {
+            Some(inner) => text = inner.trim().to_string(),
+            None => break,
+        }
+    }
+    let text = text
+        .replace("\\r\\n", "\n")
+        .replace("\\n", "\n")
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let mut out = String::with_capacity(text.len() + 1);
+    if lines.len() == 1 {
+        // All on one line with spaces where newlines were: split the armour from the body.
+        if let Some(rebuilt) = unflatten(lines[0]) {
+            return rebuilt;
+        }
+    }
+    for (index, line) in lines.iter().enumerate() {
+        out.push_str(line);
+        out.push('\n');
+        // PEM headers (Proc-Type, DEK-Info) end with an empty line before the body.
+        if line.starts_with("DEK-Info:")
+            && lines.get(index + 1).is_some_and(|next| !next.is_empty())
+        {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `-----BEGIN X----- body body -----END X-----` on one line back to lines.
+fn unflatten(line: &str) -> Option<String> {
+    let begin_end = line.find("-----BEGIN ")?;
+    let header_end = line[begin_end + 11..].find("-----")? + begin_end + 11 + 5;
+    let footer_start = line.rfind("-----END ")?;
+    if footer_start <= header_end {
+        return None;
+    }
+    let header = &line[begin_end..header_end];
+    let footer = line[footer_start..].trim();
+    let mut out = format!("{header}\n");
+    let body = &line[header_end..footer_start];
+    let mut words = body.split_whitespace().peekable();
+    while let Some(word) = words.next() {
+        // PEM headers ("Proc-Type: 4,ENCRYPTED") keep their value on the same line.
+        if word.ends_with(':') {
+            out.push_str(word);
+            if let Some(value) = words.next() {
+                out.push(' ');
+                out.push_str(value);
+            }
+            out.push('\n');
+            if word == "DEK-Info:" {
+                out.push('\n');
+            }
+        } else {
+            out.push_str(word);
+            out.push('\n');
+        }
+    }
+    out.push_str(footer);
+    out.push('\n');
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n";
+
+    #[test]
+    fn repair_undoes_what_parameter_stores_do() {
+        for pasted in [
+            KEY.to_string(),
+            KEY.trim_end().to_string(),
+            KEY.replace('\n', "\\n"),
+            KEY.replace('\n', "\r\n"),
+            format!("  \"{}\"  ", KEY.replace('\n', "\\n")),
+            format!("'{KEY}'"),
+            KEY.lines()
+                .map(|line| format!("    {line}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            KEY.trim_end().replace('\n', " "),
+        ] {
+            assert_eq!(repair(&pasted), KEY, "{pasted:?}");
+        }
+    }
+
+    #[test]
+    fn repair_keeps_pem_headers_apart_from_the_body() {
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00FF\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
+        assert_eq!(repair(pem), pem);
+        assert_eq!(repair(&pem.replace('\n', " ")), pem);
+    }
+
+    #[test]
+    fn not_a_key_is_refused_without_echoing_it() {
+        let error = SshKey::parse("hunter2-not-a-key", None).unwrap_err();
+        assert_eq!(error, KeyError::NotAKey);
+        assert!(!error.to_string().contains("hunter2"));
+        assert_eq!(
+            SshKey::parse("ssh-ed25519 AAAAC3Nza user@host", None).unwrap_err(),
+            KeyError::PublicKey
+        );
+        assert!(matches!(
+            SshKey::parse(KEY, None).unwrap_err(),
+            KeyError::Corrupt(_)
+        ));
+    }
+
+    /// A throwaway key made for this test with `ssh-keygen -t ed25519`; it opens nothing.
+    const TEST_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACCnnsHxkInWtSLNKOj+3onQnVjpvTNwtFtONn3sO3nrDQAAAJDpfQ/U6X0P
+1AAAAAtzc2gtZWQyNTUxOQAAACCnnsHxkInWtSLNKOj+3onQnVjpvTNwtFtONn3sO3nrDQ
+AAAECuiQZsIuTzibfGI1yqmBgbw0UXJ69pGfhWScucrxKRLKeewfGQida1Is0o6P7eidCd
+WOm9M3C0W042few7eesNAAAACXVuaXQtdGVzdAECAwQ=
+-----END OPENSSH PRIVATE KEY-----
+";
+
+    #[test]
+    fn a_pasted_key_decodes_and_describes_itself() {
+        let parsed = SshKey::parse(&TEST_KEY.replace('\n', "\\n"), None).unwrap();
+        assert_eq!(
+            parsed.describe(),
+            "ssh-ed25519 SHA256:MPZpRyWsr8qoXEDgNFIg12D1eJhytduu2OvXTjPGmJ8"
+        );
+        assert_eq!(parsed.text.expose(), TEST_KEY);
+        assert!(!format!("{parsed:?}").contains("b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ"));
+    }
+}
