@@ -65,6 +65,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry: bool,
 
+    /// Check without changing anything: resolve SSM references, connect to the daemon, check it
+    /// and the registry logins; write no file, build and push nothing
+    #[arg(long, conflicts_with = "dry")]
+    pub check: bool,
+
     /// The Docker daemon: ssh://[user@]host[:port][/socket], tcp://host[:port] or unix:///path;
     /// may be SSM:/parameter [default: the local socket]
     #[arg(

@@ -14,6 +14,9 @@ use crate::docker_host::DockerHost;
 use crate::error::{Error, Problem};
 use crate::image_ref::{self, EcrRegistry, Repository};
 use crate::secrets::{Origin, Secret, SsmRef};
+use crate::ssh::key::SshKey;
+use crate::ssh::known_hosts::KnownHosts;
+use std::sync::Arc;
 
 /// A value given directly, or a reference to an SSM parameter that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +41,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
-    /// The SSH private key to install and log in with (`JETS_SSH_KEY`).
-    pub ssh_key: Option<Sourced<Value<Secret>>>,
+    /// The SSH private key to install and log in with (`JETS_SSH_KEY`), decoded.
+    pub ssh_key: Option<Sourced<Value<Arc<SshKey>>>>,
     /// The passphrase of an encrypted `JETS_SSH_KEY`.
     pub ssh_key_passphrase: Option<Secret>,
     /// Where the key is installed.
@@ -214,15 +217,37 @@ impl Config {
         }
 
         // SSH key and known hosts.
+        let ssh_key_passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
         let ssh_key = env.get(names::JETS_SSH_KEY).and_then(|text| {
-            secret_value(text, names::JETS_SSH_KEY, &mut problems).map(|value| Sourced {
+            let value = match secret_value(text, names::JETS_SSH_KEY, &mut problems)? {
+                Value::Ssm(reference) => Value::Ssm(reference),
+                Value::Known(secret) => {
+                    match SshKey::parse(secret.expose(), ssh_key_passphrase.as_ref()) {
+                        Ok(key) => Value::Known(Arc::new(key)),
+                        Err(error) => {
+                            problems.push(
+                                Problem::new(names::JETS_SSH_KEY, error.to_string())
+                                    .hint(error.hint()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+            };
+            Some(Sourced {
                 value,
                 origin: Origin::Env(names::JETS_SSH_KEY),
             })
         });
-        let ssh_key_passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
         let known_hosts = env.get(names::JETS_SSH_KNOWN).and_then(|text| {
-            plain_value(text, names::JETS_SSH_KNOWN, &mut problems).map(|value| Sourced {
+            let value = plain_value(text, names::JETS_SSH_KNOWN, &mut problems)?;
+            if let Value::Known(text) = &value {
+                if let Err(problem) = check_known_hosts(text, names::JETS_SSH_KNOWN) {
+                    problems.push(problem);
+                    return None;
+                }
+            }
+            Some(Sourced {
                 value,
                 origin: Origin::Env(names::JETS_SSH_KNOWN),
             })
@@ -539,6 +564,27 @@ impl Config {
         }
         references
     }
+}
+
+/// Checks that every line of known_hosts text is an entry.
+pub fn check_known_hosts(text: &str, subject: &str) -> Result<(), Problem> {
+    let mut known = KnownHosts::default();
+    let bad = known.add(
+        &crate::ssh::known_hosts::meaningful_lines(text).join("\n"),
+        subject,
+    );
+    if bad.is_empty() && !known.hosts.is_empty() {
+        return Ok(());
+    }
+    let message = if known.hosts.is_empty() {
+        "holds no known_hosts entry".to_string()
+    } else {
+        let lines: Vec<String> = bad.iter().map(|bad| bad.line.to_string()).collect();
+        format!("line {} is not a known_hosts entry", lines.join(", "))
+    };
+    Err(Problem::new(subject, message).hint(
+        "store the output of `ssh-keyscan -H -p PORT HOST`: lines like `|1|…|…= ssh-ed25519 AAAA…` or `[host]:2222 ssh-rsa AAAA…`",
+    ))
 }
 
 const SSM_HINT: &str = "write SSM:/path/to/parameter, e.g. SSM:/codebuild/docker/host";

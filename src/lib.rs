@@ -8,16 +8,22 @@
 //! - [`ssh`]: the key and known_hosts files, the host-key check, the SSH transport;
 //! - [`secrets`]: `SSM:` references, secret values and the redactor every output passes through;
 //! - [`output`]: logging (tracing) to stderr, text or JSON;
+//! - [`daemon`]: the bollard client for the target daemon, and its check;
+//! - [`runner`]: what each step of the plan does for real;
+//! - [`account`]: the user the agent runs as;
 //! - [`error`]: the one error type and its documented exit codes;
 //! - [`run`]: the top level that ties them together.
 
+pub mod account;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod docker_host;
 pub mod error;
 pub mod image_ref;
 pub mod output;
 pub mod plan;
 pub mod run;
+pub mod runner;
 pub mod secrets;
 pub mod ssh;

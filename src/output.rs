@@ -31,7 +31,7 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(RedactingStderr)
-        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_timer(Elapsed(std::time::Instant::now()))
         .with_target(verbose > 0);
     let result = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
@@ -39,6 +39,16 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     };
     // A second init (in tests) keeps the first subscriber: nothing to do.
     let _ = result;
+}
+
+/// Seconds since the agent started, e.g. `[  1.25s]`: short, and what a CodeBuild log reader
+/// wants beside CodeBuild's own wall-clock stamps.
+struct Elapsed(std::time::Instant);
+
+impl tracing_subscriber::fmt::time::FormatTime for Elapsed {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "[{:>7.2}s]", self.0.elapsed().as_secs_f64())
+    }
 }
 
 /// Prints text on stdout, redacted.

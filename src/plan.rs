@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{BuildArg, Config, RegistryLogin, Sourced, Value};
 use crate::docker_host::DockerHost;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::secrets::{MASK, Origin, SsmRef};
 
 /// One step of a run.
@@ -199,6 +199,24 @@ impl Step {
             Step::Tag { target, .. } => format!("tag {target}"),
             Step::Push { reference, .. } => format!("push {reference}"),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
+        }
+    }
+
+    /// Whether the step writes a file or changes a daemon or registry (skipped by `--check`).
+    pub fn changes_something(&self) -> bool {
+        match self {
+            Step::ResolveSsm { .. }
+            | Step::Connect { .. }
+            | Step::CheckDaemon
+            | Step::Login { .. }
+            | Step::EcrLogin { .. } => false,
+            Step::InstallSshKey { .. }
+            | Step::InstallKnownHosts { .. }
+            | Step::WriteDockerConfig { .. }
+            | Step::Build { .. }
+            | Step::Tag { .. }
+            | Step::Push { .. }
+            | Step::WriteImageDefinitions { .. } => true,
         }
     }
 
@@ -394,6 +412,8 @@ fn show<T: std::fmt::Display>(value: &Value<T>) -> String {
 pub enum Mode {
     /// Print every step; execute none.
     Dry,
+    /// Execute the steps that change nothing (resolve, connect, check, log in); skip the others.
+    Check,
     /// Execute every step.
     Run,
 }
@@ -429,6 +449,13 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
     for (index, step) in plan.steps.iter().enumerate() {
         let title = step.title();
         let step_started = Instant::now();
+        if mode == Mode::Check && step.changes_something() {
+            tracing::info!(
+                "step {}/{total} {title}: skipped (--check changes nothing)",
+                index + 1
+            );
+            continue;
+        }
         tracing::info!("step {}/{total} {title}", index + 1);
         match runner.run(step).await {
             Ok(outcome) => {
@@ -464,13 +491,4 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
 pub trait StepRunner {
     /// Executes one step; `Ok(Some(text))` replaces "ok" in the step's log line.
     async fn run(&mut self, step: &Step) -> Result<Option<String>>;
-}
-
-/// The runner of this version: the steps are planned, not yet implemented.
-pub struct Unimplemented;
-
-impl StepRunner for Unimplemented {
-    async fn run(&mut self, step: &Step) -> Result<Option<String>> {
-        Err(Error::Unsupported { step: step.title() })
-    }
 }

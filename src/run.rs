@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::{Error, exit};
 use crate::output;
 use crate::plan::{self, Mode, Plan};
+use crate::runner::Runner;
 
 /// The whole program; `main.rs` calls only this.
 pub fn main() -> ExitCode {
@@ -61,8 +62,15 @@ async fn run(args: &cli::RunArgs, matches: &clap::ArgMatches) -> Result<(), Erro
     })?;
     let config = Config::new(args, matches, &env, &cwd)?;
     let plan = Plan::new(&config, &cwd);
-    let mode = if args.dry { Mode::Dry } else { Mode::Run };
-    plan::execute(&plan, mode, &mut plan::Unimplemented).await
+    let mode = match (args.dry, args.check) {
+        (true, _) => Mode::Dry,
+        (false, true) => Mode::Check,
+        (false, false) => Mode::Run,
+    };
+    let mut runner = Runner::new(&config);
+    let result = plan::execute(&plan, mode, &mut runner).await;
+    runner.finish().await;
+    result
 }
 
 fn fail(error: &Error) -> ExitCode {

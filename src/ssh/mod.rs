@@ -4,3 +4,4 @@
 pub mod files;
 pub mod key;
 pub mod known_hosts;
+pub mod transport;

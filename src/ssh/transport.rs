@@ -1,0 +1,444 @@
+//! The SSH transport: one russh connection for the whole run, and one `direct-streamlocal`
+//! channel to the remote Docker socket per HTTP connection, so the remote host needs sshd and
+//! nothing else. bollard speaks HTTP over it through `connect_with_custom_transport` and a
+//! hyper-util client whose pool keeps channels open between requests.
+//!
+//! Failures keep their class: the handshake's host-key verdict and the last channel failure are
+//! recorded here, because bollard and hyper wrap them into errors that no longer say what happened.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use russh::client;
+use russh::keys::{Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::known_hosts::{HostKeyError, KnownHosts, describe};
+use crate::error::{ConnectClass, Error};
+
+/// Where to connect and as whom.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub socket: String,
+}
+
+impl SshTarget {
+    fn name(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    fn keyscan(&self) -> String {
+        format!("ssh-keyscan -H -p {} {}", self.port, self.host)
+    }
+}
+
+/// How long to wait, and how to notice a dead peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For name resolution, the TCP connection, and the SSH handshake and authentication.
+    pub connect: Duration,
+    /// Keepalive interval once connected; the connection is declared dead after 3 unanswered.
+    pub keepalive: Duration,
+}
+
+/// The open SSH connection, shared by every HTTP connection of the run.
+pub struct SshSession {
+    handle: client::Handle<Verifier>,
+    target: SshTarget,
+    /// The last failure to open a channel, kept for classifying the error bollard reports.
+    last_failure: Mutex<Option<Error>>,
+}
+
+/// What the handshake saw: the host key verdict (the handler can only say yes or no to russh).
+#[derive(Default)]
+struct Verdict {
+    presented: Option<String>,
+    refused: Option<HostKeyError>,
+}
+
+/// The russh handler: checks the host key against known_hosts.
+struct Verifier {
+    known: Arc<KnownHosts>,
+    host: String,
+    port: u16,
+    verdict: Arc<Mutex<Verdict>>,
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let mut verdict = self
+            .verdict
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = match server {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            // No certificate algorithm is offered, so a certificate here is refused.
+            PublicKeyOrCertificate::Certificate(_) => {
+                verdict.presented = Some("a host certificate".to_string());
+                return Ok(false);
+            }
+        };
+        verdict.presented = Some(describe(key));
+        match self.known.check(&self.host, self.port, key) {
+            Ok(()) => Ok(true),
+            Err(refused) => {
+                verdict.refused = Some(refused);
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// The host-key algorithms to offer: those known_hosts holds for the host, in russh's order of
+/// preference (an RSA entry means rsa-sha2-512 and rsa-sha2-256, never SHA-1). With none known,
+/// russh's default list, and the check refuses whatever the server presents.
+fn host_key_algorithms(known: &KnownHosts, host: &str, port: u16) -> Vec<Algorithm> {
+    let wanted = known.algorithms_for(host, port);
+    russh::Preferred::DEFAULT
+        .key
+        .iter()
+        .filter(|algorithm| match algorithm {
+            Algorithm::Rsa { hash: None } => false,
+            Algorithm::Rsa { .. } => wanted.iter().any(|known| known.clone().is_rsa()),
+            other => wanted.contains(other),
+        })
+        .cloned()
+        .collect()
+}
+
+impl SshSession {
+    /// Opens the connection: resolve, connect, handshake with the host-key check, authenticate
+    /// with the first key the server accepts. Every stage is under the connect timeout.
+    pub async fn connect(
+        target: SshTarget,
+        keys: &[(String, Arc<PrivateKey>)],
+        known: Arc<KnownHosts>,
+        timeouts: Timeouts,
+    ) -> Result<SshSession, Error> {
+        let name = target.name();
+        let timed_out = |stage: &str| Error::Connect {
+            target: format!("ssh://{name}"),
+            class: ConnectClass::Timeout,
+            detail: format!("no answer within {}s ({stage})", timeouts.connect.as_secs()),
+        };
+        let deadline = tokio::time::Instant::now() + timeouts.connect;
+
+        let tcp = tokio::time::timeout_at(deadline, connect_tcp(&target.host, target.port))
+            .await
+            .map_err(|_| timed_out("TCP connection"))??;
+
+        let mut preferred = russh::Preferred::default();
+        let algorithms = host_key_algorithms(&known, &target.host, target.port);
+        if !algorithms.is_empty() {
+            preferred.key = Cow::Owned(algorithms);
+        }
+        let config = Arc::new(client::Config {
+            preferred,
+            keepalive_interval: Some(timeouts.keepalive),
+            keepalive_max: 3,
+            nodelay: true,
+            ..Default::default()
+        });
+        let verdict = Arc::new(Mutex::new(Verdict::default()));
+        let verifier = Verifier {
+            known,
+            host: target.host.clone(),
+            port: target.port,
+            verdict: verdict.clone(),
+        };
+
+        let handshake =
+            tokio::time::timeout_at(deadline, client::connect_stream(config, tcp, verifier)).await;
+        let mut handle = match handshake {
+            Err(_) => return Err(timed_out("SSH handshake")),
+            Ok(Ok(handle)) => handle,
+            Ok(Err(error)) => {
+                let verdict = verdict
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let presented = verdict
+                    .presented
+                    .clone()
+                    .unwrap_or_else(|| "no key".to_string());
+                return Err(match &verdict.refused {
+                    Some(HostKeyError::Unknown { .. }) | None
+                        if matches!(error, russh::Error::UnknownKey) =>
+                    {
+                        Error::HostKeyUnknown {
+                            host: name,
+                            keyscan: target.keyscan(),
+                            presented,
+                        }
+                    }
+                    Some(HostKeyError::Unknown { .. }) => Error::HostKeyUnknown {
+                        host: name,
+                        keyscan: target.keyscan(),
+                        presented,
+                    },
+                    Some(HostKeyError::Changed { expected, .. }) => Error::HostKeyChanged {
+                        host: name,
+                        keyscan: target.keyscan(),
+                        presented,
+                        expected: expected.clone(),
+                    },
+                    Some(HostKeyError::Revoked { source, .. }) => Error::HostKeyRevoked {
+                        host: name,
+                        presented,
+                        source_line: source.clone(),
+                    },
+                    None => Error::Ssh {
+                        host: name,
+                        detail: format!("the SSH handshake failed: {error}"),
+                    },
+                });
+            }
+        };
+
+        let mut refused = Vec::new();
+        for (label, key) in keys {
+            let hash = if key.algorithm().is_rsa() {
+                match tokio::time::timeout_at(deadline, handle.best_supported_rsa_hash()).await {
+                    Err(_) => return Err(timed_out("authentication")),
+                    // The server named its signature algorithms; `Some(None)` would be SHA-1 only.
+                    Ok(Ok(Some(hash))) => hash.or(Some(HashAlg::Sha256)),
+                    Ok(Ok(None)) | Ok(Err(_)) => Some(HashAlg::Sha256),
+                }
+            } else {
+                None
+            };
+            let attempt = handle.authenticate_publickey(
+                &target.user,
+                PrivateKeyWithHashAlg::new(key.clone(), hash),
+            );
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Err(timed_out("authentication")),
+                Ok(Ok(result)) if result.success() => {
+                    tracing::debug!("ssh: authenticated as {} with {label}", target.user);
+                    return Ok(SshSession {
+                        handle,
+                        target,
+                        last_failure: Mutex::new(None),
+                    });
+                }
+                Ok(Ok(_)) => refused.push(label.clone()),
+                Ok(Err(error)) => {
+                    return Err(Error::Ssh {
+                        host: name,
+                        detail: format!("authentication failed: {error}"),
+                    });
+                }
+            }
+        }
+        Err(Error::SshAuth {
+            host: name,
+            user: target.user.clone(),
+            key: refused.join(", "),
+        })
+    }
+
+    /// A bollard client whose every HTTP connection is a channel of this session.
+    pub fn docker(self: &Arc<Self>, request_timeout: u64) -> Result<bollard::Docker, Error> {
+        let connector = ChannelConnector {
+            session: self.clone(),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(8)
+            .build(connector);
+        bollard::Docker::connect_with_custom_transport(
+            move |request: bollard::BollardRequest| {
+                let client = client.clone();
+                async move {
+                    client
+                        .request(request)
+                        .await
+                        .map_err(bollard::errors::Error::from)
+                }
+            },
+            Some("http://docker"),
+            request_timeout,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|error| Error::Internal(format!("failed to set up the Docker client: {error}")))
+    }
+
+    /// The failure behind the last error bollard reported, if the SSH side caused it.
+    pub fn take_failure(&self) -> Option<Error> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Whether the connection has ended (dropped, or closed by the server).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "done", "en")
+            .await;
+    }
+
+    async fn open_channel(&self) -> io::Result<russh::ChannelStream<client::Msg>> {
+        let host = self.target.name();
+        let failure = if self.handle.is_closed() {
+            Error::Ssh {
+                host: host.clone(),
+                detail:
+                    "the connection was closed (the host went away or stopped answering keepalives)"
+                        .to_string(),
+            }
+        } else {
+            match self.handle.channel_open_direct_streamlocal(self.target.socket.as_str()).await {
+                Ok(channel) => return Ok(channel.into_stream()),
+                Err(russh::Error::ChannelOpenFailure(reason)) => Error::RemoteSocket {
+                    host: host.clone(),
+                    socket: self.target.socket.clone(),
+                    detail: match reason {
+                        russh::ChannelOpenFailure::AdministrativelyProhibited => {
+                            "sshd forbids forwarding to sockets (AllowStreamLocalForwarding)".to_string()
+                        }
+                        russh::ChannelOpenFailure::ConnectFailed => {
+                            "sshd could not connect to it: the socket does not exist or the user may not open it".to_string()
+                        }
+                        other => format!("sshd refused the channel ({other:?})"),
+                    },
+                },
+                Err(error) => Error::Ssh { host: host.clone(), detail: format!("failed to open a channel: {error}") },
+            }
+        };
+        let message = failure.to_string();
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failure);
+        Err(io::Error::other(message))
+    }
+}
+
+/// Resolves the host and connects to the first address that answers, keeping the failure's class.
+async fn connect_tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, Error> {
+    let target = format!("ssh://{host}:{port}");
+    let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|error| Error::Connect {
+            target: target.clone(),
+            class: ConnectClass::NameResolution,
+            detail: format!("{host:?} did not resolve ({error})"),
+        })?
+        .collect();
+    let mut last = None;
+    for address in &addresses {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(error) => last = Some((address, error)),
+        }
+    }
+    let Some((address, error)) = last else {
+        return Err(Error::Connect {
+            target,
+            class: ConnectClass::NameResolution,
+            detail: format!("{host:?} resolved to no address"),
+        });
+    };
+    Err(Error::Connect {
+        class: classify_io(&error),
+        target,
+        detail: format!("{address}: {error}"),
+    })
+}
+
+/// The class of a socket error.
+pub fn classify_io(error: &io::Error) -> ConnectClass {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectClass::Refused,
+        io::ErrorKind::TimedOut => ConnectClass::Timeout,
+        _ => ConnectClass::Other,
+    }
+}
+
+/// hyper-util's connector: each new HTTP connection is a new channel of the one session.
+#[derive(Clone)]
+struct ChannelConnector {
+    session: Arc<SshSession>,
+}
+
+impl tower_service::Service<http::Uri> for ChannelConnector {
+    type Response = TokioIo<ChannelIo>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let session = self.session.clone();
+        Box::pin(async move { Ok(TokioIo::new(ChannelIo(session.open_channel().await?))) })
+    }
+}
+
+/// A channel as hyper's connection type (a newtype: the orphan rule keeps us from implementing
+/// hyper-util's `Connection` on russh's stream directly).
+struct ChannelIo(russh::ChannelStream<client::Msg>);
+
+impl Connection for ChannelIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for ChannelIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ChannelIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
