@@ -25,18 +25,13 @@ pub fn find(passwd: &str, uid: u32) -> Option<Account> {
         if fields.len() < 7 || fields[2].parse::<u32>().ok()? != uid {
             return None;
         }
-        Some(Account {
-            name: fields[0].to_string(),
-            home: PathBuf::from(fields[5]),
-        })
+        Some(Account { name: fields[0].to_string(), home: PathBuf::from(fields[5]) })
     })
 }
 
 /// The user name for SSH when the URL names none: the account's, else `$USER`.
 pub fn user_name() -> Option<String> {
-    current()
-        .map(|account| account.name)
-        .or_else(|| std::env::var("USER").ok().filter(|user| !user.is_empty()))
+    current().map(|account| account.name).or_else(|| std::env::var("USER").ok().filter(|user| !user.is_empty()))
 }
 
 #[cfg(test)]
@@ -46,13 +41,7 @@ mod tests {
     #[test]
     fn finds_the_entry_for_a_uid() {
         let passwd = "root:x:0:0:root:/root:/bin/bash\nbroken\nci:x:1000:1000::/home/ci:/bin/sh\n";
-        assert_eq!(
-            find(passwd, 1000),
-            Some(Account {
-                name: "ci".into(),
-                home: "/home/ci".into()
-            })
-        );
+        assert_eq!(find(passwd, 1000), Some(Account { name: "ci".into(), home: "/home/ci".into() }));
         assert_eq!(find(passwd, 0).unwrap().home, PathBuf::from("/root"));
         assert_eq!(find(passwd, 5), None);
     }

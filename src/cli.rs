@@ -19,12 +19,7 @@ use crate::error::exit;
 /// JETS_SSH_KEY, JETS_SSH_KNOWN, DOCKER_USER, DOCKER_PASS); rehearse it anywhere with
 /// `agent run --dry`.
 #[derive(Debug, Parser)]
-#[command(
-    name = "agent",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "agent", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -72,22 +67,11 @@ pub struct RunArgs {
 
     /// The Docker daemon: ssh://[user@]host[:port][/socket], tcp://host[:port] or unix:///path;
     /// may be SSM:/parameter [default: the local socket]
-    #[arg(
-        long = "host",
-        short = 'H',
-        env = "DOCKER_HOST",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
+    #[arg(long = "host", short = 'H', env = "DOCKER_HOST", hide_env_values = true, value_name = "URL")]
     pub host: Option<String>,
 
     /// The image repository to build and push, without tag (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app)
-    #[arg(
-        long,
-        env = "REPOSITORY_URI",
-        hide_env_values = true,
-        value_name = "REPO"
-    )]
+    #[arg(long, env = "REPOSITORY_URI", hide_env_values = true, value_name = "REPO")]
     pub image: Option<String>,
 
     /// A tag to build and push; repeat for several [default: latest, plus IMAGE_TAG or else the
@@ -136,12 +120,7 @@ pub struct RunArgs {
     pub image_definitions: Option<String>,
 
     /// The registry that DOCKER_USER/DOCKER_PASS log into; may be SSM:/parameter [default: Docker Hub]
-    #[arg(
-        long,
-        env = "DOCKER_REGISTRY",
-        hide_env_values = true,
-        value_name = "HOST"
-    )]
+    #[arg(long, env = "DOCKER_REGISTRY", hide_env_values = true, value_name = "HOST")]
     pub registry: Option<String>,
 
     /// The user name for that registry (its password is read from DOCKER_PASS); may be SSM:/parameter
@@ -171,57 +150,22 @@ pub struct RunArgs {
     pub known_hosts_file: Option<PathBuf>,
 
     /// Seconds to wait for a connection to the Docker host
-    #[arg(
-        long,
-        default_value_t = 20,
-        env = "AGENT_CONNECT_TIMEOUT",
-        value_name = "SECONDS"
-    )]
+    #[arg(long, default_value_t = 20, env = "AGENT_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub connect_timeout: u64,
 }
 
 /// The environment variables read without a flag, with what each is for; printed in `--help`.
 pub const ENV_ONLY: &[(&str, &str)] = &[
-    (
-        "JETS_SSH_KEY",
-        "the SSH private key for the Docker host (secret; may be SSM:/parameter)",
-    ),
-    (
-        "JETS_SSH_KEY_PASSPHRASE",
-        "the passphrase of an encrypted JETS_SSH_KEY (secret)",
-    ),
-    (
-        "JETS_SSH_KNOWN",
-        "known_hosts line(s) for the Docker host (may be SSM:/parameter)",
-    ),
-    (
-        "DOCKER_PASS",
-        "the password or token for DOCKER_USER (secret; may be SSM:/parameter)",
-    ),
-    (
-        "IMAGE_TAG",
-        "a tag added to `latest` when no --tag is given",
-    ),
-    (
-        "CODEBUILD_RESOLVED_SOURCE_VERSION",
-        "the commit; its first 7 characters tag the image when IMAGE_TAG is unset",
-    ),
-    (
-        "AWS_REGION, AWS_DEFAULT_REGION",
-        "the AWS region for SSM and ECR",
-    ),
-    (
-        "DOCKER_TLS_VERIFY, DOCKER_CERT_PATH",
-        "TLS for tcp:// daemons, as the docker CLI reads them",
-    ),
-    (
-        "DOCKER_CONFIG",
-        "the directory of the docker config.json [default: ~/.docker]",
-    ),
-    (
-        "RUST_LOG",
-        "log filter, e.g. agent=debug (overrides -v and -q)",
-    ),
+    ("JETS_SSH_KEY", "the SSH private key for the Docker host (secret; may be SSM:/parameter)"),
+    ("JETS_SSH_KEY_PASSPHRASE", "the passphrase of an encrypted JETS_SSH_KEY (secret)"),
+    ("JETS_SSH_KNOWN", "known_hosts line(s) for the Docker host (may be SSM:/parameter)"),
+    ("DOCKER_PASS", "the password or token for DOCKER_USER (secret; may be SSM:/parameter)"),
+    ("IMAGE_TAG", "a tag added to `latest` when no --tag is given"),
+    ("CODEBUILD_RESOLVED_SOURCE_VERSION", "the commit; its first 7 characters tag the image when IMAGE_TAG is unset"),
+    ("AWS_REGION, AWS_DEFAULT_REGION", "the AWS region for SSM and ECR"),
+    ("DOCKER_TLS_VERIFY, DOCKER_CERT_PATH", "TLS for tcp:// daemons, as the docker CLI reads them"),
+    ("DOCKER_CONFIG", "the directory of the docker config.json [default: ~/.docker]"),
+    ("RUST_LOG", "log filter, e.g. agent=debug (overrides -v and -q)"),
 ];
 
 /// The text after `agent run --help`: environment-only variables and exit codes.
@@ -266,28 +210,18 @@ impl Environment {
     pub fn from_process() -> Self {
         Environment {
             vars: std::env::vars_os()
-                .filter_map(|(name, value)| {
-                    Some((name.into_string().ok()?, value.into_string().ok()?))
-                })
+                .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
                 .collect(),
         }
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Environment {
-            vars: pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        Environment { vars: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
     }
 
     /// The value of a variable; an empty value counts as unset, as CodeBuild leaves unset ones empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(name)
-            .map(String::as_str)
-            .filter(|value| !value.trim().is_empty())
+        self.vars.get(name).map(String::as_str).filter(|value| !value.trim().is_empty())
     }
 }
 
@@ -302,19 +236,8 @@ mod tests {
 
     #[test]
     fn repeatable_flags_collect() {
-        let (cli, _) = parse([
-            "agent",
-            "run",
-            "--tag",
-            "a",
-            "-t",
-            "b",
-            "--build-arg",
-            "X=1",
-            "--build-arg",
-            "Y",
-        ])
-        .unwrap();
+        let (cli, _) =
+            parse(["agent", "run", "--tag", "a", "-t", "b", "--build-arg", "X=1", "--build-arg", "Y"]).unwrap();
         let Command::Run(args) = cli.command;
         assert_eq!(args.tags, ["a", "b"]);
         assert_eq!(args.build_args, ["X=1", "Y"]);

@@ -164,12 +164,7 @@ impl ArgOrigins for AllFlags {
 
 impl Config {
     /// Builds the configuration, or reports every problem found.
-    pub fn new(
-        args: &RunArgs,
-        origins: &impl ArgOrigins,
-        env: &Environment,
-        cwd: &Path,
-    ) -> Result<Config, Error> {
+    pub fn new(args: &RunArgs, origins: &impl ArgOrigins, env: &Environment, cwd: &Path) -> Result<Config, Error> {
         let mut problems = Vec::new();
         let home = env.get("HOME").map(PathBuf::from);
 
@@ -184,17 +179,13 @@ impl Config {
         });
         let host_text = args.host.as_deref().filter(|text| !text.trim().is_empty());
         let host = match host_text {
-            None => Some(Value::Known(
-                DockerHost::parse("", false).expect("the default host is valid"),
-            )),
+            None => Some(Value::Known(DockerHost::parse("", false).expect("the default host is valid"))),
             Some(text) => match SsmRef::parse(text) {
                 Ok(Some(reference)) => Some(Value::Ssm(reference)),
                 Ok(None) => match DockerHost::parse(text, tls.is_some()) {
                     Ok(host) => Some(Value::Known(host)),
                     Err(error) => {
-                        problems.push(
-                            Problem::new(host_origin.subject(), error.message).hint(error.hint),
-                        );
+                        problems.push(Problem::new(host_origin.subject(), error.message).hint(error.hint));
                         None
                     }
                 },
@@ -204,11 +195,7 @@ impl Config {
                 }
             },
         };
-        let host_origin = if host_text.is_none() {
-            Origin::Default
-        } else {
-            host_origin
-        };
+        let host_origin = if host_text.is_none() { Origin::Default } else { host_origin };
         if args.connect_timeout == 0 {
             problems.push(
                 Problem::new("--connect-timeout", "the timeout is 0 seconds")
@@ -221,23 +208,15 @@ impl Config {
         let ssh_key = env.get(names::JETS_SSH_KEY).and_then(|text| {
             let value = match secret_value(text, names::JETS_SSH_KEY, &mut problems)? {
                 Value::Ssm(reference) => Value::Ssm(reference),
-                Value::Known(secret) => {
-                    match SshKey::parse(secret.expose(), ssh_key_passphrase.as_ref()) {
-                        Ok(key) => Value::Known(Arc::new(key)),
-                        Err(error) => {
-                            problems.push(
-                                Problem::new(names::JETS_SSH_KEY, error.to_string())
-                                    .hint(error.hint()),
-                            );
-                            return None;
-                        }
+                Value::Known(secret) => match SshKey::parse(secret.expose(), ssh_key_passphrase.as_ref()) {
+                    Ok(key) => Value::Known(Arc::new(key)),
+                    Err(error) => {
+                        problems.push(Problem::new(names::JETS_SSH_KEY, error.to_string()).hint(error.hint()));
+                        return None;
                     }
-                }
+                },
             };
-            Some(Sourced {
-                value,
-                origin: Origin::Env(names::JETS_SSH_KEY),
-            })
+            Some(Sourced { value, origin: Origin::Env(names::JETS_SSH_KEY) })
         });
         let known_hosts = env.get(names::JETS_SSH_KNOWN).and_then(|text| {
             let value = plain_value(text, names::JETS_SSH_KNOWN, &mut problems)?;
@@ -247,10 +226,7 @@ impl Config {
                     return None;
                 }
             }
-            Some(Sourced {
-                value,
-                origin: Origin::Env(names::JETS_SSH_KNOWN),
-            })
+            Some(Sourced { value, origin: Origin::Env(names::JETS_SSH_KNOWN) })
         });
         let ssh_key_file = path_in_home(
             args.ssh_key_file.as_deref(),
@@ -270,51 +246,30 @@ impl Config {
         );
 
         // The registry login with DOCKER_USER / DOCKER_PASS.
-        let user_origin =
-            origins.origin("registry_user", "--registry-user", Some(names::DOCKER_USER));
-        let user = args
-            .registry_user
-            .as_deref()
-            .filter(|text| !text.trim().is_empty());
+        let user_origin = origins.origin("registry_user", "--registry-user", Some(names::DOCKER_USER));
+        let user = args.registry_user.as_deref().filter(|text| !text.trim().is_empty());
         let password = env.get(names::DOCKER_PASS);
         let registry_login = match (user, password) {
             (Some(user), Some(password)) => {
                 let user = plain_value(user.trim(), names::DOCKER_USER, &mut problems);
                 let password = secret_value(password, names::DOCKER_PASS, &mut problems);
-                let registry_origin =
-                    origins.origin("registry", "--registry", Some(names::DOCKER_REGISTRY));
-                let registry = match args
-                    .registry
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|text| !text.is_empty())
-                {
+                let registry_origin = origins.origin("registry", "--registry", Some(names::DOCKER_REGISTRY));
+                let registry = match args.registry.as_deref().map(str::trim).filter(|text| !text.is_empty()) {
                     None => Some(Sourced {
                         value: Value::Known(image_ref::DOCKER_HUB.to_string()),
                         origin: Origin::Default,
                     }),
                     Some(text) => match SsmRef::parse(text) {
-                        Ok(Some(reference)) => Some(Sourced {
-                            value: Value::Ssm(reference),
-                            origin: registry_origin,
-                        }),
+                        Ok(Some(reference)) => Some(Sourced { value: Value::Ssm(reference), origin: registry_origin }),
                         Ok(None) => match normalise_registry(text) {
-                            Ok(host) => Some(Sourced {
-                                value: Value::Known(host),
-                                origin: registry_origin,
-                            }),
+                            Ok(host) => Some(Sourced { value: Value::Known(host), origin: registry_origin }),
                             Err(message) => {
-                                problems.push(
-                                    Problem::new(registry_origin.subject(), message)
-                                        .hint(REGISTRY_HINT),
-                                );
+                                problems.push(Problem::new(registry_origin.subject(), message).hint(REGISTRY_HINT));
                                 None
                             }
                         },
                         Err(message) => {
-                            problems.push(
-                                Problem::new(registry_origin.subject(), message).hint(SSM_HINT),
-                            );
+                            problems.push(Problem::new(registry_origin.subject(), message).hint(SSM_HINT));
                             None
                         }
                     },
@@ -322,14 +277,8 @@ impl Config {
                 match (registry, user, password) {
                     (Some(registry), Some(user), Some(password)) => Some(RegistryLogin {
                         registry,
-                        user: Sourced {
-                            value: user,
-                            origin: user_origin,
-                        },
-                        password: Sourced {
-                            value: password,
-                            origin: Origin::Env(names::DOCKER_PASS),
-                        },
+                        user: Sourced { value: user, origin: user_origin },
+                        password: Sourced { value: password, origin: Origin::Env(names::DOCKER_PASS) },
                     }),
                     _ => None,
                 }
@@ -352,62 +301,40 @@ impl Config {
         };
 
         // The region.
-        let region = match (
-            &args.region,
-            env.get("AWS_REGION"),
-            env.get("AWS_DEFAULT_REGION"),
-        ) {
-            (Some(region), _, _) => Some(Sourced {
-                value: region.trim().to_string(),
-                origin: Origin::Flag("--region"),
-            }),
-            (None, Some(region), _) => Some(Sourced {
-                value: region.trim().to_string(),
-                origin: Origin::Env("AWS_REGION"),
-            }),
-            (None, None, Some(region)) => Some(Sourced {
-                value: region.trim().to_string(),
-                origin: Origin::Env("AWS_DEFAULT_REGION"),
-            }),
+        let region = match (&args.region, env.get("AWS_REGION"), env.get("AWS_DEFAULT_REGION")) {
+            (Some(region), _, _) => {
+                Some(Sourced { value: region.trim().to_string(), origin: Origin::Flag("--region") })
+            }
+            (None, Some(region), _) => {
+                Some(Sourced { value: region.trim().to_string(), origin: Origin::Env("AWS_REGION") })
+            }
+            (None, None, Some(region)) => {
+                Some(Sourced { value: region.trim().to_string(), origin: Origin::Env("AWS_DEFAULT_REGION") })
+            }
             (None, None, None) => None,
         };
         if let Some(region) = &region {
             if region.value.is_empty()
-                || !region
-                    .value
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                || !region.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             {
                 problems.push(
-                    Problem::new(
-                        region.origin.subject(),
-                        format!("{:?} is not an AWS region name", region.value),
-                    )
-                    .hint("write a region such as eu-west-1"),
+                    Problem::new(region.origin.subject(), format!("{:?} is not an AWS region name", region.value))
+                        .hint("write a region such as eu-west-1"),
                 );
             }
         }
 
         // The image and its tags.
         let image_origin = origins.origin("image", "--image", Some(names::REPOSITORY_URI));
-        let image = match args
-            .image
-            .as_deref()
-            .map(str::trim)
-            .filter(|text| !text.is_empty())
-        {
+        let image = match args.image.as_deref().map(str::trim).filter(|text| !text.is_empty()) {
             None => {
-                problems.push(
-                    Problem::new("--image", "no image repository is given")
-                        .hint("pass --image REPO or set REPOSITORY_URI, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app"),
-                );
+                problems.push(Problem::new("--image", "no image repository is given").hint(
+                    "pass --image REPO or set REPOSITORY_URI, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app",
+                ));
                 None
             }
             Some(text) => match Repository::parse(text) {
-                Ok(repository) => Some(Sourced {
-                    value: repository,
-                    origin: image_origin.clone(),
-                }),
+                Ok(repository) => Some(Sourced { value: repository, origin: image_origin.clone() }),
                 Err(message) => {
                     problems.push(
                         Problem::new(image_origin.subject(), message)
@@ -417,34 +344,16 @@ impl Config {
                 }
             },
         };
-        let revision = env
-            .get(names::SOURCE_VERSION)
-            .map(|text| text.trim().to_string());
+        let revision = env.get(names::SOURCE_VERSION).map(|text| text.trim().to_string());
         let tags = default_or_given_tags(args, env, revision.as_deref(), &mut problems);
 
         // ECR logins: the image's own registry, and ECR_REGISTRY.
         let mut ecr_logins: Vec<EcrLogin> = Vec::new();
-        if let Some(ecr) = image
-            .as_ref()
-            .and_then(|image| EcrRegistry::detect(image.value.registry()))
-        {
-            ecr_logins.push(EcrLogin {
-                registry: ecr.host,
-                region: Some(ecr.region),
-                origin: image_origin.clone(),
-            });
+        if let Some(ecr) = image.as_ref().and_then(|image| EcrRegistry::detect(image.value.registry())) {
+            ecr_logins.push(EcrLogin { registry: ecr.host, region: Some(ecr.region), origin: image_origin.clone() });
         }
-        let ecr_origin = origins.origin(
-            "ecr_registries",
-            "--ecr-registry",
-            Some(names::ECR_REGISTRY),
-        );
-        for entry in args
-            .ecr_registries
-            .iter()
-            .map(|entry| entry.trim())
-            .filter(|entry| !entry.is_empty())
-        {
+        let ecr_origin = origins.origin("ecr_registries", "--ecr-registry", Some(names::ECR_REGISTRY));
+        for entry in args.ecr_registries.iter().map(|entry| entry.trim()).filter(|entry| !entry.is_empty()) {
             match normalise_registry(entry) {
                 Ok(host) => {
                     if ecr_logins.iter().any(|login| login.registry == host) {
@@ -453,15 +362,9 @@ impl Config {
                     let region = EcrRegistry::detect(&host)
                         .map(|ecr| ecr.region)
                         .or_else(|| region.as_ref().map(|r| r.value.clone()));
-                    ecr_logins.push(EcrLogin {
-                        registry: host,
-                        region,
-                        origin: ecr_origin.clone(),
-                    });
+                    ecr_logins.push(EcrLogin { registry: host, region, origin: ecr_origin.clone() });
                 }
-                Err(message) => {
-                    problems.push(Problem::new(ecr_origin.subject(), message).hint(REGISTRY_HINT))
-                }
+                Err(message) => problems.push(Problem::new(ecr_origin.subject(), message).hint(REGISTRY_HINT)),
             }
         }
 
@@ -471,11 +374,8 @@ impl Config {
         if let Some(name) = &args.image_definitions {
             if name.trim().is_empty() || name.chars().any(|c| c.is_control()) {
                 problems.push(
-                    Problem::new(
-                        "--image-definitions",
-                        "the container name is empty or holds control characters",
-                    )
-                    .hint("give the container name of the ECS task definition, e.g. web"),
+                    Problem::new("--image-definitions", "the container name is empty or holds control characters")
+                        .hint("give the container name of the ECS task definition, e.g. web"),
                 );
             }
         }
@@ -487,44 +387,33 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("/root/.docker"));
 
         match (host, ssh_key_file, known_hosts_file, image, tags, build) {
-            (
-                Some(host),
-                Some(ssh_key_file),
-                Some(known_hosts_file),
-                Some(image),
-                Some(tags),
-                Some(build),
-            ) if problems.is_empty() => Ok(Config {
-                host: Sourced {
-                    value: host,
-                    origin: host_origin,
-                },
-                tls,
-                connect_timeout: Duration::from_secs(args.connect_timeout),
-                ssh_key,
-                ssh_key_passphrase,
-                ssh_key_file,
-                known_hosts,
-                known_hosts_file,
-                registry_login,
-                ecr_logins,
-                region,
-                image,
-                tags,
-                build,
-                push: !args.no_push,
-                image_definitions: args
-                    .image_definitions
-                    .as_ref()
-                    .map(|name| name.trim().to_string()),
-                revision,
-                docker_config_dir,
-            }),
+            (Some(host), Some(ssh_key_file), Some(known_hosts_file), Some(image), Some(tags), Some(build))
+                if problems.is_empty() =>
+            {
+                Ok(Config {
+                    host: Sourced { value: host, origin: host_origin },
+                    tls,
+                    connect_timeout: Duration::from_secs(args.connect_timeout),
+                    ssh_key,
+                    ssh_key_passphrase,
+                    ssh_key_file,
+                    known_hosts,
+                    known_hosts_file,
+                    registry_login,
+                    ecr_logins,
+                    region,
+                    image,
+                    tags,
+                    build,
+                    push: !args.no_push,
+                    image_definitions: args.image_definitions.as_ref().map(|name| name.trim().to_string()),
+                    revision,
+                    docker_config_dir,
+                })
+            }
             _ => {
                 if problems.is_empty() {
-                    return Err(Error::Internal(
-                        "a configuration value is missing but no problem was recorded".into(),
-                    ));
+                    return Err(Error::Internal("a configuration value is missing but no problem was recorded".into()));
                 }
                 Err(Error::Config(problems))
             }
@@ -537,18 +426,10 @@ impl Config {
         if let Value::Ssm(reference) = &self.host.value {
             references.push((&self.host.origin, reference));
         }
-        if let Some(Sourced {
-            value: Value::Ssm(reference),
-            origin,
-        }) = &self.ssh_key
-        {
+        if let Some(Sourced { value: Value::Ssm(reference), origin }) = &self.ssh_key {
             references.push((origin, reference));
         }
-        if let Some(Sourced {
-            value: Value::Ssm(reference),
-            origin,
-        }) = &self.known_hosts
-        {
+        if let Some(Sourced { value: Value::Ssm(reference), origin }) = &self.known_hosts {
             references.push((origin, reference));
         }
         if let Some(login) = &self.registry_login {
@@ -569,10 +450,7 @@ impl Config {
 /// Checks that every line of known_hosts text is an entry.
 pub fn check_known_hosts(text: &str, subject: &str) -> Result<(), Problem> {
     let mut known = KnownHosts::default();
-    let bad = known.add(
-        &crate::ssh::known_hosts::meaningful_lines(text).join("\n"),
-        subject,
-    );
+    let bad = known.add(&crate::ssh::known_hosts::meaningful_lines(text).join("\n"), subject);
     if bad.is_empty() && !known.hosts.is_empty() {
         return Ok(());
     }
@@ -588,13 +466,10 @@ pub fn check_known_hosts(text: &str, subject: &str) -> Result<(), Problem> {
 }
 
 const SSM_HINT: &str = "write SSM:/path/to/parameter, e.g. SSM:/codebuild/docker/host";
-const REGISTRY_HINT: &str = "write the registry's host name, with a port if it has one, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+const REGISTRY_HINT: &str =
+    "write the registry's host name, with a port if it has one, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com";
 
-fn secret_value(
-    text: &str,
-    name: &'static str,
-    problems: &mut Vec<Problem>,
-) -> Option<Value<Secret>> {
+fn secret_value(text: &str, name: &'static str, problems: &mut Vec<Problem>) -> Option<Value<Secret>> {
     match SsmRef::parse(text) {
         Ok(Some(reference)) => Some(Value::Ssm(reference)),
         Ok(None) => Some(Value::Known(Secret::new(text))),
@@ -605,11 +480,7 @@ fn secret_value(
     }
 }
 
-fn plain_value(
-    text: &str,
-    name: &'static str,
-    problems: &mut Vec<Problem>,
-) -> Option<Value<String>> {
+fn plain_value(text: &str, name: &'static str, problems: &mut Vec<Problem>) -> Option<Value<String>> {
     match SsmRef::parse(text) {
         Ok(Some(reference)) => Some(Value::Ssm(reference)),
         Ok(None) => Some(Value::Known(text.to_string())),
@@ -623,15 +494,9 @@ fn plain_value(
 /// A registry host as the user may write it (`https://host/`, `host:port`) reduced to `host[:port]`.
 pub fn normalise_registry(text: &str) -> Result<String, String> {
     let host = text.trim();
-    let host = host
-        .strip_prefix("https://")
-        .or_else(|| host.strip_prefix("http://"))
-        .unwrap_or(host);
+    let host = host.strip_prefix("https://").or_else(|| host.strip_prefix("http://")).unwrap_or(host);
     let host = host.trim_end_matches('/');
-    let host = host
-        .strip_suffix("/v1")
-        .or_else(|| host.strip_suffix("/v2"))
-        .unwrap_or(host);
+    let host = host.strip_suffix("/v1").or_else(|| host.strip_suffix("/v2")).unwrap_or(host);
     if host == "index.docker.io" || host == "registry-1.docker.io" {
         return Ok(image_ref::DOCKER_HUB.to_string());
     }
@@ -655,14 +520,8 @@ fn path_in_home(
     problems: &mut Vec<Problem>,
 ) -> Option<Sourced<PathBuf>> {
     match (given, home) {
-        (Some(path), _) => Some(Sourced {
-            value: absolute(path, cwd),
-            origin: Origin::Flag(flag),
-        }),
-        (None, Some(home)) => Some(Sourced {
-            value: home.join(default),
-            origin: Origin::Default,
-        }),
+        (Some(path), _) => Some(Sourced { value: absolute(path, cwd), origin: Origin::Flag(flag) }),
+        (None, Some(home)) => Some(Sourced { value: home.join(default), origin: Origin::Default }),
         (None, None) => {
             problems.push(
                 Problem::new("HOME", format!("is not set, so ~/{default} has no place"))
@@ -675,15 +534,8 @@ fn path_in_home(
 
 /// The path made absolute against the working directory, without `.` components.
 fn absolute(path: &Path, cwd: &Path) -> PathBuf {
-    let joined = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        cwd.join(path)
-    };
-    joined
-        .components()
-        .filter(|component| !matches!(component, std::path::Component::CurDir))
-        .collect()
+    let joined = if path.is_absolute() { path.to_path_buf() } else { cwd.join(path) };
+    joined.components().filter(|component| !matches!(component, std::path::Component::CurDir)).collect()
 }
 
 fn default_or_given_tags(
@@ -694,21 +546,17 @@ fn default_or_given_tags(
 ) -> Option<Sourced<Vec<String>>> {
     let mut ok = true;
     let mut tags: Vec<String> = Vec::new();
-    let mut add =
-        |tag: &str, subject: &str, problems: &mut Vec<Problem>| match image_ref::check_tag(tag) {
-            Ok(()) => {
-                if !tags.iter().any(|known| known == tag) {
-                    tags.push(tag.to_string());
-                }
+    let mut add = |tag: &str, subject: &str, problems: &mut Vec<Problem>| match image_ref::check_tag(tag) {
+        Ok(()) => {
+            if !tags.iter().any(|known| known == tag) {
+                tags.push(tag.to_string());
             }
-            Err(message) => {
-                ok = false;
-                problems.push(
-                    Problem::new(subject, message)
-                        .hint("a tag is up to 128 letters, digits, '_', '.' and '-'"),
-                );
-            }
-        };
+        }
+        Err(message) => {
+            ok = false;
+            problems.push(Problem::new(subject, message).hint("a tag is up to 128 letters, digits, '_', '.' and '-'"));
+        }
+    };
     let origin = if !args.tags.is_empty() {
         for tag in &args.tags {
             add(tag.trim(), "--tag", problems);
@@ -727,10 +575,7 @@ fn default_or_given_tags(
             Origin::Default
         }
     };
-    ok.then_some(Sourced {
-        value: tags,
-        origin,
-    })
+    ok.then_some(Sourced { value: tags, origin })
 }
 
 fn check_build(
@@ -743,17 +588,10 @@ fn check_build(
     let before = problems.len();
     let context = absolute(&args.context, cwd);
     if !context.is_dir() {
-        let message = if context.exists() {
-            "is not a directory"
-        } else {
-            "does not exist"
-        };
+        let message = if context.exists() { "is not a directory" } else { "does not exist" };
         problems.push(
-            Problem::new(
-                "--context",
-                format!("the build context {} {message}", context.display()),
-            )
-            .hint("run the agent in the source directory, or pass --context DIR"),
+            Problem::new("--context", format!("the build context {} {message}", context.display()))
+                .hint("run the agent in the source directory, or pass --context DIR"),
         );
     }
     let dockerfile = match &args.file {
@@ -762,11 +600,8 @@ fn check_build(
     };
     if context.is_dir() && !dockerfile.is_file() {
         problems.push(
-            Problem::new(
-                "--file",
-                format!("the Dockerfile {} does not exist", dockerfile.display()),
-            )
-            .hint("pass --file PATH to name the Dockerfile"),
+            Problem::new("--file", format!("the Dockerfile {} does not exist", dockerfile.display()))
+                .hint("pass --file PATH to name the Dockerfile"),
         );
     }
 
@@ -785,19 +620,13 @@ fn check_build(
         }
         let from_env = value.is_none();
         let value = value.or_else(|| env.get(key).map(str::to_string));
-        build_args.push(BuildArg {
-            key: key.to_string(),
-            value,
-            from_env,
-        });
+        build_args.push(BuildArg { key: key.to_string(), value, from_env });
     }
 
     let mut labels = Vec::new();
     for text in &args.labels {
         match text.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => {
-                labels.push((key.trim().to_string(), value.to_string()))
-            }
+            Some((key, value)) if !key.trim().is_empty() => labels.push((key.trim().to_string(), value.to_string())),
             _ => problems.push(
                 Problem::new("--label", format!("{:?} is not KEY=VALUE", truncate(text)))
                     .hint("write --label KEY=VALUE"),
@@ -805,14 +634,8 @@ fn check_build(
         }
     }
     if let Some(revision) = revision {
-        if !labels
-            .iter()
-            .any(|(key, _)| key == "org.opencontainers.image.revision")
-        {
-            labels.push((
-                "org.opencontainers.image.revision".to_string(),
-                revision.to_string(),
-            ));
+        if !labels.iter().any(|(key, _)| key == "org.opencontainers.image.revision") {
+            labels.push(("org.opencontainers.image.revision".to_string(), revision.to_string()));
         }
     }
 
@@ -827,16 +650,11 @@ fn check_build(
     if let Some(platform) = &args.platform {
         let parts: Vec<&str> = platform.split('/').collect();
         if !(2..=3).contains(&parts.len())
-            || parts
-                .iter()
-                .any(|part| part.is_empty() || part.contains(char::is_whitespace))
+            || parts.iter().any(|part| part.is_empty() || part.contains(char::is_whitespace))
         {
             problems.push(
-                Problem::new(
-                    "--platform",
-                    format!("{platform:?} is not OS/ARCH[/VARIANT]"),
-                )
-                .hint("write e.g. linux/amd64 or linux/arm64"),
+                Problem::new("--platform", format!("{platform:?} is not OS/ARCH[/VARIANT]"))
+                    .hint("write e.g. linux/amd64 or linux/arm64"),
             );
         }
     }
@@ -886,10 +704,7 @@ mod tests {
     fn problems(argv: &[&str], env: &[(&str, &str)]) -> Vec<(String, String)> {
         let dir = fixture();
         match config(argv, env, dir.path()) {
-            Err(Error::Config(problems)) => problems
-                .into_iter()
-                .map(|p| (p.subject, p.message))
-                .collect(),
+            Err(Error::Config(problems)) => problems.into_iter().map(|p| (p.subject, p.message)).collect(),
             other => panic!("expected problems, got {other:?}"),
         }
     }
@@ -898,18 +713,10 @@ mod tests {
     fn minimal_config_has_defaults() {
         let dir = fixture();
         let config = config(&["--image", "app"], &[], dir.path()).unwrap();
-        assert_eq!(
-            config.host.value,
-            Value::Known(DockerHost::Unix {
-                path: "/var/run/docker.sock".into()
-            })
-        );
+        assert_eq!(config.host.value, Value::Known(DockerHost::Unix { path: "/var/run/docker.sock".into() }));
         assert_eq!(config.host.origin, Origin::Default);
         assert_eq!(config.tags.value, ["latest"]);
-        assert_eq!(
-            config.ssh_key_file.value,
-            PathBuf::from("/home/ci/.ssh/id_rsa")
-        );
+        assert_eq!(config.ssh_key_file.value, PathBuf::from("/home/ci/.ssh/id_rsa"));
         assert_eq!(config.build.dockerfile, dir.path().join("Dockerfile"));
         assert!(config.registry_login.is_none() && config.ecr_logins.is_empty());
         assert!(config.push);
@@ -923,51 +730,20 @@ mod tests {
         assert_eq!(with_commit.tags.value, ["latest", "0123456"]);
         let mut env = sha.to_vec();
         env.push(("IMAGE_TAG", "v1"));
-        assert_eq!(
-            config(&["--image", "app"], &env, dir.path())
-                .unwrap()
-                .tags
-                .value,
-            ["latest", "v1"]
+        assert_eq!(config(&["--image", "app"], &env, dir.path()).unwrap().tags.value, ["latest", "v1"]);
+        assert_eq!(config(&["--image", "app", "-t", "x", "-t", "x"], &env, dir.path()).unwrap().tags.value, ["x"]);
+        assert!(
+            with_commit.build.labels.contains(&("org.opencontainers.image.revision".into(), "0123456789abcdef".into()))
         );
-        assert_eq!(
-            config(&["--image", "app", "-t", "x", "-t", "x"], &env, dir.path())
-                .unwrap()
-                .tags
-                .value,
-            ["x"]
-        );
-        assert!(with_commit.build.labels.contains(&(
-            "org.opencontainers.image.revision".into(),
-            "0123456789abcdef".into()
-        )));
     }
 
     #[test]
     fn ssm_references_are_kept_for_later() {
         let dir = fixture();
-        let env = [
-            ("JETS_SSH_KEY", "SSM:/ci/key"),
-            ("DOCKER_PASS", "SSM:/ci/pass"),
-        ];
-        let config = config(
-            &[
-                "--image",
-                "app",
-                "--host",
-                "SSM:/ci/host",
-                "--registry-user",
-                "bob",
-            ],
-            &env,
-            dir.path(),
-        )
-        .unwrap();
-        let names: Vec<String> = config
-            .ssm_references()
-            .iter()
-            .map(|(_, r)| r.name.clone())
-            .collect();
+        let env = [("JETS_SSH_KEY", "SSM:/ci/key"), ("DOCKER_PASS", "SSM:/ci/pass")];
+        let config =
+            config(&["--image", "app", "--host", "SSM:/ci/host", "--registry-user", "bob"], &env, dir.path()).unwrap();
+        let names: Vec<String> = config.ssm_references().iter().map(|(_, r)| r.name.clone()).collect();
         assert_eq!(names, ["/ci/host", "/ci/key", "/ci/pass"]);
     }
 
@@ -977,28 +753,17 @@ mod tests {
         let image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/app";
         let env = [("AWS_REGION", "us-east-2")];
         let config = config(
-            &[
-                "--image",
-                image,
-                "--ecr-registry",
-                "127.0.0.1:5001, 123456789012.dkr.ecr.eu-west-1.amazonaws.com",
-            ],
+            &["--image", image, "--ecr-registry", "127.0.0.1:5001, 123456789012.dkr.ecr.eu-west-1.amazonaws.com"],
             &env,
             dir.path(),
         )
         .unwrap();
-        let logins: Vec<(&str, Option<&str>)> = config
-            .ecr_logins
-            .iter()
-            .map(|l| (l.registry.as_str(), l.region.as_deref()))
-            .collect();
+        let logins: Vec<(&str, Option<&str>)> =
+            config.ecr_logins.iter().map(|l| (l.registry.as_str(), l.region.as_deref())).collect();
         assert_eq!(
             logins,
             [
-                (
-                    "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
-                    Some("eu-west-1")
-                ),
+                ("123456789012.dkr.ecr.eu-west-1.amazonaws.com", Some("eu-west-1")),
                 ("127.0.0.1:5001", Some("us-east-2"))
             ]
         );
@@ -1027,15 +792,7 @@ mod tests {
         let subjects: Vec<&str> = found.iter().map(|(subject, _)| subject.as_str()).collect();
         assert_eq!(
             subjects,
-            [
-                "--host",
-                "--connect-timeout",
-                "DOCKER_PASS",
-                "--image",
-                "--tag",
-                "--build-arg",
-                "--label"
-            ]
+            ["--host", "--connect-timeout", "DOCKER_PASS", "--image", "--tag", "--build-arg", "--label"]
         );
     }
 
@@ -1054,46 +811,20 @@ mod tests {
     fn build_args_take_values_from_the_environment() {
         let dir = fixture();
         let config = config(
-            &[
-                "--image",
-                "app",
-                "--build-arg",
-                "A=1",
-                "--build-arg",
-                "B",
-                "--build-arg",
-                "C",
-            ],
+            &["--image", "app", "--build-arg", "A=1", "--build-arg", "B", "--build-arg", "C"],
             &[("B", "from-env")],
             dir.path(),
         )
         .unwrap();
-        let args: Vec<(&str, Option<&str>, bool)> = config
-            .build
-            .build_args
-            .iter()
-            .map(|a| (a.key.as_str(), a.value.as_deref(), a.from_env))
-            .collect();
-        assert_eq!(
-            args,
-            [
-                ("A", Some("1"), false),
-                ("B", Some("from-env"), true),
-                ("C", None, true)
-            ]
-        );
+        let args: Vec<(&str, Option<&str>, bool)> =
+            config.build.build_args.iter().map(|a| (a.key.as_str(), a.value.as_deref(), a.from_env)).collect();
+        assert_eq!(args, [("A", Some("1"), false), ("B", Some("from-env"), true), ("C", None, true)]);
     }
 
     #[test]
     fn registries_are_normalised() {
-        assert_eq!(
-            normalise_registry("https://index.docker.io/v1/"),
-            Ok("docker.io".into())
-        );
-        assert_eq!(
-            normalise_registry("127.0.0.1:5000"),
-            Ok("127.0.0.1:5000".into())
-        );
+        assert_eq!(normalise_registry("https://index.docker.io/v1/"), Ok("docker.io".into()));
+        assert_eq!(normalise_registry("127.0.0.1:5000"), Ok("127.0.0.1:5000".into()));
         assert_eq!(normalise_registry("https://ghcr.io"), Ok("ghcr.io".into()));
         assert!(normalise_registry("not a host").is_err());
         assert!(normalise_registry("host/path").is_err());

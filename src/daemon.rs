@@ -38,50 +38,23 @@ pub struct Facts {
 
 impl Daemon {
     /// The daemon behind an open SSH connection.
-    pub fn over_ssh(
-        session: Arc<SshSession>,
-        target: String,
-        connect_timeout: Duration,
-    ) -> Result<Daemon, Error> {
+    pub fn over_ssh(session: Arc<SshSession>, target: String, connect_timeout: Duration) -> Result<Daemon, Error> {
         let docker = session.docker(REQUEST_TIMEOUT_SECS)?;
-        Ok(Daemon {
-            docker,
-            target,
-            ssh: Some(session),
-            connect_timeout,
-        })
+        Ok(Daemon { docker, target, ssh: Some(session), connect_timeout })
     }
 
     /// A daemon on a local Unix socket.
     pub fn unix(path: &str, connect_timeout: Duration) -> Result<Daemon, Error> {
         let target = format!("unix://{path}");
-        let docker =
-            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-                .map_err(|error| Error::Daemon {
-                    target: target.clone(),
-                    detail: format!("cannot be used: {error}"),
-                })?;
-        Ok(Daemon {
-            docker,
-            target,
-            ssh: None,
-            connect_timeout,
-        })
+        let docker = Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            .map_err(|error| Error::Daemon { target: target.clone(), detail: format!("cannot be used: {error}") })?;
+        Ok(Daemon { docker, target, ssh: None, connect_timeout })
     }
 
     /// A daemon on TCP, plain or with TLS client certificates (as the docker CLI reads
     /// `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`).
-    pub fn tcp(
-        host: &str,
-        port: u16,
-        tls: Option<&Tls>,
-        connect_timeout: Duration,
-    ) -> Result<Daemon, Error> {
-        let address = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+    pub fn tcp(host: &str, port: u16, tls: Option<&Tls>, connect_timeout: Duration) -> Result<Daemon, Error> {
+        let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         let target = format!("tcp://{address}");
         let docker = match tls {
             None => {
@@ -118,12 +91,7 @@ impl Daemon {
             }
         }
         .map_err(|error| Error::Daemon { target: target.clone(), detail: format!("cannot be used: {error}") })?;
-        Ok(Daemon {
-            docker,
-            target,
-            ssh: None,
-            connect_timeout,
-        })
+        Ok(Daemon { docker, target, ssh: None, connect_timeout })
     }
 
     /// Ping, negotiate the API version, then read the version and the storage driver.
@@ -134,11 +102,7 @@ impl Daemon {
             Ok(Err(error)) => return Err(self.explain(error)),
             Ok(Ok(_)) => {}
         }
-        let negotiated = tokio::time::timeout(
-            self.connect_timeout,
-            self.docker.clone().negotiate_version(),
-        )
-        .await;
+        let negotiated = tokio::time::timeout(self.connect_timeout, self.docker.clone().negotiate_version()).await;
         self.docker = match negotiated {
             Err(_) => return Err(self.timeout("version")),
             Ok(Err(error)) => return Err(self.explain(error)),
@@ -177,10 +141,7 @@ impl Daemon {
         Error::Connect {
             target: self.target.clone(),
             class: ConnectClass::Timeout,
-            detail: format!(
-                "the daemon did not answer the {what} request within {}s",
-                self.connect_timeout.as_secs()
-            ),
+            detail: format!("the daemon did not answer the {what} request within {}s", self.connect_timeout.as_secs()),
         }
     }
 
@@ -198,10 +159,7 @@ impl Daemon {
                     detail: "the request timed out".to_string(),
                 };
             }
-            B::DockerResponseServerError {
-                status_code,
-                message,
-            } => {
+            B::DockerResponseServerError { status_code, message } => {
                 return Error::Daemon {
                     target: self.target.clone(),
                     detail: format!("answered {status_code}: {message}"),
@@ -216,39 +174,26 @@ impl Daemon {
                     std::io::ErrorKind::NotFound => {
                         format!("is not running: the socket {path} does not exist")
                     }
-                    std::io::ErrorKind::PermissionDenied => format!(
-                        "refused access: permission denied on {path} (is the user in group docker?)"
-                    ),
+                    std::io::ErrorKind::PermissionDenied => {
+                        format!("refused access: permission denied on {path} (is the user in group docker?)")
+                    }
                     std::io::ErrorKind::ConnectionRefused => {
                         format!("is not running: nothing listens on {path}")
                     }
                     _ => format!("did not answer: {io}"),
                 };
-                return Error::Daemon {
-                    target: self.target.clone(),
-                    detail,
-                };
+                return Error::Daemon { target: self.target.clone(), detail };
             }
             if self.ssh.is_none() {
-                return Error::Connect {
-                    target: self.target.clone(),
-                    class: classify_io(io),
-                    detail: io.to_string(),
-                };
+                return Error::Connect { target: self.target.clone(), class: classify_io(io), detail: io.to_string() };
             }
         }
         if let Some(ssh) = &self.ssh {
             if ssh.is_closed() {
-                return Error::Ssh {
-                    host: self.target.clone(),
-                    detail: "the connection dropped".to_string(),
-                };
+                return Error::Ssh { host: self.target.clone(), detail: "the connection dropped".to_string() };
             }
         }
-        Error::Daemon {
-            target: self.target.clone(),
-            detail: format!("did not answer: {}", error_chain(&error)),
-        }
+        Error::Daemon { target: self.target.clone(), detail: format!("did not answer: {}", error_chain(&error)) }
     }
 
     /// Closes the SSH connection, if any.
@@ -308,11 +253,7 @@ fn install_crypto_provider() {
 
 fn rustls_provider() -> bool {
     static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *INSTALLED.get_or_init(|| {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .install_default()
-            .is_ok()
-    })
+    *INSTALLED.get_or_init(|| rustls::crypto::aws_lc_rs::default_provider().install_default().is_ok())
 }
 
 #[cfg(test)]

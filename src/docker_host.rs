@@ -36,12 +36,7 @@ pub enum DockerHost {
 impl fmt::Display for DockerHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DockerHost::Ssh {
-                user,
-                host,
-                port,
-                socket,
-            } => {
+            DockerHost::Ssh { user, host, port, socket } => {
                 write!(f, "ssh://")?;
                 if let Some(user) = user {
                     write!(f, "{user}@")?;
@@ -55,11 +50,7 @@ impl fmt::Display for DockerHost {
 }
 
 fn bracket_ipv6(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    }
+    if host.contains(':') { format!("[{host}]") } else { host.to_string() }
 }
 
 /// Why a `DOCKER_HOST` value was refused, with a hint.
@@ -72,10 +63,7 @@ pub struct HostError {
 const FORMS: &str = "use ssh://[user@]host[:port][/socket], tcp://host:port or unix:///path";
 
 fn refuse(message: impl Into<String>) -> HostError {
-    HostError {
-        message: message.into(),
-        hint: FORMS.to_string(),
-    }
+    HostError { message: message.into(), hint: FORMS.to_string() }
 }
 
 impl DockerHost {
@@ -83,9 +71,7 @@ impl DockerHost {
     pub fn parse(value: &str, tls: bool) -> Result<DockerHost, HostError> {
         let value = value.trim();
         if value.is_empty() {
-            return Ok(DockerHost::Unix {
-                path: DEFAULT_SOCKET.to_string(),
-            });
+            return Ok(DockerHost::Unix { path: DEFAULT_SOCKET.to_string() });
         }
         let Some((scheme, rest)) = value.split_once("://") else {
             return Err(HostError {
@@ -96,14 +82,7 @@ impl DockerHost {
         match scheme.to_ascii_lowercase().as_str() {
             "ssh" => parse_ssh(rest),
             "tcp" | "http" | "https" => {
-                let (host, port, path) = split_authority(
-                    rest,
-                    if tls {
-                        DEFAULT_TLS_PORT
-                    } else {
-                        DEFAULT_TCP_PORT
-                    },
-                )?;
+                let (host, port, path) = split_authority(rest, if tls { DEFAULT_TLS_PORT } else { DEFAULT_TCP_PORT })?;
                 if path.is_some_and(|path| path != "/") {
                     return Err(refuse(format!(
                         "a tcp:// address takes no path, found {:?}",
@@ -122,13 +101,9 @@ impl DockerHost {
                         hint: "write unix:///var/run/docker.sock (three slashes)".to_string(),
                     });
                 }
-                Ok(DockerHost::Unix {
-                    path: rest.to_string(),
-                })
+                Ok(DockerHost::Unix { path: rest.to_string() })
             }
-            "npipe" => Err(refuse(
-                "npipe:// (Windows named pipes) is not available on Linux",
-            )),
+            "npipe" => Err(refuse("npipe:// (Windows named pipes) is not available on Linux")),
             _ => Err(refuse(format!("unknown scheme {scheme:?}"))),
         }
     }
@@ -156,13 +131,11 @@ fn parse_ssh(rest: &str) -> Result<DockerHost, HostError> {
             if user.contains(':') {
                 return Err(HostError {
                     message: "an ssh:// address may not hold a password".to_string(),
-                    hint: "the agent logs in with the key from JETS_SSH_KEY; remove ':password' from the URL".to_string(),
+                    hint: "the agent logs in with the key from JETS_SSH_KEY; remove ':password' from the URL"
+                        .to_string(),
                 });
             }
-            if let Some(bad) = user
-                .chars()
-                .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
-            {
+            if let Some(bad) = user.chars().find(|c| c.is_whitespace() || c.is_control() || *c == '/') {
                 return Err(refuse(format!("the user name contains {bad:?}")));
             }
             (Some(user.to_string()), host_port)
@@ -174,28 +147,18 @@ fn parse_ssh(rest: &str) -> Result<DockerHost, HostError> {
         None | Some("/") => DEFAULT_SOCKET.to_string(),
         Some(path) => path.to_string(),
     };
-    Ok(DockerHost::Ssh {
-        user,
-        host,
-        port,
-        socket,
-    })
+    Ok(DockerHost::Ssh { user, host, port, socket })
 }
 
 /// Splits `host[:port][/path]` into its parts, checking the host and port.
-fn split_authority(
-    text: &str,
-    default_port: u16,
-) -> Result<(String, u16, Option<&str>), HostError> {
+fn split_authority(text: &str, default_port: u16) -> Result<(String, u16, Option<&str>), HostError> {
     let (authority, path) = match text.find('/') {
         Some(at) => (&text[..at], Some(&text[at..])),
         None => (text, None),
     };
     let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
         let Some((host, after)) = inner.split_once(']') else {
-            return Err(refuse(
-                "an IPv6 address opened with '[' is not closed with ']'",
-            ));
+            return Err(refuse("an IPv6 address opened with '[' is not closed with ']'"));
         };
         if host.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(refuse(format!("{host:?} is not an IPv6 address")));
@@ -204,9 +167,7 @@ fn split_authority(
             Some(port) => (host, Some(port)),
             None if after.is_empty() => (host, None),
             None => {
-                return Err(refuse(format!(
-                    "unexpected {after:?} after the IPv6 address"
-                )));
+                return Err(refuse(format!("unexpected {after:?} after the IPv6 address")));
             }
         }
     } else {
@@ -222,10 +183,7 @@ fn split_authority(
         });
     }
     if !host.contains(':') {
-        if let Some(bad) = host
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "-._".contains(*c)))
-        {
+        if let Some(bad) = host.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._".contains(*c))) {
             return Err(refuse(format!("the host {host:?} contains {bad:?}")));
         }
     }
@@ -239,23 +197,14 @@ fn split_authority(
 fn parse_port(text: &str) -> Result<u16, HostError> {
     let hint = "a port is a number from 1 to 65535".to_string();
     if text.is_empty() {
-        return Err(HostError {
-            message: "the port after ':' is empty".to_string(),
-            hint,
-        });
+        return Err(HostError { message: "the port after ':' is empty".to_string(), hint });
     }
     if !text.chars().all(|c| c.is_ascii_digit()) {
-        return Err(HostError {
-            message: format!("the port {text:?} is not a number"),
-            hint,
-        });
+        return Err(HostError { message: format!("the port {text:?} is not a number"), hint });
     }
     match text.parse::<u32>() {
         Ok(port @ 1..=65535) => Ok(port as u16),
-        _ => Err(HostError {
-            message: format!("the port {text} is out of range"),
-            hint,
-        }),
+        _ => Err(HostError { message: format!("the port {text} is out of range"), hint }),
     }
 }
 
@@ -264,68 +213,29 @@ mod tests {
     use super::*;
 
     fn ssh(user: Option<&str>, host: &str, port: u16, socket: &str) -> DockerHost {
-        DockerHost::Ssh {
-            user: user.map(String::from),
-            host: host.into(),
-            port,
-            socket: socket.into(),
-        }
+        DockerHost::Ssh { user: user.map(String::from), host: host.into(), port, socket: socket.into() }
     }
 
     #[test]
     fn valid_hosts_parse() {
         let cases = [
-            (
-                "",
-                DockerHost::Unix {
-                    path: DEFAULT_SOCKET.into(),
-                },
-            ),
-            (
-                "ssh://ec2-user@build.example.com",
-                ssh(Some("ec2-user"), "build.example.com", 22, DEFAULT_SOCKET),
-            ),
+            ("", DockerHost::Unix { path: DEFAULT_SOCKET.into() }),
+            ("ssh://ec2-user@build.example.com", ssh(Some("ec2-user"), "build.example.com", 22, DEFAULT_SOCKET)),
             ("ssh://host:2222", ssh(None, "host", 2222, DEFAULT_SOCKET)),
             (
                 "ssh://u@10.0.0.1:2222/run/user/1000/docker.sock",
                 ssh(Some("u"), "10.0.0.1", 2222, "/run/user/1000/docker.sock"),
             ),
-            (
-                "ssh://u@[::1]:2200",
-                ssh(Some("u"), "::1", 2200, DEFAULT_SOCKET),
-            ),
+            ("ssh://u@[::1]:2200", ssh(Some("u"), "::1", 2200, DEFAULT_SOCKET)),
             ("ssh://u@host/", ssh(Some("u"), "host", 22, DEFAULT_SOCKET)),
-            (
-                "tcp://127.0.0.1:2375",
-                DockerHost::Tcp {
-                    host: "127.0.0.1".into(),
-                    port: 2375,
-                },
-            ),
-            (
-                "tcp://docker",
-                DockerHost::Tcp {
-                    host: "docker".into(),
-                    port: 2375,
-                },
-            ),
-            (
-                "unix:///tmp/d.sock",
-                DockerHost::Unix {
-                    path: "/tmp/d.sock".into(),
-                },
-            ),
+            ("tcp://127.0.0.1:2375", DockerHost::Tcp { host: "127.0.0.1".into(), port: 2375 }),
+            ("tcp://docker", DockerHost::Tcp { host: "docker".into(), port: 2375 }),
+            ("unix:///tmp/d.sock", DockerHost::Unix { path: "/tmp/d.sock".into() }),
         ];
         for (text, want) in cases {
             assert_eq!(DockerHost::parse(text, false), Ok(want), "{text}");
         }
-        assert_eq!(
-            DockerHost::parse("tcp://docker", true),
-            Ok(DockerHost::Tcp {
-                host: "docker".into(),
-                port: 2376
-            })
-        );
+        assert_eq!(DockerHost::parse("tcp://docker", true), Ok(DockerHost::Tcp { host: "docker".into(), port: 2376 }));
     }
 
     #[test]
@@ -334,27 +244,15 @@ mod tests {
             ("ftp://x", "unknown scheme \"ftp\""),
             ("ssh://", "the address names no host"),
             ("ssh://@host", "the user name before '@' is empty"),
-            (
-                "ssh://u:pw@host",
-                "an ssh:// address may not hold a password",
-            ),
-            (
-                "tcp://host:notaport",
-                "the port \"notaport\" is not a number",
-            ),
+            ("ssh://u:pw@host", "an ssh:// address may not hold a password"),
+            ("tcp://host:notaport", "the port \"notaport\" is not a number"),
             ("ssh://host:99999", "the port 99999 is out of range"),
             ("ssh://host:0", "the port 0 is out of range"),
             ("tcp://host:", "the port after ':' is empty"),
-            (
-                "tcp://host:2375/path",
-                "a tcp:// address takes no path, found \"/path\"",
-            ),
+            ("tcp://host:2375/path", "a tcp:// address takes no path, found \"/path\""),
             ("unix://", "a unix:// address needs an absolute socket path"),
             ("host:2375", "\"host:2375\" has no scheme"),
-            (
-                "ssh://[::1",
-                "an IPv6 address opened with '[' is not closed with ']'",
-            ),
+            ("ssh://[::1", "an IPv6 address opened with '[' is not closed with ']'"),
             ("ssh://ho st", "the host \"ho st\" contains ' '"),
         ];
         for (text, want) in cases {
@@ -366,12 +264,9 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for text in [
-            "ssh://u@host:22/var/run/docker.sock",
-            "tcp://h:1",
-            "unix:///x",
-            "ssh://u@[::1]:22/var/run/docker.sock",
-        ] {
+        for text in
+            ["ssh://u@host:22/var/run/docker.sock", "tcp://h:1", "unix:///x", "ssh://u@[::1]:22/var/run/docker.sock"]
+        {
             assert_eq!(DockerHost::parse(text, false).unwrap().to_string(), text);
         }
     }

@@ -53,75 +53,23 @@ pub mod exit {
 
     /// Every exit code with its name and meaning, in order, for `--help` and the README.
     pub const TABLE: &[(u8, &str, &str)] = &[
-        (
-            OK,
-            "ok",
-            "the run succeeded, or the dry run printed a valid plan",
-        ),
+        (OK, "ok", "the run succeeded, or the dry run printed a valid plan"),
         (INTERNAL, "internal", "a bug in the agent"),
         (USAGE, "usage", "the command line could not be parsed"),
-        (
-            CONFIG,
-            "config",
-            "flags or environment variables hold invalid values",
-        ),
-        (
-            LOCAL_FILE,
-            "local-file",
-            "a local file could not be read or written",
-        ),
-        (
-            UNSUPPORTED,
-            "unsupported",
-            "a step this version cannot execute yet",
-        ),
-        (
-            SECRETS,
-            "secrets",
-            "an SSM: reference could not be resolved",
-        ),
-        (
-            NAME_RESOLUTION,
-            "name-resolution",
-            "the daemon's host name did not resolve",
-        ),
-        (
-            CONNECTION_REFUSED,
-            "connection-refused",
-            "the daemon's host refused the connection",
-        ),
-        (
-            TIMEOUT,
-            "timeout",
-            "connecting or waiting for an answer timed out",
-        ),
-        (
-            HOST_KEY_UNKNOWN,
-            "host-key-unknown",
-            "the SSH host key is not in known_hosts",
-        ),
-        (
-            HOST_KEY_CHANGED,
-            "host-key-changed",
-            "the SSH host key changed or is revoked",
-        ),
+        (CONFIG, "config", "flags or environment variables hold invalid values"),
+        (LOCAL_FILE, "local-file", "a local file could not be read or written"),
+        (UNSUPPORTED, "unsupported", "a step this version cannot execute yet"),
+        (SECRETS, "secrets", "an SSM: reference could not be resolved"),
+        (NAME_RESOLUTION, "name-resolution", "the daemon's host name did not resolve"),
+        (CONNECTION_REFUSED, "connection-refused", "the daemon's host refused the connection"),
+        (TIMEOUT, "timeout", "connecting or waiting for an answer timed out"),
+        (HOST_KEY_UNKNOWN, "host-key-unknown", "the SSH host key is not in known_hosts"),
+        (HOST_KEY_CHANGED, "host-key-changed", "the SSH host key changed or is revoked"),
         (SSH_AUTH, "ssh-auth", "the SSH server refused the key"),
-        (
-            REMOTE_SOCKET,
-            "remote-socket",
-            "the remote Docker socket is missing or not accessible",
-        ),
+        (REMOTE_SOCKET, "remote-socket", "the remote Docker socket is missing or not accessible"),
         (SSH, "ssh", "the SSH connection failed or dropped"),
-        (
-            DAEMON,
-            "daemon",
-            "the Docker daemon did not answer or answered with an error",
-        ),
-        (
-            DAEMON_TOO_OLD,
-            "daemon-too-old",
-            "the Docker daemon's API is too old",
-        ),
+        (DAEMON, "daemon", "the Docker daemon did not answer or answered with an error"),
+        (DAEMON_TOO_OLD, "daemon-too-old", "the Docker daemon's API is too old"),
         (LOGIN, "login", "a registry login failed"),
         (BUILD, "build", "the image build failed"),
         (PUSH, "push", "pushing a tag failed"),
@@ -141,11 +89,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(subject: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem {
-            subject: subject.into(),
-            message: message.into(),
-            hint: None,
-        }
+        Problem { subject: subject.into(), message: message.into(), hint: None }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -173,10 +117,7 @@ pub enum Error {
 
     /// The SSH key in a variable or file cannot be used.
     #[error("{subject} {error}")]
-    SshKey {
-        subject: String,
-        error: crate::ssh::key::KeyError,
-    },
+    SshKey { subject: String, error: crate::ssh::key::KeyError },
 
     /// The key file exists and holds another key: it is never overwritten.
     #[error("{} already holds a different key", .path.display())]
@@ -187,61 +128,32 @@ pub enum Error {
     KnownHostsInvalid { subject: String, lines: String },
 
     /// There is no key to log in with.
-    #[error(
-        "no SSH key to log in to {host} with: JETS_SSH_KEY is unset and none of {tried} exists"
-    )]
+    #[error("no SSH key to log in to {host} with: JETS_SSH_KEY is unset and none of {tried} exists")]
     NoSshKey { host: String, tried: String },
 
     /// The connection to the daemon's host could not be opened.
     #[error("failed to connect to {target}: {detail}")]
-    Connect {
-        target: String,
-        class: ConnectClass,
-        detail: String,
-    },
+    Connect { target: String, class: ConnectClass, detail: String },
 
     /// The SSH host key is in no known_hosts entry.
-    #[error(
-        "the host key of {host} is unknown (it presented {presented}); the agent never trusts a host on first use"
-    )]
-    HostKeyUnknown {
-        host: String,
-        keyscan: String,
-        presented: String,
-    },
+    #[error("the host key of {host} is unknown (it presented {presented}); the agent never trusts a host on first use")]
+    HostKeyUnknown { host: String, keyscan: String, presented: String },
 
     /// The SSH host key differs from the known one.
     #[error("the host key of {host} has changed: it presented {presented}, known_hosts expects {}", .expected.join(", "))]
-    HostKeyChanged {
-        host: String,
-        keyscan: String,
-        presented: String,
-        expected: Vec<String>,
-    },
+    HostKeyChanged { host: String, keyscan: String, presented: String, expected: Vec<String> },
 
     /// The SSH host key is marked `@revoked`.
     #[error("the host key of {host} is revoked ({presented}, @revoked in {source_line})")]
-    HostKeyRevoked {
-        host: String,
-        presented: String,
-        source_line: String,
-    },
+    HostKeyRevoked { host: String, presented: String, source_line: String },
 
     /// The SSH server refused the key.
     #[error("{host} refused the SSH key {key} for user {user}")]
-    SshAuth {
-        host: String,
-        user: String,
-        key: String,
-    },
+    SshAuth { host: String, user: String, key: String },
 
     /// The remote Docker socket could not be opened through SSH.
     #[error("failed to open the Docker socket {socket} on {host}: {detail}")]
-    RemoteSocket {
-        host: String,
-        socket: String,
-        detail: String,
-    },
+    RemoteSocket { host: String, socket: String, detail: String },
 
     /// The SSH connection failed after it was opened.
     #[error("the SSH connection to {host} failed: {detail}")]
@@ -252,14 +164,8 @@ pub enum Error {
     Daemon { target: String, detail: String },
 
     /// The daemon's API is older than the agent supports.
-    #[error(
-        "the Docker daemon at {target} speaks API {version}, older than {minimum}, the oldest the agent supports"
-    )]
-    DaemonTooOld {
-        target: String,
-        version: String,
-        minimum: String,
-    },
+    #[error("the Docker daemon at {target} speaks API {version}, older than {minimum}, the oldest the agent supports")]
+    DaemonTooOld { target: String, version: String, minimum: String },
 
     /// A step this version cannot execute yet.
     #[error("step \"{step}\" is not implemented in agent {}", env!("CARGO_PKG_VERSION"))]
@@ -274,9 +180,7 @@ impl Error {
     /// The documented exit code of this failure's class.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::SshKey { .. } | Error::KnownHostsInvalid { .. } => {
-                exit::CONFIG
-            }
+            Error::Config(_) | Error::SshKey { .. } | Error::KnownHostsInvalid { .. } => exit::CONFIG,
             Error::LocalFile { .. } | Error::KeyFileExists { .. } => exit::LOCAL_FILE,
             Error::NoSshKey { .. } | Error::SshAuth { .. } => exit::SSH_AUTH,
             Error::Connect { class, .. } => match class {
@@ -354,8 +258,7 @@ impl Error {
     /// The whole report as printed on stderr: the message, each problem, and the hints.
     pub fn report(&self) -> String {
         let mut out = String::new();
-        self.write_report(&mut out)
-            .expect("writing to a String cannot fail");
+        self.write_report(&mut out).expect("writing to a String cannot fail");
         out
     }
 

@@ -39,13 +39,12 @@ impl Repository {
             return Err("the image repository is empty".to_string());
         }
         if text.len() > 255 {
-            return Err(format!(
-                "the image repository is {} characters long; the limit is 255",
-                text.len()
-            ));
+            return Err(format!("the image repository is {} characters long; the limit is 255", text.len()));
         }
         if text.contains('@') {
-            return Err("the image repository holds a digest ('@'); give a repository without tag or digest".to_string());
+            return Err(
+                "the image repository holds a digest ('@'); give a repository without tag or digest".to_string()
+            );
         }
         let (domain, remainder) = match text.split_once('/') {
             Some((first, rest))
@@ -68,10 +67,7 @@ impl Repository {
         for component in remainder.split('/') {
             check_path_component(component)?;
         }
-        Ok(Repository {
-            domain: domain.map(str::to_string),
-            path: remainder.to_string(),
-        })
+        Ok(Repository { domain: domain.map(str::to_string), path: remainder.to_string() })
     }
 
     /// The registry host this repository is pushed to (`docker.io` for Docker Hub).
@@ -87,13 +83,10 @@ impl Repository {
 
 fn check_domain(domain: &str) -> Result<(), String> {
     let (host, port) = if let Some(inner) = domain.strip_prefix('[') {
-        let (host, after) = inner
-            .split_once(']')
-            .ok_or_else(|| format!("the registry {domain:?} opens '[' without ']'"))?;
+        let (host, after) =
+            inner.split_once(']').ok_or_else(|| format!("the registry {domain:?} opens '[' without ']'"))?;
         if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!(
-                "the registry {domain:?} holds an invalid IPv6 address"
-            ));
+            return Err(format!("the registry {domain:?} holds an invalid IPv6 address"));
         }
         (None, after.strip_prefix(':'))
     } else {
@@ -111,16 +104,12 @@ fn check_domain(domain: &str) -> Result<(), String> {
                     && !label.ends_with('-')
             });
         if !valid {
-            return Err(format!(
-                "the registry host {host:?} is not a valid host name"
-            ));
+            return Err(format!("the registry host {host:?} is not a valid host name"));
         }
     }
     if let Some(port) = port {
         if port.parse::<u16>().map_or(true, |port| port == 0) {
-            return Err(format!(
-                "the registry port {port:?} is not a number from 1 to 65535"
-            ));
+            return Err(format!("the registry port {port:?} is not a number from 1 to 65535"));
         }
     }
     Ok(())
@@ -134,9 +123,7 @@ fn check_path_component(component: &str) -> Result<(), String> {
         )
     };
     if component.is_empty() {
-        return Err(
-            "the image repository has an empty path component ('//' or a trailing '/')".to_string(),
-        );
+        return Err("the image repository has an empty path component ('//' or a trailing '/')".to_string());
     }
     let bytes = component.as_bytes();
     if !bytes[0].is_ascii_lowercase() && !bytes[0].is_ascii_digit() {
@@ -171,13 +158,8 @@ fn check_path_component(component: &str) -> Result<(), String> {
 pub fn check_tag(tag: &str) -> Result<(), String> {
     let valid = !tag.is_empty()
         && tag.len() <= 128
-        && tag
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if valid {
         Ok(())
     } else {
@@ -200,11 +182,7 @@ impl EcrRegistry {
     /// `.amazonaws.com.cn` form, the FIPS form `dkr.ecr-fips`, and the dual-stack forms
     /// `<account>.dkr-ecr.<region>.on.aws` and `dkr-ecr-fips`.
     pub fn detect(host: &str) -> Option<EcrRegistry> {
-        let host = host
-            .trim()
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .to_ascii_lowercase();
+        let host = host.trim().trim_start_matches("https://").trim_end_matches('/').to_ascii_lowercase();
         let labels: Vec<&str> = host.split('.').collect();
         let account = *labels.first()?;
         if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
@@ -212,22 +190,12 @@ impl EcrRegistry {
         }
         let region = match labels.as_slice() {
             [_, "dkr", "ecr" | "ecr-fips", region, "amazonaws", "com"]
-            | [
-                _,
-                "dkr",
-                "ecr" | "ecr-fips",
-                region,
-                "amazonaws",
-                "com",
-                "cn",
-            ]
+            | [_, "dkr", "ecr" | "ecr-fips", region, "amazonaws", "com", "cn"]
             | [_, "dkr-ecr" | "dkr-ecr-fips", region, "on", "aws"] => *region,
             _ => return None,
         };
-        let region_valid = !region.is_empty()
-            && region
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let region_valid =
+            !region.is_empty() && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         region_valid.then(|| EcrRegistry {
             host: host.clone(),
             account: account.to_string(),
@@ -281,16 +249,9 @@ mod tests {
             "bad_host.io:x/app",
             "ex-.com/app",
         ] {
-            assert!(
-                Repository::parse(text).is_err(),
-                "{text:?} should be refused"
-            );
+            assert!(Repository::parse(text).is_err(), "{text:?} should be refused");
         }
-        assert!(
-            Repository::parse("app:latest")
-                .unwrap_err()
-                .contains("--tag")
-        );
+        assert!(Repository::parse("app:latest").unwrap_err().contains("--tag"));
     }
 
     #[test]
@@ -306,10 +267,7 @@ mod tests {
     #[test]
     fn ecr_registries_are_detected() {
         let ecr = EcrRegistry::detect("123456789012.dkr.ecr.eu-west-1.amazonaws.com").unwrap();
-        assert_eq!(
-            (ecr.account.as_str(), ecr.region.as_str()),
-            ("123456789012", "eu-west-1")
-        );
+        assert_eq!((ecr.account.as_str(), ecr.region.as_str()), ("123456789012", "eu-west-1"));
         for host in [
             "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
             "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com",

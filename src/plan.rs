@@ -15,34 +15,19 @@ use crate::secrets::{MASK, Origin, SsmRef};
 #[derive(Debug, Clone)]
 pub enum Step {
     /// Fetch every `SSM:` reference at once (GetParameters, with decryption).
-    ResolveSsm {
-        references: Vec<(Origin, SsmRef)>,
-        region: Option<Sourced<String>>,
-    },
+    ResolveSsm { references: Vec<(Origin, SsmRef)>, region: Option<Sourced<String>> },
     /// Write the SSH private key to its file (0600, directory 0700).
-    InstallSshKey { origin: Origin, path: PathBuf },
+    InstallSshKey { origin: Origin, path: PathBuf, key: Option<String> },
     /// Add the known_hosts lines that are not there yet.
     InstallKnownHosts { origin: Origin, path: PathBuf },
     /// Open the connection to the daemon.
-    Connect {
-        host: Sourced<Value<DockerHost>>,
-        timeout: Duration,
-        tls: Option<PathBuf>,
-    },
+    Connect { host: Sourced<Value<DockerHost>>, timeout: Duration, tls: Option<PathBuf> },
     /// Ping the daemon and read its version.
     CheckDaemon,
     /// Log into a registry with a user and password, checked by the daemon.
-    Login {
-        registry: Sourced<Value<String>>,
-        user: Sourced<Value<String>>,
-        password: Origin,
-    },
+    Login { registry: Sourced<Value<String>>, user: Sourced<Value<String>>, password: Origin },
     /// Log into a registry with a token from ECR's GetAuthorizationToken.
-    EcrLogin {
-        registry: String,
-        region: Option<String>,
-        origin: Origin,
-    },
+    EcrLogin { registry: String, region: Option<String>, origin: Origin },
     /// Record the logins in the docker CLI's config.json, merged with what is there.
     WriteDockerConfig { path: PathBuf },
     /// Build the image on the daemon.
@@ -62,11 +47,7 @@ pub enum Step {
     /// Push one tag.
     Push { reference: String, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
-    WriteImageDefinitions {
-        path: PathBuf,
-        container: String,
-        image_uri: String,
-    },
+    WriteImageDefinitions { path: PathBuf, container: String, image_uri: String },
 }
 
 /// The steps of a run, in order.
@@ -85,15 +66,17 @@ impl Plan {
             .map(|(origin, reference)| (origin.clone(), reference.clone()))
             .collect();
         if !references.is_empty() {
-            steps.push(Step::ResolveSsm {
-                references,
-                region: config.region.clone(),
-            });
+            steps.push(Step::ResolveSsm { references, region: config.region.clone() });
         }
         if let Some(key) = &config.ssh_key {
+            let description = match &key.value {
+                Value::Known(key) => Some(key.describe()),
+                Value::Ssm(_) => None,
+            };
             steps.push(Step::InstallSshKey {
                 origin: key.origin.clone(),
                 path: config.ssh_key_file.value.clone(),
+                key: description,
             });
         }
         if let Some(known) = &config.known_hosts {
@@ -108,12 +91,7 @@ impl Plan {
             tls: config.tls.as_ref().map(|tls| tls.cert_dir.clone()),
         });
         steps.push(Step::CheckDaemon);
-        if let Some(RegistryLogin {
-            registry,
-            user,
-            password,
-        }) = &config.registry_login
-        {
+        if let Some(RegistryLogin { registry, user, password }) = &config.registry_login {
             steps.push(Step::Login {
                 registry: registry.clone(),
                 user: user.clone(),
@@ -128,9 +106,7 @@ impl Plan {
             });
         }
         if config.registry_login.is_some() || !config.ecr_logins.is_empty() {
-            steps.push(Step::WriteDockerConfig {
-                path: config.docker_config_dir.join("config.json"),
-            });
+            steps.push(Step::WriteDockerConfig { path: config.docker_config_dir.join("config.json") });
         }
         let image = &config.image.value;
         let tags = &config.tags.value;
@@ -148,17 +124,11 @@ impl Plan {
             no_cache: build.no_cache,
         });
         for tag in &tags[1..] {
-            steps.push(Step::Tag {
-                source: first.clone(),
-                target: image.with_tag(tag),
-            });
+            steps.push(Step::Tag { source: first.clone(), target: image.with_tag(tag) });
         }
         if config.push {
             for tag in tags {
-                steps.push(Step::Push {
-                    reference: image.with_tag(tag),
-                    registry: image.registry().to_string(),
-                });
+                steps.push(Step::Push { reference: image.with_tag(tag), registry: image.registry().to_string() });
             }
         }
         if let Some(container) = &config.image_definitions {
@@ -179,11 +149,7 @@ impl Step {
     pub fn title(&self) -> String {
         match self {
             Step::ResolveSsm { references, .. } => {
-                format!(
-                    "resolve {} SSM parameter{}",
-                    references.len(),
-                    if references.len() == 1 { "" } else { "s" }
-                )
+                format!("resolve {} SSM parameter{}", references.len(), if references.len() == 1 { "" } else { "s" })
             }
             Step::InstallSshKey { .. } => "install ssh key".to_string(),
             Step::InstallKnownHosts { .. } => "install known_hosts".to_string(),
@@ -226,55 +192,42 @@ impl Step {
         match self {
             Step::ResolveSsm { references, region } => {
                 for (origin, reference) in references {
-                    lines.push(format!(
-                        "{} <- {reference} (GetParameters, with decryption)",
-                        origin.subject()
-                    ));
+                    lines.push(format!("{} <- {reference} (GetParameters, with decryption)", origin.subject()));
                 }
                 lines.push(match region {
                     Some(region) => format!("region {} (from {})", region.value, region.origin),
                     None => "region from the AWS configuration (no AWS_REGION set)".to_string(),
                 });
-                lines.push("credentials from the default AWS chain (environment, profile, CodeBuild's role)".to_string());
+                lines.push(
+                    "credentials from the default AWS chain (environment, profile, CodeBuild's role)".to_string(),
+                );
             }
-            Step::InstallSshKey { origin, path } => {
-                lines.push(format!("key from {origin}: {MASK}"));
-                lines.push(format!("write {} (mode 0600, directory 0700); an existing different key is never overwritten", path.display()));
-            }
-            Step::InstallKnownHosts { origin, path } => {
-                lines.push(format!("host keys from {origin}"));
+            Step::InstallSshKey { origin, path, key } => {
+                lines.push(match key {
+                    Some(key) => format!("key from {origin}: {key} (the key itself is {MASK})"),
+                    None => format!("key from {origin}: {MASK}"),
+                });
                 lines.push(format!(
-                    "append the lines not already in {} (mode 0644)",
+                    "write {} (mode 0600, directory 0700); an existing different key is never overwritten",
                     path.display()
                 ));
             }
+            Step::InstallKnownHosts { origin, path } => {
+                lines.push(format!("host keys from {origin}"));
+                lines.push(format!("append the lines not already in {} (mode 0644)", path.display()));
+            }
             Step::Connect { host, timeout, tls } => {
                 match &host.value {
-                    Value::Known(DockerHost::Ssh {
-                        user,
-                        host: name,
-                        port,
-                        socket,
-                    }) => {
-                        lines.push(format!(
-                            "daemon {} (from {})",
-                            host.value_text(),
-                            host.origin
-                        ));
+                    Value::Known(DockerHost::Ssh { user, host: name, port, socket }) => {
+                        lines.push(format!("daemon {} (from {})", host.value_text(), host.origin));
                         lines.push(format!(
                             "one SSH connection to {name}:{port} as {}, host key checked against known_hosts",
                             user.as_deref().unwrap_or("the current user")
                         ));
-                        lines.push(format!(
-                            "each HTTP connection is a channel to the remote socket {socket}"
-                        ));
+                        lines.push(format!("each HTTP connection is a channel to the remote socket {socket}"));
                     }
                     Value::Known(DockerHost::Tcp { .. }) => {
-                        lines.push(format!(
-                            "daemon {} (from {})",
-                            host.value_text(),
-                            host.origin
-                        ));
+                        lines.push(format!("daemon {} (from {})", host.value_text(), host.origin));
                         lines.push(match tls {
                             Some(dir) => {
                                 format!("HTTPS with the client certificate in {}", dir.display())
@@ -283,11 +236,7 @@ impl Step {
                         });
                     }
                     Value::Known(DockerHost::Unix { .. }) => {
-                        lines.push(format!(
-                            "daemon {} (from {})",
-                            host.value_text(),
-                            host.origin
-                        ));
+                        lines.push(format!("daemon {} (from {})", host.value_text(), host.origin));
                     }
                     Value::Ssm(reference) => {
                         lines.push(format!(
@@ -299,31 +248,14 @@ impl Step {
                 lines.push(format!("connect timeout {}s", timeout.as_secs()));
             }
             Step::CheckDaemon => {
-                lines.push(
-                    "ping, then version: server and API version, OS/arch, storage driver"
-                        .to_string(),
-                );
+                lines.push("ping, then version: server and API version, OS/arch, storage driver".to_string());
             }
-            Step::Login {
-                registry,
-                user,
-                password,
-            } => {
-                lines.push(format!(
-                    "registry {} (from {})",
-                    show(&registry.value),
-                    registry.origin
-                ));
+            Step::Login { registry, user, password } => {
+                lines.push(format!("registry {} (from {})", show(&registry.value), registry.origin));
                 lines.push(format!("user {} (from {})", show(&user.value), user.origin));
-                lines.push(format!(
-                    "password {MASK} (from {password}), checked by the daemon"
-                ));
+                lines.push(format!("password {MASK} (from {password}), checked by the daemon"));
             }
-            Step::EcrLogin {
-                registry,
-                region,
-                origin,
-            } => {
+            Step::EcrLogin { registry, region, origin } => {
                 lines.push(format!("registry {registry} (from {origin})"));
                 lines.push(format!(
                     "token from ECR GetAuthorizationToken in region {}, checked by the daemon",
@@ -331,22 +263,9 @@ impl Step {
                 ));
             }
             Step::WriteDockerConfig { path } => {
-                lines.push(format!(
-                    "merge the logins into {} (mode 0600), keeping every other entry",
-                    path.display()
-                ));
+                lines.push(format!("merge the logins into {} (mode 0600), keeping every other entry", path.display()));
             }
-            Step::Build {
-                context,
-                dockerfile,
-                reference,
-                build_args,
-                target,
-                labels,
-                platform,
-                pull,
-                no_cache,
-            } => {
+            Step::Build { context, dockerfile, reference, build_args, target, labels, platform, pull, no_cache } => {
                 lines.push(format!("context {}", context.display()));
                 lines.push(format!("Dockerfile {}", dockerfile.display()));
                 lines.push(format!("tag {reference}"));
@@ -379,15 +298,9 @@ impl Step {
             }
             Step::Tag { source, target } => lines.push(format!("{source} -> {target}")),
             Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
-            Step::WriteImageDefinitions {
-                path,
-                container,
-                image_uri,
-            } => {
+            Step::WriteImageDefinitions { path, container, image_uri } => {
                 lines.push(format!("write {} (atomically)", path.display()));
-                lines.push(format!(
-                    "[{{\"name\":\"{container}\",\"imageUri\":\"{image_uri}\"}}]"
-                ));
+                lines.push(format!("[{{\"name\":\"{container}\",\"imageUri\":\"{image_uri}\"}}]"));
             }
         }
         lines
@@ -450,10 +363,7 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
         let title = step.title();
         let step_started = Instant::now();
         if mode == Mode::Check && step.changes_something() {
-            tracing::info!(
-                "step {}/{total} {title}: skipped (--check changes nothing)",
-                index + 1
-            );
+            tracing::info!("step {}/{total} {title}: skipped (--check changes nothing)", index + 1);
             continue;
         }
         tracing::info!("step {}/{total} {title}", index + 1);
@@ -476,18 +386,12 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
             }
         }
     }
-    tracing::info!(
-        "done: {total} steps in {:.2}s",
-        started.elapsed().as_secs_f64()
-    );
+    tracing::info!("done: {total} steps in {:.2}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 /// What executes a step. The agent's own runner does the real work; the plan does not care how.
-#[expect(
-    async_fn_in_trait,
-    reason = "the runner is used in this crate only, with one executor"
-)]
+#[expect(async_fn_in_trait, reason = "the runner is used in this crate only, with one executor")]
 pub trait StepRunner {
     /// Executes one step; `Ok(Some(text))` replaces "ok" in the step's log line.
     async fn run(&mut self, step: &Step) -> Result<Option<String>>;

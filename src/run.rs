@@ -16,33 +16,21 @@ pub fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(error) => {
             // --help and --version are "errors" that print to stdout and exit 0.
-            let code = if error.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            let code = if error.use_stderr() { exit::USAGE } else { exit::OK };
             let _ = error.print();
             return ExitCode::from(code);
         }
     };
     output::init(cli.log_format, cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            return fail(&Error::Internal(format!(
-                "failed to start the async runtime: {error}"
-            )));
+            return fail(&Error::Internal(format!("failed to start the async runtime: {error}")));
         }
     };
     let result = match &cli.command {
         Command::Run(args) => {
-            let run_matches = matches
-                .subcommand_matches("run")
-                .expect("the run subcommand was parsed");
+            let run_matches = matches.subcommand_matches("run").expect("the run subcommand was parsed");
             runtime.block_on(run(args, run_matches))
         }
     };

@@ -27,10 +27,7 @@ pub struct Runner<'a> {
 
 impl<'a> Runner<'a> {
     pub fn new(config: &'a Config) -> Self {
-        Runner {
-            config,
-            daemon: None,
-        }
+        Runner { config, daemon: None }
     }
 
     /// Closes what the run opened.
@@ -45,9 +42,9 @@ impl<'a> Runner<'a> {
             None => Ok(None),
             Some(sourced) => match &sourced.value {
                 Value::Known(key) => Ok(Some(key.clone())),
-                Value::Ssm(reference) => Err(Error::Unsupported {
-                    step: format!("use {reference} before it is resolved"),
-                }),
+                Value::Ssm(reference) => {
+                    Err(Error::Unsupported { step: format!("use {reference} before it is resolved") })
+                }
             },
         }
     }
@@ -57,9 +54,9 @@ impl<'a> Runner<'a> {
             None => Ok(None),
             Some(sourced) => match &sourced.value {
                 Value::Known(text) => Ok(Some(text)),
-                Value::Ssm(reference) => Err(Error::Unsupported {
-                    step: format!("use {reference} before it is resolved"),
-                }),
+                Value::Ssm(reference) => {
+                    Err(Error::Unsupported { step: format!("use {reference} before it is resolved") })
+                }
             },
         }
     }
@@ -71,8 +68,7 @@ impl<'a> Runner<'a> {
         warn_if_home_is_not_the_accounts(path);
         let passphrase = self.config.ssh_key_passphrase.as_ref();
         let same_key = |existing: &str| {
-            SshKey::parse(existing, passphrase)
-                .is_ok_and(|other| other.key.public_key() == key.key.public_key())
+            SshKey::parse(existing, passphrase).is_ok_and(|other| other.key.public_key() == key.key.public_key())
         };
         let outcome = files::install_key(path, key.text.expose(), same_key)?;
         Ok(Some(match outcome {
@@ -89,11 +85,9 @@ impl<'a> Runner<'a> {
         };
         let lines = meaningful_lines(text);
         Ok(Some(match files::install_known_hosts(path, &lines)? {
-            Installed::Added(count) => format!(
-                "added {count} line{} to {}",
-                if count == 1 { "" } else { "s" },
-                path.display()
-            ),
+            Installed::Added(count) => {
+                format!("added {count} line{} to {}", if count == 1 { "" } else { "s" }, path.display())
+            }
             _ => format!("{} already holds every line", path.display()),
         }))
     }
@@ -101,43 +95,26 @@ impl<'a> Runner<'a> {
     async fn connect(&mut self, host: &DockerHost, timeout: Duration) -> Result<Option<String>> {
         let daemon = match host {
             DockerHost::Unix { path } => Daemon::unix(path, timeout)?,
-            DockerHost::Tcp { host, port } => {
-                Daemon::tcp(host, *port, self.config.tls.as_ref(), timeout)?
-            }
-            DockerHost::Ssh {
-                user,
-                host: name,
-                port,
-                socket,
-            } => {
+            DockerHost::Tcp { host, port } => Daemon::tcp(host, *port, self.config.tls.as_ref(), timeout)?,
+            DockerHost::Ssh { user, host: name, port, socket } => {
                 let user = match user.clone().or_else(account::user_name) {
                     Some(user) => user,
                     None => {
-                        return Err(Error::Config(vec![crate::error::Problem::new(
-                            "DOCKER_HOST",
-                            "names no user, and the current user has no name (no /etc/passwd entry, no USER)",
-                        )
-                        .hint("write the user into the address: ssh://user@host")]));
+                        return Err(Error::Config(vec![
+                            crate::error::Problem::new(
+                                "DOCKER_HOST",
+                                "names no user, and the current user has no name (no /etc/passwd entry, no USER)",
+                            )
+                            .hint("write the user into the address: ssh://user@host"),
+                        ]));
                     }
                 };
                 let keys = self.login_keys(name)?;
                 let known = Arc::new(self.known_hosts()?);
-                let target = SshTarget {
-                    host: name.clone(),
-                    port: *port,
-                    user,
-                    socket: socket.clone(),
-                };
-                let session = SshSession::connect(
-                    target,
-                    &keys,
-                    known,
-                    Timeouts {
-                        connect: timeout,
-                        keepalive: KEEPALIVE,
-                    },
-                )
-                .await?;
+                let target = SshTarget { host: name.clone(), port: *port, user, socket: socket.clone() };
+                let session =
+                    SshSession::connect(target, &keys, known, Timeouts { connect: timeout, keepalive: KEEPALIVE })
+                        .await?;
                 Daemon::over_ssh(Arc::new(session), host.to_string(), timeout)?
             }
         };
@@ -150,39 +127,22 @@ impl<'a> Runner<'a> {
         if let Some(key) = self.ssh_key()? {
             return Ok(vec![(key.describe(), Arc::new(key.key.clone()))]);
         }
-        let dir = self
-            .config
-            .ssh_key_file
-            .value
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(".ssh"));
-        let candidates: Vec<PathBuf> = ["id_ed25519", "id_ecdsa", "id_rsa"]
-            .iter()
-            .map(|name| dir.join(name))
-            .collect();
+        let dir =
+            self.config.ssh_key_file.value.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".ssh"));
+        let candidates: Vec<PathBuf> = ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|name| dir.join(name)).collect();
         let mut keys = Vec::new();
         for path in &candidates {
             let Ok(text) = std::fs::read_to_string(path) else {
                 continue;
             };
             match SshKey::parse(&text, self.config.ssh_key_passphrase.as_ref()) {
-                Ok(key) => keys.push((
-                    format!("{} ({})", key.describe(), path.display()),
-                    Arc::new(key.key),
-                )),
+                Ok(key) => keys.push((format!("{} ({})", key.describe(), path.display()), Arc::new(key.key))),
                 Err(error) => tracing::warn!("skipping {}: it {error}", path.display()),
             }
         }
         if keys.is_empty() {
-            let tried: Vec<String> = candidates
-                .iter()
-                .map(|path| path.display().to_string())
-                .collect();
-            return Err(Error::NoSshKey {
-                host: host.to_string(),
-                tried: tried.join(", "),
-            });
+            let tried: Vec<String> = candidates.iter().map(|path| path.display().to_string()).collect();
+            return Err(Error::NoSshKey { host: host.to_string(), tried: tried.join(", ") });
         }
         Ok(keys)
     }
@@ -207,12 +167,7 @@ impl<'a> Runner<'a> {
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(Error::LocalFile {
-                    action: "read",
-                    path: path.clone(),
-                    source,
-                    hint: None,
-                });
+                return Err(Error::LocalFile { action: "read", path: path.clone(), source, hint: None });
             }
         }
         Ok(known)
@@ -220,9 +175,7 @@ impl<'a> Runner<'a> {
 
     async fn check_daemon(&mut self) -> Result<Option<String>> {
         let Some(daemon) = self.daemon.as_mut() else {
-            return Err(Error::Internal(
-                "the daemon check ran before the connection".to_string(),
-            ));
+            return Err(Error::Internal("the daemon check ran before the connection".to_string()));
         };
         let facts = daemon.check().await?;
         Ok(Some(facts.summary()))
@@ -252,14 +205,12 @@ impl StepRunner for Runner<'_> {
             Step::InstallKnownHosts { path, .. } => self.install_known_hosts(path).await,
             Step::Connect { host, timeout, .. } => match &host.value {
                 Value::Known(target) => self.connect(target, *timeout).await,
-                Value::Ssm(reference) => Err(Error::Unsupported {
-                    step: format!("connect to the daemon in {reference}"),
-                }),
+                Value::Ssm(reference) => {
+                    Err(Error::Unsupported { step: format!("connect to the daemon in {reference}") })
+                }
             },
             Step::CheckDaemon => self.check_daemon().await,
-            other => Err(Error::Unsupported {
-                step: other.title(),
-            }),
+            other => Err(Error::Unsupported { step: other.title() }),
         }
     }
 }

@@ -75,10 +75,7 @@ impl SsmRef {
             return Err("the SSM: parameter name is longer than 2048 characters".to_string());
         }
         // Parameter names allow a-z, A-Z, 0-9, and _ . - / (AWS Systems Manager's rule).
-        if let Some(bad) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "_.-/".contains(*c)))
-        {
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-/".contains(*c))) {
             return Err(format!(
                 "the SSM: parameter name {name:?} contains {bad:?}; names may hold only letters, digits and _ . - /"
             ));
@@ -88,9 +85,7 @@ impl SsmRef {
                 "the SSM: parameter name {name:?} is not a valid path; a path starts with / and has no empty segment"
             ));
         }
-        Ok(Some(SsmRef {
-            name: name.to_string(),
-        }))
+        Ok(Some(SsmRef { name: name.to_string() }))
     }
 }
 
@@ -145,8 +140,7 @@ impl Redactor {
     pub fn register(&self, value: &str) {
         let mut fragments: Vec<String> = Vec::new();
         let mut push = |fragment: &str| {
-            let fragment =
-                fragment.trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'');
+            let fragment = fragment.trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'');
             if fragment.len() >= MIN_FRAGMENT && !fragment.starts_with("-----") {
                 fragments.push(fragment.to_string());
             }
@@ -161,10 +155,7 @@ impl Redactor {
         if fragments.is_empty() {
             return;
         }
-        let mut values = self
-            .values
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut values = self.values.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         for fragment in fragments {
             if !values.contains(&fragment) {
                 values.push(fragment);
@@ -176,10 +167,7 @@ impl Redactor {
 
     /// The text with every registered secret replaced by [`MASK`].
     pub fn redact(&self, text: &str) -> String {
-        let values = self
-            .values
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let values = self.values.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut out = text.to_string();
         for value in values.iter() {
             if out.contains(value.as_str()) {
@@ -210,18 +198,8 @@ mod tests {
         assert_eq!(SsmRef::parse("plain value"), Ok(None));
         assert_eq!(SsmRef::parse("ssh://x"), Ok(None));
         assert_eq!(SsmRef::parse("SSM"), Ok(None));
-        assert_eq!(
-            SsmRef::parse("SSM:/ci/docker/pass"),
-            Ok(Some(SsmRef {
-                name: "/ci/docker/pass".into()
-            }))
-        );
-        assert_eq!(
-            SsmRef::parse("ssm:name_1"),
-            Ok(Some(SsmRef {
-                name: "name_1".into()
-            }))
-        );
+        assert_eq!(SsmRef::parse("SSM:/ci/docker/pass"), Ok(Some(SsmRef { name: "/ci/docker/pass".into() })));
+        assert_eq!(SsmRef::parse("ssm:name_1"), Ok(Some(SsmRef { name: "name_1".into() })));
         assert!(SsmRef::parse("SSM:").is_err());
         assert!(SsmRef::parse("SSM:/a b").is_err());
         assert!(SsmRef::parse("SSM:/a//b").is_err());
@@ -236,10 +214,7 @@ mod tests {
         redactor.register("ab");
         assert_eq!(redactor.redact("pass=hunter22!"), format!("pass={MASK}!"));
         assert_eq!(redactor.redact("x BBBBline2 y"), format!("x {MASK} y"));
-        assert_eq!(
-            redactor.redact("-----BEGIN KEY----- ab"),
-            "-----BEGIN KEY----- ab"
-        );
+        assert_eq!(redactor.redact("-----BEGIN KEY----- ab"), "-----BEGIN KEY----- ab");
     }
 
     #[test]

@@ -20,11 +20,7 @@ pub enum Installed {
 
 /// Installs the key text at `path`. An existing file with the same key is left as it is (its
 /// mode tightened to 0600); one with other content is an error and is not touched.
-pub fn install_key(
-    path: &Path,
-    text: &str,
-    same_key: impl Fn(&str) -> bool,
-) -> Result<Installed, Error> {
+pub fn install_key(path: &Path, text: &str, same_key: impl Fn(&str) -> bool) -> Result<Installed, Error> {
     let dir = parent(path)?;
     ensure_private_dir(&dir)?;
     match fs::read_to_string(path) {
@@ -34,18 +30,14 @@ pub fn install_key(
                     .map_err(|source| file_error("set the mode of", path, source))?;
                 return Ok(Installed::AlreadyThere);
             }
-            Err(Error::KeyFileExists {
-                path: path.to_path_buf(),
-            })
+            Err(Error::KeyFileExists { path: path.to_path_buf() })
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             write_atomically(path, text.as_bytes(), 0o600, false)?;
             Ok(Installed::Written)
         }
         Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-            Err(Error::KeyFileExists {
-                path: path.to_path_buf(),
-            })
+            Err(Error::KeyFileExists { path: path.to_path_buf() })
         }
         Err(source) => Err(file_error("read", path, source)),
     }
@@ -58,9 +50,7 @@ pub fn install_known_hosts(path: &Path, lines: &[String]) -> Result<Installed, E
     ensure_private_dir(&dir)?;
     let (existing, mode) = match fs::read(path) {
         Ok(bytes) => {
-            let mode = fs::metadata(path)
-                .map(|meta| meta.mode() & 0o7777)
-                .unwrap_or(0o644);
+            let mode = fs::metadata(path).map(|meta| meta.mode() & 0o7777).unwrap_or(0o644);
             (String::from_utf8_lossy(&bytes).into_owned(), mode)
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => (String::new(), 0o644),
@@ -104,16 +94,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> 
         .map_err(|source| file_error("write", temp.path(), source))?;
     fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode))
         .map_err(|source| file_error("set the mode of", temp.path(), source))?;
-    let result = if replace {
-        temp.persist(path).map(drop)
-    } else {
-        temp.persist_noclobber(path).map(drop)
-    };
+    let result = if replace { temp.persist(path).map(drop) } else { temp.persist_noclobber(path).map(drop) };
     result.map_err(|error| {
         if error.error.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::KeyFileExists {
-                path: path.to_path_buf(),
-            }
+            Error::KeyFileExists { path: path.to_path_buf() }
         } else {
             file_error("write", path, error.error)
         }
@@ -142,12 +126,7 @@ fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
 fn file_error(action: &'static str, path: &Path, source: std::io::Error) -> Error {
     let hint = (source.kind() == std::io::ErrorKind::PermissionDenied)
         .then(|| "check the owner and mode of the file and its directory, or choose another path with --ssh-key-file / --known-hosts-file".to_string());
-    Error::LocalFile {
-        action,
-        path: path.to_path_buf(),
-        source,
-        hint,
-    }
+    Error::LocalFile { action, path: path.to_path_buf(), source, hint }
 }
 
 #[cfg(test)]
@@ -158,33 +137,14 @@ mod tests {
     fn a_key_is_written_private_and_never_overwritten() {
         let home = tempfile::tempdir().unwrap();
         let path = home.path().join(".ssh/id_rsa");
-        assert_eq!(
-            install_key(&path, "KEY\n", |_| false).unwrap(),
-            Installed::Written
-        );
+        assert_eq!(install_key(&path, "KEY\n", |_| false).unwrap(), Installed::Written);
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(
-            fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
-            0o700
-        );
-        assert_eq!(
-            install_key(&path, "KEY\n", |_| false).unwrap(),
-            Installed::AlreadyThere
-        );
-        assert!(matches!(
-            install_key(&path, "OTHER\n", |_| false),
-            Err(Error::KeyFileExists { .. })
-        ));
+        assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(install_key(&path, "KEY\n", |_| false).unwrap(), Installed::AlreadyThere);
+        assert!(matches!(install_key(&path, "OTHER\n", |_| false), Err(Error::KeyFileExists { .. })));
         assert_eq!(fs::read_to_string(&path).unwrap(), "KEY\n");
-        assert_eq!(
-            install_key(&path, "SAME KEY, OTHER FORM\n", |_| true).unwrap(),
-            Installed::AlreadyThere
-        );
-        assert_eq!(
-            fs::read_dir(path.parent().unwrap()).unwrap().count(),
-            1,
-            "no temporary file is left"
-        );
+        assert_eq!(install_key(&path, "SAME KEY, OTHER FORM\n", |_| true).unwrap(), Installed::AlreadyThere);
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file is left");
     }
 
     #[test]
@@ -193,23 +153,10 @@ mod tests {
         let path = home.path().join(".ssh/known_hosts");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, "existing  line").unwrap();
-        let lines = vec![
-            "a b c".to_string(),
-            "existing line".to_string(),
-            "a  b c".to_string(),
-        ];
-        assert_eq!(
-            install_known_hosts(&path, &lines).unwrap(),
-            Installed::Added(1)
-        );
-        assert_eq!(
-            fs::read_to_string(&path).unwrap(),
-            "existing  line\na b c\n"
-        );
-        assert_eq!(
-            install_known_hosts(&path, &lines).unwrap(),
-            Installed::AlreadyThere
-        );
+        let lines = vec!["a b c".to_string(), "existing line".to_string(), "a  b c".to_string()];
+        assert_eq!(install_known_hosts(&path, &lines).unwrap(), Installed::Added(1));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "existing  line\na b c\n");
+        assert_eq!(install_known_hosts(&path, &lines).unwrap(), Installed::AlreadyThere);
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
     }
 }

@@ -80,11 +80,7 @@ impl SshKey {
     /// E.g. `ssh-ed25519 SHA256:abc…`.
     pub fn describe(&self) -> String {
         let public = self.key.public_key();
-        format!(
-            "{} {}",
-            public.algorithm().as_str(),
-            public.fingerprint(HashAlg::Sha256)
-        )
+        format!("{} {}", public.algorithm().as_str(), public.fingerprint(HashAlg::Sha256))
     }
 }
 
@@ -109,26 +105,16 @@ pub fn repair(raw: &str) -> String {
     // Surrounding quotes, possibly several layers ("'…'").
     loop {
         let trimmed = text.trim();
-        let unquoted = ['"', '\''].iter().find_map(|quote| {
-            trimmed
-                .strip_prefix(*quote)
-                .and_then(|rest| rest.strip_suffix(*quote))
-        });
+        let unquoted = ['"', '\'']
+            .iter()
+            .find_map(|quote| trimmed.strip_prefix(*quote).and_then(|rest| rest.strip_suffix(*quote)));
         match unquoted {
             Some(inner) => text = inner.trim().to_string(),
             None => break,
         }
     }
-    let text = text
-        .replace("\\r\\n", "\n")
-        .replace("\\n", "\n")
-        .replace("\r\n", "\n")
-        .replace('\r', "\n");
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect();
+    let text = text.replace("\\r\\n", "\n").replace("\\n", "\n").replace("\r\n", "\n").replace('\r', "\n");
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
     let mut out = String::with_capacity(text.len() + 1);
     if lines.len() == 1 {
         // All on one line with spaces where newlines were: split the armour from the body.
@@ -140,9 +126,7 @@ pub fn repair(raw: &str) -> String {
         out.push_str(line);
         out.push('\n');
         // PEM headers (Proc-Type, DEK-Info) end with an empty line before the body.
-        if line.starts_with("DEK-Info:")
-            && lines.get(index + 1).is_some_and(|next| !next.is_empty())
-        {
+        if line.starts_with("DEK-Info:") && lines.get(index + 1).is_some_and(|next| !next.is_empty()) {
             out.push('\n');
         }
     }
@@ -188,8 +172,7 @@ fn unflatten(line: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    const KEY: &str =
-        "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n";
+    const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n";
 
     #[test]
     fn repair_undoes_what_parameter_stores_do() {
@@ -200,10 +183,7 @@ mod tests {
             KEY.replace('\n', "\r\n"),
             format!("  \"{}\"  ", KEY.replace('\n', "\\n")),
             format!("'{KEY}'"),
-            KEY.lines()
-                .map(|line| format!("    {line}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            KEY.lines().map(|line| format!("    {line}")).collect::<Vec<_>>().join("\n"),
             KEY.trim_end().replace('\n', " "),
         ] {
             assert_eq!(repair(&pasted), KEY, "{pasted:?}");
@@ -222,14 +202,8 @@ mod tests {
         let error = SshKey::parse("hunter2-not-a-key", None).unwrap_err();
         assert_eq!(error, KeyError::NotAKey);
         assert!(!error.to_string().contains("hunter2"));
-        assert_eq!(
-            SshKey::parse("ssh-ed25519 AAAAC3Nza user@host", None).unwrap_err(),
-            KeyError::PublicKey
-        );
-        assert!(matches!(
-            SshKey::parse(KEY, None).unwrap_err(),
-            KeyError::Corrupt(_)
-        ));
+        assert_eq!(SshKey::parse("ssh-ed25519 AAAAC3Nza user@host", None).unwrap_err(), KeyError::PublicKey);
+        assert!(matches!(SshKey::parse(KEY, None).unwrap_err(), KeyError::Corrupt(_)));
     }
 
     /// A throwaway key made for this test with `ssh-keygen -t ed25519`; it opens nothing.
@@ -245,10 +219,7 @@ WOm9M3C0W042few7eesNAAAACXVuaXQtdGVzdAECAwQ=
     #[test]
     fn a_pasted_key_decodes_and_describes_itself() {
         let parsed = SshKey::parse(&TEST_KEY.replace('\n', "\\n"), None).unwrap();
-        assert_eq!(
-            parsed.describe(),
-            "ssh-ed25519 SHA256:MPZpRyWsr8qoXEDgNFIg12D1eJhytduu2OvXTjPGmJ8"
-        );
+        assert_eq!(parsed.describe(), "ssh-ed25519 SHA256:MPZpRyWsr8qoXEDgNFIg12D1eJhytduu2OvXTjPGmJ8");
         assert_eq!(parsed.text.expose(), TEST_KEY);
         assert!(!format!("{parsed:?}").contains("b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ"));
     }

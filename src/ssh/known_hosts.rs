@@ -38,10 +38,7 @@ pub enum HostKeyError {
     /// No entry names this host.
     Unknown { presented: String },
     /// Entries name this host, with another key of the same type (or only other types).
-    Changed {
-        presented: String,
-        expected: Vec<String>,
-    },
+    Changed { presented: String, expected: Vec<String> },
     /// The key is marked `@revoked`.
     Revoked { presented: String, source: String },
 }
@@ -49,20 +46,12 @@ pub enum HostKeyError {
 /// `host` for port 22, else `[host]:port`: the name OpenSSH looks up.
 pub fn lookup_name(host: &str, port: u16) -> String {
     let host = host.to_ascii_lowercase();
-    if port == 22 {
-        host
-    } else {
-        format!("[{host}]:{port}")
-    }
+    if port == 22 { host } else { format!("[{host}]:{port}") }
 }
 
 /// A key as `type SHA256:fingerprint`.
 pub fn describe(key: &PublicKey) -> String {
-    format!(
-        "{} {}",
-        key.algorithm().as_str(),
-        key.fingerprint(HashAlg::Sha256)
-    )
+    format!("{} {}", key.algorithm().as_str(), key.fingerprint(HashAlg::Sha256))
 }
 
 /// Splits text into its meaningful lines: no blank lines, no comments, whitespace runs made one
@@ -85,11 +74,7 @@ impl KnownHosts {
                 continue;
             }
             match normal.parse::<Entry>() {
-                Ok(entry) => self.hosts.push(KnownHost {
-                    entry,
-                    source: source.to_string(),
-                    line: index + 1,
-                }),
+                Ok(entry) => self.hosts.push(KnownHost { entry, source: source.to_string(), line: index + 1 }),
                 Err(_) => bad.push(BadLine { line: index + 1 }),
             }
         }
@@ -99,19 +84,14 @@ impl KnownHosts {
     /// The entries that name this host and port (markers included).
     fn matching(&self, host: &str, port: u16) -> impl Iterator<Item = &KnownHost> {
         let name = lookup_name(host, port);
-        self.hosts
-            .iter()
-            .filter(move |known| matches_name(known.entry.host_patterns(), &name))
+        self.hosts.iter().filter(move |known| matches_name(known.entry.host_patterns(), &name))
     }
 
     /// The key algorithms known for this host, in file order, without `@revoked` or
     /// `@cert-authority` lines: offered to the server so that it presents a key we can check.
     pub fn algorithms_for(&self, host: &str, port: u16) -> Vec<Algorithm> {
         let mut algorithms: Vec<Algorithm> = Vec::new();
-        for known in self
-            .matching(host, port)
-            .filter(|known| known.entry.marker().is_none())
-        {
+        for known in self.matching(host, port).filter(|known| known.entry.marker().is_none()) {
             let algorithm = known.entry.public_key().algorithm();
             if !algorithms.contains(&algorithm) {
                 algorithms.push(algorithm);
@@ -125,22 +105,15 @@ impl KnownHosts {
         let presented = describe(key);
         let matching: Vec<&KnownHost> = self.matching(host, port).collect();
         if let Some(revoked) = self.hosts.iter().find(|known| {
-            known.entry.marker() == Some(&Marker::Revoked)
-                && known.entry.public_key().key_data() == key.key_data()
+            known.entry.marker() == Some(&Marker::Revoked) && known.entry.public_key().key_data() == key.key_data()
         }) {
             return Err(HostKeyError::Revoked {
                 presented,
                 source: format!("{} line {}", revoked.source, revoked.line),
             });
         }
-        let plain: Vec<&KnownHost> = matching
-            .into_iter()
-            .filter(|known| known.entry.marker().is_none())
-            .collect();
-        if plain
-            .iter()
-            .any(|known| known.entry.public_key().key_data() == key.key_data())
-        {
+        let plain: Vec<&KnownHost> = matching.into_iter().filter(|known| known.entry.marker().is_none()).collect();
+        if plain.iter().any(|known| known.entry.public_key().key_data() == key.key_data()) {
             return Ok(());
         }
         if plain.is_empty() {
@@ -150,14 +123,7 @@ impl KnownHosts {
             presented,
             expected: plain
                 .iter()
-                .map(|known| {
-                    format!(
-                        "{} ({} line {})",
-                        describe(known.entry.public_key()),
-                        known.source,
-                        known.line
-                    )
-                })
+                .map(|known| format!("{} ({} line {})", describe(known.entry.public_key()), known.source, known.line))
                 .collect(),
         })
     }
@@ -195,8 +161,7 @@ fn matches_name(patterns: &HostPatterns, name: &str) -> bool {
 
 /// OpenSSH's wildcard match: `*` any run of characters, `?` exactly one.
 fn glob(pattern: &str, text: &str) -> bool {
-    let (pattern, text): (Vec<char>, Vec<char>) =
-        (pattern.chars().collect(), text.chars().collect());
+    let (pattern, text): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut p, mut t) = (0, 0);
     let mut backtrack: Option<(usize, usize)> = None;
     while t < text.len() {
@@ -221,10 +186,8 @@ fn glob(pattern: &str, text: &str) -> bool {
 mod tests {
     use super::*;
 
-    const ED: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeewfGQida1Is0o6P7eidCdWOm9M3C0W042few7eesN";
-    const ED_OTHER: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy";
+    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeewfGQida1Is0o6P7eidCdWOm9M3C0W042few7eesN";
+    const ED_OTHER: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy";
 
     fn key(text: &str) -> PublicKey {
         text.parse().unwrap()
@@ -235,11 +198,7 @@ mod tests {
         let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(salt).unwrap();
         mac.update(name.as_bytes());
         let engine = base64::engine::general_purpose::STANDARD;
-        format!(
-            "|1|{}|{}",
-            engine.encode(salt),
-            engine.encode(mac.finalize().into_bytes())
-        )
+        format!("|1|{}|{}", engine.encode(salt), engine.encode(mac.finalize().into_bytes()))
     }
 
     fn known(text: &str) -> KnownHosts {
@@ -250,44 +209,27 @@ mod tests {
 
     #[test]
     fn plain_and_bracketed_names_match() {
-        let hosts = known(&format!(
-            "build.example.com,10.0.0.5 {ED}\n[127.0.0.1]:2222 {ED}\n"
-        ));
+        let hosts = known(&format!("build.example.com,10.0.0.5 {ED}\n[127.0.0.1]:2222 {ED}\n"));
         assert_eq!(hosts.check("build.example.com", 22, &key(ED)), Ok(()));
         assert_eq!(hosts.check("BUILD.example.com", 22, &key(ED)), Ok(()));
         assert_eq!(hosts.check("10.0.0.5", 22, &key(ED)), Ok(()));
         assert_eq!(hosts.check("127.0.0.1", 2222, &key(ED)), Ok(()));
-        assert!(matches!(
-            hosts.check("127.0.0.1", 22, &key(ED)),
-            Err(HostKeyError::Unknown { .. })
-        ));
-        assert!(matches!(
-            hosts.check("build.example.com", 2222, &key(ED)),
-            Err(HostKeyError::Unknown { .. })
-        ));
+        assert!(matches!(hosts.check("127.0.0.1", 22, &key(ED)), Err(HostKeyError::Unknown { .. })));
+        assert!(matches!(hosts.check("build.example.com", 2222, &key(ED)), Err(HostKeyError::Unknown { .. })));
     }
 
     #[test]
     fn hashed_names_match() {
-        let hosts = known(&format!(
-            "{} {ED}",
-            hashed("[127.0.0.1]:2222", b"0123456789abcdefghij")
-        ));
+        let hosts = known(&format!("{} {ED}", hashed("[127.0.0.1]:2222", b"0123456789abcdefghij")));
         assert_eq!(hosts.check("127.0.0.1", 2222, &key(ED)), Ok(()));
-        assert!(matches!(
-            hosts.check("127.0.0.1", 2223, &key(ED)),
-            Err(HostKeyError::Unknown { .. })
-        ));
+        assert!(matches!(hosts.check("127.0.0.1", 2223, &key(ED)), Err(HostKeyError::Unknown { .. })));
     }
 
     #[test]
     fn a_different_key_is_a_change_with_both_fingerprints() {
         let hosts = known(&format!("host {ED}"));
         match hosts.check("host", 22, &key(ED_OTHER)) {
-            Err(HostKeyError::Changed {
-                presented,
-                expected,
-            }) => {
+            Err(HostKeyError::Changed { presented, expected }) => {
                 assert_eq!(presented, describe(&key(ED_OTHER)));
                 assert_eq!(expected, [format!("{} (test line 1)", describe(&key(ED)))]);
             }
@@ -298,18 +240,13 @@ mod tests {
     #[test]
     fn revoked_keys_are_refused_even_when_also_listed() {
         let hosts = known(&format!("host {ED}\n@revoked * {ED}\n"));
-        assert!(matches!(
-            hosts.check("host", 22, &key(ED)),
-            Err(HostKeyError::Revoked { .. })
-        ));
+        assert!(matches!(hosts.check("host", 22, &key(ED)), Err(HostKeyError::Revoked { .. })));
         assert_eq!(hosts.algorithms_for("host", 22), [Algorithm::Ed25519]);
     }
 
     #[test]
     fn patterns_and_negation_follow_openssh() {
-        let hosts = known(&format!(
-            "*.example.com,!bad.example.com {ED}\nbuild?.corp {ED}"
-        ));
+        let hosts = known(&format!("*.example.com,!bad.example.com {ED}\nbuild?.corp {ED}"));
         assert_eq!(hosts.check("a.example.com", 22, &key(ED)), Ok(()));
         assert!(hosts.check("bad.example.com", 22, &key(ED)).is_err());
         assert_eq!(hosts.check("build1.corp", 22, &key(ED)), Ok(()));
@@ -319,10 +256,7 @@ mod tests {
     #[test]
     fn messy_lines_are_tolerated_and_bad_ones_reported() {
         let mut hosts = KnownHosts::default();
-        let bad = hosts.add(
-            &format!("# comment\n\n  host\t{ED}  comment here\r\nnot a line\n"),
-            "JETS_SSH_KNOWN",
-        );
+        let bad = hosts.add(&format!("# comment\n\n  host\t{ED}  comment here\r\nnot a line\n"), "JETS_SSH_KNOWN");
         assert_eq!(bad, [BadLine { line: 4 }]);
         assert_eq!(hosts.check("host", 22, &key(ED)), Ok(()));
     }

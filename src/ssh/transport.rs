@@ -82,14 +82,8 @@ struct Verifier {
 impl client::Handler for Verifier {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        server: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        let mut verdict = self
-            .verdict
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    async fn check_server_key(&mut self, server: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let mut verdict = self.verdict.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let key = match server {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
             // No certificate algorithm is offered, so a certificate here is refused.
@@ -160,56 +154,32 @@ impl SshSession {
             ..Default::default()
         });
         let verdict = Arc::new(Mutex::new(Verdict::default()));
-        let verifier = Verifier {
-            known,
-            host: target.host.clone(),
-            port: target.port,
-            verdict: verdict.clone(),
-        };
+        let verifier = Verifier { known, host: target.host.clone(), port: target.port, verdict: verdict.clone() };
 
-        let handshake =
-            tokio::time::timeout_at(deadline, client::connect_stream(config, tcp, verifier)).await;
+        let handshake = tokio::time::timeout_at(deadline, client::connect_stream(config, tcp, verifier)).await;
         let mut handle = match handshake {
             Err(_) => return Err(timed_out("SSH handshake")),
             Ok(Ok(handle)) => handle,
             Ok(Err(error)) => {
-                let verdict = verdict
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let presented = verdict
-                    .presented
-                    .clone()
-                    .unwrap_or_else(|| "no key".to_string());
+                let verdict = verdict.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let presented = verdict.presented.clone().unwrap_or_else(|| "no key".to_string());
                 return Err(match &verdict.refused {
-                    Some(HostKeyError::Unknown { .. }) | None
-                        if matches!(error, russh::Error::UnknownKey) =>
-                    {
-                        Error::HostKeyUnknown {
-                            host: name,
-                            keyscan: target.keyscan(),
-                            presented,
-                        }
+                    Some(HostKeyError::Unknown { .. }) | None if matches!(error, russh::Error::UnknownKey) => {
+                        Error::HostKeyUnknown { host: name, keyscan: target.keyscan(), presented }
                     }
-                    Some(HostKeyError::Unknown { .. }) => Error::HostKeyUnknown {
-                        host: name,
-                        keyscan: target.keyscan(),
-                        presented,
-                    },
+                    Some(HostKeyError::Unknown { .. }) => {
+                        Error::HostKeyUnknown { host: name, keyscan: target.keyscan(), presented }
+                    }
                     Some(HostKeyError::Changed { expected, .. }) => Error::HostKeyChanged {
                         host: name,
                         keyscan: target.keyscan(),
                         presented,
                         expected: expected.clone(),
                     },
-                    Some(HostKeyError::Revoked { source, .. }) => Error::HostKeyRevoked {
-                        host: name,
-                        presented,
-                        source_line: source.clone(),
-                    },
-                    None => Error::Ssh {
-                        host: name,
-                        detail: format!("the SSH handshake failed: {error}"),
-                    },
+                    Some(HostKeyError::Revoked { source, .. }) => {
+                        Error::HostKeyRevoked { host: name, presented, source_line: source.clone() }
+                    }
+                    None => Error::Ssh { host: name, detail: format!("the SSH handshake failed: {error}") },
                 });
             }
         };
@@ -226,41 +196,25 @@ impl SshSession {
             } else {
                 None
             };
-            let attempt = handle.authenticate_publickey(
-                &target.user,
-                PrivateKeyWithHashAlg::new(key.clone(), hash),
-            );
+            let attempt = handle.authenticate_publickey(&target.user, PrivateKeyWithHashAlg::new(key.clone(), hash));
             match tokio::time::timeout_at(deadline, attempt).await {
                 Err(_) => return Err(timed_out("authentication")),
                 Ok(Ok(result)) if result.success() => {
                     tracing::debug!("ssh: authenticated as {} with {label}", target.user);
-                    return Ok(SshSession {
-                        handle,
-                        target,
-                        last_failure: Mutex::new(None),
-                    });
+                    return Ok(SshSession { handle, target, last_failure: Mutex::new(None) });
                 }
                 Ok(Ok(_)) => refused.push(label.clone()),
                 Ok(Err(error)) => {
-                    return Err(Error::Ssh {
-                        host: name,
-                        detail: format!("authentication failed: {error}"),
-                    });
+                    return Err(Error::Ssh { host: name, detail: format!("authentication failed: {error}") });
                 }
             }
         }
-        Err(Error::SshAuth {
-            host: name,
-            user: target.user.clone(),
-            key: refused.join(", "),
-        })
+        Err(Error::SshAuth { host: name, user: target.user.clone(), key: refused.join(", ") })
     }
 
     /// A bollard client whose every HTTP connection is a channel of this session.
     pub fn docker(self: &Arc<Self>, request_timeout: u64) -> Result<bollard::Docker, Error> {
-        let connector = ChannelConnector {
-            session: self.clone(),
-        };
+        let connector = ChannelConnector { session: self.clone() };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(8)
@@ -268,12 +222,7 @@ impl SshSession {
         bollard::Docker::connect_with_custom_transport(
             move |request: bollard::BollardRequest| {
                 let client = client.clone();
-                async move {
-                    client
-                        .request(request)
-                        .await
-                        .map_err(bollard::errors::Error::from)
-                }
+                async move { client.request(request).await.map_err(bollard::errors::Error::from) }
             },
             Some("http://docker"),
             request_timeout,
@@ -284,10 +233,7 @@ impl SshSession {
 
     /// The failure behind the last error bollard reported, if the SSH side caused it.
     pub fn take_failure(&self) -> Option<Error> {
-        self.last_failure
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
+        self.last_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
 
     /// Whether the connection has ended (dropped, or closed by the server).
@@ -297,10 +243,7 @@ impl SshSession {
 
     /// Closes the connection politely.
     pub async fn close(&self) {
-        let _ = self
-            .handle
-            .disconnect(russh::Disconnect::ByApplication, "done", "en")
-            .await;
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "done", "en").await;
     }
 
     async fn open_channel(&self) -> io::Result<russh::ChannelStream<client::Msg>> {
@@ -308,9 +251,7 @@ impl SshSession {
         let failure = if self.handle.is_closed() {
             Error::Ssh {
                 host: host.clone(),
-                detail:
-                    "the connection was closed (the host went away or stopped answering keepalives)"
-                        .to_string(),
+                detail: "the connection was closed (the host went away or stopped answering keepalives)".to_string(),
             }
         } else {
             match self.handle.channel_open_direct_streamlocal(self.target.socket.as_str()).await {
@@ -323,7 +264,8 @@ impl SshSession {
                             "sshd forbids forwarding to sockets (AllowStreamLocalForwarding)".to_string()
                         }
                         russh::ChannelOpenFailure::ConnectFailed => {
-                            "sshd could not connect to it: the socket does not exist or the user may not open it".to_string()
+                            "sshd could not connect to it: the socket does not exist or the user may not open it"
+                                .to_string()
                         }
                         other => format!("sshd refused the channel ({other:?})"),
                     },
@@ -332,10 +274,7 @@ impl SshSession {
             }
         };
         let message = failure.to_string();
-        *self
-            .last_failure
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failure);
+        *self.last_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failure);
         Err(io::Error::other(message))
     }
 }
@@ -368,11 +307,7 @@ async fn connect_tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, Err
             detail: format!("{host:?} resolved to no address"),
         });
     };
-    Err(Error::Connect {
-        class: classify_io(&error),
-        target,
-        detail: format!("{address}: {error}"),
-    })
+    Err(Error::Connect { class: classify_io(&error), target, detail: format!("{address}: {error}") })
 }
 
 /// The class of a socket error.
@@ -416,21 +351,13 @@ impl Connection for ChannelIo {
 }
 
 impl AsyncRead for ChannelIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for ChannelIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 

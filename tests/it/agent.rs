@@ -31,23 +31,9 @@ impl Outcome {
 
     /// Asserts the exit code and that nothing panicked, showing the output when not.
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        assert!(
-            !self.all_output().contains("panicked"),
-            "the agent panicked:\n{}",
-            self.stderr
-        );
-        assert!(
-            !self.all_output().contains("RUST_BACKTRACE"),
-            "the agent panicked:\n{}",
-            self.stderr
-        );
+        assert_eq!(self.code, Some(code), "unexpected exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(!self.all_output().contains("panicked"), "the agent panicked:\n{}", self.stderr);
+        assert!(!self.all_output().contains("RUST_BACKTRACE"), "the agent panicked:\n{}", self.stderr);
         self
     }
 }
@@ -58,23 +44,11 @@ impl Agent {
     pub fn new() -> Agent {
         let home = tempfile::tempdir().expect("temp HOME");
         let work = tempfile::tempdir().expect("temp working directory");
-        std::fs::write(
-            work.path().join("Dockerfile"),
-            "FROM scratch\nCOPY Dockerfile /\n",
-        )
-        .expect("write Dockerfile");
+        std::fs::write(work.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").expect("write Dockerfile");
         let mut env = BTreeMap::new();
-        env.insert(
-            "PATH".to_string(),
-            std::env::var("PATH").unwrap_or_default(),
-        );
+        env.insert("PATH".to_string(), std::env::var("PATH").unwrap_or_default());
         env.insert("HOME".to_string(), home.path().display().to_string());
-        Agent {
-            args: Vec::new(),
-            env,
-            home,
-            work,
-        }
+        Agent { args: Vec::new(), env, home, work }
     }
 
     pub fn args<I, S>(mut self, args: I) -> Self
@@ -82,14 +56,12 @@ impl Agent {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.args
-            .extend(args.into_iter().map(|arg| arg.as_ref().to_string()));
+        self.args.extend(args.into_iter().map(|arg| arg.as_ref().to_string()));
         self
     }
 
     pub fn env(mut self, name: &str, value: impl AsRef<str>) -> Self {
-        self.env
-            .insert(name.to_string(), value.as_ref().to_string());
+        self.env.insert(name.to_string(), value.as_ref().to_string());
         self
     }
 
@@ -122,12 +94,7 @@ pub fn tree_listing(dir: &Path) -> Vec<String> {
         for entry in std::fs::read_dir(&current).expect("read dir") {
             let entry = entry.expect("dir entry");
             let meta = entry.metadata().expect("metadata");
-            entries.push(format!(
-                "{} {:o} {}",
-                entry.path().display(),
-                meta.mode(),
-                meta.len()
-            ));
+            entries.push(format!("{} {:o} {}", entry.path().display(), meta.mode(), meta.len()));
             if meta.is_dir() {
                 pending.push(entry.path());
             }

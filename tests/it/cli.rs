@@ -6,10 +6,7 @@ use crate::agent::Agent;
 fn version_prints_name_and_version() {
     let outcome = Agent::new().args(["--version"]).run();
     outcome.expect_code(0);
-    assert_eq!(
-        outcome.stdout,
-        format!("agent {}\n", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(outcome.stdout, format!("agent {}\n", env!("CARGO_PKG_VERSION")));
     let outcome = Agent::new().args(["run", "--version"]).run();
     outcome.expect_code(0);
 }
@@ -19,11 +16,7 @@ fn help_names_the_run_command() {
     let outcome = Agent::new().args(["--help"]).run();
     outcome.expect_code(0);
     assert!(outcome.stdout.contains("run "), "{}", outcome.stdout);
-    assert!(
-        outcome.stdout.contains("remote Docker host"),
-        "{}",
-        outcome.stdout
-    );
+    assert!(outcome.stdout.contains("remote Docker host"), "{}", outcome.stdout);
 }
 
 #[test]
@@ -66,11 +59,7 @@ fn run_help_documents_every_flag_variable_and_exit_code() {
         "Exit codes",
         "config",
     ] {
-        assert!(
-            outcome.stdout.contains(word),
-            "`agent run --help` does not mention {word}:\n{}",
-            outcome.stdout
-        );
+        assert!(outcome.stdout.contains(word), "`agent run --help` does not mention {word}:\n{}", outcome.stdout);
     }
 }
 
@@ -82,22 +71,14 @@ fn help_never_shows_environment_values() {
         .args(["run", "--help"])
         .run();
     outcome.expect_code(0);
-    assert!(
-        !outcome.stdout.contains("secret-host") && !outcome.stdout.contains("secret-user"),
-        "{}",
-        outcome.stdout
-    );
+    assert!(!outcome.stdout.contains("secret-host") && !outcome.stdout.contains("secret-user"), "{}", outcome.stdout);
 }
 
 #[test]
 fn unknown_flag_is_a_usage_error() {
     let outcome = Agent::new().args(["run", "--no-such-flag"]).run();
     outcome.expect_code(2);
-    assert!(
-        outcome.stderr.contains("--no-such-flag"),
-        "{}",
-        outcome.stderr
-    );
+    assert!(outcome.stderr.contains("--no-such-flag"), "{}", outcome.stderr);
 }
 
 #[test]
@@ -107,13 +88,9 @@ fn missing_subcommand_is_a_usage_error() {
 
 #[test]
 fn readme_lists_the_same_exit_codes_as_help() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
     let help = Agent::new().args(["run", "--help"]).run().stdout;
-    let codes = help
-        .split("Exit codes:")
-        .nth(1)
-        .expect("exit codes in help");
+    let codes = help.split("Exit codes:").nth(1).expect("exit codes in help");
     for line in codes.lines().filter(|line| !line.trim().is_empty()) {
         let mut words = line.split_whitespace();
         let (code, name) = (words.next().unwrap(), words.next().unwrap());

@@ -4,10 +4,6 @@ use std::net::TcpListener;
 
 use crate::agent::{Agent, tree_listing};
 
-const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\n\
-b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n\
-QyNTUxOQAAACDrTestOnlyNotARealKeyButLooksLikeOneXXXXXXXXXXXXXXXXXXXXXX\n\
------END OPENSSH PRIVATE KEY-----\n";
 const PASSWORD: &str = "dckr_pat_dry-run-secret-9f8e7d";
 const PASSPHRASE: &str = "passphrase-dry-run-1234";
 
@@ -25,29 +21,30 @@ fn assert_no_connection(listener: &TcpListener) {
     }
 }
 
-fn jets_agent(port: u16) -> Agent {
+/// A fresh throwaway key, encrypted with PASSPHRASE (ssh-keygen comes with the test world).
+fn throwaway_key() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-C", "dry-run-test", "-N", PASSPHRASE, "-f"])
+        .arg(&path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn jets_agent(port: u16, key: &str) -> Agent {
     Agent::new()
         .env("DOCKER_HOST", format!("ssh://ec2-user@127.0.0.1:{port}"))
-        .env("JETS_SSH_KEY", KEY)
+        .env("JETS_SSH_KEY", key)
         .env("JETS_SSH_KEY_PASSPHRASE", PASSPHRASE)
-        .env(
-            "JETS_SSH_KNOWN",
-            "|1|c2FsdA==|aGFzaA== ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbc",
-        )
+        .env("JETS_SSH_KNOWN", "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy")
         .env("DOCKER_USER", "ci-bot")
         .env("DOCKER_PASS", PASSWORD)
-        .env(
-            "REPOSITORY_URI",
-            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web",
-        )
-        .env(
-            "ECR_REGISTRY",
-            "210987654321.dkr.ecr.us-east-1.amazonaws.com",
-        )
-        .env(
-            "CODEBUILD_RESOLVED_SOURCE_VERSION",
-            "0123456789abcdef0123456789abcdef01234567",
-        )
+        .env("REPOSITORY_URI", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web")
+        .env("ECR_REGISTRY", "210987654321.dkr.ecr.us-east-1.amazonaws.com")
+        .env("CODEBUILD_RESOLVED_SOURCE_VERSION", "0123456789abcdef0123456789abcdef01234567")
         .env("AWS_REGION", "eu-west-1")
 }
 
@@ -55,47 +52,23 @@ fn jets_agent(port: u16) -> Agent {
 fn dry_run_prints_every_step_masks_secrets_writes_nothing_and_connects_nowhere() {
     let daemon = listener();
     let port = daemon.local_addr().unwrap().port();
-    let agent = jets_agent(port).args([
-        "run",
-        "--dry",
-        "--image-definitions",
-        "web",
-        "--build-arg",
-        "MODE=ci",
-    ]);
+    let key = throwaway_key();
+    let agent = jets_agent(port, &key).args(["run", "--dry", "--image-definitions", "web", "--build-arg", "MODE=ci"]);
     std::fs::create_dir(agent.home.path().join(".ssh")).unwrap();
-    std::fs::write(
-        agent.home.path().join(".ssh/known_hosts"),
-        "existing line\n",
-    )
-    .unwrap();
+    std::fs::write(agent.home.path().join(".ssh/known_hosts"), "existing line\n").unwrap();
     let home_before = tree_listing(agent.home.path());
     let work_before = tree_listing(agent.work.path());
 
     let outcome = agent.run();
     outcome.expect_code(0);
 
-    assert_eq!(
-        tree_listing(agent.home.path()),
-        home_before,
-        "the dry run changed HOME"
-    );
-    assert_eq!(
-        tree_listing(agent.work.path()),
-        work_before,
-        "the dry run changed the working directory"
-    );
+    assert_eq!(tree_listing(agent.home.path()), home_before, "the dry run changed HOME");
+    assert_eq!(tree_listing(agent.work.path()), work_before, "the dry run changed the working directory");
     assert_no_connection(&daemon);
 
     let output = outcome.all_output();
-    for secret in [PASSWORD, PASSPHRASE]
-        .into_iter()
-        .chain(KEY.lines().filter(|line| !line.starts_with("-----")))
-    {
-        assert!(
-            !output.contains(secret),
-            "a secret appears in the output:\n{output}"
-        );
+    for secret in [PASSWORD, PASSPHRASE].into_iter().chain(key.lines().filter(|line| !line.starts_with("-----"))) {
+        assert!(!output.contains(secret), "a secret appears in the output:\n{output}");
     }
     for step in [
         "install ssh key",
@@ -112,11 +85,7 @@ fn dry_run_prints_every_step_masks_secrets_writes_nothing_and_connects_nowhere()
         "push 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:0123456",
         "write imagedefinitions.json",
     ] {
-        assert!(
-            outcome.stdout.contains(step),
-            "the plan lacks {step:?}:\n{}",
-            outcome.stdout
-        );
+        assert!(outcome.stdout.contains(step), "the plan lacks {step:?}:\n{}", outcome.stdout);
     }
 
     let home = agent.home.path().display().to_string();
@@ -126,6 +95,7 @@ fn dry_run_prints_every_step_masks_secrets_writes_nothing_and_connects_nowhere()
         (work.as_str(), "[WORK]"),
         (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
         (r"agent \d+\.\d+\.\d+", "agent [VERSION]"),
+        (r"SHA256:[A-Za-z0-9+/]+", "SHA256:[FINGERPRINT]"),
     ]}, {
         insta::assert_snapshot!("jets_style_plan", outcome.stdout);
     });
@@ -147,11 +117,7 @@ fn dry_run_keeps_ssm_references_unfetched() {
         .run();
     outcome.expect_code(0);
     assert_no_connection(&moto);
-    assert!(
-        outcome.stdout.contains("resolve 5 SSM parameters"),
-        "{}",
-        outcome.stdout
-    );
+    assert!(outcome.stdout.contains("resolve 5 SSM parameters"), "{}", outcome.stdout);
     for line in [
         "DOCKER_HOST <- SSM:/ci/docker-host",
         "JETS_SSH_KEY <- SSM:/ci/ssh-key",
@@ -161,11 +127,7 @@ fn dry_run_keeps_ssm_references_unfetched() {
         "connect to the daemon in SSM:/ci/docker-host",
         "region us-east-1 (from env AWS_REGION)",
     ] {
-        assert!(
-            outcome.stdout.contains(line),
-            "the plan lacks {line:?}:\n{}",
-            outcome.stdout
-        );
+        assert!(outcome.stdout.contains(line), "the plan lacks {line:?}:\n{}", outcome.stdout);
     }
 }
 
@@ -174,31 +136,14 @@ fn dry_run_shows_where_values_come_from() {
     let outcome = Agent::new()
         .env("DOCKER_HOST", "tcp://127.0.0.1:1")
         .env("IMAGE_TAG", "v7")
-        .args([
-            "run",
-            "--dry",
-            "--image",
-            "registry.example.com/team/app",
-            "--no-push",
-            "--build-arg",
-            "TOKEN",
-        ])
+        .args(["run", "--dry", "--image", "registry.example.com/team/app", "--no-push", "--build-arg", "TOKEN"])
         .env("TOKEN", "build-arg-from-env-value")
         .run();
     outcome.expect_code(0);
     let plan = &outcome.stdout;
-    assert!(
-        plan.contains("daemon tcp://127.0.0.1:1 (from env DOCKER_HOST)"),
-        "{plan}"
-    );
-    assert!(
-        plan.contains("tag registry.example.com/team/app:v7"),
-        "{plan}"
-    );
-    assert!(
-        plan.contains("build arg TOKEN (value from env TOKEN)"),
-        "{plan}"
-    );
+    assert!(plan.contains("daemon tcp://127.0.0.1:1 (from env DOCKER_HOST)"), "{plan}");
+    assert!(plan.contains("tag registry.example.com/team/app:v7"), "{plan}");
+    assert!(plan.contains("build arg TOKEN (value from env TOKEN)"), "{plan}");
     assert!(!plan.contains("build-arg-from-env-value"), "{plan}");
     assert!(!plan.contains("push "), "--no-push plans no push:\n{plan}");
 }
@@ -207,35 +152,14 @@ fn dry_run_shows_where_values_come_from() {
 fn dry_run_uses_the_local_socket_by_default() {
     let outcome = Agent::new().args(["run", "--dry", "--image", "app"]).run();
     outcome.expect_code(0);
-    assert!(
-        outcome
-            .stdout
-            .contains("connect to unix:///var/run/docker.sock"),
-        "{}",
-        outcome.stdout
-    );
-    assert!(
-        outcome.stdout.contains("(from default)"),
-        "{}",
-        outcome.stdout
-    );
+    assert!(outcome.stdout.contains("connect to unix:///var/run/docker.sock"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("(from default)"), "{}", outcome.stdout);
 }
 
 #[test]
 fn a_real_run_of_an_unimplemented_step_says_so() {
-    let outcome = Agent::new()
-        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
-        .args(["run", "--image", "app"])
-        .run();
+    let outcome = Agent::new().env("DOCKER_HOST", crate::world::World::shared().docker_tcp_url()).args(["run", "--image", "app"]).run();
     outcome.expect_code(5);
-    assert!(
-        outcome.stderr.contains("is not implemented"),
-        "{}",
-        outcome.stderr
-    );
-    assert!(
-        outcome.elapsed < std::time::Duration::from_secs(10),
-        "{:?}",
-        outcome.elapsed
-    );
+    assert!(outcome.stderr.contains("is not implemented"), "{}", outcome.stderr);
+    assert!(outcome.elapsed < std::time::Duration::from_secs(10), "{:?}", outcome.elapsed);
 }

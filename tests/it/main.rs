@@ -5,5 +5,6 @@ mod agent;
 mod cli;
 mod config_errors;
 mod dry_run;
+mod ssh;
 mod world;
 mod world_answers;

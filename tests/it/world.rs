@@ -52,6 +52,10 @@ pub struct World {
     pub key_askpass: PathBuf,
     /// TW_KEY_UNAUTHORIZED: a valid ed25519 key that sshd does not accept.
     pub key_unauthorized: PathBuf,
+    /// A local account for the test that runs the docker CLI over OpenSSH after the agent.
+    pub ci_user: String,
+    /// An authorized key that only one test uses (to count its connections in sshd's log).
+    pub key_solo: PathBuf,
     /// TW_KNOWN_HOSTS_HASHED: `ssh-keyscan -H`, every host key type.
     pub known_hosts_hashed: PathBuf,
     /// TW_KNOWN_HOSTS_PLAIN: `[127.0.0.1]:PORT TYPE KEY`, every host key type.
@@ -95,10 +99,7 @@ impl World {
         if let Some(d) = std::env::var_os("AGENT_TESTWORLD_DIR").filter(|d| !d.is_empty()) {
             return PathBuf::from(d).join("env");
         }
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join("testworld")
-            .join("env")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("testworld").join("env")
     }
 
     /// True when an env file exists (the world was brought up and not taken down).
@@ -136,12 +137,9 @@ impl World {
         let s = |key: &str| -> String { required(&vars, path, key) };
         let p = |key: &str| -> PathBuf { PathBuf::from(required(&vars, path, key)) };
         let ssh_port_text = s("TW_SSH_PORT");
-        let ssh_port = ssh_port_text.parse::<u16>().unwrap_or_else(|e| {
-            panic!(
-                "{}: TW_SSH_PORT={ssh_port_text:?} is not a port: {e}",
-                path.display()
-            )
-        });
+        let ssh_port = ssh_port_text
+            .parse::<u16>()
+            .unwrap_or_else(|e| panic!("{}: TW_SSH_PORT={ssh_port_text:?} is not a port: {e}", path.display()));
         let world = World {
             env_file: path.to_path_buf(),
             state_dir: p("TW_STATE_DIR"),
@@ -158,6 +156,8 @@ impl World {
             key_passphrase_file: p("TW_KEY_PASSPHRASE_FILE"),
             key_askpass: p("TW_KEY_ASKPASS"),
             key_unauthorized: p("TW_KEY_UNAUTHORIZED"),
+            key_solo: p("TW_KEY_SOLO"),
+            ci_user: s("TW_CI_USER"),
             known_hosts_hashed: p("TW_KNOWN_HOSTS_HASHED"),
             known_hosts_plain: p("TW_KNOWN_HOSTS_PLAIN"),
             known_hosts_rsa: p("TW_KNOWN_HOSTS_RSA"),
@@ -203,18 +203,12 @@ impl World {
     pub fn ssh_connection_count(&self) -> usize {
         let bytes = std::fs::read(&self.ssh_log)
             .unwrap_or_else(|e| panic!("cannot read sshd log {}: {e}", self.ssh_log.display()));
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|line| line.contains(SSH_CONNECTION_LINE))
-            .count()
+        String::from_utf8_lossy(&bytes).lines().filter(|line| line.contains(SSH_CONNECTION_LINE)).count()
     }
 
     /// `ssh://agent-test@127.0.0.1:PORT`
     pub fn ssh_url(&self) -> String {
-        format!(
-            "ssh://{}@{}:{}",
-            self.ssh_user, self.ssh_host, self.ssh_port
-        )
+        format!("ssh://{}@{}:{}", self.ssh_user, self.ssh_host, self.ssh_port)
     }
 
     /// `tcp://127.0.0.1:PORT`
@@ -254,14 +248,7 @@ impl World {
         cmd.args(["-F", "/dev/null", "-i"])
             .arg(key)
             .args(["-o", "IdentitiesOnly=yes"])
-            .args([
-                "-o",
-                if batch_mode {
-                    "BatchMode=yes"
-                } else {
-                    "BatchMode=no"
-                },
-            ])
+            .args(["-o", if batch_mode { "BatchMode=yes" } else { "BatchMode=no" }])
             .args(["-o", "StrictHostKeyChecking=yes"])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
@@ -279,10 +266,7 @@ impl World {
 fn required(vars: &BTreeMap<String, String>, path: &Path, key: &str) -> String {
     match vars.get(key) {
         Some(value) if !value.is_empty() => value.clone(),
-        _ => panic!(
-            "{NOT_UP} ({} has no {key}; the script is newer than this world)",
-            path.display()
-        ),
+        _ => panic!("{NOT_UP} ({} has no {key}; the script is newer than this world)", path.display()),
     }
 }
 
@@ -294,11 +278,6 @@ fn read_secret(path: &Path, what: &str) -> String {
 
 /// The port of `HOST:PORT`.
 pub fn port_of(addr: &str) -> u16 {
-    let port = addr
-        .rsplit_once(':')
-        .map(|(_, port)| port)
-        .unwrap_or_default();
-    port.trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|e| panic!("{addr:?} has no port: {e}"))
+    let port = addr.rsplit_once(':').map(|(_, port)| port).unwrap_or_default();
+    port.trim_end_matches('/').parse().unwrap_or_else(|e| panic!("{addr:?} has no port: {e}"))
 }

@@ -8,8 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::world::World;
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Runs `cmd` with `input` on its standard input (how secrets reach curl: never on argv).
@@ -22,9 +21,7 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     {
         let mut stdin = child.stdin.take().expect("child stdin");
-        stdin
-            .write_all(input.as_bytes())
-            .expect("write to child stdin");
+        stdin.write_all(input.as_bytes()).expect("write to child stdin");
     }
     child.wait_with_output().expect("wait for child")
 }
@@ -51,33 +48,19 @@ fn curl_quote(value: &str) -> String {
 fn registry_status(registry: &str, auth: Option<(&str, &str)>) -> String {
     let url = format!("http://{registry}/v2/");
     let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "20",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ]);
+    cmd.args(["-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}"]);
     let out = match auth {
         None => run(cmd.arg(&url).stdin(Stdio::null())),
         Some((user, pass)) => {
             cmd.args(["-K", "-"]).arg(&url);
-            run_with_stdin(
-                &mut cmd,
-                &format!("user = {}\n", curl_quote(&format!("{user}:{pass}"))),
-            )
+            run_with_stdin(&mut cmd, &format!("user = {}\n", curl_quote(&format!("{user}:{pass}"))))
         }
     };
     stdout(&out)
 }
 
 fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
@@ -117,9 +100,8 @@ fn docker_daemon_answers_ping_on_unix_socket() {
 #[test]
 fn docker_daemon_answers_ping_over_tcp() {
     let world = World::shared();
-    let out = run(Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .arg(format!("http://{}/_ping", world.docker_tcp)));
+    let out =
+        run(Command::new("curl").args(["-sS", "--max-time", "20"]).arg(format!("http://{}/_ping", world.docker_tcp)));
     assert_eq!(stdout(&out), "OK", "{}", describe(&out));
 }
 
@@ -127,18 +109,13 @@ fn assert_login_as_agent_test_in_group_docker(out: &Output) {
     assert!(out.status.success(), "ssh login failed: {}", describe(out));
     let id = stdout(out);
     assert!(id.contains("(agent-test)"), "unexpected `id`: {id}");
-    assert!(
-        id.contains("(docker)"),
-        "agent-test is not in group docker: {id}"
-    );
+    assert!(id.contains("(docker)"), "agent-test is not in group docker: {id}");
 }
 
 #[test]
 fn sshd_accepts_the_ed25519_key() {
     let world = World::shared();
-    let out = run(world
-        .ssh_command(&world.key_ed25519, &world.known_hosts_hashed)
-        .arg("id"));
+    let out = run(world.ssh_command(&world.key_ed25519, &world.known_hosts_hashed).arg("id"));
     assert_login_as_agent_test_in_group_docker(&out);
 }
 
@@ -146,22 +123,15 @@ fn sshd_accepts_the_ed25519_key() {
 fn sshd_accepts_the_rsa_pem_key() {
     let world = World::shared();
     let pem = std::fs::read_to_string(&world.key_rsa_pem).expect("read the RSA PEM key");
-    assert!(
-        pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
-        "not a PEM RSA key"
-    );
-    let out = run(world
-        .ssh_command(&world.key_rsa_pem, &world.known_hosts_hashed)
-        .arg("id"));
+    assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "not a PEM RSA key");
+    let out = run(world.ssh_command(&world.key_rsa_pem, &world.known_hosts_hashed).arg("id"));
     assert_login_as_agent_test_in_group_docker(&out);
 }
 
 #[test]
 fn sshd_accepts_the_ecdsa_key_with_plain_known_hosts() {
     let world = World::shared();
-    let out = run(world
-        .ssh_command(&world.key_ecdsa, &world.known_hosts_plain)
-        .arg("id"));
+    let out = run(world.ssh_command(&world.key_ecdsa, &world.known_hosts_plain).arg("id"));
     assert_login_as_agent_test_in_group_docker(&out);
 }
 
@@ -169,15 +139,8 @@ fn sshd_accepts_the_ecdsa_key_with_plain_known_hosts() {
 fn sshd_is_trusted_through_an_rsa_only_known_hosts() {
     let world = World::shared();
     let known = std::fs::read_to_string(&world.known_hosts_rsa).expect("read known_hosts_rsa");
-    assert!(
-        known
-            .lines()
-            .all(|l| l.starts_with("|1|") && l.contains(" ssh-rsa ")),
-        "{known}"
-    );
-    let out = run(world
-        .ssh_command(&world.key_ed25519, &world.known_hosts_rsa)
-        .arg("id"));
+    assert!(known.lines().all(|l| l.starts_with("|1|") && l.contains(" ssh-rsa ")), "{known}");
+    let out = run(world.ssh_command(&world.key_ed25519, &world.known_hosts_rsa).arg("id"));
     assert_login_as_agent_test_in_group_docker(&out);
 }
 
@@ -197,39 +160,23 @@ fn sshd_accepts_the_encrypted_key_with_its_passphrase() {
 #[test]
 fn sshd_refuses_the_unauthorized_key() {
     let world = World::shared();
-    let out = run(world
-        .ssh_command(&world.key_unauthorized, &world.known_hosts_hashed)
-        .arg("true"));
+    let out = run(world.ssh_command(&world.key_unauthorized, &world.known_hosts_hashed).arg("true"));
     assert_eq!(out.status.code(), Some(255), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{}",
-        describe(&out)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", describe(&out));
 }
 
 #[test]
 fn sshd_logs_one_countable_line_per_connection() {
     let world = World::shared();
     let before = world.ssh_connection_count();
-    let out = run(world
-        .ssh_command(&world.key_ed25519, &world.known_hosts_hashed)
-        .arg("true"));
+    let out = run(world.ssh_command(&world.key_ed25519, &world.known_hosts_hashed).arg("true"));
     assert!(out.status.success(), "{}", describe(&out));
     let after = world.ssh_connection_count();
-    assert!(
-        after > before,
-        "sshd log {} did not count the connection ({before} -> {after})",
-        world.ssh_log.display()
-    );
+    assert!(after > before, "sshd log {} did not count the connection ({before} -> {after})", world.ssh_log.display());
 }
 
 fn check_registry(name: &str, registry: &str, user: &str, pass: &str) {
-    assert_eq!(
-        registry_status(registry, None),
-        "401",
-        "{name} registry at {registry} without auth"
-    );
+    assert_eq!(registry_status(registry, None), "401", "{name} registry at {registry} without auth");
     assert_eq!(
         registry_status(registry, Some((user, pass))),
         "200",
@@ -245,24 +192,14 @@ fn check_registry(name: &str, registry: &str, user: &str, pass: &str) {
 #[test]
 fn hub_registry_demands_basic_auth() {
     let world = World::shared();
-    check_registry(
-        "hub",
-        &world.hub_registry,
-        &world.hub_user,
-        &world.hub_pass(),
-    );
+    check_registry("hub", &world.hub_registry, &world.hub_user, &world.hub_pass());
 }
 
 #[test]
 fn ecr_registry_demands_basic_auth() {
     let world = World::shared();
     assert_eq!(world.ecr_user, "AWS");
-    check_registry(
-        "ecr",
-        &world.ecr_registry,
-        &world.ecr_user,
-        &world.ecr_pass(),
-    );
+    check_registry("ecr", &world.ecr_registry, &world.ecr_user, &world.ecr_pass());
 }
 
 #[test]
@@ -282,12 +219,7 @@ print(p["Value"])
     );
     let out = moto_python(world, &script, &[("TW_PARAM", name.as_str())]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(
-        stdout(&out),
-        format!("SecureString\nvalue-of-{name}"),
-        "{}",
-        describe(&out)
-    );
+    assert_eq!(stdout(&out), format!("SecureString\nvalue-of-{name}"), "{}", describe(&out));
 }
 
 #[test]
@@ -307,21 +239,10 @@ print(d["proxyEndpoint"])
     let text = stdout(&out);
     let mut lines = text.lines();
     let token = lines.next().unwrap_or_default();
-    assert_eq!(
-        token,
-        format!("{}:{}", world.ecr_user, world.ecr_pass()),
-        "{}",
-        describe(&out)
-    );
+    assert_eq!(token, format!("{}:{}", world.ecr_user, world.ecr_pass()), "{}", describe(&out));
     let endpoint = lines.next().unwrap_or_default();
-    assert!(
-        endpoint.contains(&format!("{}.dkr.ecr.", world.ecr_account)),
-        "proxyEndpoint {endpoint}"
-    );
+    assert!(endpoint.contains(&format!("{}.dkr.ecr.", world.ecr_account)), "proxyEndpoint {endpoint}");
     // the token's user and password open the ECR stand-in
     let (user, pass) = token.split_once(':').expect("token is USER:PASSWORD");
-    assert_eq!(
-        registry_status(&world.ecr_registry, Some((user, pass))),
-        "200"
-    );
+    assert_eq!(registry_status(&world.ecr_registry, Some((user, pass))), "200");
 }

@@ -1,0 +1,314 @@
+//! Issue 4: the SSH files and the pure-Rust connection to the remote daemon, against the test
+//! world's real sshd and dockerd. `--check` stops after the read-only steps (connect, check).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::agent::{Agent, Outcome};
+use crate::world::World;
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
+
+/// An agent aimed at the world's sshd with the ed25519 key and hashed known_hosts.
+fn over_ssh(world: &World) -> Agent {
+    Agent::new()
+        .env("DOCKER_HOST", world.ssh_url())
+        .env("JETS_SSH_KEY", read(&world.key_ed25519))
+        .env("JETS_SSH_KNOWN", read(&world.known_hosts_hashed))
+        .env("AGENT_CONNECT_TIMEOUT", "10")
+        .args(["run", "--image", "app"])
+}
+
+fn check(agent: Agent) -> Outcome {
+    agent.args(["--check"]).run()
+}
+
+fn assert_daemon_checked(outcome: &Outcome) {
+    outcome.expect_code(0);
+    assert!(outcome.stderr.contains("check daemon: Docker "), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("(API 1."), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("storage driver"), "{}", outcome.stderr);
+}
+
+#[test]
+fn connects_with_an_ed25519_key_and_hashed_known_hosts() {
+    assert_daemon_checked(&check(over_ssh(World::shared())));
+}
+
+#[test]
+fn connects_with_an_rsa_pem_key_and_rsa_only_known_hosts() {
+    let world = World::shared();
+    let outcome = check(
+        over_ssh(world)
+            .env("JETS_SSH_KEY", read(&world.key_rsa_pem))
+            .env("JETS_SSH_KNOWN", read(&world.known_hosts_rsa)),
+    );
+    assert_daemon_checked(&outcome);
+}
+
+#[test]
+fn connects_with_a_key_pasted_with_literal_newlines_and_plain_known_hosts() {
+    let world = World::shared();
+    let one_line = read(&world.key_ed25519).trim_end().replace('\n', "\\n");
+    let outcome = check(
+        over_ssh(world)
+            .env("JETS_SSH_KEY", format!("\"{one_line}\""))
+            .env("JETS_SSH_KNOWN", read(&world.known_hosts_plain)),
+    );
+    assert_daemon_checked(&outcome);
+}
+
+#[test]
+fn connects_with_an_ecdsa_key() {
+    let world = World::shared();
+    assert_daemon_checked(&check(over_ssh(world).env("JETS_SSH_KEY", read(&world.key_ecdsa))));
+}
+
+#[test]
+fn connects_with_an_encrypted_key_and_its_passphrase() {
+    let world = World::shared();
+    let outcome = check(
+        over_ssh(world)
+            .env("JETS_SSH_KEY", read(&world.key_ed25519_enc))
+            .env("JETS_SSH_KEY_PASSPHRASE", world.key_passphrase()),
+    );
+    assert_daemon_checked(&outcome);
+    assert!(!outcome.all_output().contains(&world.key_passphrase()));
+}
+
+#[test]
+fn an_encrypted_key_without_passphrase_is_a_config_error() {
+    let world = World::shared();
+    let outcome = check(over_ssh(world).env("JETS_SSH_KEY", read(&world.key_ed25519_enc)));
+    outcome.expect_code(3);
+    assert!(outcome.stderr.contains("JETS_SSH_KEY: is an encrypted key"), "{}", outcome.stderr);
+}
+
+#[test]
+fn without_jets_ssh_key_the_usual_key_files_are_used() {
+    let world = World::shared();
+    let agent = over_ssh(world).env("JETS_SSH_KEY", "");
+    std::fs::create_dir_all(agent.home.path().join(".ssh")).unwrap();
+    std::fs::copy(&world.key_ecdsa, agent.home.path().join(".ssh/id_ecdsa")).unwrap();
+    assert_daemon_checked(&check(agent));
+}
+
+#[test]
+fn the_whole_run_opens_exactly_one_ssh_connection() {
+    // Only this test uses the "solo" key: sshd's lines naming its fingerprint are this test's.
+    let world = World::shared();
+    let fingerprint = {
+        let output = Command::new("ssh-keygen").arg("-lf").arg(&world.key_solo).output().expect("ssh-keygen");
+        String::from_utf8_lossy(&output.stdout).split_whitespace().nth(1).expect("a fingerprint").to_string()
+    };
+    let accepted = || {
+        read(&world.ssh_log)
+            .lines()
+            .filter(|line| line.contains("Accepted publickey") && line.contains(&fingerprint))
+            .count()
+    };
+    let before = accepted();
+    let outcome = check(over_ssh(world).env("JETS_SSH_KEY", read(&world.key_solo)));
+    assert_daemon_checked(&outcome);
+    // sshd may write its log line a moment after the agent is done.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while accepted() == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(accepted() - before, 1, "the run should open exactly one SSH connection");
+}
+
+#[test]
+fn tcp_to_the_test_daemon_works() {
+    let world = World::shared();
+    let outcome = check(Agent::new().env("DOCKER_HOST", world.docker_tcp_url()).args(["run", "--image", "app"]));
+    assert_daemon_checked(&outcome);
+    assert!(!outcome.stderr.contains("WARN"), "loopback tcp needs no warning: {}", outcome.stderr);
+}
+
+#[test]
+fn the_local_socket_works() {
+    let outcome = check(Agent::new().env("DOCKER_HOST", "unix:///var/run/docker.sock").args(["run", "--image", "app"]));
+    assert_daemon_checked(&outcome);
+}
+
+/// Asserts a failure: its exit code, a message naming the cause, and a bounded time.
+fn assert_fails(outcome: &Outcome, code: i32, words: &[&str]) {
+    outcome.expect_code(code);
+    for word in words {
+        assert!(outcome.stderr.contains(word), "expected {word:?} in:\n{}", outcome.stderr);
+    }
+    assert!(outcome.stderr.contains("hint:"), "{}", outcome.stderr);
+    assert!(outcome.elapsed < Duration::from_secs(15), "took {:?}", outcome.elapsed);
+}
+
+#[test]
+fn an_unknown_host_is_refused_with_the_keyscan_command() {
+    let world = World::shared();
+    let outcome = check(over_ssh(world).env("JETS_SSH_KNOWN", ""));
+    let keyscan = format!("ssh-keyscan -H -p {} 127.0.0.1", world.ssh_port);
+    assert_fails(&outcome, 23, &["host key of 127.0.0.1", "is unknown", "SHA256:", &keyscan]);
+}
+
+#[test]
+fn a_changed_host_key_is_refused_with_both_fingerprints() {
+    let world = World::shared();
+    // The unauthorized client key's public half stands in for "some other host key".
+    let other = read(&world.key_unauthorized.with_extension("pub"));
+    let other_key: Vec<&str> = other.split_whitespace().take(2).collect();
+    let line = format!("[127.0.0.1]:{} {}", world.ssh_port, other_key.join(" "));
+    let outcome = check(over_ssh(world).env("JETS_SSH_KNOWN", &line));
+    assert_fails(
+        &outcome,
+        24,
+        &["has changed", "it presented ssh-ed25519 SHA256:", "known_hosts expects ssh-ed25519 SHA256:"],
+    );
+}
+
+#[test]
+fn a_revoked_host_key_is_refused() {
+    let world = World::shared();
+    let known = read(&world.known_hosts_plain);
+    let ed25519 = known.lines().find(|line| line.contains("ssh-ed25519")).expect("an ed25519 host key");
+    let revoked = format!("{known}\n@revoked * {}", ed25519.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+    let outcome = check(over_ssh(world).env("JETS_SSH_KNOWN", revoked));
+    assert_fails(&outcome, 24, &["is revoked"]);
+}
+
+#[test]
+fn a_wrong_user_key_is_refused() {
+    let world = World::shared();
+    let outcome = check(over_ssh(world).env("JETS_SSH_KEY", read(&world.key_unauthorized)));
+    assert_fails(&outcome, 25, &["refused the SSH key", "for user agent-test"]);
+}
+
+#[test]
+fn a_wrong_socket_path_is_refused() {
+    let world = World::shared();
+    let outcome = check(over_ssh(world).env("DOCKER_HOST", format!("{}/var/run/no-such-docker.sock", world.ssh_url())));
+    assert_fails(&outcome, 26, &["/var/run/no-such-docker.sock", "does not exist or the user may not open it"]);
+}
+
+/// A loopback port with nothing listening on it.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn sshd_down_is_connection_refused() {
+    let world = World::shared();
+    let outcome = check(over_ssh(world).env("DOCKER_HOST", format!("ssh://agent-test@127.0.0.1:{}", closed_port())));
+    assert_fails(&outcome, 21, &["Connection refused"]);
+}
+
+#[test]
+fn tcp_to_a_closed_port_is_connection_refused() {
+    let outcome = check(
+        Agent::new().env("DOCKER_HOST", format!("tcp://127.0.0.1:{}", closed_port())).args(["run", "--image", "app"]),
+    );
+    assert_fails(&outcome, 21, &["Connection refused"]);
+}
+
+#[test]
+fn an_unresolvable_host_is_a_name_resolution_error() {
+    let world = World::shared();
+    let outcome = check(over_ssh(world).env("DOCKER_HOST", "ssh://agent-test@no-such-host.invalid"));
+    assert_fails(&outcome, 20, &["did not resolve"]);
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let world = World::shared();
+    let outcome = over_ssh(world)
+        .env("DOCKER_HOST", format!("ssh://agent-test@127.0.0.1:{port}"))
+        .env("AGENT_CONNECT_TIMEOUT", "2")
+        .args(["--check"])
+        .run();
+    assert_fails(&outcome, 22, &["no answer within 2s"]);
+    assert!(outcome.elapsed < Duration::from_secs(6), "took {:?}", outcome.elapsed);
+    drop(listener);
+}
+
+#[test]
+fn files_are_private_added_once_and_never_clobber_a_key() {
+    let world = World::shared();
+    let agent = over_ssh(world).args(["--no-push"]);
+    let ssh_dir = agent.home.path().join(".ssh");
+    // A run installs the files, connects and checks, then stops at the build (not yet real).
+    for _ in 0..2 {
+        let outcome = agent.run();
+        assert!(outcome.stderr.contains("check daemon: Docker "), "{}", outcome.stderr);
+    }
+    assert_eq!(std::fs::metadata(&ssh_dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(ssh_dir.join("id_rsa")).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(read(&ssh_dir.join("id_rsa")), read(&world.key_ed25519));
+    let known = read(&ssh_dir.join("known_hosts"));
+    let expected =
+        read(&world.known_hosts_hashed).lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count();
+    assert_eq!(known.lines().count(), expected, "each line once after two runs:\n{known}");
+    assert_eq!(std::fs::read_dir(&ssh_dir).unwrap().count(), 2, "no temporary files left");
+
+    // A different key already there is left byte-for-byte intact.
+    let theirs = read(&world.key_rsa_pem);
+    std::fs::write(ssh_dir.join("id_rsa"), &theirs).unwrap();
+    let outcome = agent.run();
+    outcome.expect_code(4);
+    assert!(
+        outcome.stderr.contains(&format!("{} already holds a different key", ssh_dir.join("id_rsa").display())),
+        "{}",
+        outcome.stderr
+    );
+    assert!(outcome.stderr.contains("--ssh-key-file"), "{}", outcome.stderr);
+    assert_eq!(read(&ssh_dir.join("id_rsa")), theirs);
+}
+
+#[test]
+fn the_docker_cli_over_openssh_works_with_the_installed_files() {
+    // OpenSSH reads ~/.ssh from the account's home in /etc/passwd, so this runs as the world's
+    // CI account, whose home is its own.
+    let world = World::shared();
+    let home = Path::new("/home").join(&world.ci_user);
+    let _ = std::fs::remove_dir_all(home.join(".ssh"));
+    let run_as = |program: &str, args: &[&str], env: &[(&str, String)]| {
+        let mut command = Command::new("runuser");
+        command.args(["-u", &world.ci_user, "--", "env", "-i"]);
+        command.arg(format!("HOME={}", home.display()));
+        command.arg(format!("PATH={}", std::env::var("PATH").unwrap_or_default()));
+        for (name, value) in env {
+            command.arg(format!("{name}={value}"));
+        }
+        command.arg(program).args(args);
+        let output = command.current_dir("/").output().expect("runuser");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The agent binary must be readable by that account: copy it somewhere world-readable.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let binary = dir.path().join("agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_agent"), &binary).unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    let context = dir.path().display().to_string();
+    let env = [
+        ("DOCKER_HOST", world.ssh_url()),
+        ("JETS_SSH_KEY", read(&world.key_ed25519)),
+        ("JETS_SSH_KNOWN", read(&world.known_hosts_hashed)),
+    ];
+    let (code, _, stderr) = run_as(binary.to_str().unwrap(), &["run", "--image", "app", "--context", &context], &env);
+    assert!(stderr.contains("check daemon: Docker "), "{code:?}\n{stderr}");
+    let (code, stdout, stderr) =
+        run_as("docker", &["version", "--format", "{{.Server.APIVersion}}"], &[("DOCKER_HOST", world.ssh_url())]);
+    assert_eq!(code, Some(0), "docker over OpenSSH failed:\n{stderr}");
+    assert!(stdout.trim().starts_with("1."), "{stdout}");
+}
