@@ -9,12 +9,12 @@ use crate::account;
 use crate::config::{Config, Value};
 use crate::daemon::Daemon;
 use crate::docker_host::DockerHost;
-use crate::error::{Error, Result};
+use crate::error::{ConnectClass, Error, Result};
 use crate::plan::{Step, StepRunner};
 use crate::ssh::files::{self, Installed};
 use crate::ssh::key::SshKey;
 use crate::ssh::known_hosts::{KnownHosts, meaningful_lines};
-use crate::ssh::transport::{SshSession, SshTarget, Timeouts};
+use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
 
 /// Keepalive interval on the SSH connection: a dead host is noticed after about four of these.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -95,7 +95,23 @@ impl<'a> Runner<'a> {
     async fn connect(&mut self, host: &DockerHost, timeout: Duration) -> Result<Option<String>> {
         let daemon = match host {
             DockerHost::Unix { path } => Daemon::unix(path, timeout)?,
-            DockerHost::Tcp { host, port } => Daemon::tcp(host, *port, self.config.tls.as_ref(), timeout)?,
+            DockerHost::Tcp { host: name, port } => {
+                let daemon = Daemon::tcp(name, *port, self.config.tls.as_ref(), timeout)?;
+                // A first connection of our own, so that an unknown name, a refusal or a timeout is
+                // reported as such (bollard's errors do not tell them apart).
+                let probe = tokio::time::timeout(timeout, connect_tcp("tcp", name, *port)).await;
+                match probe {
+                    Err(_) => {
+                        return Err(Error::Connect {
+                            target: host.to_string(),
+                            class: ConnectClass::Timeout,
+                            detail: format!("no answer within {}s", timeout.as_secs()),
+                        });
+                    }
+                    Ok(result) => drop(result?),
+                }
+                daemon
+            }
             DockerHost::Ssh { user, host: name, port, socket } => {
                 let user = match user.clone().or_else(account::user_name) {
                     Some(user) => user,

@@ -137,7 +137,7 @@ impl SshSession {
         };
         let deadline = tokio::time::Instant::now() + timeouts.connect;
 
-        let tcp = tokio::time::timeout_at(deadline, connect_tcp(&target.host, target.port))
+        let tcp = tokio::time::timeout_at(deadline, connect_tcp("ssh", &target.host, target.port))
             .await
             .map_err(|_| timed_out("TCP connection"))??;
 
@@ -280,8 +280,9 @@ impl SshSession {
 }
 
 /// Resolves the host and connects to the first address that answers, keeping the failure's class.
-async fn connect_tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, Error> {
-    let target = format!("ssh://{host}:{port}");
+pub async fn connect_tcp(scheme: &str, host: &str, port: u16) -> Result<tokio::net::TcpStream, Error> {
+    let target =
+        if host.contains(':') { format!("{scheme}://[{host}]:{port}") } else { format!("{scheme}://{host}:{port}") };
     let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|error| Error::Connect {

@@ -39,7 +39,10 @@ fn jets_agent(port: u16, key: &str) -> Agent {
         .env("DOCKER_HOST", format!("ssh://ec2-user@127.0.0.1:{port}"))
         .env("JETS_SSH_KEY", key)
         .env("JETS_SSH_KEY_PASSPHRASE", PASSPHRASE)
-        .env("JETS_SSH_KNOWN", "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy")
+        .env(
+            "JETS_SSH_KNOWN",
+            "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy",
+        )
         .env("DOCKER_USER", "ci-bot")
         .env("DOCKER_PASS", PASSWORD)
         .env("REPOSITORY_URI", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web")
@@ -158,7 +161,10 @@ fn dry_run_uses_the_local_socket_by_default() {
 
 #[test]
 fn a_real_run_of_an_unimplemented_step_says_so() {
-    let outcome = Agent::new().env("DOCKER_HOST", crate::world::World::shared().docker_tcp_url()).args(["run", "--image", "app"]).run();
+    let outcome = Agent::new()
+        .env("DOCKER_HOST", crate::world::World::shared().docker_tcp_url())
+        .args(["run", "--image", "app"])
+        .run();
     outcome.expect_code(5);
     assert!(outcome.stderr.contains("is not implemented"), "{}", outcome.stderr);
     assert!(outcome.elapsed < std::time::Duration::from_secs(10), "{:?}", outcome.elapsed);

@@ -312,3 +312,49 @@ fn the_docker_cli_over_openssh_works_with_the_installed_files() {
     assert_eq!(code, Some(0), "docker over OpenSSH failed:\n{stderr}");
     assert!(stdout.trim().starts_with("1."), "{stdout}");
 }
+
+#[test]
+fn tcp_with_tls_client_certificates_works() {
+    let world = World::shared();
+    let outcome = check(
+        Agent::new()
+            .env("DOCKER_HOST", format!("tcp://{}", world.docker_tls))
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", world.docker_cert_path.display().to_string())
+            .args(["run", "--image", "app"]),
+    );
+    assert_daemon_checked(&outcome);
+}
+
+#[test]
+fn tls_without_its_certificates_says_which_file_is_missing() {
+    let world = World::shared();
+    let empty = tempfile::tempdir().unwrap();
+    let outcome = check(
+        Agent::new()
+            .env("DOCKER_HOST", format!("tcp://{}", world.docker_tls))
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", empty.path().display().to_string())
+            .args(["run", "--image", "app"]),
+    );
+    assert_fails(&outcome, 4, &["ca.pem", "DOCKER_CERT_PATH"]);
+}
+
+#[test]
+fn plain_tcp_to_another_host_is_warned_about() {
+    let outcome = check(Agent::new().env("DOCKER_HOST", "tcp://docker.invalid:2375").args(["run", "--image", "app"]));
+    assert_fails(&outcome, 20, &["WARN", "plain TCP", "did not resolve"]);
+}
+
+#[test]
+fn a_daemon_that_never_answers_times_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let outcome = Agent::new()
+        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+        .env("AGENT_CONNECT_TIMEOUT", "2")
+        .args(["run", "--image", "app", "--check"])
+        .run();
+    assert_fails(&outcome, 22, &["did not answer the ping request within 2s"]);
+    drop(listener);
+}

@@ -30,6 +30,10 @@ pub struct World {
     pub docker_sock: PathBuf,
     /// TW_DOCKER_TCP: `127.0.0.1:PORT`, plain TCP forwarded to the daemon's socket.
     pub docker_tcp: String,
+    /// `127.0.0.1:PORT` of the daemon behind TLS with a client certificate.
+    pub docker_tls: String,
+    /// The client's ca.pem, cert.pem and key.pem for `docker_tls`.
+    pub docker_cert_path: PathBuf,
     /// TW_SSH_HOST (`127.0.0.1`)
     pub ssh_host: String,
     /// TW_SSH_PORT
@@ -158,6 +162,8 @@ impl World {
             key_unauthorized: p("TW_KEY_UNAUTHORIZED"),
             key_solo: p("TW_KEY_SOLO"),
             ci_user: s("TW_CI_USER"),
+            docker_tls: s("TW_DOCKER_TLS"),
+            docker_cert_path: p("TW_DOCKER_CERT_PATH"),
             known_hosts_hashed: p("TW_KNOWN_HOSTS_HASHED"),
             known_hosts_plain: p("TW_KNOWN_HOSTS_PLAIN"),
             known_hosts_rsa: p("TW_KNOWN_HOSTS_RSA"),
