@@ -24,7 +24,21 @@ pub struct Daemon {
     pub target: String,
     ssh: Option<Arc<SshSession>>,
     connect_timeout: Duration,
+    /// How to open a raw connection, for the API calls bollard lacks (`/auth`).
+    endpoint: Endpoint,
 }
+
+/// Where the daemon listens, for raw HTTP requests.
+enum Endpoint {
+    Ssh,
+    Unix(String),
+    Tcp { host: String, port: u16 },
+    Tls { host: String, port: u16, config: Arc<rustls::ClientConfig> },
+}
+
+/// A byte stream to the daemon.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
 
 /// What the check learnt about the daemon.
 #[derive(Debug, Clone)]
@@ -40,7 +54,7 @@ impl Daemon {
     /// The daemon behind an open SSH connection.
     pub fn over_ssh(session: Arc<SshSession>, target: String, connect_timeout: Duration) -> Result<Daemon, Error> {
         let docker = session.docker(REQUEST_TIMEOUT_SECS)?;
-        Ok(Daemon { docker, target, ssh: Some(session), connect_timeout })
+        Ok(Daemon { docker, target, ssh: Some(session), connect_timeout, endpoint: Endpoint::Ssh })
     }
 
     /// A daemon on a local Unix socket.
@@ -48,7 +62,7 @@ impl Daemon {
         let target = format!("unix://{path}");
         let docker = Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
             .map_err(|error| Error::Daemon { target: target.clone(), detail: format!("cannot be used: {error}") })?;
-        Ok(Daemon { docker, target, ssh: None, connect_timeout })
+        Ok(Daemon { docker, target, ssh: None, connect_timeout, endpoint: Endpoint::Unix(path.to_string()) })
     }
 
     /// A daemon on TCP, plain or with TLS client certificates (as the docker CLI reads
@@ -56,6 +70,7 @@ impl Daemon {
     pub fn tcp(host: &str, port: u16, tls: Option<&Tls>, connect_timeout: Duration) -> Result<Daemon, Error> {
         let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         let target = format!("tcp://{address}");
+        let mut endpoint = Endpoint::Tcp { host: host.to_string(), port };
         let docker = match tls {
             None => {
                 let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
@@ -80,6 +95,7 @@ impl Daemon {
                     }
                 }
                 install_crypto_provider();
+                endpoint = Endpoint::Tls { host: host.to_string(), port, config: tls_config(&tls.cert_dir)? };
                 Docker::connect_with_ssl(
                     &format!("https://{address}"),
                     &file("key.pem"),
@@ -91,7 +107,7 @@ impl Daemon {
             }
         }
         .map_err(|error| Error::Daemon { target: target.clone(), detail: format!("cannot be used: {error}") })?;
-        Ok(Daemon { docker, target, ssh: None, connect_timeout })
+        Ok(Daemon { docker, target, ssh: None, connect_timeout, endpoint })
     }
 
     /// Ping, negotiate the API version, then read the version and the storage driver.
@@ -196,6 +212,88 @@ impl Daemon {
         Error::Daemon { target: self.target.clone(), detail: format!("did not answer: {}", error_chain(&error)) }
     }
 
+    /// Asks the daemon to log into a registry (`POST /auth`, as `docker login` does), so that a
+    /// wrong password fails here rather than at the push. bollard has no call for it.
+    pub async fn auth(&self, server: &str, user: &str, password: &crate::secrets::Secret) -> Result<(), AuthError> {
+        let body = serde_json::json!({ "username": user, "password": password.expose(), "serveraddress": server });
+        let version = self.docker.client_version();
+        let path = format!("/v{}.{}/auth", version.major_version, version.minor_version);
+        let request = http::Request::post(path)
+            .header(http::header::HOST, "docker")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .map_err(|error| {
+                AuthError::Transport(Error::Internal(format!("failed to build the /auth request: {error}")))
+            })?;
+        let exchange = async {
+            let stream = self.open_stream().await?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|error| self.raw_failure(&error))?;
+            tokio::spawn(connection);
+            let response = sender.send_request(request).await.map_err(|error| self.raw_failure(&error))?;
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map_err(|error| self.raw_failure(&error))?
+                .to_bytes();
+            Ok::<_, Error>((status, body))
+        };
+        // The daemon itself talks to the registry: give it more than a connect timeout.
+        let (status, body) = tokio::time::timeout(self.connect_timeout * 3, exchange)
+            .await
+            .map_err(|_| AuthError::Transport(self.timeout("/auth")))?
+            .map_err(AuthError::Transport)?;
+        if status.is_success() {
+            return Ok(());
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|value| value.get("message").and_then(|message| message.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        Err(AuthError::Refused { status: status.as_u16(), message })
+    }
+
+    async fn open_stream(&self) -> Result<Box<dyn Stream>, Error> {
+        let io_error = |error: std::io::Error| Error::Connect {
+            target: self.target.clone(),
+            class: classify_io(&error),
+            detail: error.to_string(),
+        };
+        Ok(match &self.endpoint {
+            Endpoint::Ssh => {
+                let Some(ssh) = &self.ssh else {
+                    return Err(Error::Internal("an ssh endpoint without a session".to_string()));
+                };
+                match ssh.open_raw().await {
+                    Ok(stream) => Box::new(stream),
+                    Err(error) => return Err(ssh.take_failure().unwrap_or_else(|| io_error(error))),
+                }
+            }
+            Endpoint::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await.map_err(io_error)?),
+            Endpoint::Tcp { host, port } => {
+                Box::new(tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(io_error)?)
+            }
+            Endpoint::Tls { host, port, config } => {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(io_error)?;
+                let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|error| Error::Daemon {
+                    target: self.target.clone(),
+                    detail: format!("has a host name TLS cannot check: {error}"),
+                })?;
+                let tls =
+                    tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(io_error)?;
+                Box::new(tls)
+            }
+        })
+    }
+
+    fn raw_failure(&self, error: &(dyn std::error::Error + 'static)) -> Error {
+        if let Some(failure) = self.ssh.as_ref().and_then(|ssh| ssh.take_failure()) {
+            return failure;
+        }
+        Error::Daemon { target: self.target.clone(), detail: format!("did not answer: {}", error_chain(error)) }
+    }
+
     /// Closes the SSH connection, if any.
     pub async fn close(&self) {
         if let Some(ssh) = &self.ssh {
@@ -212,6 +310,48 @@ impl Facts {
             self.version, self.api_version, self.os, self.arch, self.driver
         )
     }
+}
+
+/// Why the daemon's `/auth` did not log in.
+#[derive(Debug)]
+pub enum AuthError {
+    /// The daemon could not be asked.
+    Transport(Error),
+    /// The daemon (or the registry behind it) said no.
+    Refused { status: u16, message: String },
+}
+
+/// The rustls configuration the docker CLI would use for `DOCKER_CERT_PATH`: its CA, and its
+/// client certificate and key.
+fn tls_config(dir: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, Error> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |name: &str, detail: String| Error::LocalFile {
+        action: "read the TLS file",
+        path: dir.join(name),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, detail),
+        hint: Some(
+            "DOCKER_CERT_PATH must hold PEM files ca.pem, cert.pem and key.pem, as for the docker CLI".to_string(),
+        ),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(dir.join("ca.pem")).map_err(|error| bad("ca.pem", error.to_string()))? {
+        let cert = cert.map_err(|error| bad("ca.pem", error.to_string()))?;
+        roots.add(cert).map_err(|error| bad("ca.pem", error.to_string()))?;
+    }
+    let chain = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .map_err(|error| bad("cert.pem", error.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| bad("cert.pem", error.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).map_err(|error| bad("key.pem", error.to_string()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| Error::Internal(format!("TLS set-up: {error}")))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|error| bad("key.pem", error.to_string()))?;
+    Ok(Arc::new(config))
 }
 
 /// `"1.41"` as `(1, 41)`.

@@ -167,6 +167,14 @@ pub enum Error {
     #[error("the Docker daemon at {target} speaks API {version}, older than {minimum}, the oldest the agent supports")]
     DaemonTooOld { target: String, version: String, minimum: String },
 
+    /// An `SSM:` reference could not be resolved.
+    #[error("failed to resolve {parameter} (from {variable}): {detail}")]
+    Secrets { parameter: String, variable: String, detail: String, hint: String },
+
+    /// A registry login failed.
+    #[error("failed to log in to {registry}: {detail}")]
+    Login { registry: String, detail: String, hint: String },
+
     /// A step this version cannot execute yet.
     #[error("step \"{step}\" is not implemented in agent {}", env!("CARGO_PKG_VERSION"))]
     Unsupported { step: String },
@@ -195,6 +203,8 @@ impl Error {
             Error::Ssh { .. } => exit::SSH,
             Error::Daemon { .. } => exit::DAEMON,
             Error::DaemonTooOld { .. } => exit::DAEMON_TOO_OLD,
+            Error::Secrets { .. } => exit::SECRETS,
+            Error::Login { .. } => exit::LOGIN,
             Error::Unsupported { .. } => exit::UNSUPPORTED,
             Error::Internal(_) => exit::INTERNAL,
         }
@@ -246,6 +256,7 @@ impl Error {
             Error::Ssh { .. } => Some("run again; if it persists, check the host's sshd log".to_string()),
             Error::Daemon { .. } => Some("check that dockerd runs on the host: `systemctl status docker`".to_string()),
             Error::DaemonTooOld { .. } => Some("upgrade Docker on the host".to_string()),
+            Error::Secrets { hint, .. } | Error::Login { hint, .. } => Some(hint.clone()),
             Error::Unsupported { .. } => {
                 Some("run `agent run --dry` to see the plan without executing it".to_string())
             }

@@ -10,11 +10,14 @@
 //! - [`output`]: logging (tracing) to stderr, text or JSON;
 //! - [`daemon`]: the bollard client for the target daemon, and its check;
 //! - [`runner`]: what each step of the plan does for real;
+//! - [`aws`]: SSM parameters and ECR tokens;
+//! - [`registry`]: registry credentials and the docker CLI's config.json;
 //! - [`account`]: the user the agent runs as;
 //! - [`error`]: the one error type and its documented exit codes;
 //! - [`run`]: the top level that ties them together.
 
 pub mod account;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -23,6 +26,7 @@ pub mod error;
 pub mod image_ref;
 pub mod output;
 pub mod plan;
+pub mod registry;
 pub mod run;
 pub mod runner;
 pub mod secrets;

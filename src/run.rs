@@ -21,6 +21,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // AWS credentials in the environment are secrets too, though the agent only hands them to the SDK.
+    for name in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        if let Ok(value) = std::env::var(name) {
+            crate::secrets::redactor().register(&value);
+        }
+    }
     output::init(cli.log_format, cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,

@@ -5,16 +5,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use crate::account;
+use crate::aws;
 use crate::config::{Config, Value};
+use crate::daemon::AuthError;
 use crate::daemon::Daemon;
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Result};
 use crate::plan::{Step, StepRunner};
+use crate::registry::Credential;
+use crate::secrets::{Origin, Secret, SsmRef};
 use crate::ssh::files::{self, Installed};
 use crate::ssh::key::SshKey;
 use crate::ssh::known_hosts::{KnownHosts, meaningful_lines};
 use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
+
+/// Variables whose values are secrets, wherever they come from.
+const SECRET_VARIABLES: &[&str] = &["JETS_SSH_KEY", "DOCKER_PASS", "JETS_SSH_KEY_PASSPHRASE"];
 
 /// Keepalive interval on the SSH connection: a dead host is noticed after about four of these.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -23,11 +32,160 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 pub struct Runner<'a> {
     config: &'a Config,
     daemon: Option<Daemon>,
+    /// The values of the `SSM:` references, once resolved.
+    resolved: BTreeMap<SsmRef, String>,
+    /// The AWS SDK configuration, loaded on first use.
+    aws: Option<aws_config::SdkConfig>,
+    /// ECR passwords by region (one GetAuthorizationToken call per region).
+    ecr_passwords: BTreeMap<String, Secret>,
+    /// The registries logged into, for config.json, builds and pushes.
+    pub credentials: Vec<Credential>,
 }
 
 impl<'a> Runner<'a> {
     pub fn new(config: &'a Config) -> Self {
-        Runner { config, daemon: None }
+        Runner {
+            config,
+            daemon: None,
+            resolved: BTreeMap::new(),
+            aws: None,
+            ecr_passwords: BTreeMap::new(),
+            credentials: Vec::new(),
+        }
+    }
+
+    async fn aws(&mut self) -> &aws_config::SdkConfig {
+        if self.aws.is_none() {
+            let region = self.config.region.as_ref().map(|region| region.value.as_str());
+            self.aws = Some(aws::sdk_config(region, self.config.connect_timeout).await);
+        }
+        self.aws.as_ref().expect("loaded above")
+    }
+
+    /// The value of a configuration entry: given, or resolved from SSM.
+    fn value<'v>(&'v self, value: &'v Value<String>) -> Result<&'v str> {
+        match value {
+            Value::Known(text) => Ok(text),
+            Value::Ssm(reference) => self.resolved_text(reference),
+        }
+    }
+
+    fn resolved_text(&self, reference: &SsmRef) -> Result<&str> {
+        self.resolved
+            .get(reference)
+            .map(String::as_str)
+            .ok_or_else(|| Error::Internal(format!("{reference} was used before it was resolved")))
+    }
+
+    async fn resolve_ssm(&mut self, references: &[(Origin, SsmRef)]) -> Result<Option<String>> {
+        let config = self.aws().await.clone();
+        let parameters = aws::resolve_ssm(&config, references).await?;
+        for (origin, reference) in references {
+            // The values of secret variables are secret whatever the parameter's type.
+            if SECRET_VARIABLES.contains(&origin.subject().as_str()) {
+                if let Some(parameter) = parameters.get(reference) {
+                    crate::secrets::redactor().register(&parameter.value);
+                }
+            }
+        }
+        self.resolved = parameters.into_iter().map(|(reference, parameter)| (reference, parameter.value)).collect();
+        // Check what the parameters hold, all at once, as the configuration is checked.
+        let mut problems = Vec::new();
+        for (origin, reference) in references {
+            let subject = format!("{} ({reference})", origin.subject());
+            let text = self.resolved_text(reference)?;
+            let outcome = match origin.subject().as_str() {
+                "DOCKER_HOST" | "--host" => DockerHost::parse(text, self.config.tls.is_some())
+                    .map(drop)
+                    .map_err(|error| crate::error::Problem::new(&subject, error.message).hint(error.hint)),
+                "JETS_SSH_KEY" => SshKey::parse(text, self.config.ssh_key_passphrase.as_ref())
+                    .map(drop)
+                    .map_err(|error| crate::error::Problem::new(&subject, error.to_string()).hint(error.hint())),
+                "JETS_SSH_KNOWN" => crate::config::check_known_hosts(text, &subject),
+                "DOCKER_REGISTRY" | "--registry" => crate::config::normalise_registry(text)
+                    .map(drop)
+                    .map_err(|message| crate::error::Problem::new(&subject, message)),
+                _ => Ok(()),
+            };
+            if let Err(problem) = outcome {
+                problems.push(problem);
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Config(problems));
+        }
+        let region = self.aws.as_ref().and_then(|config| config.region()).map(|region| region.to_string());
+        Ok(Some(format!(
+            "{} value{} from region {}",
+            self.resolved.len(),
+            if self.resolved.len() == 1 { "" } else { "s" },
+            region.unwrap_or_default()
+        )))
+    }
+
+    fn daemon(&self) -> Result<&Daemon> {
+        self.daemon.as_ref().ok_or_else(|| Error::Internal("a login ran before the connection".to_string()))
+    }
+
+    async fn login(
+        &mut self,
+        registry: &Value<String>,
+        user: &Value<String>,
+        password_origin: &Origin,
+    ) -> Result<Option<String>> {
+        let registry = match registry {
+            Value::Known(host) => host.clone(),
+            Value::Ssm(reference) => crate::config::normalise_registry(self.resolved_text(reference)?)
+                .map_err(|message| Error::Internal(format!("{reference}: {message}")))?,
+        };
+        let user = self.value(user)?.trim().to_string();
+        let password = match self.config.registry_login.as_ref().map(|login| &login.password.value) {
+            Some(Value::Known(secret)) => secret.clone(),
+            Some(Value::Ssm(reference)) => Secret::new(self.resolved_text(reference)?),
+            None => return Err(Error::Internal("a login step without a password".to_string())),
+        };
+        let credential = Credential { registry: registry.clone(), user: user.clone(), password };
+        self.check_login(
+            &credential,
+            &format!("check the user and the password (from {password_origin}) for {registry}"),
+        )
+        .await?;
+        self.credentials.push(credential);
+        Ok(Some(format!("logged in as {user}")))
+    }
+
+    async fn ecr_login(&mut self, registry: &str, region: Option<&str>) -> Result<Option<String>> {
+        let key = region.unwrap_or_default().to_string();
+        let password = match self.ecr_passwords.get(&key) {
+            Some(password) => password.clone(),
+            None => {
+                let config = self.aws().await.clone();
+                let password = aws::ecr_password(&config, region, registry).await?;
+                self.ecr_passwords.insert(key, password.clone());
+                password
+            }
+        };
+        let credential = Credential { registry: registry.to_string(), user: "AWS".to_string(), password };
+        self.check_login(
+            &credential,
+            "check that the registry belongs to the account and region of the build's AWS credentials",
+        )
+        .await?;
+        self.credentials.push(credential);
+        Ok(Some("logged in with an ECR token".to_string()))
+    }
+
+    /// Asks the daemon to log in; a refusal is a login failure naming the registry.
+    async fn check_login(&self, credential: &Credential, hint: &str) -> Result<()> {
+        match self.daemon()?.auth(&credential.server_address(), &credential.user, &credential.password).await {
+            Ok(()) => Ok(()),
+            Err(AuthError::Transport(error)) => Err(error),
+            Err(AuthError::Refused { status, message }) => Err(Error::Login {
+                registry: credential.registry.clone(),
+                detail: format!("the registry refused the credentials ({status}: {message})"),
+                hint: hint.to_string(),
+            }),
+        }
     }
 
     /// Closes what the run opened.
@@ -43,7 +201,9 @@ impl<'a> Runner<'a> {
             Some(sourced) => match &sourced.value {
                 Value::Known(key) => Ok(Some(key.clone())),
                 Value::Ssm(reference) => {
-                    Err(Error::Unsupported { step: format!("use {reference} before it is resolved") })
+                    let key = SshKey::parse(self.resolved_text(reference)?, self.config.ssh_key_passphrase.as_ref())
+                        .map_err(|error| Error::SshKey { subject: format!("JETS_SSH_KEY ({reference})"), error })?;
+                    Ok(Some(Arc::new(key)))
                 }
             },
         }
@@ -52,12 +212,7 @@ impl<'a> Runner<'a> {
     fn known_hosts_text(&self) -> Result<Option<&str>> {
         match &self.config.known_hosts {
             None => Ok(None),
-            Some(sourced) => match &sourced.value {
-                Value::Known(text) => Ok(Some(text)),
-                Value::Ssm(reference) => {
-                    Err(Error::Unsupported { step: format!("use {reference} before it is resolved") })
-                }
-            },
+            Some(sourced) => self.value(&sourced.value).map(Some),
         }
     }
 
@@ -219,13 +374,29 @@ impl StepRunner for Runner<'_> {
         match step {
             Step::InstallSshKey { path, .. } => self.install_key(path).await,
             Step::InstallKnownHosts { path, .. } => self.install_known_hosts(path).await,
-            Step::Connect { host, timeout, .. } => match &host.value {
-                Value::Known(target) => self.connect(target, *timeout).await,
-                Value::Ssm(reference) => {
-                    Err(Error::Unsupported { step: format!("connect to the daemon in {reference}") })
-                }
-            },
+            Step::ResolveSsm { references, .. } => self.resolve_ssm(references).await,
+            Step::Connect { host, timeout, .. } => {
+                let target = match &host.value {
+                    Value::Known(target) => target.clone(),
+                    Value::Ssm(reference) => {
+                        let text = self.resolved_text(reference)?;
+                        DockerHost::parse(text, self.config.tls.is_some()).map_err(|error| {
+                            Error::Config(vec![
+                                crate::error::Problem::new(format!("DOCKER_HOST ({reference})"), error.message)
+                                    .hint(error.hint),
+                            ])
+                        })?
+                    }
+                };
+                self.connect(&target, *timeout).await
+            }
             Step::CheckDaemon => self.check_daemon().await,
+            Step::Login { registry, user, password } => self.login(&registry.value, &user.value, password).await,
+            Step::EcrLogin { registry, region, .. } => self.ecr_login(registry, region.as_deref()).await,
+            Step::WriteDockerConfig { path } => {
+                let count = crate::registry::write_config(path, &self.credentials)?;
+                Ok(Some(format!("{count} login{} in {}", if count == 1 { "" } else { "s" }, path.display())))
+            }
             other => Err(Error::Unsupported { step: other.title() }),
         }
     }

@@ -246,6 +246,11 @@ impl SshSession {
         let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "done", "en").await;
     }
 
+    /// A new channel to the remote socket, for a raw HTTP exchange.
+    pub async fn open_raw(&self) -> io::Result<russh::ChannelStream<client::Msg>> {
+        self.open_channel().await
+    }
+
     async fn open_channel(&self) -> io::Result<russh::ChannelStream<client::Msg>> {
         let host = self.target.name();
         let failure = if self.handle.is_closed() {

@@ -60,6 +60,24 @@ impl Agent {
         self
     }
 
+    /// Another run with the same environment and arguments plus `extra`, in a fresh HOME and
+    /// working directory.
+    pub fn args_cloned(&self, extra: &[&str]) -> Agent {
+        Agent {
+            args: self.args.iter().cloned().chain(extra.iter().map(|arg| arg.to_string())).collect(),
+            env: self.env.clone(),
+            home: tempfile::tempdir().expect("temp HOME"),
+            work: tempfile::tempdir().expect("temp working directory"),
+        }
+        .with_dockerfile()
+    }
+
+    fn with_dockerfile(self) -> Agent {
+        std::fs::write(self.work.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n")
+            .expect("write Dockerfile");
+        self
+    }
+
     pub fn env(mut self, name: &str, value: impl AsRef<str>) -> Self {
         self.env.insert(name.to_string(), value.as_ref().to_string());
         self

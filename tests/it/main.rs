@@ -5,6 +5,7 @@ mod agent;
 mod cli;
 mod config_errors;
 mod dry_run;
+mod logins;
 mod ssh;
 mod world;
 mod world_answers;

@@ -1,0 +1,225 @@
+//! AWS: resolving `SSM:` references (SSM GetParameters, decrypted, 10 names a call) and ECR
+//! registry tokens (GetAuthorizationToken, one call per region). Credentials come from the SDK's
+//! default chain (environment, profile, CodeBuild's container credentials); endpoints honour the
+//! SDK's own `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_SSM` and `AWS_ENDPOINT_URL_ECR`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
+use base64::Engine;
+
+use crate::error::Error;
+use crate::secrets::{Origin, Secret, SsmRef};
+
+/// GetParameters takes at most this many names per call.
+const SSM_BATCH: usize = 10;
+
+/// The SDK configuration: region from the flag or environment, else the SDK's chain.
+pub async fn sdk_config(region: Option<&str>, timeout: Duration) -> aws_config::SdkConfig {
+    let provider = RegionProviderChain::first_try(region.map(|region| aws_config::Region::new(region.to_string())))
+        .or_default_provider();
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(provider)
+        .timeout_config(TimeoutConfig::builder().connect_timeout(timeout).operation_timeout(timeout * 3).build())
+        .load()
+        .await
+}
+
+/// A parameter's value, and whether it was a SecureString.
+#[derive(Debug, Clone)]
+pub struct Parameter {
+    pub value: String,
+    pub secure: bool,
+}
+
+/// Fetches every referenced parameter, decrypted. SecureString values are registered with the
+/// redactor here, the moment they are known; the caller registers the values of secret variables.
+pub async fn resolve_ssm(
+    config: &aws_config::SdkConfig,
+    references: &[(Origin, SsmRef)],
+) -> Result<BTreeMap<SsmRef, Parameter>, Error> {
+    let first = references.first().map(|(origin, reference)| (origin.subject(), reference.to_string()));
+    let (variable, parameter) = first.unwrap_or_default();
+    if config.region().is_none_or(|region| region.as_ref().trim().is_empty()) {
+        return Err(Error::Secrets {
+            parameter,
+            variable,
+            detail: "no AWS region is configured".to_string(),
+            hint: "set AWS_REGION (CodeBuild sets it), or pass --region".to_string(),
+        });
+    }
+    let client = aws_sdk_ssm::Client::new(config);
+    let mut names: Vec<&str> = references.iter().map(|(_, reference)| reference.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut values = BTreeMap::new();
+    for batch in names.chunks(SSM_BATCH) {
+        let output = client
+            .get_parameters()
+            .set_names(Some(batch.iter().map(|name| name.to_string()).collect()))
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|error| {
+                let (variable, parameter) = references
+                    .iter()
+                    .find(|(_, reference)| batch.contains(&reference.name.as_str()))
+                    .map(|(origin, reference)| (origin.subject(), reference.to_string()))
+                    .unwrap_or_default();
+                sdk_error(error, parameter, variable, "ssm:GetParameters")
+            })?;
+        if let Some(missing) = output.invalid_parameters().first() {
+            let (variable, parameter) = references
+                .iter()
+                .find(|(_, reference)| &reference.name == missing)
+                .map(|(origin, reference)| (origin.subject(), reference.to_string()))
+                .unwrap_or_else(|| (String::new(), format!("SSM:{missing}")));
+            return Err(Error::Secrets {
+                parameter,
+                variable,
+                detail: "the parameter does not exist".to_string(),
+                hint: format!(
+                    "create it (aws ssm put-parameter --name {missing} --type SecureString ...) in region {}, or fix the reference",
+                    config.region().map(|region| region.to_string()).unwrap_or_default()
+                ),
+            });
+        }
+        for parameter in output.parameters() {
+            if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
+                let secure = parameter.r#type() == Some(&aws_sdk_ssm::types::ParameterType::SecureString);
+                if secure {
+                    crate::secrets::redactor().register(value);
+                }
+                values.insert(SsmRef { name: name.to_string() }, Parameter { value: value.to_string(), secure });
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// A registry password from ECR: the decoded `AWS:password` token of GetAuthorizationToken.
+pub async fn ecr_password(
+    config: &aws_config::SdkConfig,
+    region: Option<&str>,
+    registry: &str,
+) -> Result<Secret, Error> {
+    let mut builder = aws_sdk_ecr::config::Builder::from(config);
+    if let Some(region) = region {
+        builder = builder.region(aws_config::Region::new(region.to_string()));
+    }
+    let ecr_config = builder.build();
+    if ecr_config.region().is_none_or(|region| region.as_ref().trim().is_empty()) {
+        return Err(Error::Login {
+            registry: registry.to_string(),
+            detail: "no AWS region for its ECR token".to_string(),
+            hint: "set AWS_REGION, or pass --region".to_string(),
+        });
+    }
+    let client = aws_sdk_ecr::Client::from_conf(ecr_config);
+    let output = client.get_authorization_token().send().await.map_err(|error| {
+        let code = error.code().map(str::to_string);
+        Error::Login {
+            registry: registry.to_string(),
+            detail: format!("ECR GetAuthorizationToken failed: {}", short(&error)),
+            hint: match code.as_deref() {
+                Some("AccessDeniedException") => {
+                    "allow ecr:GetAuthorizationToken to the build's role (CodeBuild service role)".to_string()
+                }
+                _ => "check the build's AWS credentials and region".to_string(),
+            },
+        }
+    })?;
+    let token = output.authorization_data().first().and_then(|data| data.authorization_token()).ok_or_else(|| {
+        Error::Login {
+            registry: registry.to_string(),
+            detail: "ECR returned no authorization token".to_string(),
+            hint: "run again; if it persists, check the ECR service's health".to_string(),
+        }
+    })?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.split_once(':').map(|(_, password)| password.to_string()))
+        .ok_or_else(|| Error::Login {
+            registry: registry.to_string(),
+            detail: "ECR's token is not base64 of user:password".to_string(),
+            hint: "report this with the agent's version".to_string(),
+        })?;
+    Secret::new(token);
+    Ok(Secret::new(decoded))
+}
+
+fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    error: aws_sdk_ssm::error::SdkError<E>,
+    parameter: String,
+    variable: String,
+    action: &str,
+) -> Error {
+    let code = error.code().map(str::to_string);
+    let (detail, hint) = match (&error, code.as_deref()) {
+        (_, Some("AccessDeniedException")) => (
+            format!("access denied ({action})"),
+            format!("allow {action} (and kms:Decrypt for SecureString) on the parameter to the build's role"),
+        ),
+        (aws_sdk_ssm::error::SdkError::DispatchFailure(failure), _) if failure.is_io() || failure.is_timeout() => (
+            format!("the SSM endpoint could not be reached: {}", short(&error)),
+            "check the build's network access to SSM (VPC endpoint or NAT), or AWS_ENDPOINT_URL_SSM".to_string(),
+        ),
+        (aws_sdk_ssm::error::SdkError::DispatchFailure(failure), _) if failure.as_other().is_some() => {
+            let text = DisplayErrorContext(&error).to_string();
+            if text.contains("credentials") {
+                (
+                    "no AWS credentials were found".to_string(),
+                    "in CodeBuild the service role provides them; locally set AWS_PROFILE or AWS_ACCESS_KEY_ID"
+                        .to_string(),
+                )
+            } else {
+                (format!("the request failed: {}", short(&error)), "check the build's AWS configuration".to_string())
+            }
+        }
+        _ => {
+            let text = DisplayErrorContext(&error).to_string();
+            if text.contains("credentials") || text.contains("Credentials") {
+                (
+                    "no AWS credentials were found".to_string(),
+                    "in CodeBuild the service role provides them; locally set AWS_PROFILE or AWS_ACCESS_KEY_ID"
+                        .to_string(),
+                )
+            } else if matches!(error, aws_sdk_ssm::error::SdkError::TimeoutError(_)) {
+                ("the SSM request timed out".to_string(), "check the build's network access to SSM".to_string())
+            } else {
+                (format!("the request failed: {}", short(&error)), "check the build's AWS configuration".to_string())
+            }
+        }
+    };
+    Error::Secrets { parameter, variable, detail, hint }
+}
+
+/// An SDK error in one short line: the service's code and message, the HTTP status, or the cause.
+fn short<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    error: &aws_sdk_ssm::error::SdkError<E, R>,
+) -> String {
+    use aws_sdk_ssm::error::SdkError;
+    match error {
+        SdkError::ServiceError(service) => match (service.err().code(), service.err().message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_string(),
+            _ => "the service answered with an error it did not describe (is the endpoint an AWS API?)".to_string(),
+        },
+        SdkError::TimeoutError(_) => "timed out".to_string(),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Registry logins as the docker CLI records them: `auths` entries in `config.json` (under
+//! `$DOCKER_CONFIG` or `~/.docker`), merged with what is there, written atomically with mode 0600,
+//! so later buildspec commands (`docker push`, `docker run` of a private image) are logged in too.
+
+use std::path::Path;
+
+use base64::Engine;
+
+use crate::error::Error;
+use crate::image_ref::{DOCKER_HUB, DOCKER_HUB_AUTH_KEY};
+use crate::secrets::Secret;
+
+/// One registry logged into.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The registry host, e.g. `docker.io` or `123456789012.dkr.ecr.eu-west-1.amazonaws.com`.
+    pub registry: String,
+    pub user: String,
+    pub password: Secret,
+}
+
+impl Credential {
+    /// The address the daemon's `/auth` and the docker CLI's config.json use for this registry.
+    pub fn server_address(&self) -> String {
+        server_address(&self.registry)
+    }
+}
+
+/// Docker Hub is `https://index.docker.io/v1/` to the docker CLI; other registries are their host.
+pub fn server_address(registry: &str) -> String {
+    if registry == DOCKER_HUB { DOCKER_HUB_AUTH_KEY.to_string() } else { registry.to_string() }
+}
+
+/// Merges the credentials into config.json, keeping every other entry and setting. Returns the
+/// registries written.
+pub fn write_config(path: &Path, credentials: &[Credential]) -> Result<usize, Error> {
+    let mut document = match std::fs::read(path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => serde_json::json!({}),
+        Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|error| Error::LocalFile {
+            action: "read",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+            hint: Some("the file is not valid JSON: fix or remove it; the agent will not overwrite it".to_string()),
+        })?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(source) => return Err(Error::LocalFile { action: "read", path: path.to_path_buf(), source, hint: None }),
+    };
+    let Some(object) = document.as_object_mut() else {
+        return Err(Error::LocalFile {
+            action: "read",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a JSON object"),
+            hint: Some("fix or remove the file; the agent will not overwrite it".to_string()),
+        });
+    };
+    let auths = object.entry("auths").or_insert_with(|| serde_json::json!({}));
+    if !auths.is_object() {
+        *auths = serde_json::json!({});
+    }
+    let auths = auths.as_object_mut().expect("auths was made an object");
+    for credential in credentials {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            credential.user,
+            credential.password.expose()
+        ));
+        let entry = auths.entry(credential.server_address()).or_insert_with(|| serde_json::json!({}));
+        if !entry.is_object() {
+            *entry = serde_json::json!({});
+        }
+        let entry = entry.as_object_mut().expect("the entry was made an object");
+        entry.insert("auth".to_string(), serde_json::Value::String(encoded));
+        entry.remove("identitytoken");
+    }
+    let mut text = serde_json::to_string_pretty(&document).expect("a JSON value serialises");
+    text.push('\n');
+    if let Some(dir) = path.parent() {
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| Error::LocalFile {
+                action: "create the directory",
+                path: dir.to_path_buf(),
+                source,
+                hint: None,
+            })?;
+        }
+    }
+    crate::ssh::files::write_atomically(path, text.as_bytes(), 0o600, true)?;
+    Ok(credentials.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn logins_are_merged_with_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".docker/config.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, r#"{"auths":{"ghcr.io":{"auth":"eDp5"}},"psFormat":"table"}"#).unwrap();
+        let credential =
+            Credential { registry: "docker.io".into(), user: "bob".into(), password: Secret::new("pw-1234") };
+        write_config(&path, &[credential]).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(value["auths"]["ghcr.io"]["auth"], "eDp5");
+        assert_eq!(value["psFormat"], "table");
+        assert_eq!(value["auths"]["https://index.docker.io/v1/"]["auth"], "Ym9iOnB3LTEyMzQ=");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_broken_config_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, "{not json").unwrap();
+        let credential = Credential { registry: "r.io".into(), user: "u".into(), password: Secret::new("p-5678") };
+        assert!(matches!(write_config(&path, &[credential]), Err(Error::LocalFile { .. })));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{not json");
+    }
+}
