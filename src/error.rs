@@ -20,8 +20,6 @@ pub mod exit {
     pub const CONFIG: u8 = 3;
     /// A local file could not be read or written (ssh key, known_hosts, docker config, output).
     pub const LOCAL_FILE: u8 = 4;
-    /// A step that this version of the agent cannot execute yet.
-    pub const UNSUPPORTED: u8 = 5;
     /// An `SSM:` reference could not be resolved (missing, denied, no region, no credentials).
     pub const SECRETS: u8 = 10;
     /// The daemon's host name could not be resolved.
@@ -58,7 +56,6 @@ pub mod exit {
         (USAGE, "usage", "the command line could not be parsed"),
         (CONFIG, "config", "flags or environment variables hold invalid values"),
         (LOCAL_FILE, "local-file", "a local file could not be read or written"),
-        (UNSUPPORTED, "unsupported", "a step this version cannot execute yet"),
         (SECRETS, "secrets", "an SSM: reference could not be resolved"),
         (NAME_RESOLUTION, "name-resolution", "the daemon's host name did not resolve"),
         (CONNECTION_REFUSED, "connection-refused", "the daemon's host refused the connection"),
@@ -175,9 +172,13 @@ pub enum Error {
     #[error("failed to log in to {registry}: {detail}")]
     Login { registry: String, detail: String, hint: String },
 
-    /// A step this version cannot execute yet.
-    #[error("step \"{step}\" is not implemented in agent {}", env!("CARGO_PKG_VERSION"))]
-    Unsupported { step: String },
+    /// The build failed.
+    #[error("the build failed{}: {message}", .step.as_ref().map(|step| format!(" at {step}")).unwrap_or_default())]
+    Build { step: Option<String>, message: String, output: Vec<String> },
+
+    /// A push failed.
+    #[error("failed to push {reference} to {registry}: {message}")]
+    Push { reference: String, registry: String, message: String },
 
     /// A bug: something the agent assumed could not happen.
     #[error("internal error: {0}")]
@@ -204,8 +205,9 @@ impl Error {
             Error::Daemon { .. } => exit::DAEMON,
             Error::DaemonTooOld { .. } => exit::DAEMON_TOO_OLD,
             Error::Secrets { .. } => exit::SECRETS,
+            Error::Build { .. } => exit::BUILD,
+            Error::Push { .. } => exit::PUSH,
             Error::Login { .. } => exit::LOGIN,
-            Error::Unsupported { .. } => exit::UNSUPPORTED,
             Error::Internal(_) => exit::INTERNAL,
         }
     }
@@ -257,9 +259,15 @@ impl Error {
             Error::Daemon { .. } => Some("check that dockerd runs on the host: `systemctl status docker`".to_string()),
             Error::DaemonTooOld { .. } => Some("upgrade Docker on the host".to_string()),
             Error::Secrets { hint, .. } | Error::Login { hint, .. } => Some(hint.clone()),
-            Error::Unsupported { .. } => {
-                Some("run `agent run --dry` to see the plan without executing it".to_string())
-            }
+            Error::Build { .. } => Some("fix the Dockerfile or the sources, then run again".to_string()),
+            Error::Push { message, .. } => Some(
+                if message.contains("unauthorized") || message.contains("denied") {
+                    "check the registry login (DOCKER_USER/DOCKER_PASS, ECR_REGISTRY) and that the repository exists"
+                } else {
+                    "check that the registry is reachable from the Docker host, then run again"
+                }
+                .to_string(),
+            ),
             Error::Internal(_) => {
                 Some("this is a bug in the agent; please report it with the log above".to_string())
             }
@@ -280,6 +288,14 @@ impl Error {
                 writeln!(out, "  - {}: {}", problem.subject, problem.message)?;
                 if let Some(hint) = &problem.hint {
                     writeln!(out, "    hint: {hint}")?;
+                }
+            }
+        }
+        if let Error::Build { output, .. } = self {
+            if !output.is_empty() {
+                writeln!(out, "  last output of the failing step:")?;
+                for line in output {
+                    writeln!(out, "    | {line}")?;
                 }
             }
         }

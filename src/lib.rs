@@ -4,6 +4,7 @@
 //! - [`cli`]: the command line (clap) and the environment variables it reads;
 //! - [`config`]: flags and environment turned into one validated [`config::Config`];
 //! - [`plan`]: the ordered steps a run consists of, printed by `--dry`, executed by `run`;
+//! - [`image`]: the build context (.dockerignore, streamed tar), build, tag and push;
 //! - [`docker_host`]: the `DOCKER_HOST` grammar; [`image_ref`]: image references and tags;
 //! - [`ssh`]: the key and known_hosts files, the host-key check, the SSH transport;
 //! - [`secrets`]: `SSM:` references, secret values and the redactor every output passes through;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod docker_host;
 pub mod error;
+pub mod image;
 pub mod image_ref;
 pub mod output;
 pub mod plan;

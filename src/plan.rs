@@ -41,6 +41,9 @@ pub enum Step {
         platform: Option<String>,
         pull: bool,
         no_cache: bool,
+        /// The image to pull as cache when the daemon lacks it (a new or wiped host).
+        cache_image: Option<String>,
+        registry: String,
     },
     /// Tag the built image with another tag.
     Tag { source: String, target: String },
@@ -122,6 +125,8 @@ impl Plan {
             platform: build.platform.clone(),
             pull: build.pull,
             no_cache: build.no_cache,
+            cache_image: config.push.then(|| image.with_tag(crate::image_ref::LATEST)),
+            registry: image.registry().to_string(),
         });
         for tag in &tags[1..] {
             steps.push(Step::Tag { source: first.clone(), target: image.with_tag(tag) });
@@ -265,8 +270,29 @@ impl Step {
             Step::WriteDockerConfig { path } => {
                 lines.push(format!("merge the logins into {} (mode 0600), keeping every other entry", path.display()));
             }
-            Step::Build { context, dockerfile, reference, build_args, target, labels, platform, pull, no_cache } => {
-                lines.push(format!("context {}", context.display()));
+            Step::Build {
+                context,
+                dockerfile,
+                reference,
+                build_args,
+                target,
+                labels,
+                platform,
+                pull,
+                no_cache,
+                cache_image,
+                ..
+            } => {
+                lines.push(match crate::image::context::Context::scan(context, dockerfile) {
+                    Ok(scanned) => format!(
+                        "context {}: {} file{}, {} after .dockerignore",
+                        context.display(),
+                        scanned.files,
+                        if scanned.files == 1 { "" } else { "s" },
+                        crate::image::human_bytes(scanned.bytes)
+                    ),
+                    Err(error) => format!("context {} (cannot be read: {error})", context.display()),
+                });
                 lines.push(format!("Dockerfile {}", dockerfile.display()));
                 lines.push(format!("tag {reference}"));
                 for arg in build_args {
@@ -294,6 +320,11 @@ impl Step {
                 }
                 if *no_cache {
                     lines.push("without the layer cache".to_string());
+                }
+                if let Some(cache_image) = cache_image {
+                    lines.push(format!(
+                        "if the daemon lacks {cache_image}, pull it first as cache (a new or wiped host)"
+                    ));
                 }
             }
             Step::Tag { source, target } => lines.push(format!("{source} -> {target}")),

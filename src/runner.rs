@@ -14,6 +14,7 @@ use crate::daemon::AuthError;
 use crate::daemon::Daemon;
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Result};
+use crate::image::{self, BuildRequest, context::Context};
 use crate::plan::{Step, StepRunner};
 use crate::registry::Credential;
 use crate::secrets::{Origin, Secret, SsmRef};
@@ -393,11 +394,59 @@ impl StepRunner for Runner<'_> {
             Step::CheckDaemon => self.check_daemon().await,
             Step::Login { registry, user, password } => self.login(&registry.value, &user.value, password).await,
             Step::EcrLogin { registry, region, .. } => self.ecr_login(registry, region.as_deref()).await,
+            Step::Build {
+                context,
+                dockerfile,
+                reference,
+                build_args,
+                target,
+                labels,
+                platform,
+                pull,
+                no_cache,
+                cache_image,
+                registry,
+            } => {
+                let daemon = self.daemon()?;
+                let mut cache_from = Vec::new();
+                if let Some(cache_image) = cache_image {
+                    let pull = image::pull_for_cache(daemon, cache_image, registry, &self.credentials);
+                    if let Ok(true) = tokio::time::timeout(self.config.connect_timeout * 3, pull).await {
+                        cache_from.push(cache_image.clone());
+                    }
+                }
+                let request = BuildRequest {
+                    context: Context::scan(context, dockerfile)?,
+                    reference,
+                    build_args,
+                    target: target.as_deref(),
+                    labels,
+                    platform: platform.as_deref(),
+                    pull: *pull,
+                    no_cache: *no_cache,
+                    cache_from,
+                };
+                let summary = image::build(daemon, request, &self.credentials).await?;
+                Ok(Some(format!("{} steps, {} CACHED", summary.steps, summary.cached)))
+            }
+            Step::Tag { source, target } => {
+                image::tag(self.daemon()?, source, target).await?;
+                Ok(None)
+            }
+            Step::Push { reference, registry } => {
+                let summary = image::push(self.daemon()?, reference, registry, &self.credentials).await?;
+                Ok(Some(format!("pushed {summary}")))
+            }
+            Step::WriteImageDefinitions { path, container, image_uri } => {
+                let json = serde_json::json!([{ "name": container, "imageUri": image_uri }]);
+                let text = format!("{}\n", serde_json::to_string_pretty(&json).expect("JSON serialises"));
+                files::write_atomically(path, text.as_bytes(), 0o644, true)?;
+                Ok(Some(format!("wrote {}", path.display())))
+            }
             Step::WriteDockerConfig { path } => {
                 let count = crate::registry::write_config(path, &self.credentials)?;
                 Ok(Some(format!("{count} login{} in {}", if count == 1 { "" } else { "s" }, path.display())))
             }
-            other => Err(Error::Unsupported { step: other.title() }),
         }
     }
 }

@@ -130,27 +130,30 @@ pub struct Redactor {
     values: RwLock<Vec<String>>,
 }
 
-/// Fragments shorter than this are not registered on their own: masking every "a" or "ab" in the
-/// output would make it unreadable and protects nothing (a real secret is longer).
-const MIN_FRAGMENT: usize = 4;
+/// Values shorter than this are not registered: masking every "test" or "latest" in the output
+/// would garble it (a tag, a user name) and protects little. Registry tokens, AWS keys and the
+/// lines of a private key are far longer.
+const MIN_VALUE: usize = 6;
+/// The lines of a multi-line secret (a key) are registered on their own from this length on.
+const MIN_LINE: usize = 16;
 
 impl Redactor {
     /// Registers a secret value, and each of its lines (a private key is printed line by line by
     /// some tools), and the lines of its one-line `\n`-escaped form.
     pub fn register(&self, value: &str) {
         let mut fragments: Vec<String> = Vec::new();
-        let mut push = |fragment: &str| {
+        let mut push = |fragment: &str, minimum: usize| {
             let fragment = fragment.trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'');
-            if fragment.len() >= MIN_FRAGMENT && !fragment.starts_with("-----") {
+            if fragment.len() >= minimum && !fragment.starts_with("-----") {
                 fragments.push(fragment.to_string());
             }
         };
-        push(value);
+        push(value, MIN_VALUE);
         for line in value.split(['\n', '\r']) {
-            push(line);
+            push(line, MIN_LINE);
         }
         for line in value.split("\\n") {
-            push(line);
+            push(line, MIN_LINE);
         }
         if fragments.is_empty() {
             return;
@@ -210,18 +213,18 @@ mod tests {
     fn redactor_masks_whole_values_and_key_lines() {
         let redactor = Redactor::default();
         redactor.register("hunter22");
-        redactor.register("-----BEGIN KEY-----\nAAAAline1\nBBBBline2\n-----END KEY-----\n");
-        redactor.register("ab");
+        redactor.register("-----BEGIN KEY-----\nAAAAline1-long-enough\nBBBBline2-long-enough\n-----END KEY-----\n");
+        redactor.register("test");
         assert_eq!(redactor.redact("pass=hunter22!"), format!("pass={MASK}!"));
-        assert_eq!(redactor.redact("x BBBBline2 y"), format!("x {MASK} y"));
-        assert_eq!(redactor.redact("-----BEGIN KEY----- ab"), "-----BEGIN KEY----- ab");
+        assert_eq!(redactor.redact("x BBBBline2-long-enough y"), format!("x {MASK} y"));
+        assert_eq!(redactor.redact("-----BEGIN KEY----- latest test"), "-----BEGIN KEY----- latest test");
     }
 
     #[test]
     fn redactor_masks_escaped_one_line_keys() {
         let redactor = Redactor::default();
-        redactor.register("-----BEGIN KEY-----\\nAAAAline1\\nBBBBline2\\n-----END KEY-----");
-        assert_eq!(redactor.redact("AAAAline1"), MASK);
+        redactor.register("-----BEGIN KEY-----\\nAAAAline1-long-enough\\nBBBBline2-long-enough\\n-----END KEY-----");
+        assert_eq!(redactor.redact("AAAAline1-long-enough"), MASK);
     }
 
     #[test]

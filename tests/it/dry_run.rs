@@ -158,14 +158,3 @@ fn dry_run_uses_the_local_socket_by_default() {
     assert!(outcome.stdout.contains("connect to unix:///var/run/docker.sock"), "{}", outcome.stdout);
     assert!(outcome.stdout.contains("(from default)"), "{}", outcome.stdout);
 }
-
-#[test]
-fn a_real_run_of_an_unimplemented_step_says_so() {
-    let outcome = Agent::new()
-        .env("DOCKER_HOST", crate::world::World::shared().docker_tcp_url())
-        .args(["run", "--image", "app"])
-        .run();
-    outcome.expect_code(5);
-    assert!(outcome.stderr.contains("is not implemented"), "{}", outcome.stderr);
-    assert!(outcome.elapsed < std::time::Duration::from_secs(10), "{:?}", outcome.elapsed);
-}

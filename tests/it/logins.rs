@@ -176,7 +176,7 @@ fn ecr_logs_in_with_the_token_and_the_docker_cli_can_push_with_the_config() {
     )
     .unwrap();
     let outcome = agent.run();
-    // The build is the next step (not yet real); the logins and config.json come before it.
+    outcome.expect_code(0);
     assert!(
         outcome.stderr.contains(&format!("log in to ECR {}: logged in with an ECR token", world.ecr_registry)),
         "{}",

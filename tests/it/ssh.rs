@@ -242,9 +242,9 @@ fn files_are_private_added_once_and_never_clobber_a_key() {
     let world = World::shared();
     let agent = over_ssh(world).args(["--no-push"]);
     let ssh_dir = agent.home.path().join(".ssh");
-    // A run installs the files, connects and checks, then stops at the build (not yet real).
     for _ in 0..2 {
         let outcome = agent.run();
+        outcome.expect_code(0);
         assert!(outcome.stderr.contains("check daemon: Docker "), "{}", outcome.stderr);
     }
     assert_eq!(std::fs::metadata(&ssh_dir).unwrap().mode() & 0o777, 0o700);
@@ -298,15 +298,19 @@ fn the_docker_cli_over_openssh_works_with_the_installed_files() {
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let binary = dir.path().join("agent");
     std::fs::copy(env!("CARGO_BIN_EXE_agent"), &binary).unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
-    let context = dir.path().display().to_string();
+    let context_dir = dir.path().join("app");
+    std::fs::create_dir(&context_dir).unwrap();
+    std::fs::write(context_dir.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let context = context_dir.display().to_string();
     let env = [
         ("DOCKER_HOST", world.ssh_url()),
         ("JETS_SSH_KEY", read(&world.key_ed25519)),
         ("JETS_SSH_KNOWN", read(&world.known_hosts_hashed)),
     ];
-    let (code, _, stderr) = run_as(binary.to_str().unwrap(), &["run", "--image", "app", "--context", &context], &env);
-    assert!(stderr.contains("check daemon: Docker "), "{code:?}\n{stderr}");
+    let (code, _, stderr) =
+        run_as(binary.to_str().unwrap(), &["run", "--image", "app", "--no-push", "--context", &context], &env);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("check daemon: Docker "), "{stderr}");
     let (code, stdout, stderr) =
         run_as("docker", &["version", "--format", "{{.Server.APIVersion}}"], &[("DOCKER_HOST", world.ssh_url())]);
     assert_eq!(code, Some(0), "docker over OpenSSH failed:\n{stderr}");

@@ -1,0 +1,262 @@
+//! The build context: the files of the context directory that `.dockerignore` keeps, streamed to
+//! the daemon as a tar built on the fly — a bounded queue of chunks, never the whole tar in memory.
+//! Entries are deterministic (sorted paths, owner 0:0, no user names; modes and mtimes from the
+//! files, as the docker CLI sends them), so an unchanged context hits the daemon's cache.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::dockerignore::DockerIgnore;
+use crate::error::Error;
+
+/// The name under which a Dockerfile from outside the context travels in the tar.
+const OUTSIDE_DOCKERFILE: &str = ".dockerfile.agent";
+/// Size of one chunk of the tar stream.
+const CHUNK: usize = 256 * 1024;
+/// Chunks queued between the tar writer and the upload: 8 × 256 KiB of memory at most.
+const QUEUE: usize = 8;
+
+/// One file, directory or link to send.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The path in the tar, `/`-separated, relative to the context.
+    name: String,
+    /// The path on disk.
+    path: PathBuf,
+}
+
+/// The context, scanned: what will be sent, before anything is read.
+#[derive(Debug, Clone)]
+pub struct Context {
+    entries: Vec<Entry>,
+    /// The Dockerfile's path inside the tar, for the build's `dockerfile` parameter.
+    pub dockerfile: String,
+    /// Regular files sent, and their total size.
+    pub files: usize,
+    pub bytes: u64,
+}
+
+fn read_error(path: &Path, source: io::Error) -> Error {
+    Error::LocalFile { action: "read", path: path.to_path_buf(), source, hint: None }
+}
+
+impl Context {
+    /// Walks the context directory in sorted order, applying `.dockerignore`. The Dockerfile and
+    /// `.dockerignore` are always sent; a Dockerfile outside the context is added under its own name.
+    pub fn scan(root: &Path, dockerfile: &Path) -> Result<Context, Error> {
+        let ignore_path = root.join(".dockerignore");
+        let ignore = match fs::read_to_string(&ignore_path) {
+            Ok(text) => DockerIgnore::parse(&text),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
+            Err(error) => return Err(read_error(&ignore_path, error)),
+        };
+        let inside = dockerfile.strip_prefix(root).ok().map(|relative| {
+            relative.components().map(|component| component.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+        });
+        let mut context = Context { entries: Vec::new(), dockerfile: String::new(), files: 0, bytes: 0 };
+        let always: Vec<&str> = [Some(".dockerignore"), inside.as_deref()].into_iter().flatten().collect();
+        context.walk(root, "", &ignore, &always)?;
+        match inside {
+            Some(name) => context.dockerfile = name,
+            None => {
+                let meta = fs::metadata(dockerfile).map_err(|error| read_error(dockerfile, error))?;
+                context.files += 1;
+                context.bytes += meta.len();
+                context.entries.push(Entry { name: OUTSIDE_DOCKERFILE.to_string(), path: dockerfile.to_path_buf() });
+                context.dockerfile = OUTSIDE_DOCKERFILE.to_string();
+            }
+        }
+        Ok(context)
+    }
+
+    fn walk(&mut self, dir: &Path, prefix: &str, ignore: &DockerIgnore, always: &[&str]) -> Result<(), Error> {
+        let mut children: Vec<(String, PathBuf)> = fs::read_dir(dir)
+            .map_err(|error| read_error(dir, error))?
+            .map(|entry| entry.map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.path())))
+            .collect::<Result<_, _>>()
+            .map_err(|error| read_error(dir, error))?;
+        children.sort();
+        for (name, path) in children {
+            let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let meta = fs::symlink_metadata(&path).map_err(|error| read_error(&path, error))?;
+            let excluded = ignore.excludes(&relative) && !always.contains(&relative.as_str());
+            if meta.is_dir() {
+                // An excluded directory is still walked when an exception may bring back a file in it.
+                if excluded && !ignore.has_exceptions() {
+                    continue;
+                }
+                if !excluded {
+                    self.entries.push(Entry { name: relative.clone(), path: path.clone() });
+                }
+                self.walk(&path, &relative, ignore, always)?;
+            } else if !excluded {
+                if meta.is_file() {
+                    self.files += 1;
+                    self.bytes += meta.len();
+                }
+                self.entries.push(Entry { name: relative, path });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the context sends this path (for tests and the dry run).
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.iter().any(|entry| entry.name == name)
+    }
+
+    /// Starts writing the tar on a blocking thread; returns the stream of its chunks. A read
+    /// error ends the stream with that error (the daemon then sees a truncated upload).
+    pub fn stream(self) -> impl futures_util::Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(QUEUE);
+        tokio::task::spawn_blocking(move || {
+            let error_sender = sender.clone();
+            let writer = ChunkWriter { buffer: Vec::with_capacity(CHUNK), sender };
+            if let Err(error) = write_tar(&self.entries, writer) {
+                let _ = error_sender.blocking_send(Err(error));
+            }
+        });
+        futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        })
+    }
+}
+
+fn write_tar(entries: &[Entry], writer: ChunkWriter) -> io::Result<()> {
+    let mut builder = tar::Builder::new(writer);
+    builder.follow_symlinks(false);
+    for entry in entries {
+        let meta = fs::symlink_metadata(&entry.path)?;
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(meta.mode() & 0o7777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(meta.mtime().max(0) as u64);
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            builder.append_data(&mut header, format!("{}/", entry.name), io::empty())?;
+        } else if kind.is_symlink() {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            let target = fs::read_link(&entry.path)?;
+            builder.append_link(&mut header, &entry.name, target)?;
+        } else if kind.is_file() {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(meta.len());
+            let file = fs::File::open(&entry.path)?;
+            builder.append_data(&mut header, &entry.name, file)?;
+        }
+        // Sockets, FIFOs and devices are not sent, as the docker CLI does not send them.
+    }
+    builder.into_inner()?.finish()
+}
+
+/// Collects the tar's bytes into chunks and hands each to the upload, waiting when the queue is
+/// full: this is what bounds the memory.
+struct ChunkWriter {
+    buffer: Vec<u8>,
+    sender: mpsc::Sender<Result<Bytes, io::Error>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK));
+        self.sender
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload of the build context stopped"))
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = CHUNK - self.buffer.len();
+        let take = room.min(data.len());
+        self.buffer.extend_from_slice(&data[..take]);
+        if self.buffer.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            let path = dir.path().join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, content).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn dockerignore_is_applied_but_the_dockerfile_always_travels() {
+        let dir = tree(&[
+            ("Dockerfile", "FROM scratch"),
+            (".dockerignore", "*\n!src\n"),
+            ("src/main.rs", "fn main() {}"),
+            ("target/big.bin", "x"),
+        ]);
+        let context = Context::scan(dir.path(), &dir.path().join("Dockerfile")).unwrap();
+        assert!(context.contains("Dockerfile") && context.contains(".dockerignore"));
+        assert!(context.contains("src/main.rs"));
+        assert!(!context.contains("target/big.bin") && !context.contains("target"));
+        assert_eq!(context.dockerfile, "Dockerfile");
+        assert_eq!(context.files, 3);
+    }
+
+    #[test]
+    fn a_dockerfile_outside_the_context_is_added() {
+        let dir = tree(&[("ctx/a", "a"), ("docker/Dockerfile.prod", "FROM scratch")]);
+        let context = Context::scan(&dir.path().join("ctx"), &dir.path().join("docker/Dockerfile.prod")).unwrap();
+        assert_eq!(context.dockerfile, OUTSIDE_DOCKERFILE);
+        assert!(context.contains("a"));
+    }
+
+    #[tokio::test]
+    async fn the_tar_is_deterministic_and_complete() {
+        use futures_util::StreamExt;
+        let dir = tree(&[("Dockerfile", "FROM scratch"), ("b/c.txt", "hello"), ("a.txt", "world")]);
+        let collect = || async {
+            let context = Context::scan(dir.path(), &dir.path().join("Dockerfile")).unwrap();
+            let chunks: Vec<Bytes> = context.stream().map(|chunk| chunk.unwrap()).collect().await;
+            chunks.concat()
+        };
+        let first = collect().await;
+        assert_eq!(first, collect().await);
+        let mut archive = tar::Archive::new(first.as_slice());
+        let names: Vec<(String, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                (entry.path().unwrap().display().to_string(), entry.header().uid().unwrap())
+            })
+            .collect();
+        let paths: Vec<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(paths, ["Dockerfile", "a.txt", "b/", "b/c.txt"]);
+        assert!(names.iter().all(|(_, uid)| *uid == 0));
+    }
+}

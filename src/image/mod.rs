@@ -1,0 +1,368 @@
+//! The image: the build context, the build on the daemon with its progress in the log, the tags,
+//! and the pushes with each registry's credentials.
+
+pub mod context;
+pub mod dockerignore;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::auth::DockerCredentials;
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use crate::config::BuildArg;
+use crate::daemon::Daemon;
+use crate::error::Error;
+use crate::registry::Credential;
+
+/// Output lines of the failing step shown when a build fails.
+const TAIL: usize = 20;
+/// Attempts of a push before its failure is final.
+const PUSH_ATTEMPTS: u32 = 3;
+
+/// What to build, as the plan says.
+pub struct BuildRequest<'a> {
+    pub context: context::Context,
+    pub reference: &'a str,
+    pub build_args: &'a [BuildArg],
+    pub target: Option<&'a str>,
+    pub labels: &'a [(String, String)],
+    pub platform: Option<&'a str>,
+    pub pull: bool,
+    pub no_cache: bool,
+    /// Images to use as cache sources (the pulled `latest` on a cold host).
+    pub cache_from: Vec<String>,
+}
+
+/// What a build did, for the log.
+#[derive(Debug, Default)]
+pub struct BuildSummary {
+    pub steps: usize,
+    pub cached: usize,
+}
+
+fn credentials_for(credentials: &[Credential], registry: &str) -> Option<DockerCredentials> {
+    credentials.iter().find(|credential| credential.registry == registry).map(|credential| DockerCredentials {
+        username: Some(credential.user.clone()),
+        password: Some(credential.password.expose().to_string()),
+        serveraddress: Some(credential.server_address()),
+        ..Default::default()
+    })
+}
+
+/// Every login, as the build's X-Registry-Config (for private base images).
+fn registry_config(credentials: &[Credential]) -> HashMap<String, DockerCredentials> {
+    credentials
+        .iter()
+        .filter_map(|credential| {
+            credentials_for(std::slice::from_ref(credential), &credential.registry)
+                .map(|docker| (credential.server_address(), docker))
+        })
+        .collect()
+}
+
+/// Pulls `reference` if the daemon does not have it, so that a new or wiped host can use the
+/// pushed image's layers as cache (`docker pull REPO:latest || true`). Returns whether the image
+/// is there now and was pulled.
+pub async fn pull_for_cache(daemon: &Daemon, reference: &str, registry: &str, credentials: &[Credential]) -> bool {
+    if daemon.docker.inspect_image(reference).await.is_ok() {
+        return false;
+    }
+    let (repository, tag) = split_reference(reference);
+    let options = CreateImageOptionsBuilder::default().from_image(repository).tag(tag).build();
+    let mut stream = daemon.docker.create_image(Some(options), None, credentials_for(credentials, registry));
+    let started = Instant::now();
+    while let Some(item) = stream.next().await {
+        if let Err(error) = item {
+            tracing::info!("no {reference} to use as cache ({})", first_line(&error.to_string()));
+            return false;
+        }
+    }
+    tracing::info!("pulled {reference} as cache for a cold host in {:.2}s", started.elapsed().as_secs_f64());
+    true
+}
+
+/// `repo:tag` into its parts (a port's colon is not a tag's).
+fn split_reference(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => (repository, tag),
+        _ => (reference, "latest"),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// One build step as the classic builder reports it.
+struct StepProgress {
+    title: String,
+    started: Instant,
+    cached: bool,
+    output: Vec<String>,
+}
+
+/// Builds the image with the classic builder, logging each step with its duration and whether
+/// it was CACHED.
+pub async fn build(
+    daemon: &Daemon,
+    request: BuildRequest<'_>,
+    credentials: &[Credential],
+) -> Result<BuildSummary, Error> {
+    let mut build_args: HashMap<String, String> = HashMap::new();
+    for arg in request.build_args {
+        if let Some(value) = &arg.value {
+            build_args.insert(arg.key.clone(), value.clone());
+        }
+    }
+    let labels: HashMap<String, String> = request.labels.iter().cloned().collect();
+    let mut options = BuildImageOptionsBuilder::default()
+        .dockerfile(&request.context.dockerfile)
+        .t(request.reference)
+        .rm(true)
+        .forcerm(true)
+        .nocache(request.no_cache)
+        .buildargs(&build_args)
+        .labels(&labels);
+    if request.pull {
+        options = options.pull("1");
+    }
+    if let Some(target) = request.target {
+        options = options.target(target);
+    }
+    if let Some(platform) = request.platform {
+        options = options.platform(platform);
+    }
+    if !request.cache_from.is_empty() {
+        options = options.cachefrom(&request.cache_from);
+    }
+    tracing::info!(
+        "sending the build context: {} file{}, {} (classic builder)",
+        request.context.files,
+        if request.context.files == 1 { "" } else { "s" },
+        human_bytes(request.context.bytes)
+    );
+    let body = bollard::body_try_stream(request.context.stream());
+    let config = registry_config(credentials);
+    let mut stream = daemon.docker.build_image(options.build(), (!config.is_empty()).then_some(config), Some(body));
+
+    let mut summary = BuildSummary::default();
+    let mut current: Option<StepProgress> = None;
+    let mut pending = String::new();
+    let finish = |step: StepProgress, summary: &mut BuildSummary| {
+        summary.steps += 1;
+        if step.cached {
+            summary.cached += 1;
+        }
+        let outcome = if step.cached { "CACHED" } else { "done" };
+        tracing::info!("  {}: {outcome} ({:.2}s)", step.title, step.started.elapsed().as_secs_f64());
+    };
+    while let Some(item) = stream.next().await {
+        let info = match item {
+            Ok(info) => info,
+            Err(error) => {
+                let message = match error {
+                    bollard::errors::Error::DockerStreamError { error } => error,
+                    other => return Err(daemon.explain(other)),
+                };
+                return Err(build_failure(current, message));
+            }
+        };
+        if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
+            return Err(build_failure(current, detail));
+        }
+        let Some(text) = info.stream else { continue };
+        pending.push_str(&text);
+        while let Some(newline) = pending.find('\n') {
+            let line: String = pending.drain(..=newline).collect();
+            let line = line.trim_end();
+            if let Some(rest) = line.strip_prefix("Step ") {
+                if let Some(step) = current.take() {
+                    finish(step, &mut summary);
+                }
+                let title = format!("step {}", rest.replacen(" : ", " ", 1));
+                current = Some(StepProgress { title, started: Instant::now(), cached: false, output: Vec::new() });
+            } else if let Some(step) = current.as_mut() {
+                if line.trim() == "---> Using cache" {
+                    step.cached = true;
+                } else if !line.trim().is_empty() && !line.trim_start().starts_with("--->") {
+                    tracing::debug!("    {line}");
+                    step.output.push(line.to_string());
+                    if step.output.len() > TAIL {
+                        step.output.remove(0);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(step) = current.take() {
+        finish(step, &mut summary);
+    }
+    Ok(summary)
+}
+
+fn build_failure(step: Option<StepProgress>, message: String) -> Error {
+    match step {
+        Some(step) => Error::Build { step: Some(step.title), message, output: step.output },
+        None => Error::Build { step: None, message, output: Vec::new() },
+    }
+}
+
+/// Tags `source` as `target`.
+pub async fn tag(daemon: &Daemon, source: &str, target: &str) -> Result<(), Error> {
+    let (repository, tag) = split_reference(target);
+    let options = TagImageOptionsBuilder::default().repo(repository).tag(tag).build();
+    daemon.docker.tag_image(source, Some(options)).await.map_err(|error| daemon.explain(error))
+}
+
+/// Pushes one tag with the registry's credentials, retrying transient failures with backoff.
+/// Returns the pushed digest and how many layers were uploaded and how many were already there.
+pub async fn push(
+    daemon: &Daemon,
+    reference: &str,
+    registry: &str,
+    credentials: &[Credential],
+) -> Result<String, Error> {
+    let mut delay = Duration::from_secs(1);
+    for attempt in 1..=PUSH_ATTEMPTS {
+        match push_once(daemon, reference, registry, credentials).await {
+            Ok(summary) => return Ok(summary),
+            Err(PushFailure::Final(error)) => return Err(error),
+            Err(PushFailure::Transient(error)) if attempt == PUSH_ATTEMPTS => return Err(error),
+            Err(PushFailure::Transient(error)) => {
+                tracing::warn!("push {reference} failed ({error}); retrying in {}s", delay.as_secs());
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+enum PushFailure {
+    Transient(Error),
+    Final(Error),
+}
+
+async fn push_once(
+    daemon: &Daemon,
+    reference: &str,
+    registry: &str,
+    credentials: &[Credential],
+) -> Result<String, PushFailure> {
+    let (repository, tag) = split_reference(reference);
+    let options = PushImageOptionsBuilder::default().tag(tag).build();
+    let mut stream = daemon.docker.push_image(repository, Some(options), credentials_for(credentials, registry));
+    let (mut pushed, mut existed) = (0usize, 0usize);
+    let mut digest = None;
+    while let Some(item) = stream.next().await {
+        let info = match item {
+            Ok(info) => info,
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                let failure = Error::Push {
+                    reference: reference.to_string(),
+                    registry: registry.to_string(),
+                    message: error.clone(),
+                };
+                return Err(if is_transient(&error) {
+                    PushFailure::Transient(failure)
+                } else {
+                    PushFailure::Final(failure)
+                });
+            }
+            Err(other) => return Err(PushFailure::Final(daemon.explain(other))),
+        };
+        if let Some(message) = info.error_detail.and_then(|detail| detail.message) {
+            let failure = Error::Push {
+                reference: reference.to_string(),
+                registry: registry.to_string(),
+                message: message.clone(),
+            };
+            return Err(if is_transient(&message) {
+                PushFailure::Transient(failure)
+            } else {
+                PushFailure::Final(failure)
+            });
+        }
+        match info.status.as_deref() {
+            Some("Pushed") => pushed += 1,
+            Some("Layer already exists") | Some("Mounted from") => existed += 1,
+            Some(status) if status.contains("digest: ") => {
+                digest =
+                    status.split("digest: ").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_string);
+            }
+            _ => {}
+        }
+    }
+    Ok(format!(
+        "{} ({pushed} layer{} pushed, {existed} already there)",
+        digest.unwrap_or_else(|| "no digest reported".to_string()),
+        if pushed == 1 { "" } else { "s" }
+    ))
+}
+
+/// Whether a push error is worth another attempt: the network or the registry's server side,
+/// not authentication or a missing repository.
+fn is_transient(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    let permanent = ["unauthorized", "denied", "authentication required", "not found", "name unknown", "forbidden"];
+    if permanent.iter().any(|word| message.contains(word)) {
+        return false;
+    }
+    [
+        "timeout",
+        "timed out",
+        "connection reset",
+        "connection refused",
+        "eof",
+        "502",
+        "503",
+        "504",
+        "500",
+        "broken pipe",
+        "temporarily",
+    ]
+    .iter()
+    .any(|word| message.contains(word))
+}
+
+/// `1.2 MB`-style sizes for the log.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_at_the_tag() {
+        assert_eq!(split_reference("127.0.0.1:5000/app:v1"), ("127.0.0.1:5000/app", "v1"));
+        assert_eq!(split_reference("127.0.0.1:5000/app"), ("127.0.0.1:5000/app", "latest"));
+        assert_eq!(split_reference("app:latest"), ("app", "latest"));
+    }
+
+    #[test]
+    fn transient_push_errors_are_told_apart() {
+        assert!(is_transient("received unexpected HTTP status: 503 Service Unavailable"));
+        assert!(is_transient("read tcp 1.2.3.4: connection reset by peer"));
+        assert!(!is_transient("unauthorized: authentication required"));
+        assert!(!is_transient("denied: requested access to the resource is denied"));
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(300_000_000), "300.0 MB");
+    }
+}
