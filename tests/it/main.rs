@@ -2,6 +2,7 @@
 //! servers of the test world (`scripts/testworld up`) where a test needs them.
 
 mod agent;
+mod build;
 mod cli;
 mod config_errors;
 mod dry_run;

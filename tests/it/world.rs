@@ -287,3 +287,27 @@ pub fn port_of(addr: &str) -> u16 {
     let port = addr.rsplit_once(':').map(|(_, port)| port).unwrap_or_default();
     port.trim_end_matches('/').parse().unwrap_or_else(|e| panic!("{addr:?} has no port: {e}"))
 }
+
+impl World {
+    /// The tags of a repository in the ECR stand-in, through the registry API (basic auth given
+    /// to curl on stdin). Empty when the repository does not exist.
+    pub fn ecr_tags(&self, name: &str) -> Vec<String> {
+        use std::io::Write as _;
+        let url = format!("http://{}/v2/{name}/tags/list", self.ecr_registry);
+        let mut child = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-K", "-"])
+            .arg(&url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("curl");
+        let credentials = format!("{}:{}", self.ecr_user, self.ecr_pass()).replace('\\', "\\\\").replace('"', "\\\"");
+        child.stdin.take().unwrap().write_all(format!("user = \"{credentials}\"\n").as_bytes()).unwrap();
+        let output = child.wait_with_output().expect("curl output");
+        let body: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        body["tags"]
+            .as_array()
+            .map(|tags| tags.iter().filter_map(|tag| tag.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
+}

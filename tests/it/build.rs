@@ -1,0 +1,175 @@
+//! Issue 6: the whole run over ssh — build on the remote daemon, tags pushed to the ECR stand-in,
+//! the cache on the second run, .dockerignore, and a failing build.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::agent::{Agent, Outcome};
+use crate::world::World;
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
+
+/// A copy of the example app (with busybox) in a temporary directory.
+fn example_app(dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/app");
+    let app = dir.join("app");
+    copy_tree(&source, &app);
+    std::fs::copy("/bin/busybox", app.join("busybox")).expect("busybox (from busybox-static)");
+    let _ = std::fs::remove_file(app.join("imagedefinitions.json"));
+    app
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if entry.file_name() != "busybox" {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A run over ssh that pushes to the ECR stand-in with moto's token.
+fn full_run(world: &World, repository: &str) -> Agent {
+    Agent::new()
+        .env("DOCKER_HOST", world.ssh_url())
+        .env("JETS_SSH_KEY", read(&world.key_ed25519))
+        .env("JETS_SSH_KNOWN", read(&world.known_hosts_hashed))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &world.moto_url)
+        .env("ECR_REGISTRY", &world.ecr_registry)
+        .env("REPOSITORY_URI", format!("{}/{repository}", world.ecr_registry))
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("it/{name}-{}-{nanos}", std::process::id())
+}
+
+fn step_lines(outcome: &Outcome) -> Vec<String> {
+    // The build's own steps are indented under the agent's "step N/M build …" line.
+    outcome.stderr.lines().filter(|line| line.contains("INFO   step ")).map(str::to_string).collect()
+}
+
+#[test]
+fn a_full_run_builds_pushes_both_tags_and_writes_imagedefinitions() {
+    let world = World::shared();
+    let repository = unique("full");
+    let agent = full_run(world, &repository).env("CODEBUILD_RESOLVED_SOURCE_VERSION", "0123456789abcdef");
+    let app = example_app(agent.work.path());
+    // A unique source file, so the source layers are this test's own.
+    std::fs::write(app.join("src/id.txt"), &repository).unwrap();
+    let agent = agent.args(["run", "--context", app.to_str().unwrap(), "--image-definitions", "web"]);
+    let outcome = agent.run();
+    outcome.expect_code(0);
+    let mut tags = world.ecr_tags(&repository);
+    tags.sort();
+    assert_eq!(tags, ["0123456", "latest"], "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("pushed sha256:"), "{}", outcome.stderr);
+    let definitions: serde_json::Value =
+        serde_json::from_str(&read(&agent.work.path().join("imagedefinitions.json"))).unwrap();
+    assert_eq!(
+        definitions,
+        serde_json::json!([{ "name": "web", "imageUri": format!("{}/{repository}:0123456", world.ecr_registry) }])
+    );
+    assert!(outcome.stderr.contains("done: 11 steps"), "{}", outcome.stderr);
+}
+
+#[test]
+fn an_unchanged_rebuild_is_all_cached_and_a_source_change_rebuilds_only_after_it() {
+    let world = World::shared();
+    let repository = unique("cache");
+    let agent = full_run(world, &repository);
+    let app = example_app(agent.work.path());
+    std::fs::write(app.join("src/id.txt"), &repository).unwrap();
+    let args = ["run", "--context", app.to_str().unwrap()];
+    let run = || {
+        let outcome = full_run(world, &repository).args(args).run();
+        outcome.expect_code(0);
+        outcome
+    };
+    run();
+    let second = run();
+    let steps = step_lines(&second);
+    assert_eq!(steps.len(), 8, "{}", second.stderr);
+    for line in &steps[1..] {
+        assert!(line.contains(": CACHED"), "not cached on an unchanged rebuild: {line}\n{}", second.stderr);
+    }
+
+    std::fs::write(app.join("src/main.sh"), "echo changed\n").unwrap();
+    let third = run();
+    let steps = step_lines(&third);
+    let source_step = steps.iter().position(|line| line.contains("COPY src/")).expect("the COPY src/ step");
+    for line in &steps[1..source_step] {
+        assert!(line.contains(": CACHED"), "a step before the change was rebuilt: {line}");
+    }
+    // The steps from the changed COPY on are rebuilt; CMD only records metadata and may be cached.
+    for line in &steps[source_step..steps.len() - 1] {
+        assert!(!line.contains(": CACHED"), "a step after the change was cached: {line}");
+    }
+}
+
+#[test]
+fn dockerignore_keeps_files_out_of_the_image() {
+    let world = World::shared();
+    let agent = Agent::new().env("DOCKER_HOST", world.docker_tcp_url());
+    let app = example_app(agent.work.path());
+    std::fs::write(app.join("Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\nCOPY . /ctx/\n").unwrap();
+    std::fs::create_dir_all(app.join("tmp")).unwrap();
+    std::fs::write(app.join("tmp/cache.bin"), "x").unwrap();
+    std::fs::write(app.join("KEEP.md"), "kept by an exception").unwrap();
+    let tag = format!("agent-it/dockerignore:{}", std::process::id());
+    let outcome = agent
+        .args([
+            "run",
+            "--context",
+            app.to_str().unwrap(),
+            "--image",
+            "agent-it/dockerignore",
+            "--tag",
+            &tag.split(':').nth(1).unwrap(),
+            "--no-push",
+        ])
+        .run();
+    outcome.expect_code(0);
+    let listing = Command::new("docker")
+        .args(["run", "--rm", &tag, "/bin/busybox", "find", "/ctx"])
+        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+        .output()
+        .expect("docker run");
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).env("DOCKER_HOST", "unix:///var/run/docker.sock").output();
+    let files = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+    for kept in ["/ctx/Dockerfile", "/ctx/.dockerignore", "/ctx/KEEP.md", "/ctx/src/main.sh", "/ctx/deps.txt"] {
+        assert!(files.lines().any(|line| line == kept), "{kept} missing:\n{files}");
+    }
+    for dropped in ["/ctx/README.md", "/ctx/tmp", "/ctx/tmp/cache.bin"] {
+        assert!(!files.lines().any(|line| line == dropped), "{dropped} was sent:\n{files}");
+    }
+}
+
+#[test]
+fn a_failing_run_step_exits_with_the_build_class_shows_its_output_and_pushes_nothing() {
+    let world = World::shared();
+    let repository = unique("failing");
+    let agent = full_run(world, &repository);
+    let app = example_app(agent.work.path());
+    std::fs::write(
+        app.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo compiling widget.c; echo 'widget.c:3: error: expected ;' >&2; exit 3\"]\n",
+    )
+    .unwrap();
+    let outcome = agent.args(["run", "--context", app.to_str().unwrap()]).run();
+    outcome.expect_code(50);
+    assert!(outcome.stderr.contains("the build failed at step 3/3 RUN"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("widget.c:3: error: expected ;"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("returned a non-zero code: 3"), "{}", outcome.stderr);
+    assert!(world.ecr_tags(&repository).is_empty(), "nothing may be pushed after a failed build");
+}
