@@ -134,7 +134,7 @@ fn dockerignore_keeps_files_out_of_the_image() {
             "--image",
             "agent-it/dockerignore",
             "--tag",
-            &tag.split(':').nth(1).unwrap(),
+            tag.split(':').nth(1).unwrap(),
             "--no-push",
         ])
         .run();
