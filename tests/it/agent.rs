@@ -94,12 +94,14 @@ impl Agent {
             .stdin(Stdio::null())
             .output()
             .expect("start the agent");
-        Outcome {
+        let outcome = Outcome {
             code: output.status.code(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             elapsed: started.elapsed(),
-        }
+        };
+        assert_no_world_secret(&outcome);
+        outcome
     }
 }
 
@@ -120,4 +122,44 @@ pub fn tree_listing(dir: &Path) -> Vec<String> {
     }
     entries.sort();
     entries
+}
+
+/// The suite-wide secret check: no run of any test may print a secret of the test world — a line
+/// of any of its private keys, its registry passwords, the ECR token, the key passphrase — whatever
+/// the verbosity and whether the run succeeded.
+fn assert_no_world_secret(outcome: &Outcome) {
+    let output = outcome.all_output();
+    for secret in world_secrets() {
+        assert!(
+            !output.contains(secret.as_str()),
+            "a secret of the test world appears in the agent's output:\n{output}"
+        );
+    }
+}
+
+fn world_secrets() -> &'static [String] {
+    static SECRETS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    SECRETS.get_or_init(|| {
+        if !crate::world::World::is_up() {
+            return Vec::new();
+        }
+        let world = crate::world::World::shared();
+        let mut secrets = vec![world.hub_pass(), world.ecr_pass(), world.key_passphrase()];
+        let keys = std::fs::read_dir(world.state_dir.join("keys")).expect("the test world's keys");
+        for entry in keys.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("id_") || name.ends_with(".pub") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            secrets.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| line.len() >= 16 && !line.starts_with("-----"))
+                    .map(str::to_string),
+            );
+        }
+        secrets
+    })
 }

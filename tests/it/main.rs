@@ -3,6 +3,7 @@
 
 mod agent;
 mod build;
+mod buildspec;
 mod cli;
 mod config_errors;
 mod dry_run;
