@@ -36,7 +36,10 @@ impl DockerIgnore {
             if cleaned.is_empty() || cleaned == "." {
                 continue;
             }
-            patterns.push(Pattern { segments: cleaned.split('/').map(str::to_string).collect(), exception });
+            let mut segments: Vec<String> = cleaned.split('/').map(str::to_string).collect();
+            // `**/**` means what `**` means; collapsing keeps matching from going exponential.
+            segments.dedup_by(|next, previous| next == "**" && previous == "**");
+            patterns.push(Pattern { segments, exception });
         }
         DockerIgnore { patterns }
     }
@@ -96,26 +99,47 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     glob_at(&pattern, &text)
 }
 
+/// Iterative matching with one backtracking point (the last `*`): linear in practice, so a
+/// pattern of many stars cannot make the walk hang.
 fn glob_at(pattern: &[char], text: &[char]) -> bool {
-    let Some((&first, rest)) = pattern.split_first() else {
-        return text.is_empty();
-    };
-    match first {
-        '*' => (0..=text.len()).any(|skip| glob_at(rest, &text[skip..])),
-        '?' => !text.is_empty() && glob_at(rest, &text[1..]),
-        '[' => {
-            let Some((&c, text_rest)) = text.split_first() else { return false };
-            match class(rest, c) {
-                Some((matched, after)) => matched && glob_at(after, text_rest),
-                // An unterminated class matches nothing (Go reports ErrBadPattern).
-                None => false,
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, t));
+            p += 1;
+            continue;
+        }
+        if p < pattern.len() {
+            if let Some(next) = single(&pattern[p..], text[t]) {
+                p += next;
+                t += 1;
+                continue;
             }
         }
-        '\\' => match rest.split_first() {
-            Some((&escaped, after)) => text.first() == Some(&escaped) && glob_at(after, &text[1..]),
-            None => false,
+        match star {
+            Some((star_p, star_t)) => {
+                p = star_p + 1;
+                t = star_t + 1;
+                star = Some((star_p, star_t + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
+}
+
+/// Whether the pattern's first element (`?`, a class, an escape or a literal) matches `c`; if so,
+/// how many pattern characters it took.
+fn single(pattern: &[char], c: char) -> Option<usize> {
+    match pattern[0] {
+        '?' => Some(1),
+        '[' => match class(&pattern[1..], c) {
+            Some((true, after)) => Some(pattern.len() - after.len()),
+            _ => None,
         },
-        literal => text.first() == Some(&literal) && glob_at(rest, &text[1..]),
+        '\\' => (pattern.get(1) == Some(&c)).then_some(2),
+        literal => (literal == c).then_some(1),
     }
 }
 
@@ -204,6 +228,9 @@ mod tests {
         assert!(glob("a\\*c", "a*c"));
         assert!(!glob("a\\*c", "abc"));
         assert!(!glob("[", "["));
+        assert!(glob("*a*b*c*", "xxaxxbxxcxx"));
+        // Many stars against a long non-matching text must stay fast.
+        assert!(!glob(&"*a".repeat(30), &"a".repeat(29)));
     }
 
     #[test]

@@ -173,3 +173,33 @@ fn a_failing_run_step_exits_with_the_build_class_shows_its_output_and_pushes_not
     assert!(outcome.stderr.contains("returned a non-zero code: 3"), "{}", outcome.stderr);
     assert!(world.ecr_tags(&repository).is_empty(), "nothing may be pushed after a failed build");
 }
+
+#[test]
+fn four_runs_of_different_apps_against_one_host_at_once_all_succeed() {
+    let world = World::shared();
+    let before = world.ssh_connection_count();
+    let runs: Vec<_> = (0..4)
+        .map(|index| {
+            let repository = unique(&format!("concurrent-{index}"));
+            let agent = full_run(world, &repository);
+            let app = example_app(agent.work.path());
+            std::fs::write(app.join("src/id.txt"), format!("app number {index}")).unwrap();
+            let agent = agent.args(["run", "--context", app.to_str().unwrap()]);
+            (repository, agent)
+        })
+        .collect();
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = runs.iter().map(|(_, agent)| scope.spawn(|| agent.run())).collect();
+        handles.into_iter().map(|handle| handle.join().expect("a run thread")).collect()
+    });
+    for ((repository, _), outcome) in runs.iter().zip(&outcomes) {
+        outcome.expect_code(0);
+        assert_eq!(world.ecr_tags(repository), ["latest"], "{}", outcome.stderr);
+    }
+    // One SSH connection each (other tests may connect meanwhile: at least four, and each run's
+    // log names its own single connect step).
+    assert!(world.ssh_connection_count() - before >= 4);
+    for outcome in &outcomes {
+        assert_eq!(outcome.stderr.matches("connected over ssh").count(), 1, "{}", outcome.stderr);
+    }
+}

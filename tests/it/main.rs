@@ -8,6 +8,7 @@ mod cli;
 mod config_errors;
 mod dry_run;
 mod logins;
+mod parsers;
 mod ssh;
 mod world;
 mod world_answers;

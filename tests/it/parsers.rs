@@ -1,0 +1,66 @@
+//! Bad input: property tests that feed the parsers arbitrary and near-valid text. None may panic;
+//! each either accepts or refuses with a message. (Bounded: proptest's default 256 cases each.)
+
+use agent::docker_host::DockerHost;
+use agent::image::dockerignore::DockerIgnore;
+use agent::image_ref::{EcrRegistry, Repository, check_tag};
+use agent::secrets::SsmRef;
+use agent::ssh::key::repair;
+use agent::ssh::known_hosts::{KnownHosts, meaningful_lines};
+use proptest::prelude::*;
+
+/// Text built from the characters these grammars care about, so cases get near valid input.
+fn grammar_text() -> impl Strategy<Value = String> {
+    proptest::string::string_regex("[a-zA-Z0-9:/@\\[\\]._\\-!*?#|= \\\\\n]{0,80}").unwrap()
+}
+
+proptest! {
+    #[test]
+    fn docker_host_never_panics(text in grammar_text(), tls in any::<bool>()) {
+        let _ = DockerHost::parse(&text, tls);
+        let _ = DockerHost::parse(&format!("ssh://{text}"), tls);
+        let _ = DockerHost::parse(&format!("tcp://{text}"), tls);
+    }
+
+    #[test]
+    fn a_parsed_docker_host_round_trips(user in "[a-z]{1,8}", host in "[a-z][a-z0-9.-]{0,20}", port in 1u16..) {
+        let text = format!("ssh://{user}@{host}:{port}/var/run/docker.sock");
+        let parsed = DockerHost::parse(&text, false).unwrap();
+        prop_assert_eq!(parsed.to_string(), text);
+    }
+
+    #[test]
+    fn image_references_and_tags_never_panic(text in grammar_text(), anything in any::<String>()) {
+        let _ = Repository::parse(&text);
+        let _ = Repository::parse(&anything);
+        let _ = check_tag(&text);
+        let _ = EcrRegistry::detect(&text);
+        let _ = EcrRegistry::detect(&anything);
+        let _ = SsmRef::parse(&anything);
+        let _ = SsmRef::parse(&format!("SSM:{text}"));
+    }
+
+    #[test]
+    fn known_hosts_lines_never_panic(text in grammar_text(), anything in any::<String>()) {
+        let mut known = KnownHosts::default();
+        let _ = known.add(&text, "test");
+        let _ = known.add(&anything, "test");
+        let _ = known.add(&format!("|1|{text} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy"), "test");
+        let _ = known.algorithms_for(&text, 22);
+        let _ = meaningful_lines(&anything);
+    }
+
+    #[test]
+    fn key_repair_never_panics_and_is_idempotent(text in grammar_text(), anything in any::<String>()) {
+        let _ = repair(&anything);
+        let once = repair(&format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{text}\n-----END OPENSSH PRIVATE KEY-----"));
+        prop_assert_eq!(repair(&once), once.clone());
+    }
+
+    #[test]
+    fn dockerignore_never_panics(patterns in grammar_text(), path in "[a-z*?\\[\\]!./]{0,30}") {
+        let ignore = DockerIgnore::parse(&patterns);
+        let _ = ignore.excludes(&path);
+        let _ = agent::image::dockerignore::glob(&patterns, &path);
+    }
+}
