@@ -19,7 +19,7 @@ pub enum Step {
     /// Write the SSH private key to its file (0600, directory 0700).
     InstallSshKey { origin: Origin, path: PathBuf, key: Option<String> },
     /// Add the known_hosts lines that are not there yet.
-    InstallKnownHosts { origin: Origin, path: PathBuf },
+    InstallKnownHosts { origin: Origin, path: PathBuf, entries: Vec<String> },
     /// Open the connection to the daemon.
     Connect { host: Sourced<Value<DockerHost>>, timeout: Duration, tls: Option<PathBuf> },
     /// Ping the daemon and read its version.
@@ -83,9 +83,18 @@ impl Plan {
             });
         }
         if let Some(known) = &config.known_hosts {
+            let entries = match &known.value {
+                Value::Known(text) => {
+                    let mut hosts = crate::ssh::known_hosts::KnownHosts::default();
+                    hosts.add(&crate::ssh::known_hosts::meaningful_lines(text).join("\n"), "");
+                    hosts.describe_entries()
+                }
+                Value::Ssm(_) => Vec::new(),
+            };
             steps.push(Step::InstallKnownHosts {
                 origin: known.origin.clone(),
                 path: config.known_hosts_file.value.clone(),
+                entries,
             });
         }
         steps.push(Step::Connect {
@@ -217,8 +226,11 @@ impl Step {
                     path.display()
                 ));
             }
-            Step::InstallKnownHosts { origin, path } => {
+            Step::InstallKnownHosts { origin, path, entries } => {
                 lines.push(format!("host keys from {origin}"));
+                for entry in entries {
+                    lines.push(format!("  {entry}"));
+                }
                 lines.push(format!("append the lines not already in {} (mode 0644)", path.display()));
             }
             Step::Connect { host, timeout, tls } => {

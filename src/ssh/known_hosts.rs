@@ -81,6 +81,25 @@ impl KnownHosts {
         bad
     }
 
+    /// One line per entry for the dry run: marker, hosts (hashed ones are not reversible), key
+    /// type and fingerprint.
+    pub fn describe_entries(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .map(|known| {
+                let hosts = match known.entry.host_patterns() {
+                    HostPatterns::HashedName { .. } => "(hashed host name)".to_string(),
+                    HostPatterns::Patterns(patterns) => patterns.join(","),
+                };
+                let marker = match known.entry.marker() {
+                    Some(marker) => format!("{} ", marker.as_str()),
+                    None => String::new(),
+                };
+                format!("{marker}{hosts} {}", describe(known.entry.public_key()))
+            })
+            .collect()
+    }
+
     /// The entries that name this host and port (markers included).
     fn matching(&self, host: &str, port: u16) -> impl Iterator<Item = &KnownHost> {
         let name = lookup_name(host, port);

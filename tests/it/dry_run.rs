@@ -56,7 +56,12 @@ fn dry_run_prints_every_step_masks_secrets_writes_nothing_and_connects_nowhere()
     let daemon = listener();
     let port = daemon.local_addr().unwrap().port();
     let key = throwaway_key();
-    let agent = jets_agent(port, &key).args(["run", "--dry", "--image-definitions", "web", "--build-arg", "MODE=ci"]);
+    // Every server the run would talk to is a listener here that must see no connection.
+    let (registry, aws) = (listener(), listener());
+    let agent = jets_agent(port, &key)
+        .env("DOCKER_REGISTRY", format!("127.0.0.1:{}", registry.local_addr().unwrap().port()))
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", aws.local_addr().unwrap().port()))
+        .args(["run", "--dry", "--image-definitions", "web", "--build-arg", "MODE=ci"]);
     std::fs::create_dir(agent.home.path().join(".ssh")).unwrap();
     std::fs::write(agent.home.path().join(".ssh/known_hosts"), "existing line\n").unwrap();
     let home_before = tree_listing(agent.home.path());
@@ -68,6 +73,8 @@ fn dry_run_prints_every_step_masks_secrets_writes_nothing_and_connects_nowhere()
     assert_eq!(tree_listing(agent.home.path()), home_before, "the dry run changed HOME");
     assert_eq!(tree_listing(agent.work.path()), work_before, "the dry run changed the working directory");
     assert_no_connection(&daemon);
+    assert_no_connection(&registry);
+    assert_no_connection(&aws);
 
     let output = outcome.all_output();
     for secret in [PASSWORD, PASSPHRASE].into_iter().chain(key.lines().filter(|line| !line.starts_with("-----"))) {
@@ -78,7 +85,7 @@ fn dry_run_prints_every_step_masks_secrets_writes_nothing_and_connects_nowhere()
         "install known_hosts",
         &format!("connect to ssh://ec2-user@127.0.0.1:{port}/var/run/docker.sock"),
         "check daemon",
-        "log in to docker.io",
+        "log in to 127.0.0.1:",
         "log in to ECR 123456789012.dkr.ecr.eu-west-1.amazonaws.com",
         "log in to ECR 210987654321.dkr.ecr.us-east-1.amazonaws.com",
         "write docker config",
