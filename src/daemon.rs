@@ -26,6 +26,8 @@ pub struct Daemon {
     connect_timeout: Duration,
     /// How to open a raw connection, for the API calls bollard lacks (`/auth`).
     endpoint: Endpoint,
+    /// The API version the raw calls use, e.g. `1.41`: bollard's, lowered to the daemon's.
+    api: String,
 }
 
 /// Where the daemon listens, for raw HTTP requests.
@@ -51,10 +53,22 @@ pub struct Facts {
 }
 
 impl Daemon {
+    fn assemble(
+        docker: Docker,
+        target: String,
+        ssh: Option<Arc<SshSession>>,
+        connect_timeout: Duration,
+        endpoint: Endpoint,
+    ) -> Daemon {
+        let client = docker.client_version();
+        let api = format!("{}.{}", client.major_version, client.minor_version);
+        Daemon { docker, target, ssh, connect_timeout, endpoint, api }
+    }
+
     /// The daemon behind an open SSH connection.
     pub fn over_ssh(session: Arc<SshSession>, target: String, connect_timeout: Duration) -> Result<Daemon, Error> {
         let docker = session.docker(REQUEST_TIMEOUT_SECS)?;
-        Ok(Daemon { docker, target, ssh: Some(session), connect_timeout, endpoint: Endpoint::Ssh })
+        Ok(Daemon::assemble(docker, target, Some(session), connect_timeout, Endpoint::Ssh))
     }
 
     /// A daemon on a local Unix socket.
@@ -62,7 +76,7 @@ impl Daemon {
         let target = format!("unix://{path}");
         let docker = Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
             .map_err(|error| Error::Daemon { target: target.clone(), detail: format!("cannot be used: {error}") })?;
-        Ok(Daemon { docker, target, ssh: None, connect_timeout, endpoint: Endpoint::Unix(path.to_string()) })
+        Ok(Daemon::assemble(docker, target, None, connect_timeout, Endpoint::Unix(path.to_string())))
     }
 
     /// A daemon on TCP, plain or with TLS client certificates (as the docker CLI reads
@@ -107,31 +121,22 @@ impl Daemon {
             }
         }
         .map_err(|error| Error::Daemon { target: target.clone(), detail: format!("cannot be used: {error}") })?;
-        Ok(Daemon { docker, target, ssh: None, connect_timeout, endpoint })
+        Ok(Daemon::assemble(docker, target, None, connect_timeout, endpoint))
     }
 
     /// Ping, negotiate the API version, then read the version and the storage driver.
     pub async fn check(&mut self) -> Result<Facts, Error> {
-        let ping = tokio::time::timeout(self.connect_timeout, self.docker.ping()).await;
-        match ping {
-            Err(_) => return Err(self.timeout("ping")),
-            Ok(Err(error)) => return Err(self.explain(error)),
-            Ok(Ok(_)) => {}
-        }
-        let negotiated = tokio::time::timeout(self.connect_timeout, self.docker.clone().negotiate_version()).await;
-        self.docker = match negotiated {
-            Err(_) => return Err(self.timeout("version")),
-            Ok(Err(error)) => return Err(self.explain(error)),
-            Ok(Ok(docker)) => docker,
-        };
-        let both = tokio::time::timeout(self.connect_timeout, async {
-            tokio::join!(self.docker.version(), self.docker.info())
+        // Ping, version and info at once: one round trip instead of three. bollard sends
+        // unversioned paths, so the daemon answers in its own API version: nothing needs
+        // negotiating before these calls.
+        let all = tokio::time::timeout(self.connect_timeout, async {
+            tokio::join!(self.docker.ping(), self.docker.version(), self.docker.info())
         })
         .await;
-        let (version, info) = match both {
-            Err(_) => return Err(self.timeout("version")),
-            Ok((Err(error), _)) | Ok((_, Err(error))) => return Err(self.explain(error)),
-            Ok((Ok(version), Ok(info))) => (version, info),
+        let (version, info) = match all {
+            Err(_) => return Err(self.timeout("ping")),
+            Ok((Err(error), _, _)) | Ok((_, Err(error), _)) | Ok((_, _, Err(error))) => return Err(self.explain(error)),
+            Ok((Ok(_), Ok(version), Ok(info))) => (version, info),
         };
         let api_version = version.api_version.clone().unwrap_or_default();
         if parse_api(&api_version).is_some_and(|api| api < MINIMUM_API) {
@@ -140,6 +145,13 @@ impl Daemon {
                 version: api_version,
                 minimum: format!("{}.{}", MINIMUM_API.0, MINIMUM_API.1),
             });
+        }
+        // The version this client speaks: the daemon's, or bollard's if the daemon is newer.
+        let client = self.docker.client_version();
+        if let Some((major, minor)) = parse_api(&api_version) {
+            if (major, minor) < (client.major_version as u32, client.minor_version as u32) {
+                self.api = format!("{major}.{minor}");
+            }
         }
         Ok(Facts {
             version: version.version.unwrap_or_else(|| "?".to_string()),
@@ -216,8 +228,7 @@ impl Daemon {
     /// wrong password fails here rather than at the push. bollard has no call for it.
     pub async fn auth(&self, server: &str, user: &str, password: &crate::secrets::Secret) -> Result<(), AuthError> {
         let body = serde_json::json!({ "username": user, "password": password.expose(), "serveraddress": server });
-        let version = self.docker.client_version();
-        let path = format!("/v{}.{}/auth", version.major_version, version.minor_version);
+        let path = format!("/v{}/auth", self.api);
         let request = http::Request::post(path)
             .header(http::header::HOST, "docker")
             .header(http::header::CONTENT_TYPE, "application/json")
