@@ -39,6 +39,9 @@ pub struct Runner<'a> {
     aws: Option<aws_config::SdkConfig>,
     /// ECR passwords by region (one GetAuthorizationToken call per region).
     ecr_passwords: BTreeMap<String, Secret>,
+    /// GetAuthorizationToken calls started early, while the SSH connection is made (they do not
+    /// depend on each other), awaited by the ECR login steps.
+    ecr_prefetch: BTreeMap<String, tokio::task::JoinHandle<Result<Secret>>>,
     /// The registries logged into, for config.json, builds and pushes.
     pub credentials: Vec<Credential>,
 }
@@ -51,6 +54,7 @@ impl<'a> Runner<'a> {
             resolved: BTreeMap::new(),
             aws: None,
             ecr_passwords: BTreeMap::new(),
+            ecr_prefetch: BTreeMap::new(),
             credentials: Vec::new(),
         }
     }
@@ -157,6 +161,15 @@ impl<'a> Runner<'a> {
 
     async fn ecr_login(&mut self, registry: &str, region: Option<&str>) -> Result<Option<String>> {
         let key = region.unwrap_or_default().to_string();
+        let prefetched = match self.ecr_prefetch.remove(&key) {
+            Some(task) => {
+                Some(task.await.map_err(|error| Error::Internal(format!("the ECR token task failed: {error}")))??)
+            }
+            None => None,
+        };
+        if let Some(password) = prefetched {
+            self.ecr_passwords.insert(key.clone(), password);
+        }
         let password = match self.ecr_passwords.get(&key) {
             Some(password) => password.clone(),
             None => {
@@ -174,6 +187,23 @@ impl<'a> Runner<'a> {
         .await?;
         self.credentials.push(credential);
         Ok(Some("logged in with an ECR token".to_string()))
+    }
+
+    /// Starts the ECR token requests of the plan's ECR logins, one per region, in the background.
+    async fn prefetch_ecr_tokens(&mut self) {
+        if self.config.ecr_logins.is_empty() || !self.ecr_prefetch.is_empty() {
+            return;
+        }
+        let config = self.aws().await.clone();
+        for login in &self.config.ecr_logins {
+            let key = login.region.clone().unwrap_or_default();
+            if self.ecr_prefetch.contains_key(&key) || self.ecr_passwords.contains_key(&key) {
+                continue;
+            }
+            let (config, region, registry) = (config.clone(), login.region.clone(), login.registry.clone());
+            let task = tokio::spawn(async move { aws::ecr_password(&config, region.as_deref(), &registry).await });
+            self.ecr_prefetch.insert(key, task);
+        }
     }
 
     /// Asks the daemon to log in; a refusal is a login failure naming the registry.
@@ -389,6 +419,7 @@ impl StepRunner for Runner<'_> {
                         })?
                     }
                 };
+                self.prefetch_ecr_tokens().await;
                 self.connect(&target, *timeout).await
             }
             Step::CheckDaemon => self.check_daemon().await,
