@@ -7,6 +7,7 @@ mod buildspec;
 mod cli;
 mod config_errors;
 mod dry_run;
+mod faults;
 mod logins;
 mod parsers;
 mod ssh;
