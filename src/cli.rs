@@ -165,6 +165,7 @@ pub const ENV_ONLY: &[(&str, &str)] = &[
     ("AWS_REGION, AWS_DEFAULT_REGION", "the AWS region for SSM and ECR"),
     ("DOCKER_TLS_VERIFY, DOCKER_CERT_PATH", "TLS for tcp:// daemons, as the docker CLI reads them"),
     ("DOCKER_CONFIG", "the directory of the docker config.json [default: ~/.docker]"),
+    ("SOURCE_DATE_EPOCH", "seconds since 1970 for the image's org.opencontainers.image.created label"),
     ("RUST_LOG", "log filter, e.g. agent=debug (overrides -v and -q)"),
 ];
 

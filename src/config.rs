@@ -638,6 +638,21 @@ fn check_build(
             labels.push(("org.opencontainers.image.revision".to_string(), revision.to_string()));
         }
     }
+    // The creation time only from SOURCE_DATE_EPOCH (reproducible builds' convention): a wall-clock
+    // label would change the image on every build, so an unchanged rebuild would never be fully
+    // cached and every run would push a new image.
+    match env.get("SOURCE_DATE_EPOCH").map(|text| text.trim().parse::<u64>()) {
+        Some(Ok(seconds)) => {
+            if !labels.iter().any(|(key, _)| key == "org.opencontainers.image.created") {
+                labels.push(("org.opencontainers.image.created".to_string(), rfc3339(seconds)));
+            }
+        }
+        Some(Err(_)) => problems.push(
+            Problem::new("SOURCE_DATE_EPOCH", "is not a number of seconds since 1970")
+                .hint("set it to e.g. the commit's time: git log -1 --format=%ct"),
+        ),
+        None => {}
+    }
 
     if let Some(target) = &args.target {
         if target.trim().is_empty() || target.chars().any(char::is_whitespace) {
@@ -669,6 +684,23 @@ fn check_build(
         pull: args.pull,
         no_cache: args.no_cache,
     })
+}
+
+/// Seconds since 1970 as `YYYY-MM-DDTHH:MM:SSZ` (the civil-from-days algorithm; no date crate
+/// is needed for one label).
+pub fn rfc3339(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
 /// A value cut short for an error message.
@@ -819,6 +851,18 @@ mod tests {
         let args: Vec<(&str, Option<&str>, bool)> =
             config.build.build_args.iter().map(|a| (a.key.as_str(), a.value.as_deref(), a.from_env)).collect();
         assert_eq!(args, [("A", Some("1"), false), ("B", Some("from-env"), true), ("C", None, true)]);
+    }
+
+    #[test]
+    fn created_comes_from_source_date_epoch() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        let dir = fixture();
+        let config = config(&["--image", "app"], &[("SOURCE_DATE_EPOCH", "1700000000")], dir.path()).unwrap();
+        assert!(
+            config.build.labels.contains(&("org.opencontainers.image.created".into(), "2023-11-14T22:13:20Z".into()))
+        );
     }
 
     #[test]

@@ -64,3 +64,44 @@ proptest! {
         let _ = agent::image::dockerignore::glob(&patterns, &path);
     }
 }
+
+/// The seed corpus in tests/corpus/: one input a line (`\n` written as two characters where an
+/// input spans lines), run through its parser. Each file grows with the inputs that once broke
+/// something.
+fn corpus(name: &str) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+        .lines()
+        .map(|line| line.replace("\\n", "\n"))
+        .collect()
+}
+
+#[test]
+fn the_seed_corpus_never_panics() {
+    for text in corpus("docker_host.txt") {
+        let _ = DockerHost::parse(&text, false);
+    }
+    for text in corpus("image_ref.txt") {
+        let _ = Repository::parse(&text);
+        let _ = check_tag(&text);
+        let _ = EcrRegistry::detect(&text);
+    }
+    let mut known = KnownHosts::default();
+    for text in corpus("known_hosts.txt") {
+        let _ = known.add(&text, "corpus");
+    }
+    let _ = known.describe_entries();
+    for text in corpus("dockerignore.txt") {
+        let ignore = DockerIgnore::parse(&text);
+        let _ = ignore.excludes("a/b/c.log");
+    }
+    for text in corpus("key_repair.txt") {
+        let _ = agent::ssh::key::SshKey::parse(&text, None);
+    }
+    for text in corpus("build_arg.txt") {
+        // Build args are checked by the real command line: a bad one is a configuration error.
+        let outcome = crate::agent::Agent::new().args(["run", "--dry", "--image", "app", "--build-arg", &text]).run();
+        assert!(matches!(outcome.code, Some(0) | Some(3)), "{text:?}: {outcome:?}");
+    }
+}
