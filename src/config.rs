@@ -642,11 +642,10 @@ fn check_build(
     // label would change the image on every build, so an unchanged rebuild would never be fully
     // cached and every run would push a new image.
     match env.get("SOURCE_DATE_EPOCH").map(|text| text.trim().parse::<u64>()) {
-        Some(Ok(seconds)) => {
-            if !labels.iter().any(|(key, _)| key == "org.opencontainers.image.created") {
-                labels.push(("org.opencontainers.image.created".to_string(), rfc3339(seconds)));
-            }
+        Some(Ok(seconds)) if !labels.iter().any(|(key, _)| key == "org.opencontainers.image.created") => {
+            labels.push(("org.opencontainers.image.created".to_string(), rfc3339(seconds)));
         }
+        Some(Ok(_)) => {}
         Some(Err(_)) => problems.push(
             Problem::new("SOURCE_DATE_EPOCH", "is not a number of seconds since 1970")
                 .hint("set it to e.g. the commit's time: git log -1 --format=%ct"),
