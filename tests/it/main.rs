@@ -8,6 +8,7 @@ mod cli;
 mod config_errors;
 mod dry_run;
 mod faults;
+mod image;
 mod logins;
 mod parsers;
 mod ssh;
