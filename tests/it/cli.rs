@@ -100,3 +100,28 @@ fn readme_lists_the_same_exit_codes_as_help() {
         );
     }
 }
+
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let world = crate::world::World::shared();
+    let outcome = Agent::new()
+        .env("DOCKER_HOST", world.docker_tcp_url())
+        .args(["--log-format", "json", "run", "--image", "app", "--check"])
+        .run();
+    outcome.expect_code(0);
+    let lines: Vec<&str> = outcome.stderr.lines().collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
+        assert!(value["message"].is_string() && value["level"].is_string(), "{line}");
+    }
+}
+
+#[test]
+fn quiet_runs_print_only_warnings_and_errors() {
+    let world = crate::world::World::shared();
+    let outcome =
+        Agent::new().env("DOCKER_HOST", world.docker_tcp_url()).args(["run", "-q", "--image", "app", "--check"]).run();
+    outcome.expect_code(0);
+    assert_eq!(outcome.stderr, "", "a quiet successful run prints nothing");
+}
