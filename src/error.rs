@@ -120,10 +120,6 @@ pub enum Error {
     #[error("{} already holds a different key", .path.display())]
     KeyFileExists { path: PathBuf },
 
-    /// No line of `JETS_SSH_KNOWN` is a known_hosts entry.
-    #[error("{subject} holds no known_hosts entry (lines {lines} could not be read)")]
-    KnownHostsInvalid { subject: String, lines: String },
-
     /// There is no key to log in with.
     #[error("no SSH key to log in to {host} with: JETS_SSH_KEY is unset and none of {tried} exists")]
     NoSshKey { host: String, tried: String },
@@ -189,7 +185,7 @@ impl Error {
     /// The documented exit code of this failure's class.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::SshKey { .. } | Error::KnownHostsInvalid { .. } => exit::CONFIG,
+            Error::Config(_) | Error::SshKey { .. } => exit::CONFIG,
             Error::LocalFile { .. } | Error::KeyFileExists { .. } => exit::LOCAL_FILE,
             Error::NoSshKey { .. } | Error::SshAuth { .. } => exit::SSH_AUTH,
             Error::Connect { class, .. } => match class {
@@ -223,15 +219,13 @@ impl Error {
                  or install JETS_SSH_KEY elsewhere with --ssh-key-file PATH"
                     .to_string(),
             ),
-            Error::KnownHostsInvalid { .. } => Some(
-                "store the output of `ssh-keyscan -H HOST` (lines like `|1|…= ssh-ed25519 AAAA…` or `host ssh-rsa AAAA…`)"
-                    .to_string(),
-            ),
             Error::NoSshKey { .. } => Some("set JETS_SSH_KEY to the private key of the Docker host's user".to_string()),
             Error::Connect { class, .. } => Some(
                 match class {
                     ConnectClass::NameResolution => "check the host name in DOCKER_HOST and the build's DNS",
-                    ConnectClass::Refused => "check that the host is up and that sshd (or the daemon) listens on that port",
+                    ConnectClass::Refused => {
+                        "check that the host is up and that sshd (or the daemon) listens on that port"
+                    }
                     ConnectClass::Timeout => {
                         "check the host's address, its security group and network ACLs, or raise --connect-timeout"
                     }
@@ -247,7 +241,9 @@ impl Error {
                 "if the host was rebuilt, confirm its new key with its administrator and replace JETS_SSH_KNOWN \
                  with the output of `{keyscan}`; otherwise someone may be intercepting the connection"
             )),
-            Error::HostKeyRevoked { .. } => Some("the host's key was revoked: ask its administrator for the new one".to_string()),
+            Error::HostKeyRevoked { .. } => {
+                Some("the host's key was revoked: ask its administrator for the new one".to_string())
+            }
             Error::SshAuth { user, .. } => Some(format!(
                 "add the public half of JETS_SSH_KEY to ~{user}/.ssh/authorized_keys on the host, or fix the user in DOCKER_HOST"
             )),
@@ -268,9 +264,7 @@ impl Error {
                 }
                 .to_string(),
             ),
-            Error::Internal(_) => {
-                Some("this is a bug in the agent; please report it with the log above".to_string())
-            }
+            Error::Internal(_) => Some("this is a bug in the agent; please report it with the log above".to_string()),
         }
     }
 
