@@ -75,15 +75,7 @@ pub fn write_config(path: &Path, credentials: &[Credential]) -> Result<usize, Er
     let mut text = serde_json::to_string_pretty(&document).expect("a JSON value serialises");
     text.push('\n');
     if let Some(dir) = path.parent() {
-        if !dir.is_dir() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| Error::LocalFile {
-                action: "create the directory",
-                path: dir.to_path_buf(),
-                source,
-                hint: None,
-            })?;
-        }
+        crate::ssh::files::ensure_private_dir(dir)?;
     }
     crate::ssh::files::write_atomically(path, text.as_bytes(), 0o600, true)?;
     Ok(credentials.len())

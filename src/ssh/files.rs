@@ -112,7 +112,7 @@ fn parent(path: &Path) -> Result<PathBuf, Error> {
 }
 
 /// Creates the directory with mode 0700 if it is missing. An existing one keeps its mode.
-fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
+pub fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
     if dir.is_dir() {
         return Ok(());
     }
