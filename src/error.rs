@@ -252,6 +252,11 @@ impl Error {
                  that the SSH user may open it (group docker), and that sshd allows AllowStreamLocalForwarding"
             )),
             Error::Ssh { .. } => Some("run again; if it persists, check the host's sshd log".to_string()),
+            Error::Daemon { detail, .. } if detail.contains("permission denied") => Some(
+                "add the user to the socket's group (`usermod -aG docker USER`; in a container, \
+                 `--group-add` the socket's gid)"
+                    .to_string(),
+            ),
             Error::Daemon { .. } => Some("check that dockerd runs on the host: `systemctl status docker`".to_string()),
             Error::DaemonTooOld { .. } => Some("upgrade Docker on the host".to_string()),
             Error::Secrets { hint, .. } | Error::Login { hint, .. } => Some(hint.clone()),
