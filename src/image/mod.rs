@@ -256,36 +256,22 @@ async fn push_once(
     let (repository, tag) = split_reference(reference);
     let options = PushImageOptionsBuilder::default().tag(tag).build();
     let mut stream = daemon.docker.push_image(repository, Some(options), credentials_for(credentials, registry));
+    // An error the daemon reports in the push's stream, classed for the retry loop.
+    let failure = |message: String| {
+        let transient = is_transient(&message);
+        let error = Error::Push { reference: reference.to_string(), registry: registry.to_string(), message };
+        if transient { PushFailure::Transient(error) } else { PushFailure::Final(error) }
+    };
     let (mut pushed, mut existed) = (0usize, 0usize);
     let mut digest = None;
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
-            Err(bollard::errors::Error::DockerStreamError { error }) => {
-                let failure = Error::Push {
-                    reference: reference.to_string(),
-                    registry: registry.to_string(),
-                    message: error.clone(),
-                };
-                return Err(if is_transient(&error) {
-                    PushFailure::Transient(failure)
-                } else {
-                    PushFailure::Final(failure)
-                });
-            }
+            Err(bollard::errors::Error::DockerStreamError { error }) => return Err(failure(error)),
             Err(other) => return Err(PushFailure::Final(daemon.explain(other))),
         };
         if let Some(message) = info.error_detail.and_then(|detail| detail.message) {
-            let failure = Error::Push {
-                reference: reference.to_string(),
-                registry: registry.to_string(),
-                message: message.clone(),
-            };
-            return Err(if is_transient(&message) {
-                PushFailure::Transient(failure)
-            } else {
-                PushFailure::Final(failure)
-            });
+            return Err(failure(message));
         }
         match info.status.as_deref() {
             Some("Pushed") => pushed += 1,

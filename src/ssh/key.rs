@@ -217,7 +217,8 @@ mod tests {
             .status()
             .expect("ssh-keygen (openssh-client)");
         assert!(made.success());
-        let listed = std::process::Command::new("ssh-keygen").arg("-lf").arg(path.with_extension("pub")).output().unwrap();
+        let listed =
+            std::process::Command::new("ssh-keygen").arg("-lf").arg(path.with_extension("pub")).output().unwrap();
         let fingerprint = String::from_utf8_lossy(&listed.stdout).split_whitespace().nth(1).unwrap().to_string();
         (std::fs::read_to_string(&path).unwrap(), fingerprint)
     }
