@@ -86,7 +86,7 @@ impl Plan {
             let entries = match &known.value {
                 Value::Known(text) => {
                     let mut hosts = crate::ssh::known_hosts::KnownHosts::default();
-                    hosts.add(&crate::ssh::known_hosts::meaningful_lines(text).join("\n"), "");
+                    hosts.add_pasted(text, "");
                     hosts.describe_entries()
                 }
                 Value::Ssm(_) => Vec::new(),

@@ -353,7 +353,7 @@ impl<'a> Runner<'a> {
     fn known_hosts(&self) -> Result<KnownHosts> {
         let mut known = KnownHosts::default();
         if let Some(text) = self.known_hosts_text()? {
-            known.add(&meaningful_lines(text).join("\n"), "JETS_SSH_KNOWN");
+            known.add_pasted(text, "JETS_SSH_KNOWN");
         }
         let path = &self.config.known_hosts_file.value;
         match std::fs::read_to_string(path) {

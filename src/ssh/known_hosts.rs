@@ -100,6 +100,12 @@ impl KnownHosts {
             .collect()
     }
 
+    /// Adds text pasted into a variable (`JETS_SSH_KNOWN`): repaired as [`meaningful_lines`] does,
+    /// so line numbers count its meaningful lines.
+    pub fn add_pasted(&mut self, text: &str, source: &str) -> Vec<BadLine> {
+        self.add(&meaningful_lines(text).join("\n"), source)
+    }
+
     /// The entries that name this host and port (markers included).
     fn matching(&self, host: &str, port: u16) -> impl Iterator<Item = &KnownHost> {
         let name = lookup_name(host, port);
