@@ -46,6 +46,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which of the daemon's builders builds the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Builder {
+    /// BuildKit when the daemon offers it, else the classic builder
+    Auto,
+    /// BuildKit, with a session for the registry credentials
+    Buildkit,
+    /// The classic builder (DOCKER_BUILDKIT=0)
+    Classic,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build the image on the Docker host and push its tags (or, with --dry, print the plan)
@@ -110,6 +121,11 @@ pub struct RunArgs {
     /// Build without using the daemon's layer cache
     #[arg(long)]
     pub no_cache: bool,
+
+    /// The daemon's builder: auto is BuildKit when the daemon offers it (Linux, API 1.39 or later),
+    /// else the classic builder [default: DOCKER_BUILDKIT=1 or 0 as for the docker CLI, else auto]
+    #[arg(long, value_enum, value_name = "BUILDER")]
+    pub builder: Option<Builder>,
 
     /// Build and tag, but push nothing
     #[arg(long)]

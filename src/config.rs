@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 
-use crate::cli::{Environment, RunArgs};
+use crate::cli::{Builder, Environment, RunArgs};
 use crate::docker_host::DockerHost;
 use crate::error::{Error, Problem};
 use crate::image_ref::{self, EcrRegistry, Repository};
@@ -110,6 +110,7 @@ pub struct Build {
     pub platform: Option<String>,
     pub pull: bool,
     pub no_cache: bool,
+    pub builder: Sourced<Builder>,
 }
 
 /// One `--build-arg`.
@@ -653,6 +654,27 @@ fn check_build(
         None => {}
     }
 
+    let builder = match (args.builder, env.get("DOCKER_BUILDKIT").map(str::trim)) {
+        (Some(builder), _) => Some(Sourced { value: builder, origin: Origin::Flag("--builder") }),
+        (None, None | Some("")) => Some(Sourced { value: Builder::Auto, origin: Origin::Default }),
+        // The docker CLI reads it as a Go boolean.
+        (None, Some(text)) => match text {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => {
+                Some(Sourced { value: Builder::Buildkit, origin: Origin::Env("DOCKER_BUILDKIT") })
+            }
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => {
+                Some(Sourced { value: Builder::Classic, origin: Origin::Env("DOCKER_BUILDKIT") })
+            }
+            _ => {
+                problems.push(
+                    Problem::new("DOCKER_BUILDKIT", format!("{:?} is not a boolean", truncate(text)))
+                        .hint("set DOCKER_BUILDKIT=1 for BuildKit, 0 for the classic builder, or unset it"),
+                );
+                None
+            }
+        },
+    };
+
     if let Some(target) = &args.target {
         if target.trim().is_empty() || target.chars().any(char::is_whitespace) {
             problems.push(
@@ -673,7 +695,8 @@ fn check_build(
         }
     }
 
-    (problems.len() == before).then(|| Build {
+    let builder = builder.filter(|_| problems.len() == before)?;
+    Some(Build {
         context,
         dockerfile,
         build_args,
@@ -682,6 +705,7 @@ fn check_build(
         platform: args.platform.clone(),
         pull: args.pull,
         no_cache: args.no_cache,
+        builder,
     })
 }
 

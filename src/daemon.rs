@@ -13,6 +13,9 @@ use crate::ssh::transport::{SshSession, classify_io};
 /// The oldest API the agent speaks (Docker 1.12). Older daemons are refused with their own exit code.
 pub const MINIMUM_API: (u32, u32) = (1, 24);
 
+/// The first API with BuildKit outside experimental mode (Docker 18.09).
+pub const BUILDKIT_API: (u32, u32) = (1, 39);
+
 /// Seconds a single API request may take before bollard gives up (builds and pushes stream, and
 /// each chunk resets nothing: so this is generous).
 pub const REQUEST_TIMEOUT_SECS: u64 = 3600;
@@ -50,6 +53,14 @@ pub struct Facts {
     pub os: String,
     pub arch: String,
     pub driver: String,
+}
+
+impl Facts {
+    /// Whether the daemon offers BuildKit: a Linux daemon of API 1.39 or later (Windows daemons
+    /// have only the classic builder).
+    pub fn offers_buildkit(&self) -> bool {
+        self.os == "linux" && parse_api(&self.api_version).is_some_and(|api| api >= BUILDKIT_API)
+    }
 }
 
 impl Daemon {

@@ -260,6 +260,11 @@ impl Error {
             Error::Daemon { .. } => Some("check that dockerd runs on the host: `systemctl status docker`".to_string()),
             Error::DaemonTooOld { .. } => Some("upgrade Docker on the host".to_string()),
             Error::Secrets { hint, .. } | Error::Login { hint, .. } => Some(hint.clone()),
+            Error::Build { message, .. } if refused_by_a_registry(message) => Some(
+                "log in to the base image's registry: DOCKER_REGISTRY with DOCKER_USER/DOCKER_PASS, or ECR_REGISTRY \
+                 for ECR"
+                    .to_string(),
+            ),
             Error::Build { .. } => Some("fix the Dockerfile or the sources, then run again".to_string()),
             Error::Push { message, .. } => Some(
                 if message.contains("unauthorized") || message.contains("denied") {
@@ -315,6 +320,14 @@ pub enum ConnectClass {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether a build failed because a registry refused to serve a base image without a login.
+fn refused_by_a_registry(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["401 unauthorized", "no basic auth credentials", "authentication required", "pull access denied"]
+        .iter()
+        .any(|sign| message.contains(sign))
+}
 
 #[cfg(test)]
 mod tests {

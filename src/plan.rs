@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::cli::Builder;
 use crate::config::{BuildArg, Config, RegistryLogin, Sourced, Value};
 use crate::docker_host::DockerHost;
 use crate::error::Result;
@@ -41,6 +42,7 @@ pub enum Step {
         platform: Option<String>,
         pull: bool,
         no_cache: bool,
+        builder: Sourced<Builder>,
         /// The image to pull as cache when the daemon lacks it (a new or wiped host).
         cache_image: Option<String>,
         registry: String,
@@ -134,6 +136,7 @@ impl Plan {
             platform: build.platform.clone(),
             pull: build.pull,
             no_cache: build.no_cache,
+            builder: build.builder.clone(),
             cache_image: config.push.then(|| image.with_tag(crate::image_ref::LATEST)),
             registry: image.registry().to_string(),
         });
@@ -292,6 +295,7 @@ impl Step {
                 platform,
                 pull,
                 no_cache,
+                builder,
                 cache_image,
                 ..
             } => {
@@ -333,6 +337,14 @@ impl Step {
                 if *no_cache {
                     lines.push("without the layer cache".to_string());
                 }
+                lines.push(match builder.value {
+                    Builder::Auto => format!(
+                        "BuildKit if the daemon offers it (Linux, API 1.39 or later), else the classic builder ({})",
+                        builder.origin
+                    ),
+                    Builder::Buildkit => format!("BuildKit ({})", builder.origin),
+                    Builder::Classic => format!("classic builder ({})", builder.origin),
+                });
                 if let Some(cache_image) = cache_image {
                     lines.push(format!(
                         "if the daemon lacks {cache_image}, pull it first as cache (a new or wiped host)"

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 
 use crate::account;
 use crate::aws;
+use crate::cli::Builder;
 use crate::config::{Config, Value};
-use crate::daemon::AuthError;
-use crate::daemon::Daemon;
+use crate::daemon::{AuthError, Daemon, Facts};
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Result};
-use crate::image::{self, BuildRequest, context::Context};
+use crate::image::{self, BuildRequest, Engine, context::Context};
 use crate::plan::{Step, StepRunner};
 use crate::registry::Credential;
 use crate::secrets::{Origin, Secret, SsmRef};
@@ -44,6 +44,8 @@ pub struct Runner<'a> {
     ecr_prefetch: BTreeMap<String, tokio::task::JoinHandle<Result<Secret>>>,
     /// The registries logged into, for config.json, builds and pushes.
     pub credentials: Vec<Credential>,
+    /// What the daemon check learnt.
+    facts: Option<Facts>,
 }
 
 impl<'a> Runner<'a> {
@@ -56,6 +58,7 @@ impl<'a> Runner<'a> {
             ecr_passwords: BTreeMap::new(),
             ecr_prefetch: BTreeMap::new(),
             credentials: Vec::new(),
+            facts: None,
         }
     }
 
@@ -380,7 +383,9 @@ impl<'a> Runner<'a> {
             return Err(Error::Internal("the daemon check ran before the connection".to_string()));
         };
         let facts = daemon.check().await?;
-        Ok(Some(facts.summary()))
+        let summary = facts.summary();
+        self.facts = Some(facts);
+        Ok(Some(summary))
     }
 }
 
@@ -435,6 +440,7 @@ impl StepRunner for Runner<'_> {
                 platform,
                 pull,
                 no_cache,
+                builder,
                 cache_image,
                 registry,
             } => {
@@ -457,7 +463,13 @@ impl StepRunner for Runner<'_> {
                     no_cache: *no_cache,
                     cache_from,
                 };
-                let summary = image::build(daemon, request, &self.credentials).await?;
+                let engine = match builder.value {
+                    Builder::Buildkit => Engine::BuildKit,
+                    Builder::Classic => Engine::Classic,
+                    Builder::Auto if self.facts.as_ref().is_some_and(Facts::offers_buildkit) => Engine::BuildKit,
+                    Builder::Auto => Engine::Classic,
+                };
+                let summary = image::build(daemon, request, engine, &self.credentials).await?;
                 Ok(Some(format!("{} steps, {} CACHED", summary.steps, summary.cached)))
             }
             Step::Tag { source, target } => {

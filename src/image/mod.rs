@@ -3,13 +3,18 @@
 
 pub mod context;
 pub mod dockerignore;
+mod progress;
+
+pub use progress::BuildSummary;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::auth::DockerCredentials;
+use bollard::models::BuildInfoAux;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, BuilderVersion, CreateImageOptionsBuilder, PushImageOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -17,9 +22,8 @@ use crate::config::BuildArg;
 use crate::daemon::Daemon;
 use crate::error::Error;
 use crate::registry::Credential;
+use progress::Progress;
 
-/// Output lines of the failing step shown when a build fails.
-const TAIL: usize = 20;
 /// Attempts of a push before its failure is final.
 const PUSH_ATTEMPTS: u32 = 3;
 
@@ -35,13 +39,6 @@ pub struct BuildRequest<'a> {
     pub no_cache: bool,
     /// Images to use as cache sources (the pulled `latest` on a cold host).
     pub cache_from: Vec<String>,
-}
-
-/// What a build did, for the log.
-#[derive(Debug, Default)]
-pub struct BuildSummary {
-    pub steps: usize,
-    pub cached: usize,
 }
 
 fn credentials_for(credentials: &[Credential], registry: &str) -> Option<DockerCredentials> {
@@ -97,19 +94,28 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-/// One build step as the classic builder reports it.
-struct StepProgress {
-    title: String,
-    started: Instant,
-    cached: bool,
-    output: Vec<String>,
+/// The daemon's builder for one build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    BuildKit,
+    Classic,
 }
 
-/// Builds the image with the classic builder, logging each step with its duration and whether
-/// it was CACHED.
+impl Engine {
+    fn describe(self) -> &'static str {
+        match self {
+            Engine::BuildKit => "BuildKit",
+            Engine::Classic => "classic builder",
+        }
+    }
+}
+
+/// Builds the image with `engine`, logging each step with its duration and whether it was
+/// CACHED.
 pub async fn build(
     daemon: &Daemon,
     request: BuildRequest<'_>,
+    engine: Engine,
     credentials: &[Credential],
 ) -> Result<BuildSummary, Error> {
     let mut build_args: HashMap<String, String> = HashMap::new();
@@ -118,7 +124,13 @@ pub async fn build(
             build_args.insert(arg.key.clone(), value.clone());
         }
     }
+    if engine == Engine::BuildKit {
+        // BuildKit uses a pulled image as cache only if the image records its cache: every image
+        // the agent pushes does, so that a new or wiped host can start from the last push.
+        build_args.entry(INLINE_CACHE.to_string()).or_insert_with(|| "1".to_string());
+    }
     let labels: HashMap<String, String> = request.labels.iter().cloned().collect();
+    let session = session_id();
     let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(&request.context.dockerfile)
         .t(request.reference)
@@ -127,6 +139,9 @@ pub async fn build(
         .nocache(request.no_cache)
         .buildargs(&build_args)
         .labels(&labels);
+    if engine == Engine::BuildKit {
+        options = options.version(BuilderVersion::BuilderBuildKit).session(&session);
+    }
     if request.pull {
         options = options.pull("1");
     }
@@ -140,75 +155,70 @@ pub async fn build(
         options = options.cachefrom(&request.cache_from);
     }
     tracing::info!(
-        "sending the build context: {} file{}, {} (classic builder)",
+        "sending the build context: {} file{}, {} ({})",
         request.context.files,
         if request.context.files == 1 { "" } else { "s" },
-        human_bytes(request.context.bytes)
+        human_bytes(request.context.bytes),
+        engine.describe()
     );
     let body = bollard::body_try_stream(request.context.stream());
-    let config = registry_config(credentials);
+    // Credentials for private base images: the classic builder takes them with the request
+    // (X-Registry-Config, keyed by server address), BuildKit asks the session for them by host.
+    let config = match engine {
+        Engine::Classic => registry_config(credentials),
+        Engine::BuildKit => session_credentials(credentials),
+    };
     let mut stream = daemon.docker.build_image(options.build(), (!config.is_empty()).then_some(config), Some(body));
 
-    let mut summary = BuildSummary::default();
-    let mut current: Option<StepProgress> = None;
-    let mut pending = String::new();
-    let finish = |step: StepProgress, summary: &mut BuildSummary| {
-        summary.steps += 1;
-        if step.cached {
-            summary.cached += 1;
-        }
-        let outcome = if step.cached { "CACHED" } else { "done" };
-        tracing::info!("  {}: {outcome} ({:.2}s)", step.title, step.started.elapsed().as_secs_f64());
-    };
+    let mut progress = Progress::default();
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
-            Err(error) => {
-                let message = match error {
-                    bollard::errors::Error::DockerStreamError { error } => error,
-                    other => return Err(daemon.explain(other)),
-                };
-                return Err(build_failure(current, message));
-            }
+            Err(bollard::errors::Error::DockerStreamError { error }) => return Err(progress.failure(error)),
+            Err(other) => return Err(daemon.explain(other)),
         };
         if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
-            return Err(build_failure(current, detail));
+            return Err(progress.failure(detail));
         }
-        let Some(text) = info.stream else { continue };
-        pending.push_str(&text);
-        while let Some(newline) = pending.find('\n') {
-            let line: String = pending.drain(..=newline).collect();
-            let line = line.trim_end();
-            if let Some(rest) = line.strip_prefix("Step ") {
-                if let Some(step) = current.take() {
-                    finish(step, &mut summary);
-                }
-                let title = format!("step {}", rest.replacen(" : ", " ", 1));
-                current = Some(StepProgress { title, started: Instant::now(), cached: false, output: Vec::new() });
-            } else if let Some(step) = current.as_mut() {
-                if line.trim() == "---> Using cache" {
-                    step.cached = true;
-                } else if !line.trim().is_empty() && !line.trim_start().starts_with("--->") {
-                    tracing::debug!("    {line}");
-                    step.output.push(line.to_string());
-                    if step.output.len() > TAIL {
-                        step.output.remove(0);
-                    }
-                }
-            }
+        if let Some(BuildInfoAux::BuildKit(status)) = info.aux {
+            progress.status(status);
+        }
+        if let Some(text) = info.stream {
+            progress.text(&text);
         }
     }
-    if let Some(step) = current.take() {
-        finish(step, &mut summary);
-    }
-    Ok(summary)
+    Ok(progress.finish())
 }
 
-fn build_failure(step: Option<StepProgress>, message: String) -> Error {
-    match step {
-        Some(step) => Error::Build { step: Some(step.title), message, output: step.output },
-        None => Error::Build { step: None, message, output: Vec::new() },
+/// The build argument that makes BuildKit record its cache in the image.
+const INLINE_CACHE: &str = "BUILDKIT_INLINE_CACHE";
+
+/// A new BuildKit session's id: 16 random bytes, as hex.
+fn session_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut bytes));
+    if random.is_err() {
+        // Unique is all a session id needs to be.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        bytes[..8].copy_from_slice(&(nanos.as_nanos() as u64).to_le_bytes());
+        bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
     }
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Every login keyed by the host BuildKit asks its session for (Docker Hub is
+/// `registry-1.docker.io` there).
+fn session_credentials(credentials: &[Credential]) -> HashMap<String, DockerCredentials> {
+    let mut hosts = HashMap::new();
+    for credential in credentials {
+        let Some(docker) = credentials_for(std::slice::from_ref(credential), &credential.registry) else { continue };
+        if credential.registry == crate::image_ref::DOCKER_HUB {
+            hosts.insert("registry-1.docker.io".to_string(), docker.clone());
+        }
+        hosts.insert(credential.registry.clone(), docker);
+    }
+    hosts
 }
 
 /// Tags `source` as `target`.

@@ -34,12 +34,17 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// A run over ssh that pushes to the ECR stand-in with moto's token.
-fn full_run(world: &World, repository: &str) -> Agent {
+/// A run over ssh, Jets-style.
+fn over_ssh(world: &World) -> Agent {
     Agent::new()
         .env("DOCKER_HOST", world.ssh_url())
         .env("JETS_SSH_KEY", read(&world.key_ed25519))
         .env("JETS_SSH_KNOWN", read(&world.known_hosts_hashed))
+}
+
+/// A run over ssh that pushes to the ECR stand-in with moto's token.
+fn full_run(world: &World, repository: &str) -> Agent {
+    over_ssh(world)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")
         .env("AWS_REGION", "us-east-1")
@@ -82,38 +87,113 @@ fn a_full_run_builds_pushes_both_tags_and_writes_imagedefinitions() {
     assert!(outcome.stderr.contains("done: 11 steps"), "{}", outcome.stderr);
 }
 
-#[test]
-fn an_unchanged_rebuild_is_all_cached_and_a_source_change_rebuilds_only_after_it() {
+/// Runs the example app three times with `builder`: cold, unchanged (every step CACHED), and with
+/// one source file changed (only the steps from its COPY on rebuilt).
+fn cached_rebuilds(builder: &str, engine_line: &str) {
     let world = World::shared();
-    let repository = unique("cache");
+    let repository = unique(&format!("cache-{builder}"));
     let agent = full_run(world, &repository);
     let app = example_app(agent.work.path());
     std::fs::write(app.join("src/id.txt"), &repository).unwrap();
-    let args = ["run", "--context", app.to_str().unwrap()];
+    let args = ["run", "--context", app.to_str().unwrap(), "--builder", builder];
     let run = || {
         let outcome = full_run(world, &repository).args(args).run();
         outcome.expect_code(0);
+        assert!(outcome.stderr.contains(engine_line), "{}", outcome.stderr);
         outcome
     };
     run();
+    // FROM scratch is a step of the classic builder only, and never "cached"; CMD only records
+    // metadata (the classic builder may or may not call it cached, BuildKit does not list it).
+    let builds = |line: &&String| !line.contains(" FROM ") && !line.contains(" CMD ");
     let second = run();
     let steps = step_lines(&second);
-    assert_eq!(steps.len(), 8, "{}", second.stderr);
-    for line in &steps[1..] {
+    assert_eq!(steps.iter().filter(builds).count(), 6, "{}", second.stderr);
+    for line in steps.iter().filter(builds) {
         assert!(line.contains(": CACHED"), "not cached on an unchanged rebuild: {line}\n{}", second.stderr);
     }
 
     std::fs::write(app.join("src/main.sh"), "echo changed\n").unwrap();
     let third = run();
-    let steps = step_lines(&third);
+    let steps: Vec<String> = step_lines(&third).into_iter().filter(|line| builds(&line)).collect();
     let source_step = steps.iter().position(|line| line.contains("COPY src/")).expect("the COPY src/ step");
-    for line in &steps[1..source_step] {
-        assert!(line.contains(": CACHED"), "a step before the change was rebuilt: {line}");
+    for line in &steps[..source_step] {
+        assert!(line.contains(": CACHED"), "a step before the change was rebuilt: {line}\n{}", third.stderr);
     }
-    // The steps from the changed COPY on are rebuilt; CMD only records metadata and may be cached.
-    for line in &steps[source_step..steps.len() - 1] {
-        assert!(!line.contains(": CACHED"), "a step after the change was cached: {line}");
+    for line in &steps[source_step..] {
+        assert!(!line.contains(": CACHED"), "a step after the change was cached: {line}\n{}", third.stderr);
     }
+}
+
+#[test]
+fn an_unchanged_rebuild_is_all_cached_and_a_source_change_rebuilds_only_after_it_with_buildkit() {
+    cached_rebuilds("auto", "(BuildKit)");
+}
+
+#[test]
+fn an_unchanged_rebuild_is_all_cached_and_a_source_change_rebuilds_only_after_it_with_the_classic_builder() {
+    cached_rebuilds("classic", "(classic builder)");
+}
+
+/// A Dockerfile `FROM` a private image in the Docker Hub stand-in (htpasswd): refused without the
+/// login, built with it — the credentials go with the build (the classic builder's
+/// X-Registry-Config, BuildKit's session).
+fn private_base_image(builder: &str) {
+    let world = World::shared();
+    let base = format!("{}/{}", world.hub_registry, unique(&format!("base-{builder}")));
+    let hub_login = |agent: Agent| {
+        agent
+            .env("DOCKER_REGISTRY", &world.hub_registry)
+            .env("DOCKER_USER", &world.hub_user)
+            .env("DOCKER_PASS", world.hub_pass())
+    };
+    // The base image, pushed by the agent, then removed from the daemon so that a build pulls it.
+    let agent = hub_login(Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+    let app = example_app(agent.work.path());
+    std::fs::write(app.join("Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").unwrap();
+    agent.args(["run", "--context", app.to_str().unwrap(), "--image", &base, "--tag", "1"]).run().expect_code(0);
+    let _ = Command::new("docker")
+        .args(["rmi", &format!("{base}:1"), &format!("{base}:latest")])
+        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+        .output();
+
+    let child = |agent: Agent| {
+        let dir = agent.work.path().join("child");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Dockerfile"), format!("FROM {base}:1\nRUN [\"/bin/busybox\", \"true\"]\n")).unwrap();
+        let tag = format!("{}", std::process::id());
+        let context = dir.to_str().unwrap().to_string();
+        agent
+            .args([
+                "run",
+                "--context",
+                &context,
+                "--image",
+                "agent-it/child",
+                "--tag",
+                &tag,
+                "--no-push",
+                "--builder",
+                builder,
+            ])
+            .run()
+    };
+    let refused = child(over_ssh(world));
+    refused.expect_code(50);
+    assert!(refused.stderr.contains("hint: log in to the base image's registry"), "{}", refused.stderr);
+    let built = child(hub_login(over_ssh(world)));
+    built.expect_code(0);
+    assert!(built.stderr.contains(&format!("FROM {base}:1")), "{}", built.stderr);
+}
+
+#[test]
+fn a_private_base_image_is_pulled_with_the_login_by_buildkit() {
+    private_base_image("buildkit");
+}
+
+#[test]
+fn a_private_base_image_is_pulled_with_the_login_by_the_classic_builder() {
+    private_base_image("classic");
 }
 
 #[test]
@@ -155,10 +235,11 @@ fn dockerignore_keeps_files_out_of_the_image() {
     }
 }
 
-#[test]
-fn a_failing_run_step_exits_with_the_build_class_shows_its_output_and_pushes_nothing() {
+/// A RUN step that fails with `builder`: the build's exit class, the step and its output, and
+/// nothing pushed.
+fn failing_run_step(builder: &str, step: &str, message: &str) {
     let world = World::shared();
-    let repository = unique("failing");
+    let repository = unique(&format!("failing-{builder}"));
     let agent = full_run(world, &repository);
     let app = example_app(agent.work.path());
     std::fs::write(
@@ -166,12 +247,22 @@ fn a_failing_run_step_exits_with_the_build_class_shows_its_output_and_pushes_not
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo compiling widget.c; echo 'widget.c:3: error: expected ;' >&2; exit 3\"]\n",
     )
     .unwrap();
-    let outcome = agent.args(["run", "--context", app.to_str().unwrap()]).run();
+    let outcome = agent.args(["run", "--context", app.to_str().unwrap(), "--builder", builder]).run();
     outcome.expect_code(50);
-    assert!(outcome.stderr.contains("the build failed at step 3/3 RUN"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains(&format!("the build failed at {step} RUN")), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("widget.c:3: error: expected ;"), "{}", outcome.stderr);
-    assert!(outcome.stderr.contains("returned a non-zero code: 3"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains(message), "{}", outcome.stderr);
     assert!(world.ecr_tags(&repository).is_empty(), "nothing may be pushed after a failed build");
+}
+
+#[test]
+fn a_failing_run_step_exits_with_the_build_class_shows_its_output_and_pushes_nothing_with_buildkit() {
+    failing_run_step("buildkit", "step 2/2", "exit code: 3");
+}
+
+#[test]
+fn a_failing_run_step_exits_with_the_build_class_shows_its_output_and_pushes_nothing_with_the_classic_builder() {
+    failing_run_step("classic", "step 3/3", "returned a non-zero code: 3");
 }
 
 #[test]
