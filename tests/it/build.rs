@@ -196,6 +196,50 @@ fn a_private_base_image_is_pulled_with_the_login_by_the_classic_builder() {
     private_base_image("classic");
 }
 
+/// A new or wiped host: the agent pulls the pushed `latest` and builds from it as cache, with
+/// either builder. The cold host is the world's second daemon, wiped whole here (its builds use
+/// COPY steps only: it has no bridge network). Both builders in one test: they share the host.
+#[test]
+fn a_wiped_host_pulls_latest_and_builds_from_it_as_cache() {
+    let world = World::shared();
+    let cold = format!("unix://{}", world.cold_docker_sock.display());
+    let wipe = || {
+        for args in [["system", "prune", "-af"], ["builder", "prune", "-af"]] {
+            let output = Command::new("docker").arg("-H").arg(&cold).args(args).output().expect("docker");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        }
+    };
+    for builder in ["buildkit", "classic"] {
+        let repository = unique(&format!("cold-{builder}"));
+        let run = || {
+            let agent = full_run(world, &repository).env("DOCKER_HOST", &cold);
+            let app = agent.work.path().join("app");
+            std::fs::create_dir_all(&app).unwrap();
+            std::fs::copy("/bin/busybox", app.join("busybox")).unwrap();
+            std::fs::write(app.join("unique.txt"), &repository).unwrap();
+            std::fs::write(
+                app.join("Dockerfile"),
+                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY unique.txt /unique.txt\nCOPY unique.txt /again.txt\n",
+            )
+            .unwrap();
+            let outcome = agent.args(["run", "--context", app.to_str().unwrap(), "--builder", builder]).run();
+            outcome.expect_code(0);
+            outcome
+        };
+        wipe();
+        let first = run();
+        assert!(first.stderr.contains(":latest to use as cache ("), "{}", first.stderr);
+        wipe();
+        let second = run();
+        assert!(second.stderr.contains(":latest as cache for a cold host"), "{}", second.stderr);
+        let copies: Vec<String> = step_lines(&second).into_iter().filter(|line| line.contains(" COPY ")).collect();
+        assert_eq!(copies.len(), 3, "{}", second.stderr);
+        for line in copies {
+            assert!(line.contains(": CACHED"), "{builder}: not built from the pulled cache: {line}\n{}", second.stderr);
+        }
+    }
+}
+
 #[test]
 fn dockerignore_keeps_files_out_of_the_image() {
     let world = World::shared();

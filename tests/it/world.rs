@@ -28,6 +28,8 @@ pub struct World {
     pub state_dir: PathBuf,
     /// TW_DOCKER_SOCK: the daemon's unix socket (`/var/run/docker.sock`).
     pub docker_sock: PathBuf,
+    /// TW_COLD_DOCKER_SOCK: a second daemon, the world's own, that tests may wipe (a new host).
+    pub cold_docker_sock: PathBuf,
     /// TW_DOCKER_TCP: `127.0.0.1:PORT`, plain TCP forwarded to the daemon's socket.
     pub docker_tcp: String,
     /// `127.0.0.1:PORT` of the daemon behind TLS with a client certificate.
@@ -148,6 +150,7 @@ impl World {
             env_file: path.to_path_buf(),
             state_dir: p("TW_STATE_DIR"),
             docker_sock: p("TW_DOCKER_SOCK"),
+            cold_docker_sock: p("TW_COLD_DOCKER_SOCK"),
             docker_tcp: s("TW_DOCKER_TCP"),
             ssh_host: s("TW_SSH_HOST"),
             ssh_port,
