@@ -132,6 +132,125 @@ fn own_registry() -> Server {
     Server { child, _dir: dir, port }
 }
 
+/// How the proxy answers a request it picks.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// `503 Service Unavailable`, without a registry error body (the daemon does not retry it).
+    Unavailable,
+    /// The connection closed without an answer: the registry went away.
+    Dropped,
+}
+
+/// A loopback proxy in front of a registry that answers the requests `picks` chooses with a
+/// fault, as long as `remaining` is above zero, and passes everything else through. Each request
+/// gets its own upstream connection (`Connection: close`), so that every request is seen.
+struct FaultProxy {
+    port: u16,
+    remaining: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultProxy {
+    fn start(upstream: u16, fault: Fault, count: usize, picks: fn(&str, &str) -> bool) -> FaultProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let remaining = Arc::new(AtomicUsize::new(count));
+        let faults = remaining.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let faults = faults.clone();
+                std::thread::spawn(move || {
+                    let pick = |method: &str, path: &str| {
+                        picks(method, path)
+                            && faults.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+                    };
+                    let _ = proxy_one(client, upstream, fault, pick);
+                });
+            }
+        });
+        FaultProxy { port, remaining }
+    }
+
+    /// No more faults: everything passes through.
+    fn heal(&self) {
+        self.remaining.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn proxy_one(
+    mut client: std::net::TcpStream,
+    upstream: u16,
+    fault: Fault,
+    pick: impl Fn(&str, &str) -> bool,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        // The daemon tries TLS first on a loopback registry: refuse it at once, as a plain HTTP
+        // server would, so that it falls back to HTTP.
+        if buffer.first() == Some(&0x16) {
+            return client.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end;
+        }
+        let n = client.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    if pick(method, path) {
+        if let Fault::Unavailable = fault {
+            client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        }
+        return client.shutdown(std::net::Shutdown::Both);
+    }
+    let mut request: String = head
+        .split("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    request.push_str("Connection: close\r\n\r\n");
+    let mut server = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+    server.write_all(request.as_bytes())?;
+    server.write_all(&buffer[end + 4..])?;
+    let (mut from_client, mut to_server) = (client.try_clone()?, server.try_clone()?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_client, &mut to_server);
+        let _ = to_server.shutdown(std::net::Shutdown::Write);
+    });
+    std::io::copy(&mut server, &mut client)?;
+    client.shutdown(std::net::Shutdown::Both)
+}
+
+/// Whether a request uploads a manifest: the last request of a push, after its layers.
+fn manifest_upload(method: &str, path: &str) -> bool {
+    method == "PUT" && path.contains("/manifests/")
+}
+
+/// The tags of a repository in a registry without authentication.
+fn registry_tags(port: u16, repository: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET /v2/{repository}/tags/list HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let mut tags: Vec<String> = value["tags"]
+        .as_array()
+        .map(|tags| tags.iter().filter_map(|tag| tag.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    tags.sort();
+    tags
+}
+
 /// A context whose build takes a few seconds (so a fault can strike during it).
 fn slow_app(dir: &Path, seconds: u32, nonce: &str) -> PathBuf {
     let app = dir.join("slow");
@@ -228,4 +347,45 @@ fn a_stopped_daemon_behind_ssh_is_a_remote_socket_failure() {
     outcome.expect_code(26);
     assert!(outcome.stderr.contains(&socket.display().to_string()), "{}", outcome.stderr);
     assert!(outcome.elapsed < Duration::from_secs(15), "took {:?}", outcome.elapsed);
+}
+
+#[test]
+fn a_registry_that_drops_the_connection_mid_push_is_retried_and_the_push_lands() {
+    let registry = own_registry();
+    let proxy = FaultProxy::start(registry.port, Fault::Dropped, 1, manifest_upload);
+    let repository = format!("127.0.0.1:{}/agent-it/fault-dropped", proxy.port);
+    let agent = Agent::new().env("DOCKER_HOST", "unix:///var/run/docker.sock");
+    let app = slow_app(agent.work.path(), 0, &nonce());
+    let outcome = agent.args(["run", "--image", &repository, "--tag", "v1", "--context", app.to_str().unwrap()]).run();
+    outcome.expect_code(0);
+    assert!(outcome.stderr.contains(&format!("push {repository}:v1 failed")), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("retrying in 1s"), "{}", outcome.stderr);
+    assert_eq!(registry_tags(registry.port, "agent-it/fault-dropped"), ["v1"]);
+}
+
+#[test]
+fn a_registry_answering_503_to_every_push_is_a_push_failure_and_a_rerun_succeeds() {
+    let registry = own_registry();
+    let proxy = FaultProxy::start(registry.port, Fault::Unavailable, usize::MAX, manifest_upload);
+    let repository = format!("127.0.0.1:{}/agent-it/fault-503", proxy.port);
+    let run = || {
+        let agent = Agent::new().env("DOCKER_HOST", "unix:///var/run/docker.sock");
+        let app = slow_app(agent.work.path(), 0, &nonce());
+        agent.args(["run", "--image", &repository, "--tag", "v1", "--context", app.to_str().unwrap()]).run()
+    };
+    let outcome = run();
+    outcome.expect_code(60);
+    assert!(
+        outcome.stderr.contains(&format!("failed to push {repository}:v1 to 127.0.0.1:{}", proxy.port)),
+        "{}",
+        outcome.stderr
+    );
+    assert!(outcome.stderr.contains("503 Service Unavailable"), "{}", outcome.stderr);
+    assert_eq!(outcome.stderr.matches("retrying in").count(), 2, "three attempts: {}", outcome.stderr);
+    assert!(outcome.elapsed < Duration::from_secs(60), "took {:?}", outcome.elapsed);
+    assert!(registry_tags(registry.port, "agent-it/fault-503").is_empty(), "no tag may land");
+
+    proxy.heal();
+    run().expect_code(0);
+    assert_eq!(registry_tags(registry.port, "agent-it/fault-503"), ["v1"]);
 }
