@@ -168,6 +168,11 @@ pub struct RunArgs {
     /// Seconds to wait for a connection to the Docker host
     #[arg(long, default_value_t = 20, env = "AGENT_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub connect_timeout: u64,
+
+    /// Seconds the SSH connection may go unanswered before the run fails as a dropped connection
+    /// (a keepalive is sent every third of it; a build step may be silent for longer)
+    #[arg(long, default_value_t = 45, env = "AGENT_READ_TIMEOUT", value_name = "SECONDS")]
+    pub read_timeout: u64,
 }
 
 /// The environment variables read without a flag, with what each is for; printed in `--help`.

@@ -41,6 +41,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
+    /// How long the SSH connection may go unanswered (keepalives every third of it).
+    pub read_timeout: Duration,
     /// The SSH private key to install and log in with (`JETS_SSH_KEY`), decoded.
     pub ssh_key: Option<Sourced<Value<Arc<SshKey>>>>,
     /// The passphrase of an encrypted `JETS_SSH_KEY`.
@@ -197,6 +199,12 @@ impl Config {
             },
         };
         let host_origin = if host_text.is_none() { Origin::Default } else { host_origin };
+        if args.read_timeout < 3 {
+            problems.push(
+                Problem::new("--read-timeout", format!("{} seconds is too short", args.read_timeout))
+                    .hint("give 3 seconds or more (a keepalive goes every third of it), e.g. 45"),
+            );
+        }
         if args.connect_timeout == 0 {
             problems.push(
                 Problem::new("--connect-timeout", "the timeout is 0 seconds")
@@ -395,6 +403,7 @@ impl Config {
                     host: Sourced { value: host, origin: host_origin },
                     tls,
                     connect_timeout: Duration::from_secs(args.connect_timeout),
+                    read_timeout: Duration::from_secs(args.read_timeout),
                     ssh_key,
                     ssh_key_passphrase,
                     ssh_key_file,

@@ -229,7 +229,7 @@ impl Daemon {
         }
         if let Some(ssh) = &self.ssh {
             if ssh.is_closed() {
-                return Error::Ssh { host: self.target.clone(), detail: "the connection dropped".to_string() };
+                return Error::Ssh { host: self.target.clone(), detail: ssh.end_reason() };
             }
         }
         Error::Daemon { target: self.target.clone(), detail: format!("did not answer: {}", error_chain(&error)) }

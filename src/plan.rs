@@ -22,7 +22,7 @@ pub enum Step {
     /// Add the known_hosts lines that are not there yet.
     InstallKnownHosts { origin: Origin, path: PathBuf, entries: Vec<String> },
     /// Open the connection to the daemon.
-    Connect { host: Sourced<Value<DockerHost>>, timeout: Duration, tls: Option<PathBuf> },
+    Connect { host: Sourced<Value<DockerHost>>, timeout: Duration, read_timeout: Duration, tls: Option<PathBuf> },
     /// Ping the daemon and read its version.
     CheckDaemon,
     /// Log into a registry with a user and password, checked by the daemon.
@@ -102,6 +102,7 @@ impl Plan {
         steps.push(Step::Connect {
             host: config.host.clone(),
             timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
             tls: config.tls.as_ref().map(|tls| tls.cert_dir.clone()),
         });
         steps.push(Step::CheckDaemon);
@@ -236,7 +237,7 @@ impl Step {
                 }
                 lines.push(format!("append the lines not already in {} (mode 0644)", path.display()));
             }
-            Step::Connect { host, timeout, tls } => {
+            Step::Connect { host, timeout, read_timeout, tls } => {
                 match &host.value {
                     Value::Known(DockerHost::Ssh { user, host: name, port, socket }) => {
                         lines.push(format!("daemon {} (from {})", host.value_text(), host.origin));
@@ -245,6 +246,11 @@ impl Step {
                             user.as_deref().unwrap_or("the current user")
                         ));
                         lines.push(format!("each HTTP connection is a channel to the remote socket {socket}"));
+                        lines.push(format!(
+                            "keepalive every {}s: unanswered for {}s, the connection counts as dropped",
+                            (*read_timeout / 3).as_secs(),
+                            read_timeout.as_secs()
+                        ));
                     }
                     Value::Known(DockerHost::Tcp { .. }) => {
                         lines.push(format!("daemon {} (from {})", host.value_text(), host.origin));

@@ -26,9 +26,6 @@ use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
 /// Variables whose values are secrets, wherever they come from.
 const SECRET_VARIABLES: &[&str] = &["JETS_SSH_KEY", "DOCKER_PASS", "JETS_SSH_KEY_PASSPHRASE"];
 
-/// Keepalive interval on the SSH connection: a dead host is noticed after about four of these.
-const KEEPALIVE: Duration = Duration::from_secs(15);
-
 /// The agent's runner.
 pub struct Runner<'a> {
     config: &'a Config,
@@ -281,7 +278,12 @@ impl<'a> Runner<'a> {
         }))
     }
 
-    async fn connect(&mut self, host: &DockerHost, timeout: Duration) -> Result<Option<String>> {
+    async fn connect(
+        &mut self,
+        host: &DockerHost,
+        timeout: Duration,
+        read_timeout: Duration,
+    ) -> Result<Option<String>> {
         let daemon = match host {
             DockerHost::Unix { path } => Daemon::unix(path, timeout)?,
             DockerHost::Tcp { host: name, port } => {
@@ -317,9 +319,13 @@ impl<'a> Runner<'a> {
                 let keys = self.login_keys(name)?;
                 let known = Arc::new(self.known_hosts()?);
                 let target = SshTarget { host: name.clone(), port: *port, user, socket: socket.clone() };
-                let session =
-                    SshSession::connect(target, &keys, known, Timeouts { connect: timeout, keepalive: KEEPALIVE })
-                        .await?;
+                let session = SshSession::connect(
+                    target,
+                    &keys,
+                    known,
+                    Timeouts { connect: timeout, keepalive: read_timeout / 3 },
+                )
+                .await?;
                 Daemon::over_ssh(Arc::new(session), host.to_string(), timeout)?
             }
         };
@@ -411,7 +417,7 @@ impl StepRunner for Runner<'_> {
             Step::InstallSshKey { path, .. } => self.install_key(path).await,
             Step::InstallKnownHosts { path, .. } => self.install_known_hosts(path).await,
             Step::ResolveSsm { references, .. } => self.resolve_ssm(references).await,
-            Step::Connect { host, timeout, .. } => {
+            Step::Connect { host, timeout, read_timeout, .. } => {
                 let target = match &host.value {
                     Value::Known(target) => target.clone(),
                     Value::Ssm(reference) => {
@@ -425,7 +431,7 @@ impl StepRunner for Runner<'_> {
                     }
                 };
                 self.prefetch_ecr_tokens().await;
-                self.connect(&target, *timeout).await
+                self.connect(&target, *timeout, *read_timeout).await
             }
             Step::CheckDaemon => self.check_daemon().await,
             Step::Login { registry, user, password } => self.login(&registry.value, &user.value, password).await,

@@ -62,6 +62,8 @@ pub struct SshSession {
     target: SshTarget,
     /// The last failure to open a channel, kept for classifying the error bollard reports.
     last_failure: Mutex<Option<Error>>,
+    /// Why the connection ended, once it has.
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 /// What the handshake saw: the host key verdict (the handler can only say yes or no to russh).
@@ -77,10 +79,29 @@ struct Verifier {
     host: String,
     port: u16,
     verdict: Arc<Mutex<Verdict>>,
+    /// How long the server may go unanswered (keepalive interval × 3), for the end's reason.
+    read_timeout: Duration,
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 impl client::Handler for Verifier {
     type Error = russh::Error;
+
+    async fn disconnected(&mut self, reason: client::DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+        let (why, result) = match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => ("the server closed the connection".to_string(), Ok(())),
+            client::DisconnectReason::Error(russh::Error::KeepaliveTimeout) => (
+                format!(
+                    "the host stopped answering: no reply to keepalives for {}s (--read-timeout)",
+                    self.read_timeout.as_secs()
+                ),
+                Err(russh::Error::KeepaliveTimeout),
+            ),
+            client::DisconnectReason::Error(error) => (format!("the connection dropped: {error}"), Err(error)),
+        };
+        self.ended.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert(why);
+        result
+    }
 
     async fn check_server_key(&mut self, server: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let mut verdict = self.verdict.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -154,7 +175,15 @@ impl SshSession {
             ..Default::default()
         });
         let verdict = Arc::new(Mutex::new(Verdict::default()));
-        let verifier = Verifier { known, host: target.host.clone(), port: target.port, verdict: verdict.clone() };
+        let ended = Arc::new(Mutex::new(None));
+        let verifier = Verifier {
+            known,
+            host: target.host.clone(),
+            port: target.port,
+            verdict: verdict.clone(),
+            read_timeout: timeouts.keepalive * 3,
+            ended: ended.clone(),
+        };
 
         let handshake =
             tokio::time::timeout_at(deadline, client::connect_stream(config, QuickAck(tcp), verifier)).await;
@@ -202,7 +231,7 @@ impl SshSession {
                 Err(_) => return Err(timed_out("authentication")),
                 Ok(Ok(result)) if result.success() => {
                     tracing::debug!("ssh: authenticated as {} with {label}", target.user);
-                    return Ok(SshSession { handle, target, last_failure: Mutex::new(None) });
+                    return Ok(SshSession { handle, target, last_failure: Mutex::new(None), ended });
                 }
                 Ok(Ok(_)) => refused.push(label.clone()),
                 Ok(Err(error)) => {
@@ -242,6 +271,13 @@ impl SshSession {
         self.handle.is_closed()
     }
 
+    /// Why the connection ended, in words.
+    pub fn end_reason(&self) -> String {
+        self.ended.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone().unwrap_or_else(|| {
+            "the connection was closed (the host went away or stopped answering keepalives)".to_string()
+        })
+    }
+
     /// Closes the connection politely.
     pub async fn close(&self) {
         let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "done", "en").await;
@@ -255,10 +291,7 @@ impl SshSession {
     async fn open_channel(&self) -> io::Result<russh::ChannelStream<client::Msg>> {
         let host = self.target.name();
         let failure = if self.handle.is_closed() {
-            Error::Ssh {
-                host: host.clone(),
-                detail: "the connection was closed (the host went away or stopped answering keepalives)".to_string(),
-            }
+            Error::Ssh { host: host.clone(), detail: self.end_reason() }
         } else {
             match self.handle.channel_open_direct_streamlocal(self.target.socket.as_str()).await {
                 Ok(channel) => return Ok(channel.into_stream()),

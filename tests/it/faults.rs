@@ -256,10 +256,13 @@ fn slow_app(dir: &Path, seconds: u32, nonce: &str) -> PathBuf {
     let app = dir.join("slow");
     std::fs::create_dir_all(&app).unwrap();
     std::fs::copy("/bin/busybox", app.join("busybox")).unwrap();
+    // A file of its own before the RUN: neither builder has the step cached (a LABEL would not
+    // do: BuildKit does not key its cache on metadata).
+    std::fs::write(app.join("nonce.txt"), nonce).unwrap();
     std::fs::write(
         app.join("Dockerfile"),
         format!(
-            "FROM scratch\nCOPY busybox /bin/busybox\nLABEL nonce={nonce}\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY nonce.txt /nonce.txt\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"
         ),
     )
     .unwrap();
@@ -388,4 +391,49 @@ fn a_registry_answering_503_to_every_push_is_a_push_failure_and_a_rerun_succeeds
     proxy.heal();
     run().expect_code(0);
     assert_eq!(registry_tags(registry.port, "agent-it/fault-503"), ["v1"]);
+}
+
+/// Stops (SIGSTOP) or resumes (SIGCONT) a server and every process it started.
+fn signal_all(server: &Server, signal: i32) {
+    for pid in std::iter::once(server.child.id()).chain(descendants(server.child.id())) {
+        // SAFETY: a plain kill(2) of a process this test's own server started.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+}
+
+#[test]
+fn an_ssh_host_that_stops_answering_mid_build_fails_after_the_read_timeout_and_a_rerun_succeeds() {
+    let world = World::shared();
+    let (sshd, known) = own_sshd(world);
+    let agent = Agent::new()
+        .env("DOCKER_HOST", format!("ssh://{}@127.0.0.1:{}", world.ssh_user, sshd.port))
+        .env("JETS_SSH_KEY", read(&world.key_ed25519))
+        .env("JETS_SSH_KNOWN", &known)
+        .env("AGENT_READ_TIMEOUT", "3");
+    let app = slow_app(agent.work.path(), 20, &nonce());
+    let agent =
+        agent.args(["run", "--image", "agent-it/fault-silent", "--no-push", "--context", app.to_str().unwrap()]);
+    let outcome = std::thread::scope(|scope| {
+        let run = scope.spawn(|| agent.run());
+        std::thread::sleep(Duration::from_secs(2));
+        // The host freezes: the TCP connection stays open, nothing answers.
+        signal_all(&sshd, libc::SIGSTOP);
+        let outcome = run.join().unwrap();
+        signal_all(&sshd, libc::SIGCONT);
+        outcome
+    });
+    outcome.expect_code(27);
+    assert!(outcome.stderr.contains("stopped answering"), "{}", outcome.stderr);
+    assert!(outcome.elapsed < Duration::from_secs(12), "the read timeout is 3s, the run took {:?}", outcome.elapsed);
+    drop(sshd);
+
+    let (sshd, known) = own_sshd(world);
+    let app = slow_app(agent.work.path(), 0, &nonce());
+    Agent::new()
+        .env("DOCKER_HOST", format!("ssh://{}@127.0.0.1:{}", world.ssh_user, sshd.port))
+        .env("JETS_SSH_KEY", read(&world.key_ed25519))
+        .env("JETS_SSH_KNOWN", &known)
+        .args(["run", "--image", "agent-it/fault-silent", "--no-push", "--context", app.to_str().unwrap()])
+        .run()
+        .expect_code(0);
 }
