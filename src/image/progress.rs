@@ -170,8 +170,16 @@ impl Progress {
         if let Some(step) = self.classic.take() {
             return Error::Build { step: Some(step.title), message, output: step.output.into() };
         }
-        let failed =
-            self.order.iter().rev().filter_map(|digest| self.vertices.get(digest)).find(|v| !v.error.is_empty());
+        // The failing step: BuildKit cancels the steps running beside it, and those report
+        // "canceled" errors of their own.
+        let errors: Vec<&Vertex> = self
+            .order
+            .iter()
+            .rev()
+            .filter_map(|digest| self.vertices.get(digest))
+            .filter(|v| !v.error.is_empty())
+            .collect();
+        let failed = errors.iter().find(|v| !v.error.contains("canceled")).or(errors.first()).copied();
         match failed {
             Some(vertex) => {
                 let mut output: Vec<String> = vertex.output.iter().cloned().collect();
@@ -291,6 +299,20 @@ mod tests {
         assert_eq!(output.len(), TAIL + 1);
         assert_eq!(output.first().map(String::as_str), Some("line 10"));
         assert_eq!(output.last().map(String::as_str), Some("no newline"));
+    }
+
+    #[test]
+    fn a_step_canceled_beside_the_failing_one_is_not_blamed() {
+        let mut progress = Progress::default();
+        let failed =
+            BkVertex { error: "exit code: 1".to_string(), ..vertex("a", "[build 3/4] RUN make", false, 1, Some(2)) };
+        let canceled = BkVertex {
+            error: "context canceled".to_string(),
+            ..vertex("b", "[test 2/2] RUN sleep 9", false, 1, Some(2))
+        };
+        progress.status(StatusResponse { vertexes: vec![failed, canceled], ..Default::default() });
+        let Error::Build { step, .. } = progress.failure("failed".to_string()) else { panic!("not a build error") };
+        assert_eq!(step.as_deref(), Some("step build 3/4 RUN make"));
     }
 
     #[test]

@@ -109,6 +109,14 @@ fn own_sshd(world: &World) -> (Server, String) {
     (Server { child, _dir: dir, port }, known.join("\n"))
 }
 
+/// A run over ssh to this test's own sshd.
+fn over_own_sshd(world: &World, sshd: &Server, known: &str) -> Agent {
+    Agent::new()
+        .env("DOCKER_HOST", format!("ssh://{}@127.0.0.1:{}", world.ssh_user, sshd.port))
+        .env("JETS_SSH_KEY", read(&world.key_ed25519))
+        .env("JETS_SSH_KNOWN", known)
+}
+
 /// A registry of this test's own, without authentication.
 fn own_registry() -> Server {
     let dir = tempfile::tempdir().unwrap();
@@ -281,10 +289,7 @@ fn nonce() -> String {
 fn sshd_killed_during_a_build_is_an_ssh_failure_and_a_rerun_succeeds() {
     let world = World::shared();
     let (mut sshd, known) = own_sshd(world);
-    let agent = Agent::new()
-        .env("DOCKER_HOST", format!("ssh://{}@127.0.0.1:{}", world.ssh_user, sshd.port))
-        .env("JETS_SSH_KEY", read(&world.key_ed25519))
-        .env("JETS_SSH_KNOWN", &known);
+    let agent = over_own_sshd(world, &sshd, &known);
     let app = slow_app(agent.work.path(), 6, &nonce());
     let agent = agent.args(["run", "--image", "agent-it/fault-sshd", "--no-push", "--context", app.to_str().unwrap()]);
     let outcome = std::thread::scope(|scope| {
@@ -301,10 +306,7 @@ fn sshd_killed_during_a_build_is_an_ssh_failure_and_a_rerun_succeeds() {
     // The host is back: the same run succeeds.
     let (sshd, known) = own_sshd(world);
     let app = slow_app(agent.work.path(), 1, &nonce());
-    let rerun = Agent::new()
-        .env("DOCKER_HOST", format!("ssh://{}@127.0.0.1:{}", world.ssh_user, sshd.port))
-        .env("JETS_SSH_KEY", read(&world.key_ed25519))
-        .env("JETS_SSH_KNOWN", &known)
+    let rerun = over_own_sshd(world, &sshd, &known)
         .args(["run", "--image", "agent-it/fault-sshd", "--no-push", "--context", app.to_str().unwrap()])
         .run();
     rerun.expect_code(0);
@@ -405,11 +407,7 @@ fn signal_all(server: &Server, signal: i32) {
 fn an_ssh_host_that_stops_answering_mid_build_fails_after_the_read_timeout_and_a_rerun_succeeds() {
     let world = World::shared();
     let (sshd, known) = own_sshd(world);
-    let agent = Agent::new()
-        .env("DOCKER_HOST", format!("ssh://{}@127.0.0.1:{}", world.ssh_user, sshd.port))
-        .env("JETS_SSH_KEY", read(&world.key_ed25519))
-        .env("JETS_SSH_KNOWN", &known)
-        .env("AGENT_READ_TIMEOUT", "3");
+    let agent = over_own_sshd(world, &sshd, &known).env("AGENT_READ_TIMEOUT", "3");
     let app = slow_app(agent.work.path(), 20, &nonce());
     let agent =
         agent.args(["run", "--image", "agent-it/fault-silent", "--no-push", "--context", app.to_str().unwrap()]);
@@ -429,10 +427,7 @@ fn an_ssh_host_that_stops_answering_mid_build_fails_after_the_read_timeout_and_a
 
     let (sshd, known) = own_sshd(world);
     let app = slow_app(agent.work.path(), 0, &nonce());
-    Agent::new()
-        .env("DOCKER_HOST", format!("ssh://{}@127.0.0.1:{}", world.ssh_user, sshd.port))
-        .env("JETS_SSH_KEY", read(&world.key_ed25519))
-        .env("JETS_SSH_KNOWN", &known)
+    over_own_sshd(world, &sshd, &known)
         .args(["run", "--image", "agent-it/fault-silent", "--no-push", "--context", app.to_str().unwrap()])
         .run()
         .expect_code(0);
