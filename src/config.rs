@@ -886,6 +886,27 @@ mod tests {
     }
 
     #[test]
+    fn the_builder_comes_from_the_flag_then_docker_buildkit() {
+        let dir = fixture();
+        let builder = |argv: &[&str], env: &[(&str, &str)]| {
+            let mut all = vec!["--image", "app"];
+            all.extend_from_slice(argv);
+            let builder = config(&all, env, dir.path()).unwrap().build.builder;
+            (builder.value, builder.origin)
+        };
+        assert_eq!(builder(&[], &[]), (Builder::Auto, Origin::Default));
+        assert_eq!(builder(&[], &[("DOCKER_BUILDKIT", "0")]), (Builder::Classic, Origin::Env("DOCKER_BUILDKIT")));
+        assert_eq!(builder(&[], &[("DOCKER_BUILDKIT", "true")]), (Builder::Buildkit, Origin::Env("DOCKER_BUILDKIT")));
+        assert_eq!(
+            builder(&["--builder", "classic"], &[("DOCKER_BUILDKIT", "1")]),
+            (Builder::Classic, Origin::Flag("--builder"))
+        );
+        let found = problems(&["--image", "app", "--read-timeout", "2"], &[("DOCKER_BUILDKIT", "yes please")]);
+        assert!(found.iter().any(|(subject, _)| subject == "DOCKER_BUILDKIT"), "{found:?}");
+        assert!(found.iter().any(|(subject, _)| subject == "--read-timeout"), "{found:?}");
+    }
+
+    #[test]
     fn created_comes_from_source_date_epoch() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
