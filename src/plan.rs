@@ -351,6 +351,12 @@ impl Step {
                     Builder::Buildkit => format!("BuildKit ({})", builder.origin),
                     Builder::Classic => format!("classic builder ({})", builder.origin),
                 });
+                if builder.value != Builder::Classic {
+                    lines.push(
+                        "with BuildKit: build arg BUILDKIT_INLINE_CACHE=1 (the pushed image carries its cache for a new host)"
+                            .to_string(),
+                    );
+                }
                 if let Some(cache_image) = cache_image {
                     lines.push(format!(
                         "if the daemon lacks {cache_image}, pull it first as cache (a new or wiped host)"
