@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::cli::Builder;
-use crate::config::{BuildArg, Config, RegistryLogin, Sourced, Value};
+use crate::config::{Build, Config, RegistryLogin, Sourced, Value};
 use crate::docker_host::DockerHost;
 use crate::error::Result;
 use crate::secrets::{MASK, Origin, SsmRef};
@@ -33,16 +33,9 @@ pub enum Step {
     WriteDockerConfig { path: PathBuf },
     /// Build the image on the daemon.
     Build {
-        context: PathBuf,
-        dockerfile: PathBuf,
+        /// What to build and how, as configured.
+        build: Build,
         reference: String,
-        build_args: Vec<BuildArg>,
-        target: Option<String>,
-        labels: Vec<(String, String)>,
-        platform: Option<String>,
-        pull: bool,
-        no_cache: bool,
-        builder: Sourced<Builder>,
         /// The image to pull as cache when the daemon lacks it (a new or wiped host).
         cache_image: Option<String>,
         registry: String,
@@ -126,18 +119,9 @@ impl Plan {
         let image = &config.image.value;
         let tags = &config.tags.value;
         let first = image.with_tag(&tags[0]);
-        let build = &config.build;
         steps.push(Step::Build {
-            context: build.context.clone(),
-            dockerfile: build.dockerfile.clone(),
+            build: config.build.clone(),
             reference: first.clone(),
-            build_args: build.build_args.clone(),
-            target: build.target.clone(),
-            labels: build.labels.clone(),
-            platform: build.platform.clone(),
-            pull: build.pull,
-            no_cache: build.no_cache,
-            builder: build.builder.clone(),
             cache_image: config.push.then(|| image.with_tag(crate::image_ref::LATEST)),
             registry: image.registry().to_string(),
         });
@@ -291,20 +275,9 @@ impl Step {
             Step::WriteDockerConfig { path } => {
                 lines.push(format!("merge the logins into {} (mode 0600), keeping every other entry", path.display()));
             }
-            Step::Build {
-                context,
-                dockerfile,
-                reference,
-                build_args,
-                target,
-                labels,
-                platform,
-                pull,
-                no_cache,
-                builder,
-                cache_image,
-                ..
-            } => {
+            Step::Build { build, reference, cache_image, .. } => {
+                let Build { context, dockerfile, build_args, target, labels, platform, pull, no_cache, builder } =
+                    build;
                 lines.push(match crate::image::context::Context::scan(context, dockerfile) {
                     Ok(scanned) => format!(
                         "context {}: {} file{}, {} after .dockerignore",

@@ -436,20 +436,7 @@ impl StepRunner for Runner<'_> {
             Step::CheckDaemon => self.check_daemon().await,
             Step::Login { registry, user, password } => self.login(&registry.value, &user.value, password).await,
             Step::EcrLogin { registry, region, .. } => self.ecr_login(registry, region.as_deref()).await,
-            Step::Build {
-                context,
-                dockerfile,
-                reference,
-                build_args,
-                target,
-                labels,
-                platform,
-                pull,
-                no_cache,
-                builder,
-                cache_image,
-                registry,
-            } => {
+            Step::Build { build, reference, cache_image, registry } => {
                 let daemon = self.daemon()?;
                 let mut cache_from = Vec::new();
                 if let Some(cache_image) = cache_image {
@@ -459,17 +446,12 @@ impl StepRunner for Runner<'_> {
                     }
                 }
                 let request = BuildRequest {
-                    context: Context::scan(context, dockerfile)?,
+                    context: Context::scan(&build.context, &build.dockerfile)?,
                     reference,
-                    build_args,
-                    target: target.as_deref(),
-                    labels,
-                    platform: platform.as_deref(),
-                    pull: *pull,
-                    no_cache: *no_cache,
+                    build,
                     cache_from,
                 };
-                let engine = match builder.value {
+                let engine = match build.builder.value {
                     Builder::Buildkit => Engine::BuildKit,
                     Builder::Classic => Engine::Classic,
                     Builder::Auto if self.facts.as_ref().is_some_and(Facts::offers_buildkit) => Engine::BuildKit,

@@ -18,7 +18,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use crate::config::BuildArg;
+use crate::config::Build;
 use crate::daemon::Daemon;
 use crate::error::Error;
 use crate::registry::Credential;
@@ -31,12 +31,8 @@ const PUSH_ATTEMPTS: u32 = 3;
 pub struct BuildRequest<'a> {
     pub context: context::Context,
     pub reference: &'a str,
-    pub build_args: &'a [BuildArg],
-    pub target: Option<&'a str>,
-    pub labels: &'a [(String, String)],
-    pub platform: Option<&'a str>,
-    pub pull: bool,
-    pub no_cache: bool,
+    /// The build's arguments, target, labels, platform, pull and cache flags.
+    pub build: &'a Build,
     /// Images to use as cache sources (the pulled `latest` on a cold host).
     pub cache_from: Vec<String>,
 }
@@ -119,7 +115,7 @@ pub async fn build(
     credentials: &[Credential],
 ) -> Result<BuildSummary, Error> {
     let mut build_args: HashMap<String, String> = HashMap::new();
-    for arg in request.build_args {
+    for arg in &request.build.build_args {
         if let Some(value) = &arg.value {
             build_args.insert(arg.key.clone(), value.clone());
         }
@@ -129,26 +125,26 @@ pub async fn build(
         // the agent pushes does, so that a new or wiped host can start from the last push.
         build_args.entry(INLINE_CACHE.to_string()).or_insert_with(|| "1".to_string());
     }
-    let labels: HashMap<String, String> = request.labels.iter().cloned().collect();
+    let labels: HashMap<String, String> = request.build.labels.iter().cloned().collect();
     let session = session_id();
     let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(&request.context.dockerfile)
         .t(request.reference)
         .rm(true)
         .forcerm(true)
-        .nocache(request.no_cache)
+        .nocache(request.build.no_cache)
         .buildargs(&build_args)
         .labels(&labels);
     if engine == Engine::BuildKit {
         options = options.version(BuilderVersion::BuilderBuildKit).session(&session);
     }
-    if request.pull {
+    if request.build.pull {
         options = options.pull("1");
     }
-    if let Some(target) = request.target {
+    if let Some(target) = &request.build.target {
         options = options.target(target);
     }
-    if let Some(platform) = request.platform {
+    if let Some(platform) = &request.build.platform {
         options = options.platform(platform);
     }
     if !request.cache_from.is_empty() {
