@@ -3,8 +3,11 @@
 
 use std::io::{self, Write};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 use crate::secrets::redact;
@@ -28,17 +31,51 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
         .filter(|value| !value.trim().is_empty())
         .and_then(|value| EnvFilter::try_new(value).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(RedactingStderr)
         .with_timer(Elapsed(std::time::Instant::now()))
         .with_target(verbose > 0);
-    let result = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let layer = match format {
+        LogFormat::Text => layer.with_ansi(false).boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
     };
+    // The caps come after RUST_LOG and cannot be lifted by it: both filters must let an event through.
+    let result = tracing_subscriber::registry().with(filter).with(library_caps()).with(layer).try_init();
     // A second init (in tests) keeps the first subscriber: nothing to do.
     let _ = result;
+}
+
+/// The most a library may log, whatever `RUST_LOG` says. These libraries log, at trace level (some at
+/// debug), what passes through them before the agent can register it with the redactor, or in forms
+/// no redactor can know: so their targets are capped here rather than trusted to the redactor.
+/// - `aws_*` (aws-smithy-runtime, aws-sdk-ssm/ecr, aws-sigv4, aws-config): at trace the orchestrator
+///   prints every response body and the deserialised output (`read HTTP response body`,
+///   `output_or_error`): SSM parameter values and the ECR authorization token, before the agent has
+///   them; sigv4 prints the signed request's headers (the session token); the profile loader prints
+///   what it reads from `~/.aws`. Their debug level names operations, endpoints and retries only.
+/// - `bollard`: at trace it prints every request body (Debug-escaped) and the query pairs of the
+///   build (build args, JSON-escaped); its debug line is the request URL, whose build args taken from
+///   the environment are registered with the redactor in their URL-encoded forms.
+/// - `hyper`, `hyper_util`, `h2`, `tonic`, `tower`: at trace they print frames and buffers of the
+///   Docker API and of the BuildKit session (whose Auth service answers with registry passwords).
+/// - `russh`: at trace it prints packet-level details of the connection that carries all of the above.
+///
+/// Kept at debug, not lower: their debug lines (connections, retries, endpoints) are what a user
+/// turning logging up needs, and none of them holds a value.
+pub const LIBRARY_CAPS: &[(&str, LevelFilter)] = &[
+    ("aws_", LevelFilter::DEBUG),
+    ("bollard", LevelFilter::DEBUG),
+    ("hyper", LevelFilter::DEBUG),
+    ("hyper_util", LevelFilter::DEBUG),
+    ("h2", LevelFilter::DEBUG),
+    ("tonic", LevelFilter::DEBUG),
+    ("tower", LevelFilter::DEBUG),
+    ("russh", LevelFilter::DEBUG),
+];
+
+/// The filter that applies [`LIBRARY_CAPS`]; every other target passes at any level.
+fn library_caps() -> Targets {
+    Targets::new().with_default(LevelFilter::TRACE).with_targets(LIBRARY_CAPS.iter().copied())
 }
 
 /// Seconds since the agent started, e.g. `[  1.25s]`: short, and what a CodeBuild log reader

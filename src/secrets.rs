@@ -130,37 +130,68 @@ pub struct Redactor {
     values: RwLock<Vec<String>>,
 }
 
-/// Values shorter than this are not registered: masking every "test" or "latest" in the output
-/// would garble it (a tag, a user name) and protects little. Registry tokens, AWS keys and the
-/// lines of a private key are far longer.
-const MIN_VALUE: usize = 6;
+/// Fragments shorter than this are masked only where they stand alone (see [`Redactor::redact`]);
+/// longer ones wherever they occur, even inside a word.
+const MIN_ANYWHERE: usize = 6;
 /// The lines of a multi-line secret (a key) are registered on their own from this length on.
 const MIN_LINE: usize = 16;
+/// A piece of a base64 stream that encodes part of a secret at an unknown offset is registered from
+/// this length on (shorter pieces would be noise; the aligned encodings are registered anyway).
+const MIN_BASE64_PIECE: usize = 8;
 
 impl Redactor {
-    /// Registers a secret value, and each of its lines (a private key is printed line by line by
-    /// some tools), and the lines of its one-line `\n`-escaped form.
+    /// Registers a secret value in every form the agent or a library may print it in:
+    /// - as it is, and each of its lines (a private key is printed line by line by some tools), and
+    ///   the lines of its one-line `\n`-escaped form;
+    /// - escaped as in JSON, as Rust's `Debug` does, and both twice (JSON inside a JSON string, or
+    ///   inside a Debug-printed body);
+    /// - each of those URL-encoded: `%20` and `+` for a space (query strings and forms), and with
+    ///   every byte but letters and digits escaped;
+    /// - base64 (standard and URL-safe, with and without padding), and the pieces of base64 that
+    ///   encode it inside a longer message at any offset (an `X-Registry-Auth` header, a config.json
+    ///   `auth`), from [`MIN_BASE64_PIECE`] characters on.
+    ///
+    /// Any length is registered: a 4-character password is still a password. What decides how it is
+    /// masked is [`Redactor::redact`]'s rule for short fragments.
     pub fn register(&self, value: &str) {
-        let mut fragments: Vec<String> = Vec::new();
-        let mut push = |fragment: &str, minimum: usize| {
-            let fragment = fragment.trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'');
-            if fragment.len() >= minimum && !fragment.starts_with("-----") {
-                fragments.push(fragment.to_string());
-            }
-        };
-        push(value, MIN_VALUE);
-        for line in value.split(['\n', '\r']) {
-            push(line, MIN_LINE);
-        }
-        for line in value.split("\\n") {
-            push(line, MIN_LINE);
-        }
-        if fragments.is_empty() {
+        if value.trim().is_empty() {
             return;
         }
+        let mut fragments: Vec<String> = Vec::new();
+        for form in escaped_forms(value) {
+            fragments.push(form);
+        }
+        let trimmed = value.trim();
+        if trimmed != value {
+            fragments.extend(escaped_forms(trimmed));
+        }
+        fragments.extend(base64_forms(value.as_bytes()));
+        // The lines of a multi-line value, and of its `\n`-escaped one-line form.
+        for line in value.split(['\n', '\r']).chain(value.split("\\n")) {
+            let line = line.trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'');
+            if line.len() >= MIN_LINE && !line.starts_with("-----") && line != trimmed {
+                fragments.extend(escaped_forms(line));
+                fragments.extend(base64_forms(line.as_bytes()));
+            }
+        }
+        self.add(fragments);
+    }
+
+    /// Registers a registry login: the password (see [`Redactor::register`]), the base64 of
+    /// `user:password` as config.json's `auth` and a registry's Basic authorization hold it, and the
+    /// base64 of the JSON `"password":"…"` member inside an `X-Registry-Auth` header.
+    pub fn register_login(&self, user: &str, password: &str) {
+        self.register(password);
+        let mut fragments = base64_forms(format!("{user}:{password}").as_bytes());
+        let member = format!("\"password\":{}", serde_json::Value::String(password.to_string()));
+        fragments.extend(base64_forms(member.as_bytes()));
+        self.add(fragments);
+    }
+
+    fn add(&self, fragments: Vec<String>) {
         let mut values = self.values.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         for fragment in fragments {
-            if !values.contains(&fragment) {
+            if !fragment.is_empty() && !values.contains(&fragment) {
                 values.push(fragment);
             }
         }
@@ -169,16 +200,118 @@ impl Redactor {
     }
 
     /// The text with every registered secret replaced by [`MASK`].
+    ///
+    /// The rule for short secrets: a fragment of [`MIN_ANYWHERE`] characters or more is masked
+    /// wherever it occurs; a shorter one only where it stands alone, that is where neither the
+    /// character before nor the one after is a letter or a digit (a `%XX` escape before it counts as
+    /// a separator). So a password `ab1x` is masked in `pass=ab1x` and in `"ab1x"`, while `test` as a
+    /// password leaves `latest` and `tests` readable.
     pub fn redact(&self, text: &str) -> String {
         let values = self.values.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut out = text.to_string();
         for value in values.iter() {
-            if out.contains(value.as_str()) {
+            if !out.contains(value.as_str()) {
+                continue;
+            }
+            if value.len() >= MIN_ANYWHERE {
                 out = out.replace(value.as_str(), MASK);
+            } else {
+                out = replace_standalone(&out, value);
             }
         }
         out
     }
+}
+
+/// The value as it is and in its escaped and URL-encoded forms.
+fn escaped_forms(value: &str) -> Vec<String> {
+    let json = json_escaped(value);
+    let debug = debug_escaped(value);
+    let mut forms = Vec::new();
+    for escaped in [value.to_string(), json_escaped(&json), debug_escaped(&json), json, debug] {
+        let form: String = form_urlencoded::byte_serialize(escaped.as_bytes()).collect();
+        let percent = form.replace('+', "%20");
+        let every = percent_encoding::utf8_percent_encode(&escaped, percent_encoding::NON_ALPHANUMERIC).to_string();
+        for text in [escaped, form, percent, every] {
+            if !forms.contains(&text) {
+                forms.push(text);
+            }
+        }
+    }
+    forms
+}
+
+/// The text as it stands between the quotes of a JSON string.
+fn json_escaped(text: &str) -> String {
+    let quoted = serde_json::Value::String(text.to_string()).to_string();
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// The text as it stands between the quotes of Rust's `Debug` output for a string.
+fn debug_escaped(text: &str) -> String {
+    let quoted = format!("{text:?}");
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// The base64 encodings of the bytes, and the pieces that encode them inside a longer base64 stream.
+fn base64_forms(bytes: &[u8]) -> Vec<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut forms = Vec::new();
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(bytes));
+    }
+    // At an offset of 0, 1 or 2 bytes into a 3-byte group, the characters that encode only the
+    // secret's bits are the same whatever surrounds it: register those.
+    for offset in 0..3usize {
+        let mut padded = vec![0u8; offset];
+        padded.extend_from_slice(bytes);
+        let encoded = STANDARD_NO_PAD.encode(&padded);
+        let first = (8 * offset).div_ceil(6);
+        let last = (8 * padded.len()) / 6;
+        if last > first && last - first >= MIN_BASE64_PIECE {
+            let piece = &encoded[first..last];
+            forms.push(piece.to_string());
+            forms.push(piece.replace('+', "-").replace('/', "_"));
+        }
+    }
+    forms.dedup();
+    forms
+}
+
+/// Replaces the occurrences of a short value that stand alone (see [`Redactor::redact`]).
+fn replace_standalone(text: &str, value: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (start, _) in text.match_indices(value) {
+        if start < copied {
+            continue;
+        }
+        let end = start + value.len();
+        let before = &text[..start];
+        let separated_before = match before.chars().next_back() {
+            None => true,
+            Some(c) if !c.is_alphanumeric() => true,
+            Some(_) => is_percent_escape_end(before),
+        };
+        let separated_after = text[end..].chars().next().is_none_or(|c| !c.is_alphanumeric());
+        if separated_before && separated_after {
+            out.push_str(&text[copied..start]);
+            out.push_str(MASK);
+            copied = end;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// Whether the text ends with a `%XX` escape.
+fn is_percent_escape_end(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= 3
+        && bytes[bytes.len() - 3] == b'%'
+        && bytes[bytes.len() - 2].is_ascii_hexdigit()
+        && bytes[bytes.len() - 1].is_ascii_hexdigit()
 }
 
 /// The process-wide redactor.
@@ -214,10 +347,82 @@ mod tests {
         let redactor = Redactor::default();
         redactor.register("hunter22");
         redactor.register("-----BEGIN KEY-----\nAAAAline1-long-enough\nBBBBline2-long-enough\n-----END KEY-----\n");
-        redactor.register("test");
         assert_eq!(redactor.redact("pass=hunter22!"), format!("pass={MASK}!"));
         assert_eq!(redactor.redact("x BBBBline2-long-enough y"), format!("x {MASK} y"));
-        assert_eq!(redactor.redact("-----BEGIN KEY----- latest test"), "-----BEGIN KEY----- latest test");
+        assert_eq!(redactor.redact("-----BEGIN KEY----- latest"), "-----BEGIN KEY----- latest");
+    }
+
+    #[test]
+    fn a_short_secret_is_masked_where_it_stands_alone_and_words_around_stay_readable() {
+        let redactor = Redactor::default();
+        redactor.register("test");
+        redactor.register("ab1x");
+        assert_eq!(redactor.redact("latest tests attest"), "latest tests attest");
+        assert_eq!(redactor.redact("pass test."), format!("pass {MASK}."));
+        assert_eq!(redactor.redact("test"), MASK);
+        assert_eq!(redactor.redact(r#"{"password":"ab1x"}"#), format!(r#"{{"password":"{MASK}"}}"#));
+        assert_eq!(redactor.redact("p=ab1x&q=%22ab1x%22"), format!("p={MASK}&q=%22{MASK}%22"));
+        assert_eq!(redactor.redact("xab1x ab1xy"), "xab1x ab1xy");
+        // Its base64 is long enough to be masked anywhere.
+        assert_eq!(redactor.redact("auth=YWIxeA=="), format!("auth={MASK}"));
+    }
+
+    #[test]
+    fn json_escaped_password_is_masked_in_every_escaping() {
+        let redactor = Redactor::default();
+        let password = r#"p"a\s s%1"#;
+        redactor.register(password);
+        let json = serde_json::json!({ "password": password }).to_string();
+        assert_eq!(redactor.redact(&json), format!(r#"{{"password":"{MASK}"}}"#));
+        assert!(!redactor.redact(&format!("{password:?}")).contains("s s"));
+        // JSON inside a Debug-printed body, and JSON inside a JSON string.
+        assert_eq!(redactor.redact(&format!("{json:?}")), format!(r#""{{\"password\":\"{MASK}\"}}""#));
+        let twice = serde_json::Value::String(json.clone()).to_string();
+        assert!(!redactor.redact(&twice).contains("s s"), "{}", redactor.redact(&twice));
+    }
+
+    #[test]
+    fn url_encoded_build_arg_is_masked_with_either_space_form() {
+        let redactor = Redactor::default();
+        let value = r#"my tok%en"\x"#;
+        redactor.register(value);
+        // What bollard puts in the build URL: the build args as JSON, form-encoded.
+        let buildargs = serde_json::json!({ "TOKEN": value, "OTHER": "1" }).to_string();
+        let query: String = form_urlencoded::byte_serialize(buildargs.as_bytes()).collect();
+        let redacted = redactor.redact(&format!("/build?buildargs={query}&t=x"));
+        assert!(redacted.contains(MASK) && !redacted.contains("tok"), "{redacted}");
+        let redacted = redactor.redact(&format!("/build?buildargs={}", query.replace('+', "%20")));
+        assert!(redacted.contains(MASK) && !redacted.contains("tok"), "{redacted}");
+        let every = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string();
+        assert_eq!(redactor.redact(&every), MASK);
+    }
+
+    #[test]
+    fn a_login_is_masked_in_config_auth_and_registry_auth_header() {
+        use base64::Engine;
+        let redactor = Redactor::default();
+        redactor.register_login("AWS", "pw\"4");
+        let auth = base64::engine::general_purpose::STANDARD.encode("AWS:pw\"4");
+        assert_eq!(redactor.redact(&format!(r#""auth": "{auth}""#)), format!(r#""auth": "{MASK}""#));
+        for prefix in ["", "x", "xy"] {
+            let header = serde_json::json!({ "username": format!("{prefix}AWS"), "password": "pw\"4", "serveraddress": "r.io" });
+            for engine in [base64::engine::general_purpose::STANDARD, base64::engine::general_purpose::URL_SAFE] {
+                let encoded = engine.encode(header.to_string());
+                let redacted = redactor.redact(&encoded);
+                assert!(redacted.contains(MASK), "{prefix:?}: {encoded} -> {redacted}");
+            }
+        }
+    }
+
+    #[test]
+    fn base64_of_a_secret_inside_a_longer_message_is_masked_at_any_offset() {
+        use base64::Engine;
+        let redactor = Redactor::default();
+        redactor.register("123456789012-auth-token");
+        for prefix in ["", "A", "AW", "AWS:"] {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}123456789012-auth-token"));
+            assert!(redactor.redact(&encoded).contains(MASK), "{prefix:?}");
+        }
     }
 
     #[test]
