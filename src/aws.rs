@@ -140,18 +140,22 @@ pub async fn ecr_password(
             hint: "run again; if it persists, check the ECR service's health".to_string(),
         }
     })?;
+    // Registered before anything else is done with it; the SDK's own trace of the response is capped
+    // below trace (see `output::LIBRARY_CAPS`), since it runs before this line can.
+    crate::secrets::redactor().register(token);
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(token.trim())
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| text.split_once(':').map(|(_, password)| password.to_string()))
+        .and_then(|text| text.split_once(':').map(|(user, password)| (user.to_string(), password.to_string())))
         .ok_or_else(|| Error::Login {
             registry: registry.to_string(),
             detail: "ECR's token is not base64 of user:password".to_string(),
             hint: "report this with the agent's version".to_string(),
         })?;
-    Secret::new(token);
-    Ok(Secret::new(decoded))
+    let (user, password) = decoded;
+    crate::secrets::redactor().register_login(&user, &password);
+    Ok(Secret::new(password))
 }
 
 fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(

@@ -261,7 +261,7 @@ impl Config {
         let registry_login = match (user, password) {
             (Some(user), Some(password)) => {
                 let user = plain_value(user.trim(), names::DOCKER_USER, &mut problems);
-                let password = secret_value(password, names::DOCKER_PASS, &mut problems);
+                let password = secret_value(password_text(password), names::DOCKER_PASS, &mut problems);
                 let registry_origin = origins.origin("registry", "--registry", Some(names::DOCKER_REGISTRY));
                 let registry = match args.registry.as_deref().map(str::trim).filter(|text| !text.is_empty()) {
                     None => Some(Sourced {
@@ -479,6 +479,12 @@ const SSM_HINT: &str = "write SSM:/path/to/parameter, e.g. SSM:/codebuild/docker
 const REGISTRY_HINT: &str =
     "write the registry's host name, with a port if it has one, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com";
 
+/// A password as `docker login --password-stdin` reads it: without the line ending a value pasted
+/// into Parameter Store or a file often carries (`\n`, `\r\n`), which a registry would refuse.
+pub fn password_text(text: &str) -> &str {
+    text.trim_end_matches(['\r', '\n'])
+}
+
 fn secret_value(text: &str, name: &'static str, problems: &mut Vec<Problem>) -> Option<Value<Secret>> {
     match SsmRef::parse(text) {
         Ok(Some(reference)) => Some(Value::Ssm(reference)),
@@ -630,6 +636,12 @@ fn check_build(
         }
         let from_env = value.is_none();
         let value = value.or_else(|| env.get(key).map(str::to_string));
+        // A value taken from the environment is treated as a secret (the plan does not print it,
+        // and bollard's debug line of the build URL holds it URL-encoded); one on the command line
+        // is not, the command line being visible anyway.
+        if let (true, Some(value)) = (from_env, &value) {
+            crate::secrets::redactor().register(value);
+        }
         build_args.push(BuildArg { key: key.to_string(), value, from_env });
     }
 

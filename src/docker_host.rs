@@ -74,12 +74,37 @@ impl DockerHost {
             return Ok(DockerHost::Unix { path: DEFAULT_SOCKET.to_string() });
         }
         let Some((scheme, rest)) = value.split_once("://") else {
+            if value.contains('@') {
+                return Err(HostError {
+                    message: "the address has no scheme (it is not repeated here: it holds '@', so perhaps a password)"
+                        .to_string(),
+                    hint: FORMS.to_string(),
+                });
+            }
             return Err(HostError {
                 message: format!("{value:?} has no scheme"),
                 hint: format!("{FORMS}; for a daemon on TCP write tcp://{value}"),
             });
         };
-        match scheme.to_ascii_lowercase().as_str() {
+        let scheme = scheme.to_ascii_lowercase();
+        // Nothing typed as userinfo (`user:password@`) may come back in an error: refuse it here, in
+        // words that repeat none of it, before the host and port parsers quote what they read.
+        if let Some(at) = rest.rfind('@') {
+            let userinfo = &rest[..at];
+            if matches!(scheme.as_str(), "tcp" | "http" | "https") {
+                return Err(refuse("a tcp:// address takes no user name or password (it is not repeated here)"));
+            }
+            // `ssh://user:pass@host`, or a password holding '/' (`ssh://user:pa/ss@host`: no '@'
+            // before the first '/').
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            if scheme == "ssh"
+                && userinfo.contains(':')
+                && (!userinfo.contains('/') || !rest[..authority_end].contains('@'))
+            {
+                return Err(password_in_url());
+            }
+        }
+        match scheme.as_str() {
             "ssh" => parse_ssh(rest),
             "tcp" | "http" | "https" => {
                 let (host, port, path) = split_authority(rest, if tls { DEFAULT_TLS_PORT } else { DEFAULT_TCP_PORT })?;
@@ -104,6 +129,7 @@ impl DockerHost {
                 Ok(DockerHost::Unix { path: rest.to_string() })
             }
             "npipe" => Err(refuse("npipe:// (Windows named pipes) is not available on Linux")),
+            _ if scheme.contains(['@', ':']) => Err(refuse("the scheme before '://' is not one of ssh, tcp, unix")),
             _ => Err(refuse(format!("unknown scheme {scheme:?}"))),
         }
     }
@@ -129,11 +155,7 @@ fn parse_ssh(rest: &str) -> Result<DockerHost, HostError> {
                 return Err(refuse("the user name before '@' is empty"));
             }
             if user.contains(':') {
-                return Err(HostError {
-                    message: "an ssh:// address may not hold a password".to_string(),
-                    hint: "the agent logs in with the key from JETS_SSH_KEY; remove ':password' from the URL"
-                        .to_string(),
-                });
+                return Err(password_in_url());
             }
             if let Some(bad) = user.chars().find(|c| c.is_whitespace() || c.is_control() || *c == '/') {
                 return Err(refuse(format!("the user name contains {bad:?}")));
@@ -148,6 +170,13 @@ fn parse_ssh(rest: &str) -> Result<DockerHost, HostError> {
         Some(path) => path.to_string(),
     };
     Ok(DockerHost::Ssh { user, host, port, socket })
+}
+
+fn password_in_url() -> HostError {
+    HostError {
+        message: "an ssh:// address may not hold a password (it is not repeated here)".to_string(),
+        hint: "the agent logs in with the key from JETS_SSH_KEY; remove ':password' from the URL".to_string(),
+    }
 }
 
 /// Splits `host[:port][/path]` into its parts, checking the host and port.
@@ -244,7 +273,7 @@ mod tests {
             ("ftp://x", "unknown scheme \"ftp\""),
             ("ssh://", "the address names no host"),
             ("ssh://@host", "the user name before '@' is empty"),
-            ("ssh://u:pw@host", "an ssh:// address may not hold a password"),
+            ("ssh://u:pw@host", "an ssh:// address may not hold a password (it is not repeated here)"),
             ("tcp://host:notaport", "the port \"notaport\" is not a number"),
             ("ssh://host:99999", "the port 99999 is out of range"),
             ("ssh://host:0", "the port 0 is out of range"),
@@ -260,6 +289,30 @@ mod tests {
             assert_eq!(error.message, want, "{text}");
             assert!(!error.hint.is_empty());
         }
+    }
+
+    #[test]
+    fn userinfo_echo_nothing_typed_as_userinfo_comes_back_in_an_error() {
+        for text in [
+            "tcp://alice:zz@host",
+            "tcp://alice:zz@host:2375",
+            "tcp://zz@host",
+            "https://alice:zz@host:2376",
+            "ssh://alice:zz@host",
+            "ssh://alice:z/z@host",
+            "ssh://alice:z@z@host:22",
+            "alice:zz@host",
+            "u:zz@host://x",
+        ] {
+            let error = DockerHost::parse(text, false).expect_err(text);
+            let shown = format!("{} {}", error.message, error.hint);
+            assert!(["zz", "z/z", "z@z", "alice"].iter().all(|typed| !shown.contains(typed)), "{text}: {shown}");
+        }
+        // An '@' inside a socket path after a user is still a path.
+        assert_eq!(
+            DockerHost::parse("ssh://u@host:22/run/a@b.sock", false),
+            Ok(ssh(Some("u"), "host", 22, "/run/a@b.sock"))
+        );
     }
 
     #[test]

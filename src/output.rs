@@ -3,11 +3,11 @@
 
 use std::io::{self, Write};
 
-use tracing_subscriber::{EnvFilter, Layer};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::cli::LogFormat;
 use crate::secrets::redact;

@@ -20,6 +20,13 @@ pub struct Credential {
 }
 
 impl Credential {
+    /// A login; registers the password and the encodings of `user:password` with the redactor.
+    pub fn new(registry: impl Into<String>, user: impl Into<String>, password: Secret) -> Self {
+        let user = user.into();
+        crate::secrets::redactor().register_login(&user, password.expose());
+        Credential { registry: registry.into(), user, password }
+    }
+
     /// The address the daemon's `/auth` and the docker CLI's config.json use for this registry.
     pub fn server_address(&self) -> String {
         server_address(&self.registry)
@@ -92,8 +99,7 @@ mod tests {
         let path = dir.path().join(".docker/config.json");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, r#"{"auths":{"ghcr.io":{"auth":"eDp5"}},"psFormat":"table"}"#).unwrap();
-        let credential =
-            Credential { registry: "docker.io".into(), user: "bob".into(), password: Secret::new("pw-1234") };
+        let credential = Credential::new("docker.io", "bob", Secret::new("pw-1234"));
         write_config(&path, &[credential]).unwrap();
         let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(value["auths"]["ghcr.io"]["auth"], "eDp5");
@@ -107,7 +113,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, "{not json").unwrap();
-        let credential = Credential { registry: "r.io".into(), user: "u".into(), password: Secret::new("p-5678") };
+        let credential = Credential::new("r.io", "u", Secret::new("p-5678"));
         assert!(matches!(write_config(&path, &[credential]), Err(Error::LocalFile { .. })));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{not json");
     }

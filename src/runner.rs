@@ -146,10 +146,10 @@ impl<'a> Runner<'a> {
         let user = self.value(user)?.trim().to_string();
         let password = match self.config.registry_login.as_ref().map(|login| &login.password.value) {
             Some(Value::Known(secret)) => secret.clone(),
-            Some(Value::Ssm(reference)) => Secret::new(self.resolved_text(reference)?),
+            Some(Value::Ssm(reference)) => Secret::new(crate::config::password_text(self.resolved_text(reference)?)),
             None => return Err(Error::Internal("a login step without a password".to_string())),
         };
-        let credential = Credential { registry: registry.clone(), user: user.clone(), password };
+        let credential = Credential::new(registry.clone(), user.clone(), password);
         self.check_login(
             &credential,
             &format!("check the user and the password (from {password_origin}) for {registry}"),
@@ -179,7 +179,7 @@ impl<'a> Runner<'a> {
                 password
             }
         };
-        let credential = Credential { registry: registry.to_string(), user: "AWS".to_string(), password };
+        let credential = Credential::new(registry, "AWS", password);
         self.check_login(
             &credential,
             "check that the registry belongs to the account and region of the build's AWS credentials",

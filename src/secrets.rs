@@ -405,7 +405,8 @@ mod tests {
         let auth = base64::engine::general_purpose::STANDARD.encode("AWS:pw\"4");
         assert_eq!(redactor.redact(&format!(r#""auth": "{auth}""#)), format!(r#""auth": "{MASK}""#));
         for prefix in ["", "x", "xy"] {
-            let header = serde_json::json!({ "username": format!("{prefix}AWS"), "password": "pw\"4", "serveraddress": "r.io" });
+            let header =
+                serde_json::json!({ "username": format!("{prefix}AWS"), "password": "pw\"4", "serveraddress": "r.io" });
             for engine in [base64::engine::general_purpose::STANDARD, base64::engine::general_purpose::URL_SAFE] {
                 let encoded = engine.encode(header.to_string());
                 let redacted = redactor.redact(&encoded);
