@@ -78,6 +78,36 @@ fn library_caps() -> Targets {
     Targets::new().with_default(LevelFilter::TRACE).with_targets(LIBRARY_CAPS.iter().copied())
 }
 
+/// Turns a panic into one redacted `error:` line with a hint, and exit code 1 ([`exit::INTERNAL`]),
+/// as the README documents. The release profile aborts on panic (which would give 134 and print
+/// the message unredacted), so the hook ends the process itself after printing; in a debug build
+/// (unwinding) it does the same, so both behave alike and no destructor runs after a bug.
+///
+/// [`exit::INTERNAL`]: crate::error::exit::INTERNAL
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        let location = info.location().map(|location| format!(" at {location}")).unwrap_or_default();
+        // `try_redact`: a panic while the redactor's lock is held must not deadlock here.
+        let message = crate::secrets::redactor()
+            .try_redact(&format!("{payload}{location}"))
+            .unwrap_or_else(|| "(the message is withheld: the redactor was busy)".to_string());
+        let text = format!(
+            "error: internal error (a bug in the agent): {message}\n  hint: this is not your setup's fault: \
+             report it with `agent --version` and this message\n"
+        );
+        let mut stderr = io::stderr().lock();
+        let _ = stderr.write_all(text.as_bytes());
+        let _ = stderr.flush();
+        std::process::exit(i32::from(crate::error::exit::INTERNAL));
+    }));
+}
+
 /// Seconds since the agent started, e.g. `[  1.25s]`: short, and what a CodeBuild log reader
 /// wants beside CodeBuild's own wall-clock stamps.
 struct Elapsed(std::time::Instant);

@@ -12,6 +12,7 @@ use crate::runner::Runner;
 
 /// The whole program; `main.rs` calls only this.
 pub fn main() -> ExitCode {
+    output::install_panic_hook();
     let (cli, matches) = match cli::parse(std::env::args_os()) {
         Ok(parsed) => parsed,
         Err(error) => {
@@ -55,6 +56,12 @@ async fn run(args: &cli::RunArgs, matches: &clap::ArgMatches) -> Result<(), Erro
         hint: None,
     })?;
     let config = Config::new(args, matches, &env, &cwd)?;
+    // A way for the tests to prove the panic hook (after the configuration, so that its secrets
+    // are registered); not in release builds.
+    #[cfg(debug_assertions)]
+    if let Some(message) = env.get("AGENT_TEST_PANIC") {
+        panic!("a test panic with {message}");
+    }
     let plan = Plan::new(&config, &cwd);
     let mode = match (args.dry, args.check) {
         (true, _) => Mode::Dry,

@@ -199,6 +199,17 @@ impl Redactor {
         values.sort_by_key(|value| std::cmp::Reverse(value.len()));
     }
 
+    /// Like [`Redactor::redact`], or `None` when the registry is locked (for the panic hook, which
+    /// may run on a thread that holds the lock).
+    pub fn try_redact(&self, text: &str) -> Option<String> {
+        let values = match self.values.try_read() {
+            Ok(values) => values,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(redact_with(&values, text))
+    }
+
     /// The text with every registered secret replaced by [`MASK`].
     ///
     /// The rule for short secrets: a fragment of [`MIN_ANYWHERE`] characters or more is masked
@@ -208,19 +219,23 @@ impl Redactor {
     /// password leaves `latest` and `tests` readable.
     pub fn redact(&self, text: &str) -> String {
         let values = self.values.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut out = text.to_string();
-        for value in values.iter() {
-            if !out.contains(value.as_str()) {
-                continue;
-            }
-            if value.len() >= MIN_ANYWHERE {
-                out = out.replace(value.as_str(), MASK);
-            } else {
-                out = replace_standalone(&out, value);
-            }
-        }
-        out
+        redact_with(&values, text)
     }
+}
+
+fn redact_with(values: &[String], text: &str) -> String {
+    let mut out = text.to_string();
+    for value in values {
+        if !out.contains(value.as_str()) {
+            continue;
+        }
+        if value.len() >= MIN_ANYWHERE {
+            out = out.replace(value.as_str(), MASK);
+        } else {
+            out = replace_standalone(&out, value);
+        }
+    }
+    out
 }
 
 /// The value as it is and in its escaped and URL-encoded forms.
