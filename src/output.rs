@@ -165,3 +165,30 @@ impl Drop for EventBuffer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn library_caps_hold_the_libraries_that_trace_bodies_below_trace() {
+        let caps = library_caps();
+        for target in [
+            "aws_smithy_runtime::client::orchestrator::http",
+            "aws_sdk_ecr::operation::get_authorization_token",
+            "aws_sigv4::http_request::sign",
+            "aws_runtime::env_config",
+            "bollard::docker",
+            "bollard::uri",
+            "hyper_util::client::legacy::client",
+            "h2::codec::framed_read",
+            "tonic::transport::server",
+            "russh::client",
+        ] {
+            assert!(!caps.would_enable(target, &Level::TRACE), "{target} at trace");
+            assert!(caps.would_enable(target, &Level::DEBUG), "{target} at debug");
+        }
+        assert!(caps.would_enable("agent::plan", &Level::TRACE));
+    }
+}

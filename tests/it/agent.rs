@@ -125,8 +125,8 @@ pub fn tree_listing(dir: &Path) -> Vec<String> {
 }
 
 /// The suite-wide secret check: no run of any test may print a secret of the test world — a line
-/// of any of its private keys, its registry passwords, the ECR token, the key passphrase — whatever
-/// the verbosity and whether the run succeeded.
+/// of any of its private keys, its registry passwords, the ECR token (also base64, as ECR gives it),
+/// the key passphrase — whatever the verbosity and whether the run succeeded.
 fn assert_no_world_secret(outcome: &Outcome) {
     let output = outcome.all_output();
     for secret in world_secrets() {
@@ -145,6 +145,13 @@ fn world_secrets() -> &'static [String] {
         }
         let world = crate::world::World::shared();
         let mut secrets = vec![world.hub_pass(), world.ecr_pass(), world.key_passphrase()];
+        // The ECR token as GetAuthorizationToken gives it, and the config.json `auth` of each login.
+        {
+            use base64::Engine;
+            let base64 = base64::engine::general_purpose::STANDARD;
+            secrets.push(base64.encode(format!("{}:{}", world.ecr_user, world.ecr_pass())));
+            secrets.push(base64.encode(format!("{}:{}", world.hub_user, world.hub_pass())));
+        }
         let keys = std::fs::read_dir(world.state_dir.join("keys")).expect("the test world's keys");
         for entry in keys.flatten() {
             let path = entry.path();
