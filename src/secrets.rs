@@ -127,7 +127,19 @@ impl Origin {
 /// The registry of secret values that must never be printed.
 #[derive(Default)]
 pub struct Redactor {
-    values: RwLock<Vec<String>>,
+    known: RwLock<Known>,
+}
+
+/// The registered fragments, and one automaton that finds them all in a single pass over a text
+/// (aho-corasick: a log line is scanned once, however many forms of however many secrets there are;
+/// searching for each of a few hundred fragments in turn was 60 times slower). Rebuilt by the first
+/// `redact` after a registration.
+#[derive(Default)]
+struct Known {
+    fragments: Vec<String>,
+    matcher: Option<aho_corasick::AhoCorasick>,
+    /// Fragments were added since the matcher was built.
+    stale: bool,
 }
 
 /// Fragments shorter than this are masked only where they stand alone (see [`Redactor::redact`]);
@@ -143,8 +155,8 @@ impl Redactor {
     /// Registers a secret value in every form the agent or a library may print it in:
     /// - as it is, and each of its lines (a private key is printed line by line by some tools), and
     ///   the lines of its one-line `\n`-escaped form;
-    /// - escaped as in JSON, as Rust's `Debug` does, and both twice (JSON inside a JSON string, or
-    ///   inside a Debug-printed body);
+    /// - escaped as in JSON, as Rust's `Debug` does, and twice (JSON inside a JSON string or a
+    ///   Debug-printed body, a Debug-printed value inside a JSON log line);
     /// - each of those URL-encoded: `%20` and `+` for a space (query strings and forms), and with
     ///   every byte but letters and digits escaped;
     /// - base64 (standard and URL-safe, with and without padding), and the pieces of base64 that
@@ -170,8 +182,8 @@ impl Redactor {
         for line in value.split(['\n', '\r']).chain(value.split("\\n")) {
             let line = line.trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'');
             if line.len() >= MIN_LINE && !line.starts_with("-----") && line != trimmed {
+                // Not its base64: a key line is base64 already, and nothing encodes a key's lines one by one.
                 fragments.extend(escaped_forms(line));
-                fragments.extend(base64_forms(line.as_bytes()));
             }
         }
         self.add(fragments);
@@ -189,25 +201,29 @@ impl Redactor {
     }
 
     fn add(&self, fragments: Vec<String>) {
-        let mut values = self.values.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut known = self.known.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = known.fragments.len();
         for fragment in fragments {
-            if !fragment.is_empty() && !values.contains(&fragment) {
-                values.push(fragment);
+            if !fragment.is_empty() && !known.fragments.contains(&fragment) {
+                known.fragments.push(fragment);
             }
         }
-        // Longest first, so a whole value is masked before any of its parts.
-        values.sort_by_key(|value| std::cmp::Reverse(value.len()));
+        if known.fragments.len() != before {
+            // Rebuilt by the next `redact`, so that the registrations of one step cost one build.
+            known.matcher = None;
+            known.stale = true;
+        }
     }
 
     /// Like [`Redactor::redact`], or `None` when the registry is locked (for the panic hook, which
     /// may run on a thread that holds the lock).
     pub fn try_redact(&self, text: &str) -> Option<String> {
-        let values = match self.values.try_read() {
-            Ok(values) => values,
+        let known = match self.known.try_read() {
+            Ok(known) => known,
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        Some(redact_with(&values, text))
+        Some(redact_with(&known, text))
     }
 
     /// The text with every registered secret replaced by [`MASK`].
@@ -216,25 +232,73 @@ impl Redactor {
     /// wherever it occurs; a shorter one only where it stands alone, that is where neither the
     /// character before nor the one after is a letter or a digit (a `%XX` escape before it counts as
     /// a separator). So a password `ab1x` is masked in `pass=ab1x` and in `"ab1x"`, while `test` as a
-    /// password leaves `latest` and `tests` readable.
+    /// password leaves `latest` and `tests` readable. Overlapping occurrences are masked as one.
     pub fn redact(&self, text: &str) -> String {
-        let values = self.values.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        redact_with(&values, text)
+        {
+            let known = self.known.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !known.stale {
+                return redact_with(&known, text);
+            }
+        }
+        let mut known = self.known.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if known.stale {
+            known.matcher = build_matcher(&known.fragments);
+            known.stale = false;
+        }
+        redact_with(&known, text)
     }
 }
 
-fn redact_with(values: &[String], text: &str) -> String {
-    let mut out = text.to_string();
-    for value in values {
-        if !out.contains(value.as_str()) {
-            continue;
+/// One automaton for all fragments: a contiguous NFA, quick to build (a DFA of a few hundred
+/// fragments takes long in a debug build) and to run over log lines. `None` only if the build
+/// fails (it is not expected to at such sizes): `redact_with` then searches each fragment.
+fn build_matcher(fragments: &[String]) -> Option<aho_corasick::AhoCorasick> {
+    aho_corasick::AhoCorasick::builder().kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA)).build(fragments).ok()
+}
+
+fn redact_with(known: &Known, text: &str) -> String {
+    // Every occurrence to mask, as byte ranges, overlapping ones included.
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut consider = |start: usize, end: usize| {
+        if end - start >= MIN_ANYWHERE || stands_alone(text, start, end) {
+            spans.push((start, end));
         }
-        if value.len() >= MIN_ANYWHERE {
-            out = out.replace(value.as_str(), MASK);
-        } else {
-            out = replace_standalone(&out, value);
+    };
+    match &known.matcher {
+        Some(matcher) => {
+            for found in matcher.find_overlapping_iter(text) {
+                consider(found.start(), found.end());
+            }
+        }
+        None => {
+            for fragment in &known.fragments {
+                for (start, _) in text.match_indices(fragment.as_str()) {
+                    consider(start, start + fragment.len());
+                }
+            }
         }
     }
+    if spans.is_empty() {
+        return text.to_string();
+    }
+    spans.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut spans = spans.into_iter().peekable();
+    while let Some((start, mut end)) = spans.next() {
+        // Overlapping or touching occurrences become one mask.
+        while let Some(&(next_start, next_end)) = spans.peek() {
+            if next_start > end {
+                break;
+            }
+            end = end.max(next_end);
+            spans.next();
+        }
+        out.push_str(&text[copied..start]);
+        out.push_str(MASK);
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
     out
 }
 
@@ -243,7 +307,8 @@ fn escaped_forms(value: &str) -> Vec<String> {
     let json = json_escaped(value);
     let debug = debug_escaped(value);
     let mut forms = Vec::new();
-    for escaped in [value.to_string(), json_escaped(&json), debug_escaped(&json), json, debug] {
+    let twice = [json_escaped(&json), debug_escaped(&json), json_escaped(&debug)];
+    for escaped in [value.to_string(), json, debug].into_iter().chain(twice) {
         let form: String = form_urlencoded::byte_serialize(escaped.as_bytes()).collect();
         let percent = form.replace('+', "%20");
         let every = percent_encoding::utf8_percent_encode(&escaped, percent_encoding::NON_ALPHANUMERIC).to_string();
@@ -294,30 +359,15 @@ fn base64_forms(bytes: &[u8]) -> Vec<String> {
     forms
 }
 
-/// Replaces the occurrences of a short value that stand alone (see [`Redactor::redact`]).
-fn replace_standalone(text: &str, value: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
-    for (start, _) in text.match_indices(value) {
-        if start < copied {
-            continue;
-        }
-        let end = start + value.len();
-        let before = &text[..start];
-        let separated_before = match before.chars().next_back() {
-            None => true,
-            Some(c) if !c.is_alphanumeric() => true,
-            Some(_) => is_percent_escape_end(before),
-        };
-        let separated_after = text[end..].chars().next().is_none_or(|c| !c.is_alphanumeric());
-        if separated_before && separated_after {
-            out.push_str(&text[copied..start]);
-            out.push_str(MASK);
-            copied = end;
-        }
-    }
-    out.push_str(&text[copied..]);
-    out
+/// Whether `text[start..end]` stands alone (see [`Redactor::redact`]).
+fn stands_alone(text: &str, start: usize, end: usize) -> bool {
+    let before = &text[..start];
+    let separated_before = match before.chars().next_back() {
+        None => true,
+        Some(c) if !c.is_alphanumeric() => true,
+        Some(_) => is_percent_escape_end(before),
+    };
+    separated_before && text[end..].chars().next().is_none_or(|c| !c.is_alphanumeric())
 }
 
 /// Whether the text ends with a `%XX` escape.
@@ -380,6 +430,15 @@ mod tests {
         assert_eq!(redactor.redact("xab1x ab1xy"), "xab1x ab1xy");
         // Its base64 is long enough to be masked anywhere.
         assert_eq!(redactor.redact("auth=YWIxeA=="), format!("auth={MASK}"));
+    }
+
+    #[test]
+    fn overlapping_secrets_are_masked_as_one() {
+        let redactor = Redactor::default();
+        redactor.register("abcdef12");
+        redactor.register("ef12gh99");
+        assert_eq!(redactor.redact("x abcdef12gh99 y"), format!("x {MASK} y"));
+        assert_eq!(redactor.try_redact("abcdef12 ef12gh99"), Some(format!("{MASK} {MASK}")));
     }
 
     #[test]
