@@ -23,7 +23,7 @@ pub fn main() -> ExitCode {
         }
     };
     // AWS credentials in the environment are secrets too, though the agent only hands them to the SDK.
-    for name in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+    for name in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN"] {
         if let Ok(value) = std::env::var(name) {
             crate::secrets::redactor().register(&value);
         }
