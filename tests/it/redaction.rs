@@ -283,18 +283,21 @@ fn json_escaped_password_is_masked_on_a_failing_login_at_trace() {
 #[test]
 fn url_encoded_build_arg_from_the_environment_is_masked_at_debug() {
     let value = "my tok%en \"\\x";
-    let agent = Agent::new()
-        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
-        .env("RUST_LOG", "trace")
-        .env("TOKEN", value)
-        .args(["run", "-vv", "--no-push", "--image", &format!("agent-tests/redaction-arg-{}", std::process::id())])
-        .args(["--build-arg", "TOKEN", "--build-arg", "PLAIN=visible value"]);
-    std::fs::write(agent.work.path().join("Dockerfile"), "FROM scratch\nARG TOKEN\nARG PLAIN\nCOPY Dockerfile /\n")
-        .unwrap();
-    let outcome = agent.run();
-    outcome.expect_code(0);
-    // bollard's debug line of the build URL is there, with the value masked and the plain one shown.
-    assert!(outcome.stderr.contains(&format!("TOKEN%22%3A%22{MASK}%22")), "{}", outcome.stderr);
-    assert!(outcome.stderr.contains("visible+value"), "{}", outcome.stderr);
-    assert_no_form(&outcome, "the build arg from the environment", &forms(value));
+    for format in ["text", "json"] {
+        let agent = Agent::new()
+            .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+            .env("RUST_LOG", "trace")
+            .env("TOKEN", value)
+            .args(["run", "-vv", "--log-format", format, "--no-push"])
+            .args(["--image", &format!("agent-tests/redaction-arg-{}", std::process::id())])
+            .args(["--build-arg", "TOKEN", "--build-arg", "PLAIN=visible value"]);
+        std::fs::write(agent.work.path().join("Dockerfile"), "FROM scratch\nARG TOKEN\nARG PLAIN\nCOPY Dockerfile /\n")
+            .unwrap();
+        let outcome = agent.run();
+        outcome.expect_code(0);
+        // bollard's debug line of the build URL is there, the value masked and the plain one shown.
+        assert!(outcome.stderr.contains(&format!("TOKEN%22%3A%22{MASK}%22")), "{format}: {}", outcome.stderr);
+        assert!(outcome.stderr.contains("visible+value"), "{format}: {}", outcome.stderr);
+        assert_no_form(&outcome, "the build arg from the environment", &forms(value));
+    }
 }
