@@ -191,11 +191,9 @@ const INLINE_CACHE: &str = "BUILDKIT_INLINE_CACHE";
 
 /// A new BuildKit session's id: 16 random bytes, as hex.
 fn session_id() -> String {
-    use std::io::Read;
     let mut bytes = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut bytes));
-    if random.is_err() {
-        // Unique is all a session id needs to be.
+    if getrandom::fill(&mut bytes).is_err() {
+        // Unique is all a session id needs to be: the time and the process id will do.
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         bytes[..8].copy_from_slice(&(nanos.as_nanos() as u64).to_le_bytes());
         bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
