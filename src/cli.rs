@@ -127,6 +127,16 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "BUILDER")]
     pub builder: Option<Builder>,
 
+    /// A secret for `RUN --mount=type=secret`, as buildx writes it: id=ID,env=VARIABLE (which may
+    /// hold SSM:/parameter) or id=ID,src=FILE; repeatable; needs BuildKit
+    #[arg(long = "secret", value_name = "id=ID,env=VAR|src=FILE")]
+    pub secrets: Vec<String>,
+
+    /// SSH agent forwarding for `RUN --mount=type=ssh`: `default` (the key in JETS_SSH_KEY) or
+    /// ID=PATH[,PATH] (private key files), held in memory; repeatable; needs BuildKit
+    #[arg(long = "ssh", value_name = "default|ID=PATH")]
+    pub ssh: Vec<String>,
+
     /// Build and tag, but push nothing
     #[arg(long)]
     pub no_push: bool,

@@ -113,6 +113,10 @@ pub struct Build {
     pub pull: bool,
     pub no_cache: bool,
     pub builder: Sourced<Builder>,
+    /// `--secret`: the build's secrets, values read (and registered with the redactor).
+    pub secrets: Vec<crate::build_mounts::BuildSecret>,
+    /// `--ssh`: the forwarded agents and their keys.
+    pub ssh: Vec<crate::build_mounts::SshForward>,
 }
 
 /// One `--build-arg`.
@@ -453,6 +457,12 @@ impl Config {
                 references.push((&login.password.origin, reference));
             }
         }
+        for secret in &self.build.secrets {
+            if let crate::build_mounts::SecretSource::Env { value: Value::Ssm(reference), origin, .. } = &secret.source
+            {
+                references.push((origin, reference));
+            }
+        }
         references
     }
 }
@@ -704,6 +714,28 @@ fn check_build(
         }
     }
 
+    let secrets = crate::build_mounts::parse_secrets(&args.secrets, env, cwd, problems);
+    let passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
+    let ssh = crate::build_mounts::parse_ssh(
+        &args.ssh,
+        env.get(names::JETS_SSH_KEY).is_some(),
+        passphrase.as_ref(),
+        cwd,
+        problems,
+    );
+    if let Some(Sourced { value: Builder::Classic, origin }) = &builder {
+        let needs = [("--secret", !args.secrets.is_empty()), ("--ssh", !args.ssh.is_empty())];
+        for (flag, given) in needs {
+            if given {
+                problems.push(
+                    Problem::new(flag, format!("needs BuildKit, but the classic builder is chosen ({origin})")).hint(
+                        "drop --builder classic / DOCKER_BUILDKIT=0 to build with BuildKit, or build without the flag",
+                    ),
+                );
+            }
+        }
+    }
+
     let builder = builder.filter(|_| problems.len() == before)?;
     Some(Build {
         context,
@@ -715,6 +747,8 @@ fn check_build(
         pull: args.pull,
         no_cache: args.no_cache,
         builder,
+        secrets,
+        ssh,
     })
 }
 

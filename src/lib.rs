@@ -5,6 +5,7 @@
 //! - [`config`]: flags and environment turned into one validated [`config::Config`];
 //! - [`plan`]: the ordered steps a run consists of, printed by `--dry`, executed by `run`;
 //! - [`image`]: the build context (.dockerignore, streamed tar), build, tag and push;
+//! - [`build_mounts`]: `--secret` and `--ssh` (build secrets and forwarded SSH keys), read and checked;
 //! - [`docker_host`]: the `DOCKER_HOST` grammar; [`image_ref`]: image references and tags;
 //! - [`ssh`]: the key and known_hosts files, the host-key check, the SSH transport;
 //! - [`secrets`]: `SSM:` references, secret values and the redactor every output passes through;
@@ -19,6 +20,7 @@
 
 pub mod account;
 pub mod aws;
+pub mod build_mounts;
 pub mod cli;
 pub mod config;
 pub mod daemon;

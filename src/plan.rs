@@ -276,8 +276,19 @@ impl Step {
                 lines.push(format!("merge the logins into {} (mode 0600), keeping every other entry", path.display()));
             }
             Step::Build { build, reference, cache_image, .. } => {
-                let Build { context, dockerfile, build_args, target, labels, platform, pull, no_cache, builder } =
-                    build;
+                let Build {
+                    context,
+                    dockerfile,
+                    build_args,
+                    target,
+                    labels,
+                    platform,
+                    pull,
+                    no_cache,
+                    builder,
+                    secrets,
+                    ssh,
+                } = build;
                 lines.push(match crate::image::context::Context::scan(context, dockerfile) {
                     Ok(scanned) => format!(
                         "context {}: {} file{}, {} after .dockerignore",
@@ -315,6 +326,12 @@ impl Step {
                 }
                 if *no_cache {
                     lines.push("without the layer cache".to_string());
+                }
+                for secret in secrets {
+                    lines.push(format!("secret {} from {} (value {MASK})", secret.id, secret.source.describe()));
+                }
+                for forward in ssh {
+                    lines.push(format!("ssh agent {} holding {} (in memory)", forward.id, forward.describe()));
                 }
                 lines.push(match builder.value {
                     Builder::Auto => format!(

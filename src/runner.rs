@@ -87,7 +87,7 @@ impl<'a> Runner<'a> {
         let parameters = aws::resolve_ssm(&config, references).await?;
         for (origin, reference) in references {
             // The values of secret variables are secret whatever the parameter's type.
-            if SECRET_VARIABLES.contains(&origin.subject().as_str()) {
+            if SECRET_VARIABLES.contains(&origin.subject().as_str()) || matches!(origin, Origin::BuildSecret { .. }) {
                 if let Some(parameter) = parameters.get(reference) {
                     crate::secrets::redactor().register(&parameter.value);
                 }
@@ -389,6 +389,25 @@ impl<'a> Runner<'a> {
             return Err(Error::Internal("the daemon check ran before the connection".to_string()));
         };
         let facts = daemon.check().await?;
+        let build = &self.config.build;
+        if build.builder.value == Builder::Auto && !facts.offers_buildkit() {
+            // Before any login or upload: these flags cannot work on this daemon.
+            let mut problems = Vec::new();
+            for (flag, given) in [("--secret", !build.secrets.is_empty()), ("--ssh", !build.ssh.is_empty())] {
+                if given {
+                    problems.push(
+                        crate::error::Problem::new(
+                            flag,
+                            format!("needs BuildKit, and the daemon does not offer it ({})", facts.summary()),
+                        )
+                        .hint("build on a daemon with BuildKit (Docker 18.09 or later on Linux), or build without the flag"),
+                    );
+                }
+            }
+            if !problems.is_empty() {
+                return Err(Error::Config(problems));
+            }
+        }
         let summary = facts.summary();
         self.facts = Some(facts);
         Ok(Some(summary))

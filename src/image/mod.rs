@@ -1,9 +1,11 @@
 //! The image: the build context, the build on the daemon with its progress in the log, the tags,
 //! and the pushes with each registry's credentials.
 
+pub mod build_secrets;
 pub mod context;
 pub mod dockerignore;
 mod progress;
+pub mod ssh_forward;
 
 pub use progress::BuildSummary;
 
