@@ -382,3 +382,106 @@ fn read_key_file(
 fn absolute(path: &Path, cwd: &Path) -> PathBuf {
     if path.is_absolute() { path.to_path_buf() } else { cwd.join(path) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Vars(BTreeMap<&'static str, &'static str>);
+
+    impl Variables for Vars {
+        fn variable(&self, name: &str) -> Option<&str> {
+            self.0.get(name).copied()
+        }
+    }
+
+    fn parse(flags: &[&str], vars: &[(&'static str, &'static str)], cwd: &Path) -> (Vec<BuildSecret>, Vec<String>) {
+        let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+        let mut problems = Vec::new();
+        let secrets = parse_secrets(&flags, &Vars(vars.iter().copied().collect()), cwd, &mut problems);
+        (secrets, problems.into_iter().map(|problem| format!("{}: {}", problem.subject, problem.message)).collect())
+    }
+
+    #[test]
+    fn secrets_are_read_as_buildx_spells_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token.txt"), "file-secret-value").unwrap();
+        std::fs::write(dir.path().join("bare"), "bare-file-secret").unwrap();
+        let vars = [("NPM_TOKEN", "env-secret-value"), ("BARE_ENV", "bare-env-secret"), ("FROM_SSM", "SSM:/ci/npm")];
+        let (secrets, problems) = parse(
+            &[
+                "id=npm,env=NPM_TOKEN",
+                "id=file,src=token.txt",
+                "type=file,id=file2,source=token.txt",
+                "type=env,id=env2,src=NPM_TOKEN",
+                "id=BARE_ENV",
+                "id=bare",
+                "env=NPM_TOKEN",
+                "id=ssm,env=FROM_SSM",
+            ],
+            &vars,
+            dir.path(),
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let described: Vec<(&str, String)> =
+            secrets.iter().map(|secret| (secret.id.as_str(), secret.source.describe())).collect();
+        let token = dir.path().join("token.txt");
+        assert_eq!(
+            described,
+            [
+                ("npm", "env NPM_TOKEN".to_string()),
+                ("file", format!("file {}", token.display())),
+                ("file2", format!("file {}", token.display())),
+                ("env2", "env NPM_TOKEN".to_string()),
+                ("BARE_ENV", "env BARE_ENV".to_string()),
+                ("bare", format!("file {}", dir.path().join("bare").display())),
+                ("NPM_TOKEN", "env NPM_TOKEN".to_string()),
+                ("ssm", "SSM:/ci/npm (via env FROM_SSM)".to_string()),
+            ]
+        );
+        let SecretSource::File { value, .. } = &secrets[1].source else { panic!("{:?}", secrets[1]) };
+        assert_eq!(value.expose(), b"file-secret-value");
+        assert!(!crate::secrets::redact("x env-secret-value file-secret-value").contains("secret-value"));
+        assert!(!format!("{secrets:?}").contains("secret-value"));
+    }
+
+    #[test]
+    fn every_missing_secret_is_a_problem_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secrets, problems) = parse(
+            &[
+                "id=a,env=UNSET",
+                "id=b,src=missing.txt",
+                "id=nowhere",
+                "id=c,type=socket",
+                "novalue",
+                "id=d,env=SET,x=1",
+            ],
+            &[("SET", "some-value")],
+            dir.path(),
+        );
+        assert!(secrets.is_empty());
+        assert_eq!(problems.len(), 6, "{problems:?}");
+        assert!(problems[0].starts_with("--secret id=a: reads the environment variable UNSET, which is not set"));
+        assert!(problems[1].contains("missing.txt does not exist"), "{problems:?}");
+        assert!(problems[2].contains("names neither a set environment variable nowhere nor a file"), "{problems:?}");
+    }
+
+    #[test]
+    fn ssh_default_needs_jets_ssh_key_and_key_files_must_be_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("not-a-key"), "hello").unwrap();
+        let flags: Vec<String> =
+            ["default", "git=missing", "other=not-a-key", "=x"].iter().map(|flag| flag.to_string()).collect();
+        let mut problems = Vec::new();
+        let forwards = parse_ssh(&flags, false, None, dir.path(), &mut problems);
+        let subjects: Vec<&str> = problems.iter().map(|problem| problem.subject.as_str()).collect();
+        assert_eq!(subjects, ["--ssh default", "--ssh git", "--ssh other", "--ssh"], "{problems:?}");
+        assert_eq!(forwards.len(), 2, "the ids with bad files keep their place; the config fails on the problems");
+        let mut problems = Vec::new();
+        let forwards = parse_ssh(&["default".to_string()], true, None, dir.path(), &mut problems);
+        assert!(problems.is_empty());
+        assert_eq!(forwards, [SshForward { id: "default".into(), keys: SshKeys::JetsSshKey }]);
+    }
+}
