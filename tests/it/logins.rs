@@ -14,7 +14,7 @@ fn read(path: &std::path::Path) -> String {
 }
 
 /// Stores an SSM parameter in moto (through boto3; the value goes on stdin, never on a command line).
-fn put_parameter(world: &World, name: &str, value: &str, secure: bool) {
+pub(crate) fn put_parameter(world: &World, name: &str, value: &str, secure: bool) {
     let script = format!(
         "import sys, boto3\n\
          ssm = boto3.client('ssm', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\

@@ -3,6 +3,7 @@
 
 mod agent;
 mod build;
+mod build_mounts;
 mod buildspec;
 mod cli;
 mod config_errors;
