@@ -91,6 +91,14 @@ impl SshForward {
     }
 }
 
+/// What the build's session serves for the mounts, resolved: the secrets' values and each agent's
+/// keys. Built by the runner once the `SSM:` references are resolved.
+#[derive(Debug, Default)]
+pub struct SessionMounts {
+    pub secrets: crate::image::build_secrets::BuildSecrets,
+    pub ssh: Vec<(String, Vec<Arc<russh::keys::PrivateKey>>)>,
+}
+
 const SECRET_HINT: &str =
     "write --secret id=ID,env=VARIABLE or --secret id=ID,src=FILE (as buildx does), e.g. --secret id=npm,env=NPM_TOKEN";
 const SSH_HINT: &str = "write --ssh default (the key in JETS_SSH_KEY) or --ssh ID=PATH to a private key file";

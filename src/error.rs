@@ -355,8 +355,9 @@ pub fn missing_build_secret(message: &str) -> Option<&str> {
 
 /// The id of a `RUN --mount=type=ssh` that no `--ssh` serves: BuildKit says
 /// `no SSH key "ID" forwarded from the client`.
+/// (or, when the session's agent was asked, the agent's own `no --ssh gives the ssh id "ID"`).
 pub fn missing_ssh_id(message: &str) -> Option<&str> {
-    let rest = message.split_once("no SSH key \"")?.1;
+    let rest = message.split_once("no SSH key \"").or_else(|| message.split_once("no --ssh gives the ssh id \""))?.1;
     Some(rest.split_once('"')?.0)
 }
 

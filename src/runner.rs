@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 
 use crate::account;
 use crate::aws;
+use crate::build_mounts::{SecretSource, SessionMounts, SshKeys};
 use crate::cli::Builder;
 use crate::config::{Config, Value};
 use crate::daemon::{AuthError, Daemon, Facts};
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Result};
+use crate::image::build_secrets::SecretBytes;
 use crate::image::{self, BuildRequest, Engine, context::Context};
 use crate::plan::{Step, StepRunner};
 use crate::registry::Credential;
@@ -384,6 +386,36 @@ impl<'a> Runner<'a> {
         Ok(known)
     }
 
+    /// The values of the build's secrets and the keys of its ssh agents, from the configuration
+    /// and the resolved `SSM:` references.
+    fn session_mounts(&self, build: &crate::config::Build) -> Result<SessionMounts> {
+        let mut mounts = SessionMounts::default();
+        for secret in &build.secrets {
+            let value = match &secret.source {
+                SecretSource::Env { value: Value::Known(value), .. } | SecretSource::File { value, .. } => {
+                    value.clone()
+                }
+                SecretSource::Env { value: Value::Ssm(reference), .. } => {
+                    SecretBytes::new(self.resolved_text(reference)?.as_bytes().to_vec())
+                }
+            };
+            mounts.secrets.insert(secret.id.clone(), value);
+        }
+        for forward in &build.ssh {
+            let keys = match &forward.keys {
+                SshKeys::JetsSshKey => {
+                    let key = self.ssh_key()?.ok_or_else(|| {
+                        Error::Internal(format!("--ssh {} without JETS_SSH_KEY passed the config check", forward.id))
+                    })?;
+                    vec![Arc::new(key.key.clone())]
+                }
+                SshKeys::Files(files) => files.iter().map(|file| Arc::new(file.key.key.clone())).collect(),
+            };
+            mounts.ssh.push((forward.id.clone(), keys));
+        }
+        Ok(mounts)
+    }
+
     async fn check_daemon(&mut self) -> Result<Option<String>> {
         let Some(daemon) = self.daemon.as_mut() else {
             return Err(Error::Internal("the daemon check ran before the connection".to_string()));
@@ -469,6 +501,7 @@ impl StepRunner for Runner<'_> {
                     reference,
                     build,
                     cache_from,
+                    mounts: self.session_mounts(build)?,
                 };
                 let engine = match build.builder.value {
                     Builder::Buildkit => Engine::BuildKit,

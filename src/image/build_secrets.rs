@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use bollard_buildkit_proto::moby::buildkit::secrets::v1::secrets_server::{Secrets, SecretsServer};
 use bollard_buildkit_proto::moby::buildkit::secrets::v1::{GetSecretRequest, GetSecretResponse};
 
-/// The gRPC methods the service answers, for the session's `X-Docker-Expose-Session-Grpc-Method`.
-pub const METHODS: &[&str] = &["/moby.buildkit.secrets.v1.Secrets/GetSecret"];
+/// The gRPC methods the service answers (announced by the session as
+/// `/moby.buildkit.secrets.v1.Secrets/GetSecret`).
+pub const METHODS: &[&str] = &["GetSecret"];
 
 /// BuildKit's limit on a secret's size (`MaxSecretSize` in its secrets provider): larger ones are
 /// refused when the flag is read, not in the middle of the build.
@@ -61,9 +62,9 @@ impl BuildSecrets {
         self.values.keys().map(String::as_str)
     }
 
-    /// The tonic service that answers BuildKit's requests.
-    pub fn into_service(self) -> SecretsServer<BuildSecrets> {
-        SecretsServer::new(self)
+    /// The tonic service that answers BuildKit's requests, and the methods to announce.
+    pub fn service(self) -> (SecretsServer<BuildSecrets>, &'static [&'static str]) {
+        (SecretsServer::new(self), METHODS)
     }
 
     /// What BuildKit gets for `id`: the value, or NotFound (which BuildKit reports as

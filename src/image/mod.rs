@@ -37,6 +37,8 @@ pub struct BuildRequest<'a> {
     pub build: &'a Build,
     /// Images to use as cache sources (the pulled `latest` on a cold host).
     pub cache_from: Vec<String>,
+    /// The secrets and ssh agents the session serves to `RUN --mount` (BuildKit only).
+    pub mounts: crate::build_mounts::SessionMounts,
 }
 
 fn credentials_for(credentials: &[Credential], registry: &str) -> Option<DockerCredentials> {

@@ -23,8 +23,8 @@ use russh::keys::agent::server::{Agent, MessageType};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 
-/// The gRPC methods the service answers, for the session's `X-Docker-Expose-Session-Grpc-Method`.
-pub const METHODS: &[&str] = &["/moby.sshforward.v1.SSH/CheckAgent", "/moby.sshforward.v1.SSH/ForwardAgent"];
+/// The gRPC methods the service answers (announced by the session as `/moby.sshforward.v1.SSH/…`).
+pub const METHODS: &[&str] = &["CheckAgent", "ForwardAgent"];
 
 /// The id BuildKit uses for `RUN --mount=type=ssh` without `id=`.
 pub const DEFAULT_ID: &str = "default";
@@ -113,9 +113,9 @@ impl SshAgents {
         self.agents.is_empty()
     }
 
-    /// The tonic service that answers BuildKit's requests.
-    pub fn into_service(self) -> SshServer<SshAgents> {
-        SshServer::new(self)
+    /// The tonic service that answers BuildKit's requests, and the methods to announce.
+    pub fn service(self) -> (SshServer<SshAgents>, &'static [&'static str]) {
+        (SshServer::new(self), METHODS)
     }
 
     fn agent(&self, id: &str) -> Result<&InMemoryAgent, tonic::Status> {
