@@ -450,6 +450,7 @@ impl StepRunner for Runner<'_> {
                     reference,
                     build,
                     cache_from,
+                    shared_key: crate::session::key::for_build(build, reference),
                 };
                 let engine = match build.builder.value {
                     Builder::Buildkit => Engine::BuildKit,
