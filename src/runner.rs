@@ -502,6 +502,7 @@ impl StepRunner for Runner<'_> {
                     build,
                     cache_from,
                     mounts: self.session_mounts(build)?,
+                    shared_key: crate::session::key::for_build(build, reference),
                 };
                 let engine = match build.builder.value {
                     Builder::Buildkit => Engine::BuildKit,
