@@ -348,9 +348,13 @@ fn refused_by_a_registry(message: &str) -> bool {
 /// The id of a `RUN --mount=type=secret,required=true` that BuildKit found no value for: its
 /// message reads "secret ID: not found".
 pub fn missing_build_secret(message: &str) -> Option<&str> {
-    let (before, _) = message.split_once(": not found")?;
-    let id = before.rsplit_once("secret ")?.1;
-    (!id.is_empty() && !id.contains(char::is_whitespace)).then_some(id)
+    // BuildKit 0.8 (Docker 20.10) writes "secret ID not found: not found"; later ones "secret ID: not found".
+    message.match_indices("secret ").find_map(|(at, _)| {
+        let rest = &message[at + "secret ".len()..];
+        let id = rest.split([' ', ':']).next()?;
+        let after = &rest[id.len()..];
+        (!id.is_empty() && (after.starts_with(": not found") || after.starts_with(" not found"))).then_some(id)
+    })
 }
 
 /// The id of a `RUN --mount=type=ssh` that no `--ssh` serves: BuildKit says
@@ -373,6 +377,9 @@ mod tests {
         assert!(error.hint().unwrap().contains("--secret id=npm_token,"), "{:?}", error.hint());
         assert_eq!(error.exit_code(), exit::BUILD);
         assert_eq!(missing_build_secret("image not found"), None);
+        let docker_20_10 =
+            "RUN --mount=type=secret,id=npm_token,required=true echo: secret npm_token not found: not found";
+        assert_eq!(missing_build_secret(docker_20_10), Some("npm_token"));
         let ssh = "failed to solve: no SSH key \"github\" forwarded from the client";
         assert_eq!(missing_ssh_id(ssh), Some("github"));
         let error = Error::Build { step: None, message: ssh.to_string(), output: Vec::new() };

@@ -203,9 +203,10 @@ fn the_dry_run_lists_secrets_and_ssh_ids_without_values() {
     assert!(!plan.contains("dry-run-secret-value") && !plan.contains("dry-run-file-secret"), "{plan}");
 }
 
-/// OpenSSH's ssh-keygen and the libraries it loads, at their own paths in the context, so that a
-/// build step can use the forwarded agent with a real agent client.
-fn add_ssh_keygen(context: &Path) {
+/// OpenSSH's ssh-keygen and the libraries it loads, copied flat into the context, and the COPY
+/// lines that put each at its own path in the image, so that a build step can use the forwarded
+/// agent with a real agent client.
+fn add_ssh_keygen(context: &Path) -> String {
     let listed = Command::new("ldd").arg("/usr/bin/ssh-keygen").output().expect("ldd");
     let mut files = vec![PathBuf::from("/usr/bin/ssh-keygen")];
     for line in String::from_utf8_lossy(&listed.stdout).lines() {
@@ -213,22 +214,27 @@ fn add_ssh_keygen(context: &Path) {
             files.push(PathBuf::from(path));
         }
     }
+    let mut copies = String::new();
     for file in files {
-        let target = context.join("root").join(file.strip_prefix("/").unwrap());
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(&file, &target).unwrap_or_else(|error| panic!("copy {}: {error}", file.display()));
+        let name = file.file_name().unwrap().to_str().unwrap();
+        std::fs::copy(&file, context.join(name)).unwrap_or_else(|error| panic!("copy {}: {error}", file.display()));
+        copies.push_str(&format!("COPY {name} {}\n", file.display()));
     }
-    std::fs::create_dir_all(context.join("root/etc")).unwrap();
-    std::fs::write(context.join("root/etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(context.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    copies.push_str("COPY passwd /etc/passwd\n");
+    copies
 }
 
 /// `--ssh` runs: the build step signs with the forwarded agent (ssh-keygen -Y sign with only the
 /// public key in hand) and verifies the signature against the expected public key.
 fn ssh_forwarding_proves_the_key(agent: Agent, public_key: &str, ssh_flag: &str) {
-    let context = busybox_context(
+    let mut context = agent.work.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    let copies = add_ssh_keygen(&context);
+    context = busybox_context(
         agent.work.path(),
         &format!(
-            "COPY root/ /\nCOPY key.pub allowed_signers /\n\
+            "{copies}COPY key.pub allowed_signers /\n\
              RUN --mount=type=ssh,id={id},required=true echo {nonce} > /data && \
              ssh-keygen -Y sign -f /key.pub -n agent-test /data && \
              ssh-keygen -Y verify -f /allowed_signers -I test -n agent-test -s /data.sig < /data && echo ok > /ssh-seen",
@@ -236,7 +242,6 @@ fn ssh_forwarding_proves_the_key(agent: Agent, public_key: &str, ssh_flag: &str)
             nonce = unique("nonce"),
         ),
     );
-    add_ssh_keygen(&context);
     std::fs::write(context.join("key.pub"), public_key).unwrap();
     std::fs::write(context.join("allowed_signers"), format!("test {public_key}")).unwrap();
     let tag = unique("ssh");
