@@ -276,8 +276,9 @@ impl Step {
                 lines.push(format!("merge the logins into {} (mode 0600), keeping every other entry", path.display()));
             }
             Step::Build { build, reference, cache_image, .. } => {
-                let Build { context, dockerfile, build_args, target, labels, platform, pull, no_cache, builder } =
-                    build;
+                let Build {
+                    context, dockerfile, build_args, target, labels, platform, pull, no_cache, builder, ..
+                } = build;
                 lines.push(match crate::image::context::Context::scan(context, dockerfile) {
                     Ok(scanned) => format!(
                         "context {}: {} file{}, {} after .dockerignore",
@@ -329,6 +330,14 @@ impl Step {
                         "with BuildKit: build arg BUILDKIT_INLINE_CACHE=1 (the pushed image carries its cache for a new host)"
                             .to_string(),
                     );
+                }
+                if builder.value != Builder::Classic {
+                    let key = crate::session::key::for_build(build, reference);
+                    lines.push(format!(
+                        "with BuildKit: the context synced by the agent's session, context key {} (from {})",
+                        &key.key[..16],
+                        key.source
+                    ));
                 }
                 if let Some(cache_image) = cache_image {
                     lines.push(format!(
