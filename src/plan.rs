@@ -288,6 +288,7 @@ impl Step {
                     builder,
                     secrets,
                     ssh,
+                    ..
                 } = build;
                 lines.push(match crate::image::context::Context::scan(context, dockerfile) {
                     Ok(scanned) => format!(
@@ -346,6 +347,14 @@ impl Step {
                         "with BuildKit: build arg BUILDKIT_INLINE_CACHE=1 (the pushed image carries its cache for a new host)"
                             .to_string(),
                     );
+                }
+                if builder.value != Builder::Classic {
+                    let key = crate::session::key::for_build(build, reference);
+                    lines.push(format!(
+                        "with BuildKit: the context synced by the agent's session, context key {} (from {})",
+                        &key.key[..16],
+                        key.source
+                    ));
                 }
                 if let Some(cache_image) = cache_image {
                     lines.push(format!(

@@ -214,12 +214,12 @@ async fn build_with_session(
     let (auth, auth_methods) = Logins::new(credentials).service();
     let name = context_dir.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     tracing::info!(
-        "syncing the build context: {} file{}, {} (BuildKit, shared key from {})",
+        "sending the build context: {} file{}, {} (BuildKit), by FileSync: only what changed crosses the wire",
         request.context.files,
         if request.context.files == 1 { "" } else { "s" },
         human_bytes(request.context.bytes),
-        request.shared_key.source
     );
+    tracing::info!("context key from {}", request.shared_key.source);
     // The build's secrets and ssh agents are always served (empty without --secret/--ssh), so that
     // a `required` mount nobody gives fails with BuildKit's own "not found" naming its id.
     let mounts = request.mounts;

@@ -21,9 +21,10 @@ pub const CODEBUILD_SRC_DIR: &str = "CODEBUILD_SRC_DIR";
 
 /// The key of a build: the given one, else derived from the image repository and the context.
 pub fn for_build(build: &crate::config::Build, reference: &str) -> SharedKey {
-    let repository = repository_of(reference);
-    let src_dir = std::env::var_os(CODEBUILD_SRC_DIR).filter(|dir| !dir.is_empty()).map(PathBuf::from);
-    derive(repository, &build.context, src_dir.as_deref())
+    if let Some(given_key) = &build.context_key {
+        return given(&given_key.value, &given_key.origin.to_string());
+    }
+    derive(repository_of(reference), &build.context, build.source_root.as_deref())
 }
 
 /// `registry/app:tag` (or `@digest`) without its tag: the repository.

@@ -12,6 +12,7 @@ mod faults;
 mod image;
 mod logins;
 mod parsers;
+mod session;
 mod ssh;
 mod world;
 mod world_answers;
