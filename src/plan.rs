@@ -34,7 +34,7 @@ pub enum Step {
     /// Build the image on the daemon.
     Build {
         /// What to build and how, as configured.
-        build: Build,
+        build: Box<Build>,
         reference: String,
         /// The image to pull as cache when the daemon lacks it (a new or wiped host).
         cache_image: Option<String>,
@@ -120,7 +120,7 @@ impl Plan {
         let tags = &config.tags.value;
         let first = image.with_tag(&tags[0]);
         steps.push(Step::Build {
-            build: config.build.clone(),
+            build: Box::new(config.build.clone()),
             reference: first.clone(),
             cache_image: config.push.then(|| image.with_tag(crate::image_ref::LATEST)),
             registry: image.registry().to_string(),
@@ -289,7 +289,7 @@ impl Step {
                     secrets,
                     ssh,
                     ..
-                } = build;
+                } = build.as_ref();
                 lines.push(match crate::image::context::Context::scan(context, dockerfile) {
                     Ok(scanned) => format!(
                         "context {}: {} file{}, {} after .dockerignore",
