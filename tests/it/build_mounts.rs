@@ -278,3 +278,49 @@ fn ssh_id_with_a_key_file_forwards_that_key() {
     let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
     ssh_forwarding_proves_the_key(Agent::new(), &public, &format!("git={}", path.display()));
 }
+
+#[test]
+fn an_ssh_mount_no_ssh_flag_gives_fails_the_build_naming_its_id() {
+    World::shared();
+    let agent = Agent::new();
+    let context = busybox_context(
+        agent.work.path(),
+        &format!("RUN --mount=type=ssh,id=github,required=true echo {}", unique("never-cached")),
+    );
+    let outcome = agent
+        .args(["run", "--context", context.to_str().unwrap(), "--image", "agent-it/missing-ssh"])
+        .args(["--tag", &unique("t"), "--no-push", "--builder", "buildkit"])
+        .run();
+    outcome.expect_code(50);
+    assert!(
+        outcome.stderr.contains("hint: the Dockerfile mounts the ssh agent \"github\": give --ssh github=KEYFILE"),
+        "{}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn a_forwarded_agent_holds_only_its_own_key() {
+    // The agent holds the ECDSA key; the step asks it to sign with the ed25519 one, and must fail.
+    let world = World::shared();
+    let other_public = std::fs::read_to_string(world.key_ed25519.with_extension("pub")).unwrap();
+    let agent = Agent::new();
+    let mut context = agent.work.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    let copies = add_ssh_keygen(&context);
+    context = busybox_context(
+        agent.work.path(),
+        &format!(
+            "{copies}COPY key.pub /\nRUN --mount=type=ssh,id=git echo {} > /data && ssh-keygen -Y sign -f /key.pub -n agent-test /data",
+            unique("nonce")
+        ),
+    );
+    std::fs::write(context.join("key.pub"), other_public).unwrap();
+    let outcome = agent
+        .args(["run", "--context", context.to_str().unwrap(), "--image", "agent-it/ssh-other", "--tag", &unique("t")])
+        .args(["--no-push", "--builder", "buildkit", "--ssh", &format!("git={}", world.key_ecdsa.display())])
+        .run();
+    outcome.expect_code(50);
+    assert!(outcome.stderr.contains("ssh-keygen -Y sign"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("No private key found for public key"), "{}", outcome.stderr);
+}
