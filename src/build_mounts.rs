@@ -386,6 +386,26 @@ fn read_key_file(
     }
 }
 
+/// With `--builder auto`, the daemon decides the builder: `--secret` and `--ssh` need BuildKit,
+/// so a daemon without it is a config error, found at the daemon check before anything is sent.
+pub fn check_builder_offers_mounts(
+    build: &crate::config::Build,
+    facts: &crate::daemon::Facts,
+) -> Result<(), crate::error::Error> {
+    if build.builder.value != crate::cli::Builder::Auto || facts.offers_buildkit() {
+        return Ok(());
+    }
+    let problems: Vec<Problem> = [("--secret", !build.secrets.is_empty()), ("--ssh", !build.ssh.is_empty())]
+        .into_iter()
+        .filter(|(_, given)| *given)
+        .map(|(flag, _)| {
+            Problem::new(flag, format!("needs BuildKit, and the daemon does not offer it ({})", facts.summary()))
+                .hint("build on a daemon with BuildKit (Docker 18.09 or later on Linux), or build without the flag")
+        })
+        .collect();
+    if problems.is_empty() { Ok(()) } else { Err(crate::error::Error::Config(problems)) }
+}
+
 /// The path made absolute against the working directory.
 fn absolute(path: &Path, cwd: &Path) -> PathBuf {
     if path.is_absolute() { path.to_path_buf() } else { cwd.join(path) }
@@ -474,6 +494,32 @@ mod tests {
         assert!(problems[0].starts_with("--secret id=a: reads the environment variable UNSET, which is not set"));
         assert!(problems[1].contains("missing.txt does not exist"), "{problems:?}");
         assert!(problems[2].contains("names neither a set environment variable nowhere nor a file"), "{problems:?}");
+    }
+
+    #[test]
+    fn auto_on_a_daemon_without_buildkit_refuses_secrets_and_ssh() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        let (cli, _) = crate::cli::parse(["agent", "run", "--image", "app", "--secret", "id=t,env=TOKEN"]).unwrap();
+        let crate::cli::Command::Run(args) = cli.command;
+        let env = crate::cli::Environment::from_pairs([("TOKEN", "auto-builder-secret"), ("HOME", "/home/ci")]);
+        let config = crate::config::Config::new(&args, &crate::config::AllFlags, &env, dir.path()).unwrap();
+        let facts = |os: &str, api: &str| crate::daemon::Facts {
+            version: "20.10".into(),
+            api_version: api.into(),
+            os: os.into(),
+            arch: "amd64".into(),
+            driver: "overlay2".into(),
+        };
+        assert!(check_builder_offers_mounts(&config.build, &facts("linux", "1.41")).is_ok());
+        let error = check_builder_offers_mounts(&config.build, &facts("windows", "1.41")).unwrap_err();
+        assert_eq!(error.exit_code(), crate::error::exit::CONFIG);
+        assert!(
+            error.report().contains("--secret: needs BuildKit, and the daemon does not offer it"),
+            "{}",
+            error.report()
+        );
+        assert!(check_builder_offers_mounts(&config.build, &facts("linux", "1.38")).is_err());
     }
 
     #[test]

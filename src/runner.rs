@@ -421,25 +421,8 @@ impl<'a> Runner<'a> {
             return Err(Error::Internal("the daemon check ran before the connection".to_string()));
         };
         let facts = daemon.check().await?;
-        let build = &self.config.build;
-        if build.builder.value == Builder::Auto && !facts.offers_buildkit() {
-            // Before any login or upload: these flags cannot work on this daemon.
-            let mut problems = Vec::new();
-            for (flag, given) in [("--secret", !build.secrets.is_empty()), ("--ssh", !build.ssh.is_empty())] {
-                if given {
-                    problems.push(
-                        crate::error::Problem::new(
-                            flag,
-                            format!("needs BuildKit, and the daemon does not offer it ({})", facts.summary()),
-                        )
-                        .hint("build on a daemon with BuildKit (Docker 18.09 or later on Linux), or build without the flag"),
-                    );
-                }
-            }
-            if !problems.is_empty() {
-                return Err(Error::Config(problems));
-            }
-        }
+        // Before any login or upload: --secret and --ssh cannot work on a daemon without BuildKit.
+        crate::build_mounts::check_builder_offers_mounts(&self.config.build, &facts)?;
         let summary = facts.summary();
         self.facts = Some(facts);
         Ok(Some(summary))
