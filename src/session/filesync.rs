@@ -129,9 +129,11 @@ impl Filter {
             || self.includes.iter().any(|pattern| (1..=segments.len()).any(|len| matches(pattern, &segments[..len])))
     }
 
-    /// Whether something under this directory may be selected.
+    /// Whether something under this directory may be selected: the directory is on the way to an
+    /// include, or is itself (or is under) a selected path — `COPY dir/ /` follows `dir`, and
+    /// everything below it must be sent.
     fn may_select_below(&self, segments: &[&str]) -> bool {
-        self.includes.is_empty() || self.includes.iter().any(|pattern| prefix_matches(pattern, segments))
+        self.selected(segments) || self.includes.iter().any(|pattern| prefix_matches(pattern, segments))
     }
 }
 

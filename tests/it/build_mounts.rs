@@ -324,3 +324,22 @@ fn a_forwarded_agent_holds_only_its_own_key() {
     assert!(outcome.stderr.contains("ssh-keygen -Y sign"), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("No private key found for public key"), "{}", outcome.stderr);
 }
+
+/// Regression: a directory that `COPY` names (a FileSync follow path) reached BuildKit empty — the
+/// walk did not descend below a followed directory (found with the ssh test's nested context).
+#[test]
+fn a_copied_directory_reaches_the_image_with_everything_below_it() {
+    World::shared();
+    let agent = Agent::new();
+    let context =
+        busybox_context(agent.work.path(), "COPY tree/ /copied/\nRUN test \"$(cat /copied/a/b/leaf.txt)\" = leaf");
+    std::fs::create_dir_all(context.join("tree/a/b")).unwrap();
+    std::fs::write(context.join("tree/a/b/leaf.txt"), "leaf").unwrap();
+    let tag = unique("t");
+    let outcome = agent
+        .args(["run", "--context", context.to_str().unwrap(), "--image", "agent-it/nested", "--tag", &tag])
+        .args(["--no-push", "--builder", "buildkit"])
+        .run();
+    outcome.expect_code(0);
+    remove_image(&format!("agent-it/nested:{tag}"));
+}
