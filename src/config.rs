@@ -665,12 +665,12 @@ fn check_build(
     // The creation time only from SOURCE_DATE_EPOCH (reproducible builds' convention): a wall-clock
     // label would change the image on every build, so an unchanged rebuild would never be fully
     // cached and every run would push a new image.
-    match env.get("SOURCE_DATE_EPOCH").map(|text| text.trim().parse::<u64>()) {
-        Some(Ok(seconds)) if !labels.iter().any(|(key, _)| key == "org.opencontainers.image.created") => {
-            labels.push(("org.opencontainers.image.created".to_string(), rfc3339(seconds)));
+    match env.get("SOURCE_DATE_EPOCH").map(|text| text.trim().parse::<u64>().ok().and_then(rfc3339)) {
+        Some(Some(created)) if !labels.iter().any(|(key, _)| key == "org.opencontainers.image.created") => {
+            labels.push(("org.opencontainers.image.created".to_string(), created));
         }
-        Some(Ok(_)) => {}
-        Some(Err(_)) => problems.push(
+        Some(Some(_)) => {}
+        Some(None) => problems.push(
             Problem::new("SOURCE_DATE_EPOCH", "is not a number of seconds since 1970")
                 .hint("set it to e.g. the commit's time: git log -1 --format=%ct"),
         ),
@@ -777,21 +777,10 @@ fn check_build(
     })
 }
 
-/// Seconds since 1970 as `YYYY-MM-DDTHH:MM:SSZ` (the civil-from-days algorithm; no date crate
-/// is needed for one label).
-pub fn rfc3339(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let rest = seconds % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+/// Seconds since 1970 as `YYYY-MM-DDTHH:MM:SSZ`; `None` past the year 9999.
+pub fn rfc3339(seconds: u64) -> Option<String> {
+    let time = time::OffsetDateTime::from_unix_timestamp(i64::try_from(seconds).ok()?).ok()?;
+    time.format(&time::format_description::well_known::Rfc3339).ok()
 }
 
 /// A value cut short for an error message.
@@ -967,9 +956,10 @@ mod tests {
 
     #[test]
     fn created_comes_from_source_date_epoch() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(0).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(rfc3339(1_700_000_000).as_deref(), Some("2023-11-14T22:13:20Z"));
+        assert_eq!(rfc3339(951_782_400).as_deref(), Some("2000-02-29T00:00:00Z"));
+        assert_eq!(rfc3339(u64::MAX), None);
         let dir = fixture();
         let config = config(&["--image", "app"], &[("SOURCE_DATE_EPOCH", "1700000000")], dir.path()).unwrap();
         assert!(

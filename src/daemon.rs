@@ -135,7 +135,10 @@ impl Daemon {
         Ok(Daemon::assemble(docker, target, None, connect_timeout, endpoint))
     }
 
-    /// Ping, negotiate the API version, then read the version and the storage driver.
+    /// What [`Daemon::check`] asks, as the plan shows it.
+    pub const CHECK: &str = "ping, version and info in one round trip: server and API version, OS/arch, storage driver";
+
+    /// Ping, read the version and the storage driver, and settle the API version to speak.
     pub async fn check(&mut self) -> Result<Facts, Error> {
         // Ping, version and info at once: one round trip instead of three. bollard sends
         // unversioned paths, so the daemon answers in its own API version: nothing needs

@@ -15,6 +15,7 @@
 //! - [`runner`]: what each step of the plan does for real;
 //! - [`aws`]: SSM parameters and ECR tokens;
 //! - [`registry`]: registry credentials and the docker CLI's config.json;
+//! - [`image_definitions`]: CodePipeline's imagedefinitions.json;
 //! - [`account`]: the user the agent runs as;
 //! - [`error`]: the one error type and its documented exit codes;
 //! - [`run`]: the top level that ties them together.
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod docker_host;
 pub mod error;
 pub mod image;
+pub mod image_definitions;
 pub mod image_ref;
 pub mod output;
 pub mod plan;

@@ -219,7 +219,10 @@ impl Step {
                 for entry in entries {
                     lines.push(format!("  {entry}"));
                 }
-                lines.push(format!("append the lines not already in {} (mode 0644)", path.display()));
+                lines.push(format!(
+                    "append the lines not already in {} (its mode kept; a new file is 0644)",
+                    path.display()
+                ));
             }
             Step::Connect { host, timeout, read_timeout, tls } => {
                 match &host.value {
@@ -258,7 +261,7 @@ impl Step {
                 lines.push(format!("connect timeout {}s", timeout.as_secs()));
             }
             Step::CheckDaemon => {
-                lines.push("ping, then version: server and API version, OS/arch, storage driver".to_string());
+                lines.push(crate::daemon::Daemon::CHECK.to_string());
             }
             Step::Login { registry, user, password } => {
                 lines.push(format!("registry {} (from {})", show(&registry.value), registry.origin));
@@ -366,7 +369,7 @@ impl Step {
             Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 lines.push(format!("write {} (atomically)", path.display()));
-                lines.push(format!("[{{\"name\":\"{container}\",\"imageUri\":\"{image_uri}\"}}]"));
+                lines.push(crate::image_definitions::render(container, image_uri));
             }
         }
         lines

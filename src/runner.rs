@@ -505,9 +505,7 @@ impl StepRunner for Runner<'_> {
                 Ok(Some(format!("pushed {summary}")))
             }
             Step::WriteImageDefinitions { path, container, image_uri } => {
-                let json = serde_json::json!([{ "name": container, "imageUri": image_uri }]);
-                let text = format!("{}\n", serde_json::to_string_pretty(&json).expect("JSON serialises"));
-                files::write_atomically(path, text.as_bytes(), 0o644, true)?;
+                crate::image_definitions::write(path, container, image_uri)?;
                 Ok(Some(format!("wrote {}", path.display())))
             }
             Step::WriteDockerConfig { path } => {

@@ -220,6 +220,11 @@ fn walk_dir(dir: &Path, prefix: &mut Vec<String>, filter: &Filter, out: &mut Vec
     Ok(any)
 }
 
+/// The special permission bits of a Unix mode (`S_ISUID`, `S_ISGID`, `S_ISVTX`; POSIX fixes their values).
+const SET_UID_BIT: u32 = 0o4000;
+const SET_GID_BIT: u32 = 0o2000;
+const STICKY_BIT: u32 = 0o1000;
+
 /// The STAT of one entry, as fsutil makes it for the docker CLI (owner reset to 0:0).
 fn stat(relative: &str, meta: &std::fs::Metadata, link: Option<&Path>) -> Stat {
     let kind = meta.file_type();
@@ -231,13 +236,13 @@ fn stat(relative: &str, meta: &std::fs::Metadata, link: Option<&Path>) -> Stat {
     if kind.is_symlink() {
         go |= go_mode::SYMLINK;
     }
-    if mode & libc::S_ISUID != 0 {
+    if mode & SET_UID_BIT != 0 {
         go |= go_mode::SETUID;
     }
-    if mode & libc::S_ISGID != 0 {
+    if mode & SET_GID_BIT != 0 {
         go |= go_mode::SETGID;
     }
-    if mode & libc::S_ISVTX != 0 {
+    if mode & STICKY_BIT != 0 {
         go |= go_mode::STICKY;
     }
     Stat {

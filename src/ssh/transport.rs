@@ -367,19 +367,8 @@ struct QuickAck(tokio::net::TcpStream);
 
 impl QuickAck {
     fn acknowledge_quickly(&self) {
-        use std::os::fd::AsRawFd;
-        let on: libc::c_int = 1;
-        // SAFETY: the descriptor is the live socket owned by self.0, and the option value is a
-        // c_int of the size given. A failure only leaves delayed ACKs on, so it is ignored.
-        unsafe {
-            libc::setsockopt(
-                self.0.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        // A failure only leaves delayed ACKs on, so it is ignored.
+        let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
     }
 }
 
