@@ -523,6 +523,21 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_larger_than_buildkit_takes_is_a_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), vec![b'x'; MAX_SECRET_BYTES + 1]).unwrap();
+        let (secrets, problems) = parse(&["id=big,src=big"], &[], dir.path());
+        assert!(secrets.is_empty());
+        assert_eq!(
+            problems,
+            [format!(
+                "--secret id=big: holds {} bytes; BuildKit takes secrets up to {MAX_SECRET_BYTES}",
+                MAX_SECRET_BYTES + 1
+            )]
+        );
+    }
+
+    #[test]
     fn ssh_default_needs_jets_ssh_key_and_key_files_must_be_keys() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("not-a-key"), "hello").unwrap();

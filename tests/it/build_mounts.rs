@@ -343,3 +343,12 @@ fn a_copied_directory_reaches_the_image_with_everything_below_it() {
     outcome.expect_code(0);
     remove_image(&format!("agent-it/nested:{tag}"));
 }
+
+#[test]
+fn ssh_id_with_an_encrypted_key_file_opens_it_with_the_passphrase() {
+    let world = World::shared();
+    let path = world.key_ed25519_enc.clone();
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    let agent = Agent::new().env("JETS_SSH_KEY_PASSPHRASE", world.key_passphrase());
+    ssh_forwarding_proves_the_key(agent, &public, &format!("git={}", path.display()));
+}
