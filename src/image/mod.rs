@@ -270,12 +270,7 @@ async fn run_session_build(
         let frame = match http_body_util::BodyExt::frame(&mut body).await {
             None => break,
             Some(Ok(frame)) => frame,
-            Some(Err(error)) => {
-                return Err(Error::Daemon {
-                    target: daemon.target.clone(),
-                    detail: format!("broke off the build: {}", crate::daemon::error_chain(&error)),
-                });
-            }
+            Some(Err(error)) => return Err(daemon.broke_off("the build", &error)),
         };
         let Ok(data) = frame.into_data() else { continue };
         pending.extend_from_slice(&data);
