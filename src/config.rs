@@ -121,6 +121,8 @@ pub struct Build {
     pub context_key: Option<Sourced<String>>,
     /// `CODEBUILD_SRC_DIR`: the source root the derived context key is relative to.
     pub source_root: Option<PathBuf>,
+    /// `--stable-mtimes`: unchanged tracked files sent with mtimes made from their git blob ids.
+    pub stable_mtimes: bool,
 }
 
 /// One `--build-arg`.
@@ -774,6 +776,7 @@ fn check_build(
         ssh,
         context_key,
         source_root,
+        stable_mtimes: args.stable_mtimes.unwrap_or(false),
     })
 }
 
@@ -906,6 +909,20 @@ mod tests {
             subjects,
             ["--host", "--connect-timeout", "DOCKER_PASS", "--image", "--tag", "--build-arg", "--label"]
         );
+    }
+
+    #[test]
+    fn the_context_key_comes_from_the_flag_and_an_empty_one_is_a_problem() {
+        let dir = fixture();
+        let build = config(&["--image", "app", "--context-key", "web"], &[("CODEBUILD_SRC_DIR", "/src")], dir.path())
+            .unwrap()
+            .build;
+        let key = build.context_key.unwrap();
+        assert_eq!((key.value.as_str(), key.origin), ("web", Origin::Flag("--context-key")));
+        assert_eq!(build.source_root.as_deref(), Some(Path::new("/src")));
+        assert!(!build.stable_mtimes);
+        let found = problems(&["--image", "app", "--context-key", " "], &[]);
+        assert!(found.iter().any(|(subject, _)| subject == "--context-key"), "{found:?}");
     }
 
     #[test]
