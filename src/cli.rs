@@ -127,6 +127,28 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "BUILDER")]
     pub builder: Option<Builder>,
 
+    /// A secret for `RUN --mount=type=secret`, as buildx writes it: id=ID,env=VARIABLE (which may
+    /// hold SSM:/parameter) or id=ID,src=FILE; repeatable; needs BuildKit
+    #[arg(long = "secret", value_name = "id=ID,env=VAR|src=FILE")]
+    pub secrets: Vec<String>,
+
+    /// SSH agent forwarding for `RUN --mount=type=ssh`: `default` (the key in JETS_SSH_KEY) or
+    /// ID=PATH[,PATH] (private key files), held in memory; repeatable; needs BuildKit
+    #[arg(long = "ssh", value_name = "default|ID=PATH")]
+    pub ssh: Vec<String>,
+
+    /// The name under which the Docker host keeps its copy of the context between BuildKit builds,
+    /// so that only changed files are sent [default: derived from the image repository and the
+    /// context's path in CODEBUILD_SRC_DIR or the git checkout]
+    #[arg(long, env = "AGENT_CONTEXT_KEY", value_name = "KEY")]
+    pub context_key: Option<String>,
+
+    /// With BuildKit, send each file git tracks and that is unchanged since checkout with an mtime
+    /// made from its content (1980-01-01 plus a fraction of a second), so that a fresh clone does
+    /// not send every file again; the image's files get those mtimes
+    #[arg(long, env = "AGENT_STABLE_MTIMES", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true", value_name = "BOOL")]
+    pub stable_mtimes: Option<bool>,
+
     /// Build and tag, but push nothing
     #[arg(long)]
     pub no_push: bool,

@@ -113,6 +113,16 @@ pub struct Build {
     pub pull: bool,
     pub no_cache: bool,
     pub builder: Sourced<Builder>,
+    /// `--secret`: the build's secrets, values read (and registered with the redactor).
+    pub secrets: Vec<crate::build_mounts::BuildSecret>,
+    /// `--ssh`: the forwarded agents and their keys.
+    pub ssh: Vec<crate::build_mounts::SshForward>,
+    /// `--context-key` (`AGENT_CONTEXT_KEY`): BuildKit's shared key for the context, given.
+    pub context_key: Option<Sourced<String>>,
+    /// `CODEBUILD_SRC_DIR`: the source root the derived context key is relative to.
+    pub source_root: Option<PathBuf>,
+    /// `--stable-mtimes`: unchanged tracked files sent with mtimes made from their git blob ids.
+    pub stable_mtimes: bool,
 }
 
 /// One `--build-arg`.
@@ -453,6 +463,12 @@ impl Config {
                 references.push((&login.password.origin, reference));
             }
         }
+        for secret in &self.build.secrets {
+            if let crate::build_mounts::SecretSource::Env { value: Value::Ssm(reference), origin, .. } = &secret.source
+            {
+                references.push((origin, reference));
+            }
+        }
         references
     }
 }
@@ -716,6 +732,47 @@ fn check_build(
         }
     }
 
+    let secrets = crate::build_mounts::parse_secrets(&args.secrets, env, cwd, problems);
+    let passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
+    let ssh = crate::build_mounts::parse_ssh(
+        &args.ssh,
+        env.get(names::JETS_SSH_KEY).is_some(),
+        passphrase.as_ref(),
+        cwd,
+        problems,
+    );
+    if let Some(Sourced { value: Builder::Classic, origin }) = &builder {
+        let needs = [("--secret", !args.secrets.is_empty()), ("--ssh", !args.ssh.is_empty())];
+        for (flag, given) in needs {
+            if given {
+                problems.push(
+                    Problem::new(flag, format!("needs BuildKit, but the classic builder is chosen ({origin})")).hint(
+                        "drop --builder classic / DOCKER_BUILDKIT=0 to build with BuildKit, or build without the flag",
+                    ),
+                );
+            }
+        }
+    }
+
+    let context_key = match args.context_key.as_deref() {
+        None => None,
+        Some(key) if key.trim().is_empty() => {
+            problems.push(
+                Problem::new("--context-key", "is empty")
+                    .hint("give a name for this app's context, or leave it out to derive one"),
+            );
+            None
+        }
+        Some(key) => {
+            let origin = if env.get("AGENT_CONTEXT_KEY") == Some(key) {
+                Origin::Env("AGENT_CONTEXT_KEY")
+            } else {
+                Origin::Flag("--context-key")
+            };
+            Some(Sourced { value: key.to_string(), origin })
+        }
+    };
+    let source_root = env.get("CODEBUILD_SRC_DIR").filter(|dir| !dir.trim().is_empty()).map(PathBuf::from);
     let builder = builder.filter(|_| problems.len() == before)?;
     Some(Build {
         context,
@@ -727,6 +784,11 @@ fn check_build(
         pull: args.pull,
         no_cache: args.no_cache,
         builder,
+        secrets,
+        ssh,
+        context_key,
+        source_root,
+        stable_mtimes: args.stable_mtimes.unwrap_or(false),
     })
 }
 
@@ -859,6 +921,20 @@ mod tests {
             subjects,
             ["--host", "--connect-timeout", "DOCKER_PASS", "--image", "--tag", "--build-arg", "--label"]
         );
+    }
+
+    #[test]
+    fn the_context_key_comes_from_the_flag_and_an_empty_one_is_a_problem() {
+        let dir = fixture();
+        let build = config(&["--image", "app", "--context-key", "web"], &[("CODEBUILD_SRC_DIR", "/src")], dir.path())
+            .unwrap()
+            .build;
+        let key = build.context_key.unwrap();
+        assert_eq!((key.value.as_str(), key.origin), ("web", Origin::Flag("--context-key")));
+        assert_eq!(build.source_root.as_deref(), Some(Path::new("/src")));
+        assert!(!build.stable_mtimes);
+        let found = problems(&["--image", "app", "--context-key", " "], &[]);
+        assert!(found.iter().any(|(subject, _)| subject == "--context-key"), "{found:?}");
     }
 
     #[test]

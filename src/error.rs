@@ -265,6 +265,22 @@ impl Error {
                  for ECR"
                     .to_string(),
             ),
+            Error::Build { message, .. } if missing_build_secret(message).is_some() => {
+                let id = missing_build_secret(message).unwrap_or_default();
+                Some(format!(
+                    "the Dockerfile mounts the secret {id:?} with required=true: give it with --secret id={id},env=VARIABLE \
+                     or --secret id={id},src=FILE"
+                ))
+            }
+            Error::Build { message, .. } if missing_ssh_id(message).is_some() => {
+                let id = missing_ssh_id(message).unwrap_or_default();
+                Some(if id == "default" {
+                    "the Dockerfile mounts an ssh agent: give --ssh default (the key in JETS_SSH_KEY) or --ssh default=KEYFILE"
+                        .to_string()
+                } else {
+                    format!("the Dockerfile mounts the ssh agent {id:?}: give --ssh {id}=KEYFILE")
+                })
+            }
             Error::Build { .. } => Some("fix the Dockerfile or the sources, then run again".to_string()),
             Error::Push { message, .. } => Some(
                 if message.contains("unauthorized") || message.contains("denied") {
@@ -329,9 +345,46 @@ fn refused_by_a_registry(message: &str) -> bool {
         .any(|sign| message.contains(sign))
 }
 
+/// The id of a `RUN --mount=type=secret,required=true` that BuildKit found no value for: its
+/// message reads "secret ID: not found".
+pub fn missing_build_secret(message: &str) -> Option<&str> {
+    // BuildKit 0.8 (Docker 20.10) writes "secret ID not found: not found"; later ones "secret ID: not found".
+    message.match_indices("secret ").find_map(|(at, _)| {
+        let rest = &message[at + "secret ".len()..];
+        let id = rest.split([' ', ':']).next()?;
+        let after = &rest[id.len()..];
+        (!id.is_empty() && (after.starts_with(": not found") || after.starts_with(" not found"))).then_some(id)
+    })
+}
+
+/// The id of a `RUN --mount=type=ssh` that no `--ssh` serves: BuildKit says
+/// `no SSH key "ID" forwarded from the client`.
+/// (or, when the session's agent was asked, the agent's own `no --ssh gives the ssh id "ID"`).
+pub fn missing_ssh_id(message: &str) -> Option<&str> {
+    let rest = message.split_once("no SSH key \"").or_else(|| message.split_once("no --ssh gives the ssh id \""))?.1;
+    Some(rest.split_once('"')?.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_secrets_and_ssh_ids_are_named_in_the_hint() {
+        let message = "failed to compute cache key: secret npm_token: not found";
+        assert_eq!(missing_build_secret(message), Some("npm_token"));
+        let error = Error::Build { step: None, message: message.to_string(), output: Vec::new() };
+        assert!(error.hint().unwrap().contains("--secret id=npm_token,"), "{:?}", error.hint());
+        assert_eq!(error.exit_code(), exit::BUILD);
+        assert_eq!(missing_build_secret("image not found"), None);
+        let docker_20_10 =
+            "RUN --mount=type=secret,id=npm_token,required=true echo: secret npm_token not found: not found";
+        assert_eq!(missing_build_secret(docker_20_10), Some("npm_token"));
+        let ssh = "failed to solve: no SSH key \"github\" forwarded from the client";
+        assert_eq!(missing_ssh_id(ssh), Some("github"));
+        let error = Error::Build { step: None, message: ssh.to_string(), output: Vec::new() };
+        assert!(error.hint().unwrap().contains("--ssh github="), "{:?}", error.hint());
+    }
 
     #[test]
     fn exit_codes_are_unique_and_listed_in_order() {

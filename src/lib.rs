@@ -5,11 +5,13 @@
 //! - [`config`]: flags and environment turned into one validated [`config::Config`];
 //! - [`plan`]: the ordered steps a run consists of, printed by `--dry`, executed by `run`;
 //! - [`image`]: the build context (.dockerignore, streamed tar), build, tag and push;
+//! - [`build_mounts`]: `--secret` and `--ssh` (build secrets and forwarded SSH keys), read and checked;
 //! - [`docker_host`]: the `DOCKER_HOST` grammar; [`image_ref`]: image references and tags;
 //! - [`ssh`]: the key and known_hosts files, the host-key check, the SSH transport;
 //! - [`secrets`]: `SSM:` references, secret values and the redactor every output passes through;
 //! - [`output`]: logging (tracing) to stderr, text or JSON;
 //! - [`daemon`]: the bollard client for the target daemon, and its check;
+//! - [`session`]: the agent's own BuildKit session (credentials, the context by FileSync);
 //! - [`runner`]: what each step of the plan does for real;
 //! - [`aws`]: SSM parameters and ECR tokens;
 //! - [`registry`]: registry credentials and the docker CLI's config.json;
@@ -20,6 +22,7 @@
 
 pub mod account;
 pub mod aws;
+pub mod build_mounts;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -34,4 +37,5 @@ pub mod registry;
 pub mod run;
 pub mod runner;
 pub mod secrets;
+pub mod session;
 pub mod ssh;

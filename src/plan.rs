@@ -34,7 +34,7 @@ pub enum Step {
     /// Build the image on the daemon.
     Build {
         /// What to build and how, as configured.
-        build: Build,
+        build: Box<Build>,
         reference: String,
         /// The image to pull as cache when the daemon lacks it (a new or wiped host).
         cache_image: Option<String>,
@@ -120,7 +120,7 @@ impl Plan {
         let tags = &config.tags.value;
         let first = image.with_tag(&tags[0]);
         steps.push(Step::Build {
-            build: config.build.clone(),
+            build: Box::new(config.build.clone()),
             reference: first.clone(),
             cache_image: config.push.then(|| image.with_tag(crate::image_ref::LATEST)),
             registry: image.registry().to_string(),
@@ -279,8 +279,20 @@ impl Step {
                 lines.push(format!("merge the logins into {} (mode 0600), keeping every other entry", path.display()));
             }
             Step::Build { build, reference, cache_image, .. } => {
-                let Build { context, dockerfile, build_args, target, labels, platform, pull, no_cache, builder } =
-                    build;
+                let Build {
+                    context,
+                    dockerfile,
+                    build_args,
+                    target,
+                    labels,
+                    platform,
+                    pull,
+                    no_cache,
+                    builder,
+                    secrets,
+                    ssh,
+                    ..
+                } = build.as_ref();
                 lines.push(match crate::image::context::Context::scan(context, dockerfile) {
                     Ok(scanned) => format!(
                         "context {}: {} file{}, {} after .dockerignore",
@@ -319,6 +331,12 @@ impl Step {
                 if *no_cache {
                     lines.push("without the layer cache".to_string());
                 }
+                for secret in secrets {
+                    lines.push(format!("secret {} from {} (value {MASK})", secret.id, secret.source.describe()));
+                }
+                for forward in ssh {
+                    lines.push(format!("ssh agent {} holding {} (in memory)", forward.id, forward.describe()));
+                }
                 lines.push(match builder.value {
                     Builder::Auto => format!(
                         "BuildKit if the daemon offers it (Linux, API 1.39 or later), else the classic builder ({})",
@@ -332,6 +350,20 @@ impl Step {
                         "with BuildKit: build arg BUILDKIT_INLINE_CACHE=1 (the pushed image carries its cache for a new host)"
                             .to_string(),
                     );
+                }
+                if builder.value != Builder::Classic {
+                    let key = crate::session::key::for_build(build, reference);
+                    lines.push(format!(
+                        "with BuildKit: the context synced by the agent's session, context key {} (from {})",
+                        &key.key[..16],
+                        key.source
+                    ));
+                    if build.stable_mtimes {
+                        lines.push(
+                            "with BuildKit: files git tracks, unchanged since checkout, sent with mtimes made from their content"
+                                .to_string(),
+                        );
+                    }
                 }
                 if let Some(cache_image) = cache_image {
                     lines.push(format!(

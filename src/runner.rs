@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 
 use crate::account;
 use crate::aws;
+use crate::build_mounts::{SecretSource, SessionMounts, SshKeys};
 use crate::cli::Builder;
 use crate::config::{Config, Value};
 use crate::daemon::{AuthError, Daemon, Facts};
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Result};
+use crate::image::build_secrets::SecretBytes;
 use crate::image::{self, BuildRequest, Engine, context::Context};
 use crate::plan::{Step, StepRunner};
 use crate::registry::Credential;
@@ -87,7 +89,7 @@ impl<'a> Runner<'a> {
         let parameters = aws::resolve_ssm(&config, references).await?;
         for (origin, reference) in references {
             // The values of secret variables are secret whatever the parameter's type.
-            if SECRET_VARIABLES.contains(&origin.subject().as_str()) {
+            if SECRET_VARIABLES.contains(&origin.subject().as_str()) || matches!(origin, Origin::BuildSecret { .. }) {
                 if let Some(parameter) = parameters.get(reference) {
                     crate::secrets::redactor().register(&parameter.value);
                 }
@@ -384,11 +386,43 @@ impl<'a> Runner<'a> {
         Ok(known)
     }
 
+    /// The values of the build's secrets and the keys of its ssh agents, from the configuration
+    /// and the resolved `SSM:` references.
+    fn session_mounts(&self, build: &crate::config::Build) -> Result<SessionMounts> {
+        let mut mounts = SessionMounts::default();
+        for secret in &build.secrets {
+            let value = match &secret.source {
+                SecretSource::Env { value: Value::Known(value), .. } | SecretSource::File { value, .. } => {
+                    value.clone()
+                }
+                SecretSource::Env { value: Value::Ssm(reference), .. } => {
+                    SecretBytes::new(self.resolved_text(reference)?.as_bytes().to_vec())
+                }
+            };
+            mounts.secrets.insert(secret.id.clone(), value);
+        }
+        for forward in &build.ssh {
+            let keys = match &forward.keys {
+                SshKeys::JetsSshKey => {
+                    let key = self.ssh_key()?.ok_or_else(|| {
+                        Error::Internal(format!("--ssh {} without JETS_SSH_KEY passed the config check", forward.id))
+                    })?;
+                    vec![Arc::new(key.key.clone())]
+                }
+                SshKeys::Files(files) => files.iter().map(|file| Arc::new(file.key.key.clone())).collect(),
+            };
+            mounts.ssh.push((forward.id.clone(), keys));
+        }
+        Ok(mounts)
+    }
+
     async fn check_daemon(&mut self) -> Result<Option<String>> {
         let Some(daemon) = self.daemon.as_mut() else {
             return Err(Error::Internal("the daemon check ran before the connection".to_string()));
         };
         let facts = daemon.check().await?;
+        // Before any login or upload: --secret and --ssh cannot work on a daemon without BuildKit.
+        crate::build_mounts::check_builder_offers_mounts(&self.config.build, &facts)?;
         let summary = facts.summary();
         self.facts = Some(facts);
         Ok(Some(summary))
@@ -450,6 +484,8 @@ impl StepRunner for Runner<'_> {
                     reference,
                     build,
                     cache_from,
+                    mounts: self.session_mounts(build)?,
+                    shared_key: crate::session::key::for_build(build, reference),
                 };
                 let engine = match build.builder.value {
                     Builder::Buildkit => Engine::BuildKit,

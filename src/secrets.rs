@@ -98,6 +98,8 @@ pub enum Origin {
     Env(&'static str),
     /// An SSM parameter referenced by an environment variable or flag.
     Ssm { via: Box<Origin>, reference: SsmRef },
+    /// The environment variable that a `--secret id=ID,env=VAR` reads.
+    BuildSecret { id: String, var: String },
     /// The built-in default.
     Default,
 }
@@ -108,6 +110,7 @@ impl fmt::Display for Origin {
             Origin::Flag(name) => write!(f, "flag {name}"),
             Origin::Env(name) => write!(f, "env {name}"),
             Origin::Ssm { via, reference } => write!(f, "{reference} (via {via})"),
+            Origin::BuildSecret { id, var } => write!(f, "env {var} (--secret id={id})"),
             Origin::Default => f.write_str("default"),
         }
     }
@@ -119,6 +122,7 @@ impl Origin {
         match self {
             Origin::Flag(name) | Origin::Env(name) => (*name).to_string(),
             Origin::Ssm { via, .. } => via.subject(),
+            Origin::BuildSecret { id, .. } => format!("--secret id={id}"),
             Origin::Default => "default".to_string(),
         }
     }

@@ -1,9 +1,11 @@
 //! The image: the build context, the build on the daemon with its progress in the log, the tags,
 //! and the pushes with each registry's credentials.
 
+pub mod build_secrets;
 pub mod context;
 pub mod dockerignore;
 mod progress;
+pub mod ssh_forward;
 
 pub use progress::BuildSummary;
 
@@ -11,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::auth::DockerCredentials;
-use bollard::models::BuildInfoAux;
+use bollard::models::{BuildInfo, BuildInfoAux};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, BuilderVersion, CreateImageOptionsBuilder, PushImageOptionsBuilder,
     TagImageOptionsBuilder,
@@ -35,6 +37,10 @@ pub struct BuildRequest<'a> {
     pub build: &'a Build,
     /// Images to use as cache sources (the pulled `latest` on a cold host).
     pub cache_from: Vec<String>,
+    /// The secrets and ssh agents the session serves to `RUN --mount` (BuildKit only).
+    pub mounts: crate::build_mounts::SessionMounts,
+    /// The BuildKit session's shared key for the context.
+    pub shared_key: crate::session::key::SharedKey,
 }
 
 fn credentials_for(credentials: &[Credential], registry: &str) -> Option<DockerCredentials> {
@@ -107,7 +113,8 @@ impl Engine {
 }
 
 /// Builds the image with `engine`, logging each step with its duration and whether it was
-/// CACHED.
+/// CACHED. The classic builder gets the context as a tar; BuildKit syncs it through the agent's
+/// own session (FileSync), so that only what changed since the last build crosses the wire.
 pub async fn build(
     daemon: &Daemon,
     request: BuildRequest<'_>,
@@ -126,7 +133,6 @@ pub async fn build(
         build_args.entry(INLINE_CACHE.to_string()).or_insert_with(|| "1".to_string());
     }
     let labels: HashMap<String, String> = request.build.labels.iter().cloned().collect();
-    let session = session_id();
     let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(&request.context.dockerfile)
         .t(request.reference)
@@ -135,9 +141,6 @@ pub async fn build(
         .nocache(request.build.no_cache)
         .buildargs(&build_args)
         .labels(&labels);
-    if engine == Engine::BuildKit {
-        options = options.version(BuilderVersion::BuilderBuildKit).session(&session);
-    }
     if request.build.pull {
         options = options.pull("1");
     }
@@ -150,6 +153,9 @@ pub async fn build(
     if !request.cache_from.is_empty() {
         options = options.cachefrom(&request.cache_from);
     }
+    if engine == Engine::BuildKit {
+        return build_with_session(daemon, request, options, credentials).await;
+    }
     tracing::info!(
         "sending the build context: {} file{}, {} ({})",
         request.context.files,
@@ -159,11 +165,8 @@ pub async fn build(
     );
     let body = bollard::body_try_stream(request.context.stream());
     // Credentials for private base images: the classic builder takes them with the request
-    // (X-Registry-Config, keyed by server address), BuildKit asks the session for them by host.
-    let config = match engine {
-        Engine::Classic => registry_config(credentials),
-        Engine::BuildKit => session_credentials(credentials),
-    };
+    // (X-Registry-Config, keyed by server address).
+    let config = registry_config(credentials);
     let mut stream = daemon.docker.build_image(options.build(), (!config.is_empty()).then_some(config), Some(body));
 
     let mut progress = Progress::default();
@@ -173,47 +176,208 @@ pub async fn build(
             Err(bollard::errors::Error::DockerStreamError { error }) => return Err(progress.failure(error)),
             Err(other) => return Err(daemon.explain(other)),
         };
-        if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
-            return Err(progress.failure(detail));
-        }
-        if let Some(BuildInfoAux::BuildKit(status)) = info.aux {
-            progress.status(status);
-        }
-        if let Some(text) = info.stream {
-            progress.text(&text);
+        if let Some(failure) = progress.info(info) {
+            return Err(failure);
         }
     }
     Ok(progress.finish())
 }
 
+/// The BuildKit build: the agent's session serves the context and the Dockerfile's directory
+/// (FileSync) and the registry logins (Auth); the build request names the session
+/// (`remote=client-session`) and carries no body.
+async fn build_with_session(
+    daemon: &Daemon,
+    request: BuildRequest<'_>,
+    options: BuildImageOptionsBuilder,
+    credentials: &[Credential],
+) -> Result<BuildSummary, Error> {
+    use crate::session::{SessionBuilder, auth::Logins, filesync};
+    let context_dir = &request.build.context;
+    let dockerfile = &request.build.dockerfile;
+    let dockerfile_dir = dockerfile.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let dockerfile_name = dockerfile.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let dirs = HashMap::from([
+        (
+            "context".to_string(),
+            filesync::SyncedDir {
+                root: context_dir.clone(),
+                excludes: Some(context::read_dockerignore(context_dir)?),
+                counted: true,
+                git: if request.build.stable_mtimes { stable_mtimes(context_dir) } else { None },
+            },
+        ),
+        (
+            "dockerfile".to_string(),
+            filesync::SyncedDir { root: dockerfile_dir, excludes: None, counted: false, git: None },
+        ),
+    ]);
+    let syncer = filesync::FileSyncer::new(dirs);
+    let counters = syncer.counters();
+    let (files, files_methods) = syncer.service();
+    let (auth, auth_methods) = Logins::new(credentials).service();
+    let name = context_dir.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    tracing::info!(
+        "sending the build context: {} file{}, {} (BuildKit), by FileSync: only what changed crosses the wire",
+        request.context.files,
+        if request.context.files == 1 { "" } else { "s" },
+        human_bytes(request.context.bytes),
+    );
+    tracing::info!("context key from {}", request.shared_key.source);
+    // The build's secrets and ssh agents are always served (empty without --secret/--ssh), so that
+    // a `required` mount nobody gives fails with BuildKit's own "not found" naming its id.
+    let mounts = request.mounts;
+    if !mounts.secrets.is_empty() || !mounts.ssh.is_empty() {
+        let ids: Vec<&str> = mounts.secrets.ids().collect();
+        let agents: Vec<&str> = mounts.ssh.iter().map(|(id, _)| id.as_str()).collect();
+        tracing::debug!(
+            "the session serves the secrets [{}] and the ssh agents [{}]",
+            ids.join(", "),
+            agents.join(", ")
+        );
+    }
+    let agents =
+        ssh_forward::SshAgents::start(&mounts.ssh).await.map_err(|error| Error::Internal(error.to_string()))?;
+    let (secrets, secrets_methods) = mounts.secrets.service();
+    let (ssh, ssh_methods) = agents.service();
+    let session = SessionBuilder::new(&name, &request.shared_key.key)
+        .serve(files, files_methods)
+        .serve(auth, auth_methods)
+        .serve(secrets, secrets_methods)
+        .serve(ssh, ssh_methods)
+        .start(daemon)
+        .await?;
+    let options = options
+        .dockerfile(&dockerfile_name)
+        .remote("client-session")
+        .session(&session.id)
+        .version(BuilderVersion::BuilderBuildKit)
+        .build();
+    let result = run_session_build(daemon, &options).await;
+    session.close().await;
+    let mut summary = result?;
+    let sent = ContextSent {
+        files: counters.files(),
+        bytes: counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        files_walked: request.context.files as u64,
+        bytes_walked: request.context.bytes,
+    };
+    tracing::info!("{}", sent.describe());
+    summary.context = Some(sent);
+    Ok(summary)
+}
+
+/// Git's index for `--stable-mtimes`, and the context's path in the checkout.
+fn stable_mtimes(
+    context_dir: &std::path::Path,
+) -> Option<(std::sync::Arc<crate::session::git_times::GitIndex>, String)> {
+    let Some(index) = crate::session::git_times::GitIndex::find(context_dir) else {
+        tracing::warn!("--stable-mtimes: the context is not in a git checkout; mtimes are sent as they are");
+        return None;
+    };
+    let context = std::fs::canonicalize(context_dir).ok()?;
+    let relative = context.strip_prefix(&index.root).ok()?;
+    let in_checkout = relative
+        .components()
+        .map(|component| component.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/");
+    Some((std::sync::Arc::new(index), in_checkout))
+}
+
+/// `POST /build` for a session build, its JSON stream read into the progress.
+async fn run_session_build(
+    daemon: &Daemon,
+    options: &bollard::query_parameters::BuildImageOptions,
+) -> Result<BuildSummary, Error> {
+    let query = serde_urlencoded::to_string(options)
+        .map_err(|error| Error::Internal(format!("failed to encode the build's parameters: {error}")))?;
+    let request = http::Request::post(format!("{}?{query}", daemon.api_path("/build")))
+        .header(http::header::HOST, "docker")
+        .header(http::header::CONTENT_TYPE, "application/x-tar")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|error| Error::Internal(format!("failed to build the /build request: {error}")))?;
+    let response = daemon.raw_request(request).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let text = http_body_util::BodyExt::collect(body).await.map(|body| body.to_bytes()).unwrap_or_default();
+        let message = serde_json::from_slice::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|value| value.get("message").and_then(|message| message.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&text).trim().to_string());
+        return Err(Error::Daemon { target: daemon.target.clone(), detail: format!("answered {status}: {message}") });
+    }
+    let mut progress = Progress::default();
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let frame = match http_body_util::BodyExt::frame(&mut body).await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => return Err(daemon.broke_off("the build", &error)),
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
+            let line: Vec<u8> = pending.drain(..=newline).collect();
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let info: BuildInfo = serde_json::from_slice(&line).map_err(|error| Error::Daemon {
+                target: daemon.target.clone(),
+                detail: format!("sent a build message the agent cannot read: {error}"),
+            })?;
+            if let Some(failure) = progress.info(info) {
+                return Err(failure);
+            }
+        }
+    }
+    Ok(progress.finish())
+}
+
+impl Progress {
+    /// One message of the build's stream; the error if it reports the build's failure.
+    fn info(&mut self, info: BuildInfo) -> Option<Error> {
+        if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
+            return Some(std::mem::take(self).failure(detail));
+        }
+        if let Some(BuildInfoAux::BuildKit(status)) = info.aux {
+            self.status(status);
+        }
+        if let Some(text) = info.stream {
+            self.text(&text);
+        }
+        None
+    }
+}
+
+/// How much of the context crossed the wire in a session build.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ContextSent {
+    /// Files and bytes sent as FileSync DATA (what BuildKit did not have).
+    pub files: u64,
+    pub bytes: u64,
+    /// Files and bytes of the context after .dockerignore.
+    pub files_walked: u64,
+    pub bytes_walked: u64,
+}
+
+impl ContextSent {
+    /// `context: sent 1 of 301 files, 1.0 MB of 301.0 MB`.
+    pub fn describe(&self) -> String {
+        format!(
+            "context: sent {} of {} file{}, {} of {}",
+            self.files,
+            self.files_walked,
+            if self.files_walked == 1 { "" } else { "s" },
+            human_bytes(self.bytes),
+            human_bytes(self.bytes_walked)
+        )
+    }
+}
+
 /// The build argument that makes BuildKit record its cache in the image.
 const INLINE_CACHE: &str = "BUILDKIT_INLINE_CACHE";
-
-/// A new BuildKit session's id: 16 random bytes, as hex.
-fn session_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // Unique is all a session id needs to be: the time and the process id will do.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        bytes[..8].copy_from_slice(&(nanos.as_nanos() as u64).to_le_bytes());
-        bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Every login keyed by the host BuildKit asks its session for (Docker Hub is
-/// `registry-1.docker.io` there).
-fn session_credentials(credentials: &[Credential]) -> HashMap<String, DockerCredentials> {
-    let mut hosts = HashMap::new();
-    for credential in credentials {
-        let Some(docker) = credentials_for(std::slice::from_ref(credential), &credential.registry) else { continue };
-        if credential.registry == crate::image_ref::DOCKER_HUB {
-            hosts.insert("registry-1.docker.io".to_string(), docker.clone());
-        }
-        hosts.insert(credential.registry.clone(), docker);
-    }
-    hosts
-}
 
 /// Tags `source` as `target`.
 pub async fn tag(daemon: &Daemon, source: &str, target: &str) -> Result<(), Error> {

@@ -19,6 +19,8 @@ const TAIL: usize = 20;
 pub struct BuildSummary {
     pub steps: usize,
     pub cached: usize,
+    /// How much of the context a BuildKit session sent.
+    pub context: Option<super::ContextSent>,
 }
 
 /// The progress of one build.
@@ -269,7 +271,7 @@ mod tests {
                 ..Default::default()
             });
         }
-        assert_eq!(progress.finish(), BuildSummary { steps: 2, cached: 1 });
+        assert_eq!(progress.finish(), BuildSummary { steps: 2, cached: 1, context: None });
     }
 
     #[test]

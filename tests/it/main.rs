@@ -3,6 +3,7 @@
 
 mod agent;
 mod build;
+mod build_mounts;
 mod buildspec;
 mod cli;
 mod config_errors;
@@ -12,6 +13,7 @@ mod image;
 mod logins;
 mod parsers;
 mod redaction;
+mod session;
 mod ssh;
 mod world;
 mod world_answers;
