@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 
-use crate::cli::{Builder, Environment, RunArgs};
+use crate::cli::{Builder, Environment, ProgressMode, RunArgs};
 use crate::docker_host::DockerHost;
 use crate::error::{Error, Problem};
 use crate::image_ref::{self, EcrRegistry, Repository};
@@ -69,6 +69,8 @@ pub struct Config {
     pub push: bool,
     /// The container name for imagedefinitions.json.
     pub image_definitions: Option<String>,
+    /// Where to write the build's metadata (buildx's `--metadata-file`), absolute.
+    pub metadata_file: Option<PathBuf>,
     /// The commit being built (`CODEBUILD_RESOLVED_SOURCE_VERSION`), for the image's labels.
     pub revision: Option<String>,
     /// The docker CLI's configuration directory (`DOCKER_CONFIG`, else `~/.docker`).
@@ -113,6 +115,8 @@ pub struct Build {
     pub pull: bool,
     pub no_cache: bool,
     pub builder: Sourced<Builder>,
+    /// How much of the build the log shows.
+    pub progress: Sourced<ProgressMode>,
 }
 
 /// One `--build-arg`.
@@ -389,6 +393,22 @@ impl Config {
             }
         }
 
+        if let Some(path) = &args.metadata_file {
+            let path = absolute(path, cwd);
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            if path.is_dir() {
+                problems.push(
+                    Problem::new("--metadata-file", format!("{} is a directory", path.display()))
+                        .hint("name a file, e.g. --metadata-file build-metadata.json"),
+                );
+            } else if !dir.is_dir() {
+                problems.push(
+                    Problem::new("--metadata-file", format!("the directory {} does not exist", dir.display()))
+                        .hint("create it first, or name a file in an existing directory"),
+                );
+            }
+        }
+
         let docker_config_dir = env
             .get("DOCKER_CONFIG")
             .map(|dir| absolute(Path::new(dir), cwd))
@@ -417,6 +437,7 @@ impl Config {
                     build,
                     push: !args.no_push,
                     image_definitions: args.image_definitions.as_ref().map(|name| name.trim().to_string()),
+                    metadata_file: args.metadata_file.as_ref().map(|path| absolute(path, cwd)),
                     revision,
                     docker_config_dir,
                 })
@@ -684,6 +705,8 @@ fn check_build(
         },
     };
 
+    let progress = progress_mode(args.progress, env, problems);
+
     if let Some(target) = &args.target {
         if target.trim().is_empty() || target.chars().any(char::is_whitespace) {
             problems.push(
@@ -715,7 +738,31 @@ fn check_build(
         pull: args.pull,
         no_cache: args.no_cache,
         builder,
+        progress,
     })
+}
+
+/// The build's log: `--progress` (or `AGENT_PROGRESS`), else `BUILDKIT_PROGRESS` with the docker
+/// CLI's values (`quiet` is the closest to the step lines alone; `auto` and `tty` draw on a terminal,
+/// which a CodeBuild log is not, so they are plain), else plain.
+fn progress_mode(flag: Option<ProgressMode>, env: &Environment, problems: &mut Vec<Problem>) -> Sourced<ProgressMode> {
+    let plain = Sourced { value: ProgressMode::Plain, origin: Origin::Default };
+    if let Some(mode) = flag {
+        return Sourced { value: mode, origin: Origin::Flag("--progress") };
+    }
+    let Some(text) = env.get("BUILDKIT_PROGRESS").map(str::trim) else { return plain };
+    let from_env = |value| Sourced { value, origin: Origin::Env("BUILDKIT_PROGRESS") };
+    match text.to_ascii_lowercase().as_str() {
+        "plain" | "auto" | "tty" | "rawjson" => from_env(ProgressMode::Plain),
+        "quiet" => from_env(ProgressMode::Steps),
+        _ => {
+            problems.push(
+                Problem::new("BUILDKIT_PROGRESS", format!("{:?} is not a progress mode", truncate(text)))
+                    .hint("set BUILDKIT_PROGRESS to plain or quiet, or pass --progress plain|steps"),
+            );
+            plain
+        }
+    }
 }
 
 /// Seconds since 1970 as `YYYY-MM-DDTHH:MM:SSZ` (the civil-from-days algorithm; no date crate

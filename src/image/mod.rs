@@ -3,9 +3,10 @@
 
 pub mod context;
 pub mod dockerignore;
+pub mod metadata;
 mod progress;
 
-pub use progress::BuildSummary;
+pub use progress::{BuildSummary, StepRecord};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -166,7 +167,7 @@ pub async fn build(
     };
     let mut stream = daemon.docker.build_image(options.build(), (!config.is_empty()).then_some(config), Some(body));
 
-    let mut progress = Progress::default();
+    let mut progress = Progress::new(request.build.progress.value);
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
@@ -176,8 +177,10 @@ pub async fn build(
         if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
             return Err(progress.failure(detail));
         }
-        if let Some(BuildInfoAux::BuildKit(status)) = info.aux {
-            progress.status(status);
+        match info.aux {
+            Some(BuildInfoAux::BuildKit(status)) => progress.status(status),
+            Some(BuildInfoAux::Default(image)) => progress.image_id(image.id.unwrap_or_default()),
+            None => {}
         }
         if let Some(text) = info.stream {
             progress.text(&text);
@@ -224,14 +227,37 @@ pub async fn tag(daemon: &Daemon, source: &str, target: &str) -> Result<(), Erro
     daemon.docker.tag_image(source, Some(options)).await.map_err(|error| daemon.explain(error))
 }
 
+/// What one push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// The manifest's digest, as the registry has it (`None` if the daemon reported none).
+    pub digest: Option<String>,
+    /// Layers uploaded.
+    pub layers_pushed: usize,
+    /// Layers the registry already had.
+    pub layers_existing: usize,
+}
+
+impl std::fmt::Display for Pushed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} layer{} pushed, {} already there)",
+            self.digest.as_deref().unwrap_or("no digest reported"),
+            self.layers_pushed,
+            if self.layers_pushed == 1 { "" } else { "s" },
+            self.layers_existing
+        )
+    }
+}
+
 /// Pushes one tag with the registry's credentials, retrying transient failures with backoff.
-/// Returns the pushed digest and how many layers were uploaded and how many were already there.
 pub async fn push(
     daemon: &Daemon,
     reference: &str,
     registry: &str,
     credentials: &[Credential],
-) -> Result<String, Error> {
+) -> Result<Pushed, Error> {
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=PUSH_ATTEMPTS {
         match push_once(daemon, reference, registry, credentials).await {
@@ -258,7 +284,7 @@ async fn push_once(
     reference: &str,
     registry: &str,
     credentials: &[Credential],
-) -> Result<String, PushFailure> {
+) -> Result<Pushed, PushFailure> {
     let (repository, tag) = split_reference(reference);
     let options = PushImageOptionsBuilder::default().tag(tag).build();
     let mut stream = daemon.docker.push_image(repository, Some(options), credentials_for(credentials, registry));
@@ -289,11 +315,7 @@ async fn push_once(
             _ => {}
         }
     }
-    Ok(format!(
-        "{} ({pushed} layer{} pushed, {existed} already there)",
-        digest.unwrap_or_else(|| "no digest reported".to_string()),
-        if pushed == 1 { "" } else { "s" }
-    ))
+    Ok(Pushed { digest, layers_pushed: pushed, layers_existing: existed })
 }
 
 /// Whether a push error is worth another attempt: the network or the registry's server side,
