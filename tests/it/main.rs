@@ -11,6 +11,7 @@ mod faults;
 mod image;
 mod logins;
 mod parsers;
+mod progress;
 mod ssh;
 mod world;
 mod world_answers;
