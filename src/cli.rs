@@ -136,6 +136,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "BUILDER")]
     pub builder: Option<Builder>,
 
+    /// The name under which the Docker host keeps its copy of the context between BuildKit builds,
+    /// so that only changed files are sent [default: derived from the image repository and the
+    /// context's path in CODEBUILD_SRC_DIR or the git checkout]
+    #[arg(long, env = "AGENT_CONTEXT_KEY", value_name = "KEY")]
+    pub context_key: Option<String>,
+
     /// Build and tag, but push nothing
     #[arg(long)]
     pub no_push: bool,

@@ -117,6 +117,10 @@ pub struct Build {
     pub builder: Sourced<Builder>,
     /// How much of the build the log shows.
     pub progress: Sourced<ProgressMode>,
+    /// `--context-key` (`AGENT_CONTEXT_KEY`): BuildKit's shared key for the context, given.
+    pub context_key: Option<Sourced<String>>,
+    /// `CODEBUILD_SRC_DIR`: the source root the derived context key is relative to.
+    pub source_root: Option<PathBuf>,
 }
 
 /// One `--build-arg`.
@@ -727,6 +731,25 @@ fn check_build(
         }
     }
 
+    let context_key = match args.context_key.as_deref() {
+        None => None,
+        Some(key) if key.trim().is_empty() => {
+            problems.push(
+                Problem::new("--context-key", "is empty")
+                    .hint("give a name for this app's context, or leave it out to derive one"),
+            );
+            None
+        }
+        Some(key) => {
+            let origin = if env.get("AGENT_CONTEXT_KEY") == Some(key) {
+                Origin::Env("AGENT_CONTEXT_KEY")
+            } else {
+                Origin::Flag("--context-key")
+            };
+            Some(Sourced { value: key.to_string(), origin })
+        }
+    };
+    let source_root = env.get("CODEBUILD_SRC_DIR").filter(|dir| !dir.trim().is_empty()).map(PathBuf::from);
     let builder = builder.filter(|_| problems.len() == before)?;
     Some(Build {
         context,
@@ -739,6 +762,8 @@ fn check_build(
         no_cache: args.no_cache,
         builder,
         progress,
+        context_key,
+        source_root,
     })
 }
 

@@ -276,6 +276,57 @@ impl Daemon {
         Err(AuthError::Refused { status: status.as_u16(), message })
     }
 
+    /// The versioned path of an API call, e.g. `/v1.41/session`.
+    pub fn api_path(&self, path: &str) -> String {
+        format!("/v{}{path}", self.api)
+    }
+
+    /// Sends one request on a stream of its own and returns the response, its body still to be
+    /// read (for the calls bollard cannot make: the build of the agent's own BuildKit session).
+    pub async fn raw_request<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<hyper::body::Incoming>, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream = self.open_stream().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|error| self.raw_failure(&error))?;
+        tokio::spawn(connection);
+        sender.send_request(request).await.map_err(|error| self.raw_failure(&error))
+    }
+
+    /// Sends a request that asks to switch protocols (`/session`) and returns the upgraded stream.
+    pub async fn upgrade<B>(&self, request: http::Request<B>) -> Result<hyper::upgrade::Upgraded, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream = self.open_stream().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|error| self.raw_failure(&error))?;
+        tokio::spawn(connection.with_upgrades());
+        let response = sender.send_request(request).await.map_err(|error| self.raw_failure(&error))?;
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map(|body| String::from_utf8_lossy(&body.to_bytes()).trim().to_string())
+                .unwrap_or_default();
+            return Err(Error::Daemon {
+                target: self.target.clone(),
+                detail: format!("refused the BuildKit session ({status}): {body}"),
+            });
+        }
+        hyper::upgrade::on(response).await.map_err(|error| self.raw_failure(&error))
+    }
+
     async fn open_stream(&self) -> Result<Box<dyn Stream>, Error> {
         let io_error = |error: std::io::Error| Error::Connect {
             target: self.target.clone(),

@@ -10,6 +10,7 @@
 //! - [`secrets`]: `SSM:` references, secret values and the redactor every output passes through;
 //! - [`output`]: logging (tracing) to stderr, text or JSON;
 //! - [`daemon`]: the bollard client for the target daemon, and its check;
+//! - [`session`]: the agent's own BuildKit session (credentials, the context by FileSync);
 //! - [`runner`]: what each step of the plan does for real;
 //! - [`aws`]: SSM parameters and ECR tokens;
 //! - [`registry`]: registry credentials and the docker CLI's config.json;
@@ -32,4 +33,5 @@ pub mod registry;
 pub mod run;
 pub mod runner;
 pub mod secrets;
+pub mod session;
 pub mod ssh;

@@ -34,7 +34,7 @@ pub enum Step {
     /// Build the image on the daemon.
     Build {
         /// What to build and how, as configured.
-        build: Build,
+        build: Box<Build>,
         reference: String,
         /// The image to pull as cache when the daemon lacks it (a new or wiped host).
         cache_image: Option<String>,
@@ -128,7 +128,7 @@ impl Plan {
         let tags = &config.tags.value;
         let first = image.with_tag(&tags[0]);
         steps.push(Step::Build {
-            build: config.build.clone(),
+            build: Box::new(config.build.clone()),
             reference: first.clone(),
             cache_image: config.push.then(|| image.with_tag(crate::image_ref::LATEST)),
             registry: image.registry().to_string(),
@@ -304,7 +304,8 @@ impl Step {
                     no_cache,
                     builder,
                     progress,
-                } = build;
+                    ..
+                } = build.as_ref();
                 lines.push(match crate::image::context::Context::scan(context, dockerfile) {
                     Ok(scanned) => format!(
                         "context {}: {} file{}, {} after .dockerignore",
@@ -356,6 +357,14 @@ impl Step {
                         "with BuildKit: build arg BUILDKIT_INLINE_CACHE=1 (the pushed image carries its cache for a new host)"
                             .to_string(),
                     );
+                }
+                if builder.value != Builder::Classic {
+                    let key = crate::session::key::for_build(build, reference);
+                    lines.push(format!(
+                        "with BuildKit: the context synced by the agent's session, context key {} (from {})",
+                        &key.key[..16],
+                        key.source
+                    ));
                 }
                 if let Some(cache_image) = cache_image {
                     lines.push(format!(

@@ -461,7 +461,13 @@ impl StepRunner for Runner<'_> {
                 }
                 let context = Context::scan(&build.context, &build.dockerfile)?;
                 let (context_files, context_bytes) = (context.files as u64, context.bytes);
-                let request = BuildRequest { context, reference, build, cache_from };
+                let request = BuildRequest {
+                    context,
+                    reference,
+                    build,
+                    cache_from,
+                    shared_key: crate::session::key::for_build(build, reference),
+                };
                 let engine = match build.builder.value {
                     Builder::Buildkit => Engine::BuildKit,
                     Builder::Classic => Engine::Classic,

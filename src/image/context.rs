@@ -45,16 +45,21 @@ fn read_error(path: &Path, source: io::Error) -> Error {
     Error::LocalFile { action: "read", path: path.to_path_buf(), source, hint: None }
 }
 
+/// The context's `.dockerignore`, or none.
+pub fn read_dockerignore(root: &Path) -> Result<DockerIgnore, Error> {
+    let ignore_path = root.join(".dockerignore");
+    match fs::read_to_string(&ignore_path) {
+        Ok(text) => Ok(DockerIgnore::parse(&text)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(DockerIgnore::default()),
+        Err(error) => Err(read_error(&ignore_path, error)),
+    }
+}
+
 impl Context {
     /// Walks the context directory in sorted order, applying `.dockerignore`. The Dockerfile and
     /// `.dockerignore` are always sent; a Dockerfile outside the context is added under its own name.
     pub fn scan(root: &Path, dockerfile: &Path) -> Result<Context, Error> {
-        let ignore_path = root.join(".dockerignore");
-        let ignore = match fs::read_to_string(&ignore_path) {
-            Ok(text) => DockerIgnore::parse(&text),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
-            Err(error) => return Err(read_error(&ignore_path, error)),
-        };
+        let ignore = read_dockerignore(root)?;
         let inside = dockerfile.strip_prefix(root).ok().map(|relative| {
             relative.components().map(|component| component.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
         });

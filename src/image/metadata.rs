@@ -66,7 +66,7 @@ impl BuildMetadata<'_> {
                 "bytes": self.context_bytes,
                 // What crossed the wire: the whole context unless the build reports less (a file
                 // sync that sends only what changed).
-                "sent_bytes": self.summary.context_sent.unwrap_or(self.context_bytes),
+                "sent_bytes": self.summary.context.map_or(self.context_bytes, |sent| sent.bytes),
             }),
         );
         Value::Object(object)
@@ -92,7 +92,7 @@ mod tests {
                 StepRecord { title: "step 3/3 RUN make".to_string(), cached: false, seconds: 1.234_567 },
             ],
             image_id: Some("sha256:c0ffee".to_string()),
-            context_sent: None,
+            context: None,
         }
     }
 
@@ -127,7 +127,8 @@ mod tests {
 
     #[test]
     fn metadata_without_a_push_has_no_digest_key() {
-        let summary = BuildSummary { context_sent: Some(10), ..summary() };
+        let sent = crate::image::ContextSent { files: 1, bytes: 10, files_walked: 1, bytes_walked: 20 };
+        let summary = BuildSummary { context: Some(sent), ..summary() };
         let names = ["app:latest".to_string()];
         let metadata = BuildMetadata {
             names: &names,

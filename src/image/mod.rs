@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::auth::DockerCredentials;
-use bollard::models::BuildInfoAux;
+use bollard::models::{BuildInfo, BuildInfoAux};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, BuilderVersion, CreateImageOptionsBuilder, PushImageOptionsBuilder,
     TagImageOptionsBuilder,
@@ -36,6 +36,8 @@ pub struct BuildRequest<'a> {
     pub build: &'a Build,
     /// Images to use as cache sources (the pulled `latest` on a cold host).
     pub cache_from: Vec<String>,
+    /// The BuildKit session's shared key for the context.
+    pub shared_key: crate::session::key::SharedKey,
 }
 
 fn credentials_for(credentials: &[Credential], registry: &str) -> Option<DockerCredentials> {
@@ -108,7 +110,8 @@ impl Engine {
 }
 
 /// Builds the image with `engine`, logging each step with its duration and whether it was
-/// CACHED.
+/// CACHED. The classic builder gets the context as a tar; BuildKit syncs it through the agent's
+/// own session (FileSync), so that only what changed since the last build crosses the wire.
 pub async fn build(
     daemon: &Daemon,
     request: BuildRequest<'_>,
@@ -127,7 +130,6 @@ pub async fn build(
         build_args.entry(INLINE_CACHE.to_string()).or_insert_with(|| "1".to_string());
     }
     let labels: HashMap<String, String> = request.build.labels.iter().cloned().collect();
-    let session = session_id();
     let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(&request.context.dockerfile)
         .t(request.reference)
@@ -136,9 +138,6 @@ pub async fn build(
         .nocache(request.build.no_cache)
         .buildargs(&build_args)
         .labels(&labels);
-    if engine == Engine::BuildKit {
-        options = options.version(BuilderVersion::BuilderBuildKit).session(&session);
-    }
     if request.build.pull {
         options = options.pull("1");
     }
@@ -151,6 +150,9 @@ pub async fn build(
     if !request.cache_from.is_empty() {
         options = options.cachefrom(&request.cache_from);
     }
+    if engine == Engine::BuildKit {
+        return build_with_session(daemon, request, options, credentials).await;
+    }
     tracing::info!(
         "sending the build context: {} file{}, {} ({})",
         request.context.files,
@@ -160,11 +162,8 @@ pub async fn build(
     );
     let body = bollard::body_try_stream(request.context.stream());
     // Credentials for private base images: the classic builder takes them with the request
-    // (X-Registry-Config, keyed by server address), BuildKit asks the session for them by host.
-    let config = match engine {
-        Engine::Classic => registry_config(credentials),
-        Engine::BuildKit => session_credentials(credentials),
-    };
+    // (X-Registry-Config, keyed by server address).
+    let config = registry_config(credentials);
     let mut stream = daemon.docker.build_image(options.build(), (!config.is_empty()).then_some(config), Some(body));
 
     let mut progress = Progress::new(request.build.progress.value);
@@ -174,51 +173,176 @@ pub async fn build(
             Err(bollard::errors::Error::DockerStreamError { error }) => return Err(progress.failure(error)),
             Err(other) => return Err(daemon.explain(other)),
         };
-        if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
-            return Err(progress.failure(detail));
-        }
-        match info.aux {
-            Some(BuildInfoAux::BuildKit(status)) => progress.status(status),
-            Some(BuildInfoAux::Default(image)) => progress.image_id(image.id.unwrap_or_default()),
-            None => {}
-        }
-        if let Some(text) = info.stream {
-            progress.text(&text);
+        if let Some(failure) = progress.info(info) {
+            return Err(failure);
         }
     }
     Ok(progress.finish())
 }
 
+/// The BuildKit build: the agent's session serves the context and the Dockerfile's directory
+/// (FileSync) and the registry logins (Auth); the build request names the session
+/// (`remote=client-session`) and carries no body.
+async fn build_with_session(
+    daemon: &Daemon,
+    request: BuildRequest<'_>,
+    options: BuildImageOptionsBuilder,
+    credentials: &[Credential],
+) -> Result<BuildSummary, Error> {
+    use crate::session::{SessionBuilder, auth::Logins, filesync};
+    let context_dir = &request.build.context;
+    let dockerfile = &request.build.dockerfile;
+    let dockerfile_dir = dockerfile.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let dockerfile_name = dockerfile.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let dirs = HashMap::from([
+        (
+            "context".to_string(),
+            filesync::SyncedDir {
+                root: context_dir.clone(),
+                excludes: Some(context::read_dockerignore(context_dir)?),
+                counted: true,
+            },
+        ),
+        ("dockerfile".to_string(), filesync::SyncedDir { root: dockerfile_dir, excludes: None, counted: false }),
+    ]);
+    let syncer = filesync::FileSyncer::new(dirs);
+    let counters = syncer.counters();
+    let (files, files_methods) = syncer.service();
+    let (auth, auth_methods) = Logins::new(credentials).service();
+    let name = context_dir.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    tracing::info!(
+        "sending the build context: {} file{}, {} (BuildKit), by FileSync: only what changed crosses the wire",
+        request.context.files,
+        if request.context.files == 1 { "" } else { "s" },
+        human_bytes(request.context.bytes),
+    );
+    tracing::info!("context key from {}", request.shared_key.source);
+    let session = SessionBuilder::new(&name, &request.shared_key.key)
+        .serve(files, files_methods)
+        .serve(auth, auth_methods)
+        .start(daemon)
+        .await?;
+    let options = options
+        .dockerfile(&dockerfile_name)
+        .remote("client-session")
+        .session(&session.id)
+        .version(BuilderVersion::BuilderBuildKit)
+        .build();
+    let result = run_session_build(daemon, &options, request.build.progress.value).await;
+    session.close().await;
+    let mut summary = result?;
+    let sent = ContextSent {
+        files: counters.files(),
+        bytes: counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        files_walked: request.context.files as u64,
+        bytes_walked: request.context.bytes,
+    };
+    tracing::info!("{}", sent.describe());
+    summary.context = Some(sent);
+    Ok(summary)
+}
+
+/// `POST /build` for a session build, its JSON stream read into the progress.
+async fn run_session_build(
+    daemon: &Daemon,
+    options: &bollard::query_parameters::BuildImageOptions,
+    mode: crate::cli::ProgressMode,
+) -> Result<BuildSummary, Error> {
+    let query = serde_urlencoded::to_string(options)
+        .map_err(|error| Error::Internal(format!("failed to encode the build's parameters: {error}")))?;
+    let request = http::Request::post(format!("{}?{query}", daemon.api_path("/build")))
+        .header(http::header::HOST, "docker")
+        .header(http::header::CONTENT_TYPE, "application/x-tar")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|error| Error::Internal(format!("failed to build the /build request: {error}")))?;
+    let response = daemon.raw_request(request).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let text = http_body_util::BodyExt::collect(body).await.map(|body| body.to_bytes()).unwrap_or_default();
+        let message = serde_json::from_slice::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|value| value.get("message").and_then(|message| message.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&text).trim().to_string());
+        return Err(Error::Daemon { target: daemon.target.clone(), detail: format!("answered {status}: {message}") });
+    }
+    let mut progress = Progress::new(mode);
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let frame = match http_body_util::BodyExt::frame(&mut body).await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                return Err(Error::Daemon {
+                    target: daemon.target.clone(),
+                    detail: format!("broke off the build: {}", crate::daemon::error_chain(&error)),
+                });
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
+            let line: Vec<u8> = pending.drain(..=newline).collect();
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let info: BuildInfo = serde_json::from_slice(&line).map_err(|error| Error::Daemon {
+                target: daemon.target.clone(),
+                detail: format!("sent a build message the agent cannot read: {error}"),
+            })?;
+            if let Some(failure) = progress.info(info) {
+                return Err(failure);
+            }
+        }
+    }
+    Ok(progress.finish())
+}
+
+impl Progress {
+    /// One message of the build's stream; the error if it reports the build's failure.
+    fn info(&mut self, info: BuildInfo) -> Option<Error> {
+        if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
+            return Some(self.failure(detail));
+        }
+        match info.aux {
+            Some(BuildInfoAux::BuildKit(status)) => self.status(status),
+            Some(BuildInfoAux::Default(image)) => self.image_id(image.id.unwrap_or_default()),
+            None => {}
+        }
+        if let Some(text) = info.stream {
+            self.text(&text);
+        }
+        None
+    }
+}
+
+/// How much of the context crossed the wire in a session build.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ContextSent {
+    /// Files and bytes sent as FileSync DATA (what BuildKit did not have).
+    pub files: u64,
+    pub bytes: u64,
+    /// Files and bytes of the context after .dockerignore.
+    pub files_walked: u64,
+    pub bytes_walked: u64,
+}
+
+impl ContextSent {
+    /// `context: sent 1 of 301 files, 1.0 MB of 301.0 MB`.
+    pub fn describe(&self) -> String {
+        format!(
+            "context: sent {} of {} file{}, {} of {}",
+            self.files,
+            self.files_walked,
+            if self.files_walked == 1 { "" } else { "s" },
+            human_bytes(self.bytes),
+            human_bytes(self.bytes_walked)
+        )
+    }
+}
+
 /// The build argument that makes BuildKit record its cache in the image.
 const INLINE_CACHE: &str = "BUILDKIT_INLINE_CACHE";
-
-/// A new BuildKit session's id: 16 random bytes, as hex.
-fn session_id() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut bytes));
-    if random.is_err() {
-        // Unique is all a session id needs to be.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        bytes[..8].copy_from_slice(&(nanos.as_nanos() as u64).to_le_bytes());
-        bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Every login keyed by the host BuildKit asks its session for (Docker Hub is
-/// `registry-1.docker.io` there).
-fn session_credentials(credentials: &[Credential]) -> HashMap<String, DockerCredentials> {
-    let mut hosts = HashMap::new();
-    for credential in credentials {
-        let Some(docker) = credentials_for(std::slice::from_ref(credential), &credential.registry) else { continue };
-        if credential.registry == crate::image_ref::DOCKER_HUB {
-            hosts.insert("registry-1.docker.io".to_string(), docker.clone());
-        }
-        hosts.insert(credential.registry.clone(), docker);
-    }
-    hosts
-}
 
 /// Tags `source` as `target`.
 pub async fn tag(daemon: &Daemon, source: &str, target: &str) -> Result<(), Error> {

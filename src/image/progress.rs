@@ -26,9 +26,8 @@ pub struct BuildSummary {
     pub steps: Vec<StepRecord>,
     /// The image id (its config's digest), as the daemon reported it.
     pub image_id: Option<String>,
-    /// Bytes of the context that crossed the wire, where the build counts them (a file sync that
-    /// sends only what changed); `None`: the whole context was sent.
-    pub context_sent: Option<u64>,
+    /// How much of the context a BuildKit session sent; `None`: the whole context was sent.
+    pub context: Option<super::ContextSent>,
 }
 
 impl BuildSummary {
@@ -224,7 +223,7 @@ impl Progress {
     }
 
     /// The build failed with `message`: the error, naming the failing step with its last output.
-    pub fn failure(mut self, message: String) -> Error {
+    pub fn failure(&mut self, message: String) -> Error {
         let partial = std::mem::take(&mut self.pending);
         if let Some(step) = self.classic.as_mut() {
             if !partial.trim().is_empty() {

@@ -62,6 +62,9 @@ fn dry_run_prints_every_step_masks_secrets_writes_nothing_and_connects_nowhere()
         .env("DOCKER_REGISTRY", format!("127.0.0.1:{}", registry.local_addr().unwrap().port()))
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", aws.local_addr().unwrap().port()))
         .args(["run", "--dry", "--image-definitions", "web", "--build-arg", "MODE=ci"]);
+    // CodeBuild's source directory, which the context key is relative to.
+    let source_dir = agent.work.path().display().to_string();
+    let agent = agent.env("CODEBUILD_SRC_DIR", source_dir);
     std::fs::create_dir(agent.home.path().join(".ssh")).unwrap();
     std::fs::write(agent.home.path().join(".ssh/known_hosts"), "existing line\n").unwrap();
     let home_before = tree_listing(agent.home.path());

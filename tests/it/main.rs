@@ -12,6 +12,7 @@ mod image;
 mod logins;
 mod parsers;
 mod progress;
+mod session;
 mod ssh;
 mod world;
 mod world_answers;

@@ -1,0 +1,545 @@
+//! The session's FileSync service: the sending side of fsutil's DiffCopy protocol, by which
+//! BuildKit syncs the build context and the Dockerfile's directory from the client into its own
+//! copy, kept between builds under the session's shared key. Only what changed crosses the wire.
+//!
+//! The protocol (tonistiigi/fsutil `send.go`): the sender walks the directory in a fixed order
+//! (each directory's entries sorted by name, depth first) and sends one STAT packet per entry,
+//! then an empty STAT; the receiver compares with its copy and asks for the files it lacks with
+//! REQ packets naming an entry by its index in the walk; the sender answers each with DATA
+//! packets and an empty DATA to end the file; the receiver ends with FIN, answered with FIN.
+//! ERR carries a failure either way. Modes are Go's `os.FileMode` bits.
+//!
+//! Hand-written: no Rust crate speaks fsutil's protocol.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bollard::fsutil::types::Packet;
+use bollard::fsutil::types::Stat;
+use bollard::fsutil::types::packet::PacketType;
+use bollard::moby::filesync::packet::file_sync_server::{FileSync, FileSyncServer};
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::image::dockerignore::DockerIgnore;
+
+/// Bytes of a file in one DATA packet (fsutil sends 32 KiB; fewer, larger messages cost less).
+const DATA_CHUNK: usize = 256 * 1024;
+/// Packets queued toward the daemon.
+const QUEUE: usize = 16;
+
+/// Go's `os.FileMode` type and permission bits, as fsutil puts them in a STAT.
+mod go_mode {
+    pub const DIR: u32 = 1 << 31;
+    pub const SYMLINK: u32 = 1 << 27;
+    pub const SETUID: u32 = 1 << 23;
+    pub const SETGID: u32 = 1 << 22;
+    pub const STICKY: u32 = 1 << 20;
+}
+
+/// One directory the daemon may sync, under the name it asks for (`dir-name`).
+#[derive(Clone)]
+pub struct SyncedDir {
+    pub root: PathBuf,
+    /// The client's own excludes (the context's `.dockerignore`, as the docker CLI applies it).
+    pub excludes: Option<DockerIgnore>,
+    /// Whether what is sent from it counts in [`Counters`] (the context does, the Dockerfile's
+    /// directory does not).
+    pub counted: bool,
+}
+
+/// What the session sent from the counted directories, over all the daemon's calls: the bytes
+/// of every DATA packet, and the distinct files (BuildKit may ask for the same one in two calls,
+/// e.g. `.dockerignore` alone first, then with the whole context).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes: AtomicU64,
+    files: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Counters {
+    /// Distinct files sent.
+    pub fn files(&self) -> u64 {
+        self.files.lock().map(|files| files.len() as u64).unwrap_or_default()
+    }
+
+    fn sent(&self, path: &str) {
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(path.to_string());
+        }
+    }
+}
+
+/// The FileSync service over a few named directories.
+#[derive(Clone)]
+pub struct FileSyncer {
+    dirs: Arc<HashMap<String, SyncedDir>>,
+    counters: Arc<Counters>,
+}
+
+impl FileSyncer {
+    pub fn new(dirs: HashMap<String, SyncedDir>) -> FileSyncer {
+        FileSyncer { dirs: Arc::new(dirs), counters: Arc::default() }
+    }
+
+    /// The counters of what was sent as DATA, shared with the service.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// The service, and the methods to announce.
+    pub fn service(self) -> (FileSyncServer<FileSyncer>, &'static [&'static str]) {
+        let server = FileSyncServer::new(self).max_decoding_message_size(16 << 20).max_encoding_message_size(16 << 20);
+        (server, &["DiffCopy"])
+    }
+}
+
+/// The daemon's filter for one call: from the call's metadata.
+#[derive(Debug, Default)]
+struct Filter {
+    client: Option<DockerIgnore>,
+    excludes: Option<DockerIgnore>,
+    /// Include patterns and follow paths, as cleaned segment lists: an entry is sent if one
+    /// matches it or one of its parents, and directories on the way to one are sent too.
+    includes: Vec<Vec<String>>,
+}
+
+impl Filter {
+    fn excluded(&self, path: &str) -> bool {
+        self.client.as_ref().is_some_and(|ignore| ignore.excludes(path))
+            || self.excludes.as_ref().is_some_and(|ignore| ignore.excludes(path))
+    }
+
+    fn walk_excluded_dir(&self, path: &str) -> bool {
+        // An excluded directory is still walked when an exception may bring back a file in it.
+        let hopeless = |ignore: &Option<DockerIgnore>| {
+            ignore.as_ref().is_some_and(|ignore| ignore.excludes(path) && !ignore.has_exceptions())
+        };
+        !(hopeless(&self.client) || hopeless(&self.excludes))
+    }
+
+    /// Whether the entry itself is selected by the includes (or there are none).
+    fn selected(&self, segments: &[&str]) -> bool {
+        self.includes.is_empty()
+            || self.includes.iter().any(|pattern| (1..=segments.len()).any(|len| matches(pattern, &segments[..len])))
+    }
+
+    /// Whether something under this directory may be selected.
+    fn may_select_below(&self, segments: &[&str]) -> bool {
+        self.includes.is_empty() || self.includes.iter().any(|pattern| prefix_matches(pattern, segments))
+    }
+}
+
+fn pattern_segments(pattern: &str) -> Vec<String> {
+    pattern.split('/').filter(|segment| !segment.is_empty() && *segment != ".").map(str::to_string).collect()
+}
+
+/// Whether all of `path` matches all of `pattern` (`**` any number of segments).
+fn matches(pattern: &[String], path: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => path.is_empty(),
+        Some((first, rest)) if first == "**" => (0..=path.len()).any(|skip| matches(rest, &path[skip..])),
+        Some((first, rest)) => match path.split_first() {
+            Some((segment, path_rest)) => crate::image::dockerignore::glob(first, segment) && matches(rest, path_rest),
+            None => false,
+        },
+    }
+}
+
+/// Whether `dir` could be a parent of a path `pattern` matches.
+fn prefix_matches(pattern: &[String], dir: &[&str]) -> bool {
+    match (pattern.split_first(), dir.split_first()) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some((first, _)), Some(_)) if first == "**" => true,
+        (Some((first, rest)), Some((segment, dir_rest))) => {
+            crate::image::dockerignore::glob(first, segment) && prefix_matches(rest, dir_rest)
+        }
+    }
+}
+
+/// One entry of the walk: its STAT, and where to read it.
+#[derive(Debug)]
+struct Entry {
+    stat: Stat,
+    path: PathBuf,
+}
+
+/// Walks `root` as fsutil does: each directory's entries sorted by name, depth first, a
+/// directory before what it holds; sockets, FIFOs and devices left out (as the docker CLI's tar).
+fn walk(root: &Path, filter: &Filter) -> std::io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    walk_dir(root, &mut Vec::new(), filter, &mut entries)?;
+    Ok(entries)
+}
+
+fn walk_dir(dir: &Path, prefix: &mut Vec<String>, filter: &Filter, out: &mut Vec<Entry>) -> std::io::Result<bool> {
+    let mut children: Vec<(Vec<u8>, PathBuf)> = std::fs::read_dir(dir)?
+        .map(|entry| {
+            entry.map(|entry| {
+                (std::os::unix::ffi::OsStrExt::as_bytes(entry.file_name().as_os_str()).to_vec(), entry.path())
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    // Go sorts names as bytes.
+    children.sort();
+    let mut any = false;
+    for (name, path) in children {
+        prefix.push(String::from_utf8_lossy(&name).into_owned());
+        let relative = prefix.join("/");
+        let segments: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        let meta = std::fs::symlink_metadata(&path)?;
+        let kind = meta.file_type();
+        let excluded = filter.excluded(&relative);
+        if kind.is_dir() {
+            if (!excluded || filter.walk_excluded_dir(&relative)) && filter.may_select_below(&segments) {
+                let mark = out.len();
+                let keep_self = !excluded && filter.selected(&segments);
+                out.push(Entry { stat: stat(&relative, &meta, None), path: path.clone() });
+                let below = walk_dir(&path, prefix, filter, out)?;
+                if keep_self || below {
+                    any = true;
+                } else {
+                    out.truncate(mark);
+                }
+            }
+        } else if (kind.is_file() || kind.is_symlink()) && !excluded && filter.selected(&segments) {
+            let link = if kind.is_symlink() { Some(std::fs::read_link(&path)?) } else { None };
+            out.push(Entry { stat: stat(&relative, &meta, link.as_deref()), path });
+            any = true;
+        }
+        prefix.pop();
+    }
+    Ok(any)
+}
+
+/// The STAT of one entry, as fsutil makes it for the docker CLI (owner reset to 0:0).
+fn stat(relative: &str, meta: &std::fs::Metadata, link: Option<&Path>) -> Stat {
+    let kind = meta.file_type();
+    let mode = meta.mode();
+    let mut go = mode & 0o777;
+    if kind.is_dir() {
+        go |= go_mode::DIR;
+    }
+    if kind.is_symlink() {
+        go |= go_mode::SYMLINK;
+    }
+    if mode & libc::S_ISUID != 0 {
+        go |= go_mode::SETUID;
+    }
+    if mode & libc::S_ISGID != 0 {
+        go |= go_mode::SETGID;
+    }
+    if mode & libc::S_ISVTX != 0 {
+        go |= go_mode::STICKY;
+    }
+    Stat {
+        path: relative.to_string(),
+        mode: go,
+        uid: 0,
+        gid: 0,
+        size: if kind.is_dir() { 0 } else { meta.len() as i64 },
+        mod_time: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        linkname: link.map(|link| link.to_string_lossy().into_owned()).unwrap_or_default(),
+        devmajor: 0,
+        devminor: 0,
+        xattrs: HashMap::new(),
+    }
+}
+
+/// The values of one metadata key, decoded as buildkit encodes non-ASCII ones (`KEY-encoded: 1`,
+/// then each value query-escaped).
+fn metadata_values(metadata: &tonic::metadata::MetadataMap, key: &str) -> Vec<String> {
+    let encoded = metadata
+        .get(format!("{key}-encoded").as_str())
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| matches!(value, "1" | "true" | "t" | "TRUE" | "True"));
+    metadata
+        .get_all(key)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(|value| if encoded { query_unescape(value) } else { value.to_string() })
+        .collect()
+}
+
+/// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte; anything malformed is kept as it is.
+fn query_unescape(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => out.push(b' '),
+            b'%' if index + 2 < bytes.len() => {
+                let hex = |byte: u8| (byte as char).to_digit(16);
+                match (hex(bytes[index + 1]), hex(bytes[index + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push((high * 16 + low) as u8);
+                        index += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn packet(kind: PacketType) -> Packet {
+    Packet { r#type: kind as i32, stat: None, id: 0, data: Vec::new() }
+}
+
+#[tonic::async_trait]
+impl FileSync for FileSyncer {
+    type DiffCopyStream = futures_util::stream::BoxStream<'static, Result<Packet, Status>>;
+    type TarStreamStream = futures_util::stream::BoxStream<'static, Result<Packet, Status>>;
+
+    async fn diff_copy(&self, request: Request<Streaming<Packet>>) -> Result<Response<Self::DiffCopyStream>, Status> {
+        let metadata = request.metadata();
+        let name = metadata_values(metadata, "dir-name").into_iter().next().unwrap_or_default();
+        let Some(dir) = self.dirs.get(&name).cloned() else {
+            return Err(Status::not_found(format!("no access allowed to dir {name:?}")));
+        };
+        let excludes = metadata_values(metadata, "exclude-patterns");
+        let mut includes = metadata_values(metadata, "include-patterns");
+        let follow = metadata_values(metadata, "followpaths");
+        includes.extend(follow.iter().cloned());
+        let filter = Filter {
+            // The daemon asking for a few named files (the .dockerignore, the Dockerfile) gets
+            // them even where the client's excludes would leave them out.
+            client: if follow.is_empty() { dir.excludes.clone() } else { None },
+            excludes: (!excludes.is_empty()).then(|| DockerIgnore::parse(&excludes.join("\n"))),
+            includes: includes.iter().map(|pattern| pattern_segments(pattern)).collect(),
+        };
+        tracing::debug!(
+            "BuildKit syncs {name:?}: excludes {excludes:?}, includes {:?}, followpaths {follow:?}",
+            includes.len() - follow.len()
+        );
+        let root = dir.root.clone();
+        let entries = tokio::task::spawn_blocking(move || walk(&root, &filter))
+            .await
+            .map_err(|error| Status::internal(format!("the walk of {name:?} failed: {error}")))?
+            .map_err(|error| Status::internal(format!("cannot read the directory {name:?}: {error}")))?;
+
+        let (sender, receiver) = mpsc::channel::<Result<Packet, Status>>(QUEUE);
+        let mut incoming = request.into_inner();
+        // The receiver's requests are read at once, whatever the sender is doing: a receiver
+        // blocked on sending REQs must never block the STATs it has yet to read.
+        let (requests_in, mut requests) = mpsc::unbounded_channel::<Result<Packet, Status>>();
+        tokio::spawn(async move {
+            while let Some(message) = incoming.next().await {
+                let end = message.is_err();
+                if requests_in.send(message).is_err() || end {
+                    break;
+                }
+            }
+        });
+        let counters = dir.counted.then(|| self.counters.clone());
+        tokio::spawn(async move {
+            let files: Vec<Option<(PathBuf, String)>> = entries
+                .iter()
+                .map(|entry| {
+                    (entry.stat.mode & (go_mode::DIR | go_mode::SYMLINK) == 0)
+                        .then(|| (entry.path.clone(), entry.stat.path.clone()))
+                })
+                .collect();
+            for entry in entries {
+                let mut stat = packet(PacketType::PacketStat);
+                stat.stat = Some(entry.stat);
+                if sender.send(Ok(stat)).await.is_err() {
+                    return;
+                }
+            }
+            if sender.send(Ok(packet(PacketType::PacketStat))).await.is_err() {
+                return;
+            }
+            let mut served = vec![false; files.len()];
+            while let Some(message) = requests.recv().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(status) => {
+                        tracing::debug!("the daemon's side of the sync ended: {status}");
+                        return;
+                    }
+                };
+                match PacketType::try_from(message.r#type) {
+                    Ok(PacketType::PacketReq) => {
+                        let id = message.id as usize;
+                        let Some(Some((path, relative))) = files.get(id) else {
+                            let _ = sender.send(Err(Status::invalid_argument(format!("invalid file id {id}")))).await;
+                            return;
+                        };
+                        if std::mem::replace(&mut served[id], true) {
+                            let _ =
+                                sender.send(Err(Status::invalid_argument(format!("file id {id} asked twice")))).await;
+                            return;
+                        }
+                        if let Some(counters) = &counters {
+                            counters.sent(relative);
+                        }
+                        if let Err(error) = send_file(&sender, message.id, path, counters.as_deref()).await {
+                            let mut failure = packet(PacketType::PacketErr);
+                            failure.data = format!("cannot read {}: {error}", path.display()).into_bytes();
+                            let _ = sender.send(Ok(failure)).await;
+                            return;
+                        }
+                    }
+                    Ok(PacketType::PacketFin) => {
+                        let _ = sender.send(Ok(packet(PacketType::PacketFin))).await;
+                        return;
+                    }
+                    Ok(PacketType::PacketErr) => {
+                        let text = String::from_utf8_lossy(&message.data).into_owned();
+                        tracing::debug!("BuildKit's receiver failed: {text}");
+                        let _ = sender.send(Err(Status::aborted(format!("error from receiver: {text}")))).await;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn tar_stream(&self, _: Request<Streaming<Packet>>) -> Result<Response<Self::TarStreamStream>, Status> {
+        Err(Status::unimplemented("the agent syncs by DiffCopy only"))
+    }
+}
+
+/// The file's bytes as DATA packets, then the empty DATA that ends it.
+async fn send_file(
+    sender: &mpsc::Sender<Result<Packet, Status>>,
+    id: u32,
+    path: &Path,
+    counters: Option<&Counters>,
+) -> std::io::Result<()> {
+    let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the session ended");
+    let mut file = tokio::fs::File::open(path).await?;
+    loop {
+        let mut data = vec![0u8; DATA_CHUNK];
+        let mut filled = 0;
+        while filled < DATA_CHUNK {
+            let read = file.read(&mut data[filled..]).await?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        if filled == 0 {
+            break;
+        }
+        data.truncate(filled);
+        if let Some(counters) = counters {
+            counters.bytes.fetch_add(filled as u64, Ordering::Relaxed);
+        }
+        let mut chunk = packet(PacketType::PacketData);
+        chunk.id = id;
+        chunk.data = data;
+        sender.send(Ok(chunk)).await.map_err(|_| gone())?;
+        if filled < DATA_CHUNK {
+            break;
+        }
+    }
+    let mut end = packet(PacketType::PacketData);
+    end.id = id;
+    sender.send(Ok(end)).await.map_err(|_| gone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in files {
+            let path = dir.path().join(name);
+            if let Some(directory) = name.strip_suffix('/') {
+                std::fs::create_dir_all(dir.path().join(directory)).unwrap();
+            } else {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, name).unwrap();
+            }
+        }
+        dir
+    }
+
+    fn paths(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|entry| entry.stat.path.as_str()).collect()
+    }
+
+    #[test]
+    fn the_walk_is_in_fsutils_order_a_directory_before_its_entries() {
+        let dir = tree(&["a.b", "a/b", "a/a", "B", "a-c/x"]);
+        let entries = walk(dir.path(), &Filter::default()).unwrap();
+        // Byte order per directory, depth first: "a" sorts before "a-c" and "a.b", and its
+        // entries come right after it (not after "a.b" as a plain sort of paths would put them).
+        assert_eq!(paths(&entries), ["B", "a", "a/a", "a/b", "a-c", "a-c/x", "a.b"]);
+    }
+
+    #[test]
+    fn modes_are_gos_file_mode_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tree(&["run.sh", "sub/"]);
+        std::fs::set_permissions(dir.path().join("run.sh"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::os::unix::fs::symlink("run.sh", dir.path().join("link")).unwrap();
+        let entries = walk(dir.path(), &Filter::default()).unwrap();
+        let by_path: HashMap<&str, &Stat> =
+            entries.iter().map(|entry| (entry.stat.path.as_str(), &entry.stat)).collect();
+        assert_eq!(by_path["run.sh"].mode, 0o755 | go_mode::SETUID);
+        assert_eq!(by_path["run.sh"].size, 6);
+        assert_eq!(by_path["sub"].mode & go_mode::DIR, go_mode::DIR);
+        assert_eq!(by_path["sub"].size, 0);
+        assert_eq!(by_path["link"].mode & go_mode::SYMLINK, go_mode::SYMLINK);
+        assert_eq!(by_path["link"].linkname, "run.sh");
+        assert!(entries.iter().all(|entry| entry.stat.uid == 0 && entry.stat.gid == 0));
+        let mtime = std::fs::metadata(dir.path().join("run.sh")).unwrap().modified().unwrap();
+        let nanos = mtime.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+        assert_eq!(by_path["run.sh"].mod_time, nanos);
+    }
+
+    #[test]
+    fn excludes_hold_and_exceptions_bring_back_files_with_their_directories() {
+        let dir = tree(&["Dockerfile", "target/big", "target/keep.txt", "src/main.rs", "node_modules/x/y"]);
+        let filter = Filter {
+            client: Some(DockerIgnore::parse("target\nnode_modules\n!target/keep.txt\n")),
+            ..Filter::default()
+        };
+        let entries = walk(dir.path(), &filter).unwrap();
+        assert_eq!(paths(&entries), ["Dockerfile", "src", "src/main.rs", "target", "target/keep.txt"]);
+    }
+
+    #[test]
+    fn followpaths_send_only_those_files_and_their_parents() {
+        let dir = tree(&["docker/Dockerfile", "docker/other", "docker/Dockerfile.dockerignore", "x"]);
+        let filter = Filter {
+            includes: vec![pattern_segments("docker/Dockerfile"), pattern_segments("docker/Dockerfile.dockerignore")],
+            ..Filter::default()
+        };
+        let entries = walk(dir.path(), &filter).unwrap();
+        assert_eq!(paths(&entries), ["docker", "docker/Dockerfile", "docker/Dockerfile.dockerignore"]);
+    }
+
+    #[test]
+    fn the_daemons_excludes_apply_too() {
+        let dir = tree(&["a.log", "b.txt"]);
+        let filter = Filter { excludes: Some(DockerIgnore::parse("*.log")), ..Filter::default() };
+        assert_eq!(paths(&walk(dir.path(), &filter).unwrap()), ["b.txt"]);
+    }
+
+    #[test]
+    fn encoded_metadata_is_unescaped() {
+        assert_eq!(query_unescape("caf%C3%A9+bar"), "café bar");
+        assert_eq!(query_unescape("100%"), "100%");
+        assert_eq!(query_unescape("%zz"), "%zz");
+    }
+}
