@@ -189,6 +189,13 @@ fn the_metadata_file_holds_the_registrys_digest_the_image_id_and_each_step() {
             "{builder}: {json}"
         );
         assert_eq!(json["agent.context"]["files"], 2, "{json}");
+        if builder == "buildkit" {
+            // Built again unchanged: BuildKit's session sends nothing, and the file says so.
+            agent.run().expect_code(0);
+            let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metadata).unwrap()).unwrap();
+            assert_eq!(again["agent.context"]["sent_bytes"], 0, "{again}");
+            assert_eq!(again["containerimage.digest"], json["containerimage.digest"], "{again}");
+        }
         let _ = Command::new("docker")
             .args(["rmi", "-f", &format!("{image}:v1"), &format!("{image}:latest")])
             .env("DOCKER_HOST", "unix:///var/run/docker.sock")
