@@ -142,6 +142,12 @@ pub struct RunArgs {
     #[arg(long, env = "AGENT_CONTEXT_KEY", value_name = "KEY")]
     pub context_key: Option<String>,
 
+    /// With BuildKit, send each file git tracks and that is unchanged since checkout with an mtime
+    /// made from its content (1980-01-01 plus a fraction of a second), so that a fresh clone does
+    /// not send every file again; the image's files get those mtimes
+    #[arg(long, env = "AGENT_STABLE_MTIMES", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true", value_name = "BOOL")]
+    pub stable_mtimes: Option<bool>,
+
     /// Build and tag, but push nothing
     #[arg(long)]
     pub no_push: bool,

@@ -121,6 +121,8 @@ pub struct Build {
     pub context_key: Option<Sourced<String>>,
     /// `CODEBUILD_SRC_DIR`: the source root the derived context key is relative to.
     pub source_root: Option<PathBuf>,
+    /// `--stable-mtimes`: unchanged tracked files sent with mtimes made from their git blob ids.
+    pub stable_mtimes: bool,
 }
 
 /// One `--build-arg`.
@@ -764,6 +766,7 @@ fn check_build(
         progress,
         context_key,
         source_root,
+        stable_mtimes: args.stable_mtimes.unwrap_or(false),
     })
 }
 

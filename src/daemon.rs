@@ -360,6 +360,20 @@ impl Daemon {
         })
     }
 
+    /// A raw stream that broke off mid-answer (`what`: e.g. "the build"): the SSH connection's
+    /// own failure when it is the cause (a frozen or killed host), else the daemon's.
+    pub fn broke_off(&self, what: &str, error: &(dyn std::error::Error + 'static)) -> Error {
+        if let Some(failure) = self.ssh.as_ref().and_then(|ssh| ssh.take_failure()) {
+            return failure;
+        }
+        if let Some(ssh) = &self.ssh {
+            if ssh.is_closed() {
+                return Error::Ssh { host: self.target.clone(), detail: ssh.end_reason() };
+            }
+        }
+        Error::Daemon { target: self.target.clone(), detail: format!("broke off {what}: {}", error_chain(error)) }
+    }
+
     fn raw_failure(&self, error: &(dyn std::error::Error + 'static)) -> Error {
         if let Some(failure) = self.ssh.as_ref().and_then(|ssh| ssh.take_failure()) {
             return failure;

@@ -365,6 +365,12 @@ impl Step {
                         &key.key[..16],
                         key.source
                     ));
+                    if build.stable_mtimes {
+                        lines.push(
+                            "with BuildKit: files git tracks, unchanged since checkout, sent with mtimes made from their content"
+                                .to_string(),
+                        );
+                    }
                 }
                 if let Some(cache_image) = cache_image {
                     lines.push(format!(

@@ -201,9 +201,13 @@ async fn build_with_session(
                 root: context_dir.clone(),
                 excludes: Some(context::read_dockerignore(context_dir)?),
                 counted: true,
+                git: if request.build.stable_mtimes { stable_mtimes(context_dir) } else { None },
             },
         ),
-        ("dockerfile".to_string(), filesync::SyncedDir { root: dockerfile_dir, excludes: None, counted: false }),
+        (
+            "dockerfile".to_string(),
+            filesync::SyncedDir { root: dockerfile_dir, excludes: None, counted: false, git: None },
+        ),
     ]);
     let syncer = filesync::FileSyncer::new(dirs);
     let counters = syncer.counters();
@@ -242,6 +246,24 @@ async fn build_with_session(
     Ok(summary)
 }
 
+/// Git's index for `--stable-mtimes`, and the context's path in the checkout.
+fn stable_mtimes(
+    context_dir: &std::path::Path,
+) -> Option<(std::sync::Arc<crate::session::git_times::GitIndex>, String)> {
+    let Some(index) = crate::session::git_times::GitIndex::find(context_dir) else {
+        tracing::warn!("--stable-mtimes: the context is not in a git checkout; mtimes are sent as they are");
+        return None;
+    };
+    let context = std::fs::canonicalize(context_dir).ok()?;
+    let relative = context.strip_prefix(&index.root).ok()?;
+    let in_checkout = relative
+        .components()
+        .map(|component| component.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/");
+    Some((std::sync::Arc::new(index), in_checkout))
+}
+
 /// `POST /build` for a session build, its JSON stream read into the progress.
 async fn run_session_build(
     daemon: &Daemon,
@@ -272,12 +294,7 @@ async fn run_session_build(
         let frame = match http_body_util::BodyExt::frame(&mut body).await {
             None => break,
             Some(Ok(frame)) => frame,
-            Some(Err(error)) => {
-                return Err(Error::Daemon {
-                    target: daemon.target.clone(),
-                    detail: format!("broke off the build: {}", crate::daemon::error_chain(&error)),
-                });
-            }
+            Some(Err(error)) => return Err(daemon.broke_off("the build", &error)),
         };
         let Ok(data) = frame.into_data() else { continue };
         pending.extend_from_slice(&data);

@@ -26,6 +26,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::git_times::GitIndex;
 use crate::image::dockerignore::DockerIgnore;
 
 /// Bytes of a file in one DATA packet (fsutil sends 32 KiB; fewer, larger messages cost less).
@@ -51,6 +52,8 @@ pub struct SyncedDir {
     /// Whether what is sent from it counts in [`Counters`] (the context does, the Dockerfile's
     /// directory does not).
     pub counted: bool,
+    /// With `--stable-mtimes`: git's index of the checkout, and the directory's path in it.
+    pub git: Option<(Arc<GitIndex>, String)>,
 }
 
 /// What the session sent from the counted directories, over all the daemon's calls: the bytes
@@ -172,13 +175,19 @@ struct Entry {
 
 /// Walks `root` as fsutil does: each directory's entries sorted by name, depth first, a
 /// directory before what it holds; sockets, FIFOs and devices left out (as the docker CLI's tar).
-fn walk(root: &Path, filter: &Filter) -> std::io::Result<Vec<Entry>> {
+fn walk(root: &Path, filter: &Filter, git: Option<&(Arc<GitIndex>, String)>) -> std::io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
-    walk_dir(root, &mut Vec::new(), filter, &mut entries)?;
+    walk_dir(root, &mut Vec::new(), filter, git, &mut entries)?;
     Ok(entries)
 }
 
-fn walk_dir(dir: &Path, prefix: &mut Vec<String>, filter: &Filter, out: &mut Vec<Entry>) -> std::io::Result<bool> {
+fn walk_dir(
+    dir: &Path,
+    prefix: &mut Vec<String>,
+    filter: &Filter,
+    git: Option<&(Arc<GitIndex>, String)>,
+    out: &mut Vec<Entry>,
+) -> std::io::Result<bool> {
     let mut children: Vec<(Vec<u8>, PathBuf)> = std::fs::read_dir(dir)?
         .map(|entry| {
             entry.map(|entry| {
@@ -201,7 +210,7 @@ fn walk_dir(dir: &Path, prefix: &mut Vec<String>, filter: &Filter, out: &mut Vec
                 let mark = out.len();
                 let keep_self = !excluded && filter.selected(&segments);
                 out.push(Entry { stat: stat(&relative, &meta, None), path: path.clone() });
-                let below = walk_dir(&path, prefix, filter, out)?;
+                let below = walk_dir(&path, prefix, filter, git, out)?;
                 if keep_self || below {
                     any = true;
                 } else {
@@ -210,7 +219,15 @@ fn walk_dir(dir: &Path, prefix: &mut Vec<String>, filter: &Filter, out: &mut Vec
             }
         } else if (kind.is_file() || kind.is_symlink()) && !excluded && filter.selected(&segments) {
             let link = if kind.is_symlink() { Some(std::fs::read_link(&path)?) } else { None };
-            out.push(Entry { stat: stat(&relative, &meta, link.as_deref()), path });
+            let mut stat = stat(&relative, &meta, link.as_deref());
+            if let Some((index, dir_in_checkout)) = git.filter(|_| kind.is_file()) {
+                let in_checkout =
+                    if dir_in_checkout.is_empty() { relative.clone() } else { format!("{dir_in_checkout}/{relative}") };
+                if let Some(mtime) = index.stable_mtime(&in_checkout, &meta) {
+                    stat.mod_time = mtime;
+                }
+            }
+            out.push(Entry { stat, path });
             any = true;
         }
         prefix.pop();
@@ -323,7 +340,8 @@ impl FileSync for FileSyncer {
             includes.len() - follow.len()
         );
         let root = dir.root.clone();
-        let entries = tokio::task::spawn_blocking(move || walk(&root, &filter))
+        let git = dir.git.clone();
+        let entries = tokio::task::spawn_blocking(move || walk(&root, &filter, git.as_ref()))
             .await
             .map_err(|error| Status::internal(format!("the walk of {name:?} failed: {error}")))?
             .map_err(|error| Status::internal(format!("cannot read the directory {name:?}: {error}")))?;
@@ -480,7 +498,7 @@ mod tests {
     #[test]
     fn the_walk_is_in_fsutils_order_a_directory_before_its_entries() {
         let dir = tree(&["a.b", "a/b", "a/a", "B", "a-c/x"]);
-        let entries = walk(dir.path(), &Filter::default()).unwrap();
+        let entries = walk(dir.path(), &Filter::default(), None).unwrap();
         // Byte order per directory, depth first: "a" sorts before "a-c" and "a.b", and its
         // entries come right after it (not after "a.b" as a plain sort of paths would put them).
         assert_eq!(paths(&entries), ["B", "a", "a/a", "a/b", "a-c", "a-c/x", "a.b"]);
@@ -492,7 +510,7 @@ mod tests {
         let dir = tree(&["run.sh", "sub/"]);
         std::fs::set_permissions(dir.path().join("run.sh"), std::fs::Permissions::from_mode(0o4755)).unwrap();
         std::os::unix::fs::symlink("run.sh", dir.path().join("link")).unwrap();
-        let entries = walk(dir.path(), &Filter::default()).unwrap();
+        let entries = walk(dir.path(), &Filter::default(), None).unwrap();
         let by_path: HashMap<&str, &Stat> =
             entries.iter().map(|entry| (entry.stat.path.as_str(), &entry.stat)).collect();
         assert_eq!(by_path["run.sh"].mode, 0o755 | go_mode::SETUID);
@@ -514,7 +532,7 @@ mod tests {
             client: Some(DockerIgnore::parse("target\nnode_modules\n!target/keep.txt\n")),
             ..Filter::default()
         };
-        let entries = walk(dir.path(), &filter).unwrap();
+        let entries = walk(dir.path(), &filter, None).unwrap();
         assert_eq!(paths(&entries), ["Dockerfile", "src", "src/main.rs", "target", "target/keep.txt"]);
     }
 
@@ -525,7 +543,7 @@ mod tests {
             includes: vec![pattern_segments("docker/Dockerfile"), pattern_segments("docker/Dockerfile.dockerignore")],
             ..Filter::default()
         };
-        let entries = walk(dir.path(), &filter).unwrap();
+        let entries = walk(dir.path(), &filter, None).unwrap();
         assert_eq!(paths(&entries), ["docker", "docker/Dockerfile", "docker/Dockerfile.dockerignore"]);
     }
 
@@ -533,7 +551,7 @@ mod tests {
     fn the_daemons_excludes_apply_too() {
         let dir = tree(&["a.log", "b.txt"]);
         let filter = Filter { excludes: Some(DockerIgnore::parse("*.log")), ..Filter::default() };
-        assert_eq!(paths(&walk(dir.path(), &filter).unwrap()), ["b.txt"]);
+        assert_eq!(paths(&walk(dir.path(), &filter, None).unwrap()), ["b.txt"]);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod filesync;
+pub mod git_times;
 pub mod key;
 
 use std::convert::Infallible;

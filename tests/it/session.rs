@@ -144,3 +144,48 @@ fn a_given_context_key_is_used_and_shown_in_the_plan() {
     outcome.expect_code(0);
     assert!(outcome.stdout.contains("(from env AGENT_CONTEXT_KEY \"shop-web\")"), "{}", outcome.stdout);
 }
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("git");
+    assert!(status.success(), "git {args:?}");
+}
+
+#[test]
+fn with_stable_mtimes_a_fresh_clone_with_one_file_changed_sends_only_that_file() {
+    let world = World::shared();
+    let repository = unique("clone");
+    let origin = tempfile::tempdir().unwrap();
+    let app = checkout(origin.path(), &repository);
+    git(origin.path(), &["init", "-q"]);
+    git(origin.path(), &["add", "."]);
+    git(origin.path(), &["commit", "-q", "-m", "the app"]);
+    // Each build on a fresh machine: a fresh clone (every mtime new) at a new path.
+    let build = |changed: bool| {
+        let machine = tempfile::tempdir().unwrap();
+        git(machine.path(), &["clone", "-q", origin.path().to_str().unwrap(), "src"]);
+        let source = machine.path().join("src");
+        if changed {
+            std::fs::write(source.join("services/api/data/03.bin"), b"changed").unwrap();
+        }
+        let outcome = over_ssh(world)
+            .env("CODEBUILD_SRC_DIR", source.display().to_string())
+            .env("AGENT_STABLE_MTIMES", "1")
+            .args(["run", "--no-push", "--builder", "buildkit", "--image", &repository])
+            .args(["--context", source.join("services/api").to_str().unwrap()])
+            .run();
+        outcome.expect_code(0);
+        outcome
+    };
+    assert!(app.is_dir());
+    let first = build(false);
+    assert_eq!(sent(&first), (52, 52), "{}", first.stderr);
+    let second = build(true);
+    assert_eq!(sent(&second), (1, 52), "only the changed file is sent from a fresh clone:\n{}", second.stderr);
+}
