@@ -54,8 +54,9 @@ fn build_talking_run(world: &World, builder: &str, progress: Option<&str>, exit:
         args.extend(["--progress", progress]);
     }
     let outcome = agent.args(args).run();
+    // --no-prune: the untagged parents of a classic build are other tests' cache, maybe in use.
     let _ = Command::new("docker")
-        .args(["rmi", "-f", &format!("agent-it/progress:{token}")])
+        .args(["rmi", "-f", "--no-prune", &format!("agent-it/progress:{token}")])
         .env("DOCKER_HOST", "unix:///var/run/docker.sock")
         .output();
     (outcome, token)
@@ -197,7 +198,7 @@ fn the_metadata_file_holds_the_registrys_digest_the_image_id_and_each_step() {
             assert_eq!(again["containerimage.digest"], json["containerimage.digest"], "{again}");
         }
         let _ = Command::new("docker")
-            .args(["rmi", "-f", &format!("{image}:v1"), &format!("{image}:latest")])
+            .args(["rmi", "-f", "--no-prune", &format!("{image}:v1"), &format!("{image}:latest")])
             .env("DOCKER_HOST", "unix:///var/run/docker.sock")
             .output();
     }
