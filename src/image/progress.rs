@@ -16,6 +16,9 @@ use crate::error::Error;
 /// Output lines of the failing step shown when a build fails.
 const TAIL: usize = 20;
 
+/// The classic builder's message after a RUN step's container ended.
+const CONTAINER_REMOVED: &str = "Removing intermediate container ";
+
 /// The most characters of a step's name that prefix its output lines.
 const PREFIX_WIDTH: usize = 40;
 
@@ -100,33 +103,47 @@ impl Progress {
         while let Some(newline) = self.pending.find('\n') {
             let line: String = self.pending.drain(..=newline).collect();
             let line = clean_line(&line);
-            if let Some(rest) = line.strip_prefix("Step ") {
-                self.finish_classic();
-                let (counter, instruction) = rest.split_once(" : ").unwrap_or((rest, ""));
-                self.classic = Some(ClassicStep {
-                    title: format!("step {counter} {instruction}"),
-                    label: format!("[{counter}] {instruction}"),
-                    started: Instant::now(),
-                    cached: false,
-                    running: false,
-                    output: VecDeque::new(),
-                });
-            } else if let Some(step) = self.classic.as_mut() {
-                let trimmed = line.trim();
-                if trimmed == "---> Using cache" {
-                    step.cached = true;
-                } else if trimmed.starts_with("---> Running in ") {
-                    step.running = true;
-                } else if trimmed.starts_with("--->") || trimmed.starts_with("Removing intermediate container ") {
-                    step.running = false;
-                } else if !trimmed.is_empty() {
-                    if step.running && self.show_output {
-                        log_output(&step.label, &line);
-                    } else {
-                        tracing::debug!("    {line}");
-                    }
-                    keep(&mut step.output, line);
+            // A RUN step's last output line without its newline arrives glued to the daemon's
+            // next message.
+            let glued = line.find(CONTAINER_REMOVED).filter(|at| *at > 0);
+            match glued {
+                Some(at) if self.classic.as_ref().is_some_and(|step| step.running) => {
+                    self.classic_line(line[..at].to_string());
+                    self.classic_line(line[at..].to_string());
                 }
+                _ => self.classic_line(line),
+            }
+        }
+    }
+
+    /// One line of the classic builder's stream.
+    fn classic_line(&mut self, line: String) {
+        if let Some(rest) = line.strip_prefix("Step ") {
+            self.finish_classic();
+            let (counter, instruction) = rest.split_once(" : ").unwrap_or((rest, ""));
+            self.classic = Some(ClassicStep {
+                title: format!("step {counter} {instruction}"),
+                label: format!("[{counter}] {instruction}"),
+                started: Instant::now(),
+                cached: false,
+                running: false,
+                output: VecDeque::new(),
+            });
+        } else if let Some(step) = self.classic.as_mut() {
+            let trimmed = line.trim();
+            if trimmed == "---> Using cache" {
+                step.cached = true;
+            } else if trimmed.starts_with("---> Running in ") {
+                step.running = true;
+            } else if trimmed.starts_with("--->") || trimmed.starts_with(CONTAINER_REMOVED) {
+                step.running = false;
+            } else if !trimmed.is_empty() {
+                if step.running && self.show_output {
+                    log_output(&step.label, &line);
+                } else {
+                    tracing::debug!("    {line}");
+                }
+                keep(&mut step.output, line);
             }
         }
     }
@@ -286,11 +303,53 @@ impl Vertex {
     }
 }
 
-/// An output line as a terminal would leave it: without its line end, and of a line redrawn
-/// with carriage returns (a progress bar) only the last drawing.
+/// An output line as a terminal would leave it: without its line end, of a line redrawn with
+/// carriage returns (a progress bar) only the last drawing, and without terminal escapes (the
+/// classic builder colours a step's stderr).
 fn clean_line(raw: &str) -> String {
     let line = raw.trim_end();
-    line.rsplit('\r').next().unwrap_or(line).to_string()
+    without_escapes(line.rsplit('\r').next().unwrap_or(line))
+}
+
+/// The text without ANSI escape sequences: CSI (`ESC [ params final`, colours and cursor moves),
+/// OSC (`ESC ] … BEL` or `ESC \\`, window titles) and the other escapes (`ESC ( B`, `ESC =`).
+/// Hand-written: the strip-ansi-escapes crate also drops tabs, which a step's output keeps.
+fn without_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                // Parameter and intermediate bytes, then one final byte in @..~.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+            }
+            // ESC, intermediate bytes (` `..`/`, e.g. `ESC ( B` for a character set), a final byte.
+            Some(c) if (' '..='/').contains(&c) => {
+                for c in chars.by_ref() {
+                    if !(' '..='/').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Logs one output line of a step.
@@ -513,16 +572,20 @@ mod tests {
             progress.text(
                 "Step 1/2 : COPY a /a\n ---> Using cache\n ---> 1234\nStep 2/2 : RUN make\n ---> Running in 5678\n",
             );
-            progress.text("cc -o app\nRemoving intermediate container 5678\n ---> 9abc\nSuccessfully built 9abc\n");
+            progress.text("cc -o app\n\x1b[91mwarning\n\x1b[0mdone, no newlineRemoving intermediate container 5678\n");
+            progress.text(" ---> 9abc\nSuccessfully built 9abc\n");
             progress.image_id("sha256:9abc".to_string());
             let summary = progress.finish();
             assert_eq!(summary.image_id.as_deref(), Some("sha256:9abc"));
             assert_eq!(summary.steps.len(), 2);
         });
-        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines.len(), 5, "{lines:?}");
         assert!(lines[0].starts_with("step 1/2 COPY a /a: CACHED"), "{lines:?}");
-        assert_eq!(lines[1], "[2/2] RUN make | cc -o app");
-        assert!(lines[2].starts_with("step 2/2 RUN make: done"), "{lines:?}");
+        assert_eq!(
+            lines[1..4],
+            ["[2/2] RUN make | cc -o app", "[2/2] RUN make | warning", "[2/2] RUN make | done, no newline"]
+        );
+        assert!(lines[4].starts_with("step 2/2 RUN make: done"), "{lines:?}");
     }
 
     #[test]
@@ -533,5 +596,7 @@ mod tests {
         assert_eq!(line, "  [build 3/9] RUN [\"/bin/busybox\", \"sh\", … | compiling widget.c");
         assert_eq!(output_prefix(long).chars().count(), PREFIX_WIDTH);
         assert_eq!(clean_line("50%\r100%\r\n"), "100%");
+        assert_eq!(clean_line("\x1b[91mwarning:\tdeprecated\x1b[0m\n"), "warning:\tdeprecated");
+        assert_eq!(without_escapes("\x1b]0;title\x07a\x1b[1;31mb\x1b[Kc\x1b(B"), "abc");
     }
 }
