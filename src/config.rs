@@ -982,6 +982,27 @@ mod tests {
     }
 
     #[test]
+    fn the_progress_mode_comes_from_the_flag_then_buildkit_progress() {
+        let dir = fixture();
+        let progress = |argv: &[&str], env: &[(&str, &str)]| {
+            let mut all = vec!["--image", "app"];
+            all.extend_from_slice(argv);
+            let progress = config(&all, env, dir.path()).unwrap().build.progress;
+            (progress.value, progress.origin)
+        };
+        assert_eq!(progress(&[], &[]), (ProgressMode::Plain, Origin::Default));
+        let from_env = Origin::Env("BUILDKIT_PROGRESS");
+        assert_eq!(progress(&[], &[("BUILDKIT_PROGRESS", "quiet")]), (ProgressMode::Steps, from_env.clone()));
+        assert_eq!(progress(&[], &[("BUILDKIT_PROGRESS", "auto")]), (ProgressMode::Plain, from_env));
+        assert_eq!(
+            progress(&["--progress", "plain"], &[("BUILDKIT_PROGRESS", "quiet")]),
+            (ProgressMode::Plain, Origin::Flag("--progress"))
+        );
+        let found = problems(&["--image", "app"], &[("BUILDKIT_PROGRESS", "fancy")]);
+        assert!(found.iter().any(|(subject, _)| subject == "BUILDKIT_PROGRESS"), "{found:?}");
+    }
+
+    #[test]
     fn created_comes_from_source_date_epoch() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
