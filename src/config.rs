@@ -936,6 +936,20 @@ mod tests {
     }
 
     #[test]
+    fn the_context_key_comes_from_the_flag_and_an_empty_one_is_a_problem() {
+        let dir = fixture();
+        let build = config(&["--image", "app", "--context-key", "web"], &[("CODEBUILD_SRC_DIR", "/src")], dir.path())
+            .unwrap()
+            .build;
+        let key = build.context_key.unwrap();
+        assert_eq!((key.value.as_str(), key.origin), ("web", Origin::Flag("--context-key")));
+        assert_eq!(build.source_root.as_deref(), Some(Path::new("/src")));
+        assert!(!build.stable_mtimes);
+        let found = problems(&["--image", "app", "--context-key", " "], &[]);
+        assert!(found.iter().any(|(subject, _)| subject == "--context-key"), "{found:?}");
+    }
+
+    #[test]
     fn missing_image_and_context_are_problems() {
         let dir = fixture();
         let found = match config(&["--context", "nowhere"], &[], dir.path()) {
