@@ -46,6 +46,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// How much of the build the log shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Every step with its time and CACHED, and the output of RUN steps, each line prefixed with its step
+    Plain,
+    /// The steps only; a RUN step's output only when it fails
+    Steps,
+}
+
 /// Which of the daemon's builders builds the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Builder {
@@ -195,6 +204,16 @@ pub struct RunArgs {
     /// (a keepalive is sent every third of it; a build step may be silent for longer)
     #[arg(long, default_value_t = 45, env = "AGENT_READ_TIMEOUT", value_name = "SECONDS")]
     pub read_timeout: u64,
+
+    /// The build's log: plain shows the output of RUN steps, steps only the steps
+    /// [default: BUILDKIT_PROGRESS as docker reads it (quiet is steps), else plain]
+    #[arg(long, value_enum, env = "AGENT_PROGRESS", value_name = "MODE")]
+    pub progress: Option<ProgressMode>,
+
+    /// Write the build's metadata as JSON (buildx's keys: containerimage.digest, image.name,
+    /// containerimage.config.digest; and each step, cached or not, with its time) after a successful run
+    #[arg(long, value_name = "PATH")]
+    pub metadata_file: Option<PathBuf>,
 }
 
 /// The environment variables read without a flag, with what each is for; printed in `--help`.
@@ -209,6 +228,7 @@ pub const ENV_ONLY: &[(&str, &str)] = &[
     ("DOCKER_TLS_VERIFY, DOCKER_CERT_PATH", "TLS for tcp:// daemons, as the docker CLI reads them"),
     ("DOCKER_CONFIG", "the directory of the docker config.json [default: ~/.docker]"),
     ("SOURCE_DATE_EPOCH", "seconds since 1970 for the image's org.opencontainers.image.created label"),
+    ("BUILDKIT_PROGRESS", "plain, auto or tty (the build's output shown) or quiet (steps only), as docker reads it"),
     ("RUST_LOG", "log filter, e.g. agent=debug (overrides -v and -q)"),
 ];
 

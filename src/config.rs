@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 
-use crate::cli::{Builder, Environment, RunArgs};
+use crate::cli::{Builder, Environment, ProgressMode, RunArgs};
 use crate::docker_host::DockerHost;
 use crate::error::{Error, Problem};
 use crate::image_ref::{self, EcrRegistry, Repository};
@@ -69,6 +69,8 @@ pub struct Config {
     pub push: bool,
     /// The container name for imagedefinitions.json.
     pub image_definitions: Option<String>,
+    /// Where to write the build's metadata (buildx's `--metadata-file`), absolute.
+    pub metadata_file: Option<PathBuf>,
     /// The commit being built (`CODEBUILD_RESOLVED_SOURCE_VERSION`), for the image's labels.
     pub revision: Option<String>,
     /// The docker CLI's configuration directory (`DOCKER_CONFIG`, else `~/.docker`).
@@ -117,6 +119,8 @@ pub struct Build {
     pub secrets: Vec<crate::build_mounts::BuildSecret>,
     /// `--ssh`: the forwarded agents and their keys.
     pub ssh: Vec<crate::build_mounts::SshForward>,
+    /// How much of the build the log shows.
+    pub progress: Sourced<ProgressMode>,
     /// `--context-key` (`AGENT_CONTEXT_KEY`): BuildKit's shared key for the context, given.
     pub context_key: Option<Sourced<String>>,
     /// `CODEBUILD_SRC_DIR`: the source root the derived context key is relative to.
@@ -399,6 +403,22 @@ impl Config {
             }
         }
 
+        if let Some(path) = &args.metadata_file {
+            let path = absolute(path, cwd);
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            if path.is_dir() {
+                problems.push(
+                    Problem::new("--metadata-file", format!("{} is a directory", path.display()))
+                        .hint("name a file, e.g. --metadata-file build-metadata.json"),
+                );
+            } else if !dir.is_dir() {
+                problems.push(
+                    Problem::new("--metadata-file", format!("the directory {} does not exist", dir.display()))
+                        .hint("create it first, or name a file in an existing directory"),
+                );
+            }
+        }
+
         let docker_config_dir = env
             .get("DOCKER_CONFIG")
             .map(|dir| absolute(Path::new(dir), cwd))
@@ -427,6 +447,7 @@ impl Config {
                     build,
                     push: !args.no_push,
                     image_definitions: args.image_definitions.as_ref().map(|name| name.trim().to_string()),
+                    metadata_file: args.metadata_file.as_ref().map(|path| absolute(path, cwd)),
                     revision,
                     docker_config_dir,
                 })
@@ -712,6 +733,8 @@ fn check_build(
         },
     };
 
+    let progress = progress_mode(args.progress, env, problems);
+
     if let Some(target) = &args.target {
         if target.trim().is_empty() || target.chars().any(char::is_whitespace) {
             problems.push(
@@ -786,10 +809,34 @@ fn check_build(
         builder,
         secrets,
         ssh,
+        progress,
         context_key,
         source_root,
         stable_mtimes: args.stable_mtimes.unwrap_or(false),
     })
+}
+
+/// The build's log: `--progress` (or `AGENT_PROGRESS`), else `BUILDKIT_PROGRESS` with the docker
+/// CLI's values (`quiet` is the closest to the step lines alone; `auto` and `tty` draw on a terminal,
+/// which a CodeBuild log is not, so they are plain), else plain.
+fn progress_mode(flag: Option<ProgressMode>, env: &Environment, problems: &mut Vec<Problem>) -> Sourced<ProgressMode> {
+    let plain = Sourced { value: ProgressMode::Plain, origin: Origin::Default };
+    if let Some(mode) = flag {
+        return Sourced { value: mode, origin: Origin::Flag("--progress") };
+    }
+    let Some(text) = env.get("BUILDKIT_PROGRESS").map(str::trim) else { return plain };
+    let from_env = |value| Sourced { value, origin: Origin::Env("BUILDKIT_PROGRESS") };
+    match text.to_ascii_lowercase().as_str() {
+        "plain" | "auto" | "tty" | "rawjson" => from_env(ProgressMode::Plain),
+        "quiet" => from_env(ProgressMode::Steps),
+        _ => {
+            problems.push(
+                Problem::new("BUILDKIT_PROGRESS", format!("{:?} is not a progress mode", truncate(text)))
+                    .hint("set BUILDKIT_PROGRESS to plain or quiet, or pass --progress plain|steps"),
+            );
+            plain
+        }
+    }
 }
 
 /// Seconds since 1970 as `YYYY-MM-DDTHH:MM:SSZ`; `None` past the year 9999.
@@ -981,6 +1028,27 @@ mod tests {
         let found = problems(&["--image", "app", "--read-timeout", "2"], &[("DOCKER_BUILDKIT", "yes please")]);
         assert!(found.iter().any(|(subject, _)| subject == "DOCKER_BUILDKIT"), "{found:?}");
         assert!(found.iter().any(|(subject, _)| subject == "--read-timeout"), "{found:?}");
+    }
+
+    #[test]
+    fn the_progress_mode_comes_from_the_flag_then_buildkit_progress() {
+        let dir = fixture();
+        let progress = |argv: &[&str], env: &[(&str, &str)]| {
+            let mut all = vec!["--image", "app"];
+            all.extend_from_slice(argv);
+            let progress = config(&all, env, dir.path()).unwrap().build.progress;
+            (progress.value, progress.origin)
+        };
+        assert_eq!(progress(&[], &[]), (ProgressMode::Plain, Origin::Default));
+        let from_env = Origin::Env("BUILDKIT_PROGRESS");
+        assert_eq!(progress(&[], &[("BUILDKIT_PROGRESS", "quiet")]), (ProgressMode::Steps, from_env.clone()));
+        assert_eq!(progress(&[], &[("BUILDKIT_PROGRESS", "auto")]), (ProgressMode::Plain, from_env));
+        assert_eq!(
+            progress(&["--progress", "plain"], &[("BUILDKIT_PROGRESS", "quiet")]),
+            (ProgressMode::Plain, Origin::Flag("--progress"))
+        );
+        let found = problems(&["--image", "app"], &[("BUILDKIT_PROGRESS", "fancy")]);
+        assert!(found.iter().any(|(subject, _)| subject == "BUILDKIT_PROGRESS"), "{found:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::cli::Builder;
+use crate::cli::{Builder, ProgressMode};
 use crate::config::{Build, Config, RegistryLogin, Sourced, Value};
 use crate::docker_host::DockerHost;
 use crate::error::Result;
@@ -46,6 +46,14 @@ pub enum Step {
     Push { reference: String, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
     WriteImageDefinitions { path: PathBuf, container: String, image_uri: String },
+    /// Write the build's metadata as JSON with buildx's keys (`--metadata-file`).
+    WriteMetadata {
+        path: PathBuf,
+        /// Every tag built, as `image.name` lists them.
+        names: Vec<String>,
+        /// Whether the tags are pushed (only then is there a manifest digest).
+        pushed: bool,
+    },
 }
 
 /// The steps of a run, in order.
@@ -142,6 +150,13 @@ impl Plan {
                 image_uri: image.with_tag(tag),
             });
         }
+        if let Some(path) = &config.metadata_file {
+            steps.push(Step::WriteMetadata {
+                path: path.clone(),
+                names: tags.iter().map(|tag| image.with_tag(tag)).collect(),
+                pushed: config.push,
+            });
+        }
         Plan { steps }
     }
 }
@@ -167,6 +182,7 @@ impl Step {
             Step::Tag { target, .. } => format!("tag {target}"),
             Step::Push { reference, .. } => format!("push {reference}"),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
+            Step::WriteMetadata { .. } => "write build metadata".to_string(),
         }
     }
 
@@ -184,7 +200,8 @@ impl Step {
             | Step::Build { .. }
             | Step::Tag { .. }
             | Step::Push { .. }
-            | Step::WriteImageDefinitions { .. } => true,
+            | Step::WriteImageDefinitions { .. }
+            | Step::WriteMetadata { .. } => true,
         }
     }
 
@@ -291,6 +308,7 @@ impl Step {
                     builder,
                     secrets,
                     ssh,
+                    progress,
                     ..
                 } = build.as_ref();
                 lines.push(match crate::image::context::Context::scan(context, dockerfile) {
@@ -370,12 +388,33 @@ impl Step {
                         "if the daemon lacks {cache_image}, pull it first as cache (a new or wiped host)"
                     ));
                 }
+                lines.push(match progress.value {
+                    ProgressMode::Plain => format!(
+                        "log each step, and each output line of RUN steps prefixed with its step ({})",
+                        progress.origin
+                    ),
+                    ProgressMode::Steps => {
+                        format!("log each step; a RUN step's output only if it fails ({})", progress.origin)
+                    }
+                });
             }
             Step::Tag { source, target } => lines.push(format!("{source} -> {target}")),
             Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 lines.push(format!("write {} (atomically)", path.display()));
                 lines.push(crate::image_definitions::render(container, image_uri));
+            }
+            Step::WriteMetadata { path, names, pushed } => {
+                lines.push(format!("write {} (atomically) after a successful run", path.display()));
+                lines.push(format!("image.name {}", names.join(",")));
+                lines.push(if *pushed {
+                    "containerimage.digest: the pushed manifest's digest".to_string()
+                } else {
+                    "no containerimage.digest: nothing is pushed".to_string()
+                });
+                lines.push(
+                    "containerimage.config.digest: the image id; each step, CACHED or not, with its time".to_string(),
+                );
             }
         }
         lines

@@ -45,6 +45,18 @@ pub struct Runner<'a> {
     pub credentials: Vec<Credential>,
     /// What the daemon check learnt.
     facts: Option<Facts>,
+    /// What the build did, for the metadata file.
+    built: Option<Built>,
+    /// The manifest digest of the first push, for the metadata file.
+    pushed_digest: Option<String>,
+}
+
+/// A finished build, as the metadata file describes it.
+struct Built {
+    engine: Engine,
+    summary: image::BuildSummary,
+    context_files: u64,
+    context_bytes: u64,
 }
 
 impl<'a> Runner<'a> {
@@ -58,6 +70,8 @@ impl<'a> Runner<'a> {
             ecr_prefetch: BTreeMap::new(),
             credentials: Vec::new(),
             facts: None,
+            built: None,
+            pushed_digest: None,
         }
     }
 
@@ -479,8 +493,10 @@ impl StepRunner for Runner<'_> {
                         cache_from.push(cache_image.clone());
                     }
                 }
+                let context = Context::scan(&build.context, &build.dockerfile)?;
+                let (context_files, context_bytes) = (context.files as u64, context.bytes);
                 let request = BuildRequest {
-                    context: Context::scan(&build.context, &build.dockerfile)?,
+                    context,
                     reference,
                     build,
                     cache_from,
@@ -494,18 +510,46 @@ impl StepRunner for Runner<'_> {
                     Builder::Auto => Engine::Classic,
                 };
                 let summary = image::build(daemon, request, engine, &self.credentials).await?;
-                Ok(Some(format!("{} steps, {} CACHED", summary.steps, summary.cached)))
+                let outcome = format!("{} steps, {} CACHED", summary.steps.len(), summary.cached());
+                self.built = Some(Built { engine, summary, context_files, context_bytes });
+                Ok(Some(outcome))
             }
             Step::Tag { source, target } => {
                 image::tag(self.daemon()?, source, target).await?;
                 Ok(None)
             }
             Step::Push { reference, registry } => {
-                let summary = image::push(self.daemon()?, reference, registry, &self.credentials).await?;
-                Ok(Some(format!("pushed {summary}")))
+                let pushed = image::push(self.daemon()?, reference, registry, &self.credentials).await?;
+                if self.pushed_digest.is_none() {
+                    self.pushed_digest = pushed.digest.clone();
+                }
+                Ok(Some(format!("pushed {pushed}")))
             }
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 crate::image_definitions::write(path, container, image_uri)?;
+                Ok(Some(format!("wrote {}", path.display())))
+            }
+            Step::WriteMetadata { path, names, pushed } => {
+                let Some(built) = &self.built else {
+                    return Err(Error::Internal("the metadata step ran before the build".to_string()));
+                };
+                let digest = match (pushed, &self.pushed_digest) {
+                    (true, Some(digest)) => Some(digest.as_str()),
+                    (true, None) => {
+                        tracing::warn!("the daemon reported no digest for the push: the metadata has none");
+                        None
+                    }
+                    (false, _) => None,
+                };
+                let metadata = image::metadata::BuildMetadata {
+                    names,
+                    digest,
+                    engine: built.engine,
+                    summary: &built.summary,
+                    context_files: built.context_files,
+                    context_bytes: built.context_bytes,
+                };
+                files::write_atomically(path, metadata.to_text().as_bytes(), 0o644, true)?;
                 Ok(Some(format!("wrote {}", path.display())))
             }
             Step::WriteDockerConfig { path } => {

@@ -4,10 +4,11 @@
 pub mod build_secrets;
 pub mod context;
 pub mod dockerignore;
+pub mod metadata;
 mod progress;
 pub mod ssh_forward;
 
-pub use progress::BuildSummary;
+pub use progress::{BuildSummary, StepRecord};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -169,7 +170,7 @@ pub async fn build(
     let config = registry_config(credentials);
     let mut stream = daemon.docker.build_image(options.build(), (!config.is_empty()).then_some(config), Some(body));
 
-    let mut progress = Progress::default();
+    let mut progress = Progress::new(request.build.progress.value);
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
@@ -253,7 +254,7 @@ async fn build_with_session(
         .session(&session.id)
         .version(BuilderVersion::BuilderBuildKit)
         .build();
-    let result = run_session_build(daemon, &options).await;
+    let result = run_session_build(daemon, &options, request.build.progress.value).await;
     session.close().await;
     let mut summary = result?;
     let sent = ContextSent {
@@ -289,6 +290,7 @@ fn stable_mtimes(
 async fn run_session_build(
     daemon: &Daemon,
     options: &bollard::query_parameters::BuildImageOptions,
+    mode: crate::cli::ProgressMode,
 ) -> Result<BuildSummary, Error> {
     let query = serde_urlencoded::to_string(options)
         .map_err(|error| Error::Internal(format!("failed to encode the build's parameters: {error}")))?;
@@ -308,7 +310,7 @@ async fn run_session_build(
             .unwrap_or_else(|| String::from_utf8_lossy(&text).trim().to_string());
         return Err(Error::Daemon { target: daemon.target.clone(), detail: format!("answered {status}: {message}") });
     }
-    let mut progress = Progress::default();
+    let mut progress = Progress::new(mode);
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let frame = match http_body_util::BodyExt::frame(&mut body).await {
@@ -339,10 +341,12 @@ impl Progress {
     /// One message of the build's stream; the error if it reports the build's failure.
     fn info(&mut self, info: BuildInfo) -> Option<Error> {
         if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
-            return Some(std::mem::take(self).failure(detail));
+            return Some(self.failure(detail));
         }
-        if let Some(BuildInfoAux::BuildKit(status)) = info.aux {
-            self.status(status);
+        match info.aux {
+            Some(BuildInfoAux::BuildKit(status)) => self.status(status),
+            Some(BuildInfoAux::Default(image)) => self.image_id(image.id.unwrap_or_default()),
+            None => {}
         }
         if let Some(text) = info.stream {
             self.text(&text);
@@ -386,14 +390,37 @@ pub async fn tag(daemon: &Daemon, source: &str, target: &str) -> Result<(), Erro
     daemon.docker.tag_image(source, Some(options)).await.map_err(|error| daemon.explain(error))
 }
 
+/// What one push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// The manifest's digest, as the registry has it (`None` if the daemon reported none).
+    pub digest: Option<String>,
+    /// Layers uploaded.
+    pub layers_pushed: usize,
+    /// Layers the registry already had.
+    pub layers_existing: usize,
+}
+
+impl std::fmt::Display for Pushed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} layer{} pushed, {} already there)",
+            self.digest.as_deref().unwrap_or("no digest reported"),
+            self.layers_pushed,
+            if self.layers_pushed == 1 { "" } else { "s" },
+            self.layers_existing
+        )
+    }
+}
+
 /// Pushes one tag with the registry's credentials, retrying transient failures with backoff.
-/// Returns the pushed digest and how many layers were uploaded and how many were already there.
 pub async fn push(
     daemon: &Daemon,
     reference: &str,
     registry: &str,
     credentials: &[Credential],
-) -> Result<String, Error> {
+) -> Result<Pushed, Error> {
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=PUSH_ATTEMPTS {
         match push_once(daemon, reference, registry, credentials).await {
@@ -420,7 +447,7 @@ async fn push_once(
     reference: &str,
     registry: &str,
     credentials: &[Credential],
-) -> Result<String, PushFailure> {
+) -> Result<Pushed, PushFailure> {
     let (repository, tag) = split_reference(reference);
     let options = PushImageOptionsBuilder::default().tag(tag).build();
     let mut stream = daemon.docker.push_image(repository, Some(options), credentials_for(credentials, registry));
@@ -451,11 +478,7 @@ async fn push_once(
             _ => {}
         }
     }
-    Ok(format!(
-        "{} ({pushed} layer{} pushed, {existed} already there)",
-        digest.unwrap_or_else(|| "no digest reported".to_string()),
-        if pushed == 1 { "" } else { "s" }
-    ))
+    Ok(Pushed { digest, layers_pushed: pushed, layers_existing: existed })
 }
 
 /// Whether a push error is worth another attempt: the network or the registry's server side,

@@ -1,31 +1,58 @@
 //! A build's progress in the log, from either builder: the classic builder's text stream
 //! (`Step 2/8 : COPY …`, `---> Using cache`) or BuildKit's status messages (vertices such as
 //! `[2/8] COPY …` with their cached flag, times and output). Each Dockerfile step becomes one
-//! line with its duration and whether it was CACHED; the output of the step that fails is kept for
-//! the error.
+//! line with its duration and whether it was CACHED; in the plain mode each output line of a RUN
+//! step is logged too, prefixed with its step (`[2/8] RUN make | cc -o app`); the output of the step
+//! that fails is kept for the error. Every line goes through the log, hence the redactor.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use bollard::moby::buildkit::v1::StatusResponse;
 
+use crate::cli::ProgressMode;
 use crate::error::Error;
 
 /// Output lines of the failing step shown when a build fails.
 const TAIL: usize = 20;
 
-/// What a build did, for the log.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// The classic builder's message after a RUN step's container ended.
+const CONTAINER_REMOVED: &str = "Removing intermediate container ";
+
+/// The most characters of a step's name that prefix its output lines.
+const PREFIX_WIDTH: usize = 40;
+
+/// What a build did, for the log and the metadata file.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct BuildSummary {
-    pub steps: usize,
-    pub cached: usize,
-    /// How much of the context a BuildKit session sent.
+    /// Each Dockerfile step, in the order it finished.
+    pub steps: Vec<StepRecord>,
+    /// The image id (its config's digest), as the daemon reported it.
+    pub image_id: Option<String>,
+    /// How much of the context a BuildKit session sent; `None`: the whole context was sent.
     pub context: Option<super::ContextSent>,
 }
 
+impl BuildSummary {
+    /// How many steps were taken from the cache.
+    pub fn cached(&self) -> usize {
+        self.steps.iter().filter(|step| step.cached).count()
+    }
+}
+
+/// One Dockerfile step of a build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    /// As the log shows it, e.g. `step 2/8 COPY src/ /app/`.
+    pub title: String,
+    pub cached: bool,
+    pub seconds: f64,
+}
+
 /// The progress of one build.
-#[derive(Default)]
 pub struct Progress {
+    /// Whether RUN steps' output is logged as it comes.
+    show_output: bool,
     summary: BuildSummary,
     /// The classic builder's step under way, and its unfinished output line.
     classic: Option<ClassicStep>,
@@ -37,8 +64,12 @@ pub struct Progress {
 
 struct ClassicStep {
     title: String,
+    /// `[3/3] RUN make`, the prefix of its output lines.
+    label: String,
     started: Instant,
     cached: bool,
+    /// Whether the step's container is running (its output lines come until it is removed).
+    running: bool,
     output: VecDeque<String>,
 }
 
@@ -55,41 +86,85 @@ struct Vertex {
 }
 
 impl Progress {
+    pub fn new(mode: ProgressMode) -> Progress {
+        Progress {
+            show_output: mode == ProgressMode::Plain,
+            summary: BuildSummary::default(),
+            classic: None,
+            pending: String::new(),
+            vertices: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
     /// Text from the classic builder's stream (it may end mid-line).
     pub fn text(&mut self, text: &str) {
         self.pending.push_str(text);
         while let Some(newline) = self.pending.find('\n') {
             let line: String = self.pending.drain(..=newline).collect();
-            let line = line.trim_end();
-            if let Some(rest) = line.strip_prefix("Step ") {
-                self.finish_classic();
-                let title = format!("step {}", rest.replacen(" : ", " ", 1));
-                self.classic =
-                    Some(ClassicStep { title, started: Instant::now(), cached: false, output: VecDeque::new() });
-            } else if let Some(step) = self.classic.as_mut() {
-                let trimmed = line.trim();
-                if trimmed == "---> Using cache" {
-                    step.cached = true;
-                } else if !trimmed.is_empty() && !trimmed.starts_with("--->") {
-                    tracing::debug!("    {line}");
-                    keep(&mut step.output, line.to_string());
+            let line = clean_line(&line);
+            // A RUN step's last output line without its newline arrives glued to the daemon's
+            // next message.
+            let glued = line.find(CONTAINER_REMOVED).filter(|at| *at > 0);
+            match glued {
+                Some(at) if self.classic.as_ref().is_some_and(|step| step.running) => {
+                    self.classic_line(line[..at].to_string());
+                    self.classic_line(line[at..].to_string());
                 }
+                _ => self.classic_line(line),
             }
+        }
+    }
+
+    /// One line of the classic builder's stream.
+    fn classic_line(&mut self, line: String) {
+        if let Some(rest) = line.strip_prefix("Step ") {
+            self.finish_classic();
+            let (counter, instruction) = rest.split_once(" : ").unwrap_or((rest, ""));
+            self.classic = Some(ClassicStep {
+                title: format!("step {counter} {instruction}"),
+                label: format!("[{counter}] {instruction}"),
+                started: Instant::now(),
+                cached: false,
+                running: false,
+                output: VecDeque::new(),
+            });
+        } else if let Some(step) = self.classic.as_mut() {
+            let trimmed = line.trim();
+            if trimmed == "---> Using cache" {
+                step.cached = true;
+            } else if trimmed.starts_with("---> Running in ") {
+                step.running = true;
+            } else if trimmed.starts_with("--->") || trimmed.starts_with(CONTAINER_REMOVED) {
+                step.running = false;
+            } else if !trimmed.is_empty() {
+                if step.running && self.show_output {
+                    log_output(&step.label, &line);
+                } else {
+                    tracing::debug!("    {line}");
+                }
+                keep(&mut step.output, line);
+            }
+        }
+    }
+
+    /// The image id the daemon reported at the end of the build.
+    pub fn image_id(&mut self, id: String) {
+        if !id.is_empty() {
+            self.summary.image_id = Some(id);
         }
     }
 
     fn finish_classic(&mut self) {
         if let Some(step) = self.classic.take() {
-            self.count(step.cached);
-            log_step(&step.title, step.cached, step.started.elapsed().as_secs_f64());
+            self.record(step.title, step.cached, step.started.elapsed().as_secs_f64());
         }
     }
 
-    fn count(&mut self, cached: bool) {
-        self.summary.steps += 1;
-        if cached {
-            self.summary.cached += 1;
-        }
+    /// Logs a finished step and counts it.
+    fn record(&mut self, title: String, cached: bool, seconds: f64) {
+        tracing::info!("  {title}: {} ({seconds:.2}s)", outcome(cached));
+        self.summary.steps.push(StepRecord { title, cached, seconds });
     }
 
     /// One of BuildKit's status messages.
@@ -116,11 +191,7 @@ impl Progress {
             vertex.partial.extend_from_slice(&log.msg);
             while let Some(newline) = vertex.partial.iter().position(|byte| *byte == b'\n') {
                 let line: Vec<u8> = vertex.partial.drain(..=newline).collect();
-                let line = String::from_utf8_lossy(&line).trim_end().to_string();
-                if !line.trim().is_empty() {
-                    tracing::debug!("    {line}");
-                    keep(&mut vertex.output, line);
-                }
+                vertex.take_line(&String::from_utf8_lossy(&line), self.show_output);
             }
         }
         for warning in status.warnings {
@@ -139,30 +210,37 @@ impl Progress {
             }
             let Some(completed) = vertex.completed else { continue };
             vertex.reported = true;
+            // An output line without its newline is shown before the step's own line.
+            let partial = std::mem::take(&mut vertex.partial);
+            vertex.take_line(&String::from_utf8_lossy(&partial), self.show_output);
             let seconds = (completed - vertex.started.unwrap_or(completed)).max(0.0);
             match step_title(&vertex.name) {
-                Some(title) => {
-                    log_step(&title, vertex.cached, seconds);
-                    finished.push(vertex.cached);
-                }
+                Some(title) => finished.push((title, vertex.cached, seconds)),
                 None if vertex.name.is_empty() => {}
                 None => tracing::debug!("  {}: {} ({seconds:.2}s)", vertex.name, outcome(vertex.cached)),
             }
         }
-        for cached in finished {
-            self.count(cached);
+        for (title, cached, seconds) in finished {
+            self.record(title, cached, seconds);
         }
     }
 
     /// The build finished: what it did.
     pub fn finish(mut self) -> BuildSummary {
+        let partial = std::mem::take(&mut self.pending);
+        if let Some(step) = self.classic.as_ref().filter(|step| step.running && self.show_output) {
+            let line = clean_line(&partial);
+            if !line.trim().is_empty() {
+                log_output(&step.label, &line);
+            }
+        }
         self.finish_classic();
         self.report_completed();
         self.summary
     }
 
     /// The build failed with `message`: the error, naming the failing step with its last output.
-    pub fn failure(mut self, message: String) -> Error {
+    pub fn failure(&mut self, message: String) -> Error {
         let partial = std::mem::take(&mut self.pending);
         if let Some(step) = self.classic.as_mut() {
             if !partial.trim().is_empty() {
@@ -209,8 +287,90 @@ fn outcome(cached: bool) -> &'static str {
     if cached { "CACHED" } else { "done" }
 }
 
-fn log_step(title: &str, cached: bool, seconds: f64) {
-    tracing::info!("  {title}: {} ({seconds:.2}s)", outcome(cached));
+impl Vertex {
+    /// One output line of the vertex: kept for the error, and logged in the plain mode.
+    fn take_line(&mut self, raw: &str, show_output: bool) {
+        let line = clean_line(raw);
+        if line.trim().is_empty() {
+            return;
+        }
+        if show_output {
+            log_output(&self.name, &line);
+        } else {
+            tracing::debug!("    {line}");
+        }
+        keep(&mut self.output, line);
+    }
+}
+
+/// An output line as a terminal would leave it: without its line end, of a line redrawn with
+/// carriage returns (a progress bar) only the last drawing, and without terminal escapes (the
+/// classic builder colours a step's stderr).
+fn clean_line(raw: &str) -> String {
+    let line = raw.trim_end();
+    without_escapes(line.rsplit('\r').next().unwrap_or(line))
+}
+
+/// The text without ANSI escape sequences: CSI (`ESC [ params final`, colours and cursor moves),
+/// OSC (`ESC ] … BEL` or `ESC \\`, window titles) and the other escapes (`ESC ( B`, `ESC =`).
+/// Hand-written: the strip-ansi-escapes crate also drops tabs, which a step's output keeps.
+fn without_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                // Parameter and intermediate bytes, then one final byte in @..~.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+            }
+            // ESC, intermediate bytes (` `..`/`, e.g. `ESC ( B` for a character set), a final byte.
+            Some(c) if (' '..='/').contains(&c) => {
+                for c in chars.by_ref() {
+                    if !(' '..='/').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Logs one output line of a step.
+fn log_output(step: &str, line: &str) {
+    tracing::info!("{}", output_line(step, line));
+}
+
+/// One output line of a step as the log shows it, prefixed with the step:
+/// `  [2/4] RUN make | cc -o app`.
+fn output_line(step: &str, line: &str) -> String {
+    format!("  {} | {line}", output_prefix(step))
+}
+
+/// A step's name cut to [`PREFIX_WIDTH`] characters, for the prefix of its output lines.
+fn output_prefix(name: &str) -> String {
+    if name.chars().count() <= PREFIX_WIDTH {
+        return name.to_string();
+    }
+    let mut prefix: String = name.chars().take(PREFIX_WIDTH - 1).collect();
+    prefix.push('…');
+    prefix
 }
 
 /// A Dockerfile step's title from BuildKit's vertex name, in the classic builder's words:
@@ -255,7 +415,7 @@ mod tests {
 
     #[test]
     fn buildkit_steps_are_counted_once_with_their_cached_flag() {
-        let mut progress = Progress::default();
+        let mut progress = Progress::new(ProgressMode::Steps);
         progress.status(StatusResponse {
             vertexes: vec![
                 vertex("a", "[internal] load build context", false, 0, Some(1)),
@@ -271,12 +431,16 @@ mod tests {
                 ..Default::default()
             });
         }
-        assert_eq!(progress.finish(), BuildSummary { steps: 2, cached: 1, context: None });
+        let summary = progress.finish();
+        let titles: Vec<&str> = summary.steps.iter().map(|step| step.title.as_str()).collect();
+        assert_eq!(titles, ["step 2/3 COPY busybox /bin/busybox", "step 3/3 RUN make"]);
+        assert_eq!(summary.cached(), 1);
+        assert_eq!(summary.steps[1].seconds, 2.0);
     }
 
     #[test]
     fn a_failing_buildkit_step_keeps_its_last_output_lines() {
-        let mut progress = Progress::default();
+        let mut progress = Progress::new(ProgressMode::Steps);
         progress.status(StatusResponse {
             vertexes: vec![vertex("c", "[3/3] RUN make", false, 1, None)],
             logs: (0..30)
@@ -305,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_step_canceled_beside_the_failing_one_is_not_blamed() {
-        let mut progress = Progress::default();
+        let mut progress = Progress::new(ProgressMode::Steps);
         let failed =
             BkVertex { error: "exit code: 1".to_string(), ..vertex("a", "[build 3/4] RUN make", false, 1, Some(2)) };
         let canceled = BkVertex {
@@ -319,7 +483,7 @@ mod tests {
 
     #[test]
     fn classic_steps_are_read_from_the_text_stream() {
-        let mut progress = Progress::default();
+        let mut progress = Progress::new(ProgressMode::Steps);
         progress.text(
             "Step 1/3 : FROM scratch\n ---> \nStep 2/3 : COPY a /a\n ---> Using cache\n ---> 1234\nStep 3/3 : RUN ma",
         );
@@ -329,5 +493,110 @@ mod tests {
         };
         assert_eq!(step.as_deref(), Some("step 3/3 RUN make"));
         assert_eq!(output, ["cc -o app"]);
+    }
+
+    /// The log lines that `work` writes at the info level.
+    fn logged(work: impl FnOnce()) -> Vec<String> {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::INFO)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, work);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(|line| line.trim_start().to_string()).collect()
+    }
+
+    fn run_step_with_output(mode: ProgressMode) -> Vec<String> {
+        logged(|| {
+            let mut progress = Progress::new(mode);
+            progress.status(StatusResponse {
+                vertexes: vec![vertex("c", "[2/2] RUN make", false, 1, None)],
+                logs: vec![
+                    VertexLog {
+                        vertex: "c".to_string(),
+                        msg: b"cc -o app\ndownloading 10%\rdownloading 100%\n".to_vec(),
+                        ..Default::default()
+                    },
+                    VertexLog { vertex: "c".to_string(), msg: b"no newline at the end".to_vec(), ..Default::default() },
+                ],
+                ..Default::default()
+            });
+            progress.status(StatusResponse {
+                vertexes: vec![vertex("c", "[2/2] RUN make", false, 1, Some(3))],
+                ..Default::default()
+            });
+            progress.finish();
+        })
+    }
+
+    #[test]
+    fn plain_progress_logs_run_output_prefixed_with_its_step_before_the_step_line() {
+        assert_eq!(
+            run_step_with_output(ProgressMode::Plain),
+            [
+                "[2/2] RUN make | cc -o app",
+                "[2/2] RUN make | downloading 100%",
+                "[2/2] RUN make | no newline at the end",
+                "step 2/2 RUN make: done (2.00s)",
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_progress_logs_only_the_step_line() {
+        assert_eq!(run_step_with_output(ProgressMode::Steps), ["step 2/2 RUN make: done (2.00s)"]);
+    }
+
+    #[test]
+    fn classic_run_output_is_logged_between_running_in_and_the_container_removal() {
+        let lines = logged(|| {
+            let mut progress = Progress::new(ProgressMode::Plain);
+            progress.text(
+                "Step 1/2 : COPY a /a\n ---> Using cache\n ---> 1234\nStep 2/2 : RUN make\n ---> Running in 5678\n",
+            );
+            progress.text("cc -o app\n\x1b[91mwarning\n\x1b[0mdone, no newlineRemoving intermediate container 5678\n");
+            progress.text(" ---> 9abc\nSuccessfully built 9abc\n");
+            progress.image_id("sha256:9abc".to_string());
+            let summary = progress.finish();
+            assert_eq!(summary.image_id.as_deref(), Some("sha256:9abc"));
+            assert_eq!(summary.steps.len(), 2);
+        });
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert!(lines[0].starts_with("step 1/2 COPY a /a: CACHED"), "{lines:?}");
+        assert_eq!(
+            lines[1..4],
+            ["[2/2] RUN make | cc -o app", "[2/2] RUN make | warning", "[2/2] RUN make | done, no newline"]
+        );
+        assert!(lines[4].starts_with("step 2/2 RUN make: done"), "{lines:?}");
+    }
+
+    #[test]
+    fn output_lines_are_prefixed_with_the_step_cut_to_a_readable_width() {
+        assert_eq!(output_line("[2/4] RUN make", "ok"), "  [2/4] RUN make | ok");
+        let long = "[build 3/9] RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo compiling widget.c\"]";
+        let line = output_line(long, "compiling widget.c");
+        assert_eq!(line, "  [build 3/9] RUN [\"/bin/busybox\", \"sh\", … | compiling widget.c");
+        assert_eq!(output_prefix(long).chars().count(), PREFIX_WIDTH);
+        assert_eq!(clean_line("50%\r100%\r\n"), "100%");
+        assert_eq!(clean_line("\x1b[91mwarning:\tdeprecated\x1b[0m\n"), "warning:\tdeprecated");
+        assert_eq!(without_escapes("\x1b]0;title\x07a\x1b[1;31mb\x1b[Kc\x1b(B"), "abc");
     }
 }

@@ -12,6 +12,7 @@ mod faults;
 mod image;
 mod logins;
 mod parsers;
+mod progress;
 mod redaction;
 mod session;
 mod ssh;

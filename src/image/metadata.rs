@@ -1,0 +1,148 @@
+//! The build's metadata file (`--metadata-file`): the keys buildx writes, so that a pipeline that
+//! reads buildx's metadata reads ours, and what the agent knows beyond them (each step, cached or
+//! not, with its time; the context's size and how much of it was sent), under `agent.` keys.
+
+use serde_json::{Map, Value, json};
+
+use super::{BuildSummary, Engine};
+
+/// buildx's key for the pushed manifest's digest.
+pub const DIGEST: &str = "containerimage.digest";
+/// buildx's key for the image id, the digest of the image's config.
+pub const CONFIG_DIGEST: &str = "containerimage.config.digest";
+/// buildx's key for the image's names, comma-separated.
+pub const NAMES: &str = "image.name";
+
+/// What a successful run built and pushed.
+pub struct BuildMetadata<'a> {
+    /// Every tag built, `repository:tag`.
+    pub names: &'a [String],
+    /// The pushed manifest's digest; `None` when nothing was pushed.
+    pub digest: Option<&'a str>,
+    pub engine: Engine,
+    pub summary: &'a BuildSummary,
+    /// The context after .dockerignore: files and bytes.
+    pub context_files: u64,
+    pub context_bytes: u64,
+}
+
+impl BuildMetadata<'_> {
+    /// The JSON object, keys sorted. Without a push `containerimage.digest` is left out: the daemon
+    /// has no manifest of an image it has not pushed (buildx, on the docker driver, writes the image
+    /// id there instead; that id is `containerimage.config.digest` here).
+    pub fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        if let Some(digest) = self.digest {
+            object.insert(DIGEST.to_string(), json!(digest));
+        }
+        if let Some(id) = self.summary.image_id.as_deref().filter(|id| !id.is_empty()) {
+            object.insert(CONFIG_DIGEST.to_string(), json!(id));
+        }
+        object.insert(NAMES.to_string(), json!(self.names.join(",")));
+        object.insert(
+            "agent.builder".to_string(),
+            json!(match self.engine {
+                Engine::BuildKit => "buildkit",
+                Engine::Classic => "classic",
+            }),
+        );
+        let steps: Vec<Value> = self
+            .summary
+            .steps
+            .iter()
+            .map(|step| {
+                json!({
+                    "step": step.title,
+                    "cached": step.cached,
+                    "seconds": (step.seconds * 1000.0).round() / 1000.0,
+                })
+            })
+            .collect();
+        object.insert("agent.steps".to_string(), Value::Array(steps));
+        object.insert(
+            "agent.context".to_string(),
+            json!({
+                "files": self.context_files,
+                "bytes": self.context_bytes,
+                // What crossed the wire: the whole context unless the build reports less (a file
+                // sync that sends only what changed).
+                "sent_bytes": self.summary.context.map_or(self.context_bytes, |sent| sent.bytes),
+            }),
+        );
+        Value::Object(object)
+    }
+
+    /// The file's text: the JSON, pretty-printed, with a final newline.
+    pub fn to_text(&self) -> String {
+        let mut text = serde_json::to_string_pretty(&self.to_json()).unwrap_or_else(|_| "{}".to_string());
+        text.push('\n');
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::StepRecord;
+
+    fn summary() -> BuildSummary {
+        BuildSummary {
+            steps: vec![
+                StepRecord { title: "step 2/3 COPY busybox /bin/busybox".to_string(), cached: true, seconds: 0.0 },
+                StepRecord { title: "step 3/3 RUN make".to_string(), cached: false, seconds: 1.234_567 },
+            ],
+            image_id: Some("sha256:c0ffee".to_string()),
+            context: None,
+        }
+    }
+
+    #[test]
+    fn metadata_has_buildx_keys_and_each_step() {
+        let summary = summary();
+        let names = ["127.0.0.1:5000/app:latest".to_string(), "127.0.0.1:5000/app:0123456".to_string()];
+        let metadata = BuildMetadata {
+            names: &names,
+            digest: Some("sha256:beef"),
+            engine: Engine::BuildKit,
+            summary: &summary,
+            context_files: 3,
+            context_bytes: 2048,
+        };
+        assert_eq!(
+            metadata.to_json(),
+            json!({
+                "containerimage.digest": "sha256:beef",
+                "containerimage.config.digest": "sha256:c0ffee",
+                "image.name": "127.0.0.1:5000/app:latest,127.0.0.1:5000/app:0123456",
+                "agent.builder": "buildkit",
+                "agent.steps": [
+                    { "step": "step 2/3 COPY busybox /bin/busybox", "cached": true, "seconds": 0.0 },
+                    { "step": "step 3/3 RUN make", "cached": false, "seconds": 1.235 },
+                ],
+                "agent.context": { "files": 3, "bytes": 2048, "sent_bytes": 2048 },
+            })
+        );
+        assert!(metadata.to_text().ends_with("}\n"));
+    }
+
+    #[test]
+    fn metadata_without_a_push_has_no_digest_key() {
+        let sent = crate::image::ContextSent { files: 1, bytes: 10, files_walked: 1, bytes_walked: 20 };
+        let summary = BuildSummary { context: Some(sent), ..summary() };
+        let names = ["app:latest".to_string()];
+        let metadata = BuildMetadata {
+            names: &names,
+            digest: None,
+            engine: Engine::Classic,
+            summary: &summary,
+            context_files: 1,
+            context_bytes: 20,
+        };
+        let json = metadata.to_json();
+        assert!(json.get(DIGEST).is_none(), "{json}");
+        assert_eq!(json[CONFIG_DIGEST], "sha256:c0ffee");
+        assert_eq!(json[NAMES], "app:latest");
+        assert_eq!(json["agent.builder"], "classic");
+        assert_eq!(json["agent.context"]["sent_bytes"], 10);
+    }
+}
