@@ -22,7 +22,6 @@ use bollard::fsutil::types::Stat;
 use bollard::fsutil::types::packet::PacketType;
 use bollard::moby::filesync::packet::file_sync_server::{FileSync, FileSyncServer};
 use futures_util::StreamExt;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -33,6 +32,8 @@ use crate::image::dockerignore::DockerIgnore;
 const DATA_CHUNK: usize = 256 * 1024;
 /// Packets queued toward the daemon.
 const QUEUE: usize = 16;
+/// Files read at once (fsutil's sender runs four).
+const READERS: usize = 4;
 
 /// Go's `os.FileMode` type and permission bits, as fsutil puts them in a STAT.
 mod go_mode {
@@ -386,6 +387,7 @@ impl FileSync for FileSyncer {
                 return;
             }
             let mut served = vec![false; files.len()];
+            let readers = Arc::new(tokio::sync::Semaphore::new(READERS));
             while let Some(message) = requests.recv().await {
                 let message = match message {
                     Ok(message) => message,
@@ -409,14 +411,22 @@ impl FileSync for FileSyncer {
                         if let Some(counters) = &counters {
                             counters.sent(relative);
                         }
-                        if let Err(error) = send_file(&sender, message.id, path, counters.as_deref()).await {
-                            let mut failure = packet(PacketType::PacketErr);
-                            failure.data = format!("cannot read {}: {error}", path.display()).into_bytes();
-                            let _ = sender.send(Ok(failure)).await;
-                            return;
-                        }
+                        // Files are read on blocking threads, a few at a time, their packets
+                        // interleaved (the receiver sorts them out by id), as fsutil's sender does.
+                        let Ok(permit) = readers.clone().acquire_owned().await else { return };
+                        let (sender, path, counters, id) = (sender.clone(), path.clone(), counters.clone(), message.id);
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(error) = send_file(&sender, id, &path, counters.as_deref()) {
+                                let mut failure = packet(PacketType::PacketErr);
+                                failure.data = format!("cannot read {}: {error}", path.display()).into_bytes();
+                                let _ = sender.blocking_send(Ok(failure));
+                            }
+                            drop(permit);
+                        });
                     }
                     Ok(PacketType::PacketFin) => {
+                        // Every file asked for is sent before FIN (the receiver waits for them).
+                        let _ = readers.acquire_many(READERS as u32).await;
                         let _ = sender.send(Ok(packet(PacketType::PacketFin))).await;
                         return;
                     }
@@ -441,20 +451,21 @@ impl FileSync for FileSyncer {
     }
 }
 
-/// The file's bytes as DATA packets, then the empty DATA that ends it.
-async fn send_file(
+/// The file's bytes as DATA packets, then the empty DATA that ends it (on a blocking thread).
+fn send_file(
     sender: &mpsc::Sender<Result<Packet, Status>>,
     id: u32,
     path: &Path,
     counters: Option<&Counters>,
 ) -> std::io::Result<()> {
+    use std::io::Read;
     let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the session ended");
-    let mut file = tokio::fs::File::open(path).await?;
+    let mut file = std::fs::File::open(path)?;
     loop {
         let mut data = vec![0u8; DATA_CHUNK];
         let mut filled = 0;
         while filled < DATA_CHUNK {
-            let read = file.read(&mut data[filled..]).await?;
+            let read = file.read(&mut data[filled..])?;
             if read == 0 {
                 break;
             }
@@ -470,14 +481,14 @@ async fn send_file(
         let mut chunk = packet(PacketType::PacketData);
         chunk.id = id;
         chunk.data = data;
-        sender.send(Ok(chunk)).await.map_err(|_| gone())?;
+        sender.blocking_send(Ok(chunk)).map_err(|_| gone())?;
         if filled < DATA_CHUNK {
             break;
         }
     }
     let mut end = packet(PacketType::PacketData);
     end.id = id;
-    sender.send(Ok(end)).await.map_err(|_| gone())
+    sender.blocking_send(Ok(end)).map_err(|_| gone())
 }
 
 #[cfg(test)]

@@ -24,6 +24,14 @@ fn unique(name: &str) -> String {
     format!("it/session-{name}-{}-{nanos}", std::process::id())
 }
 
+/// Removes a test's image from the host (its layers are this test's alone).
+fn remove_image(repository: &str) {
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &format!("{repository}:latest")])
+        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+        .output();
+}
+
 /// `(files sent, files walked)` from the session's counter line, `context: sent 1 of 52 files, …`.
 fn sent(outcome: &Outcome) -> (u64, u64) {
     let line = outcome
@@ -99,6 +107,7 @@ fn a_one_file_change_on_a_fresh_machine_sends_only_that_file_over_ssh() {
     assert!(second.stderr.contains("in CODEBUILD_SRC_DIR"), "{}", second.stderr);
     let key_line = second.stderr.lines().find(|line| line.contains("context key from")).unwrap();
     assert!(!key_line.contains(&second_root.path().display().to_string()), "{key_line}");
+    remove_image(&repository);
 }
 
 #[test]
@@ -133,6 +142,7 @@ fn dockerignored_files_are_neither_sent_nor_in_the_image_and_a_dockerfile_elsewh
     assert_eq!(walked, 4, "the scan counts the Dockerfile from outside too:\n{}", outcome.stderr);
     assert_eq!(files, 3, "{}", outcome.stderr);
     assert!(outcome.stderr.contains("step 3/3 RUN"), "{}", outcome.stderr);
+    remove_image(&repository);
 }
 
 #[test]
@@ -188,4 +198,5 @@ fn with_stable_mtimes_a_fresh_clone_with_one_file_changed_sends_only_that_file()
     assert_eq!(sent(&first), (52, 52), "{}", first.stderr);
     let second = build(true);
     assert_eq!(sent(&second), (1, 52), "only the changed file is sent from a fresh clone:\n{}", second.stderr);
+    remove_image(&repository);
 }
