@@ -446,7 +446,7 @@ impl StepRunner for Runner<'_> {
                     }
                 }
                 let request = BuildRequest {
-                    context: Context::scan(&build.context, &build.dockerfile)?,
+                    context: Context::scan_off_runtime(&build.context, &build.dockerfile).await?,
                     reference,
                     build,
                     cache_from,

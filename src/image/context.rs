@@ -74,6 +74,15 @@ impl Context {
         Ok(context)
     }
 
+    /// [`Context::scan`] on a blocking thread: the scan reads and stats the whole context, which
+    /// must not stall the runtime's other tasks (SSH keepalives, the progress of other steps).
+    pub async fn scan_off_runtime(root: &Path, dockerfile: &Path) -> Result<Context, Error> {
+        let (root, dockerfile) = (root.to_path_buf(), dockerfile.to_path_buf());
+        tokio::task::spawn_blocking(move || Context::scan(&root, &dockerfile))
+            .await
+            .map_err(|error| Error::Internal(format!("the scan of the build context stopped: {error}")))?
+    }
+
     fn walk(&mut self, dir: &Path, prefix: &str, ignore: &DockerIgnore, always: &[&str]) -> Result<(), Error> {
         let mut children: Vec<(String, PathBuf)> = fs::read_dir(dir)
             .map_err(|error| read_error(dir, error))?
@@ -233,6 +242,43 @@ mod tests {
         let context = Context::scan(&dir.path().join("ctx"), &dir.path().join("docker/Dockerfile.prod")).unwrap();
         assert_eq!(context.dockerfile, OUTSIDE_DOCKERFILE);
         assert!(context.contains("a"));
+    }
+
+    /// Regression: the scan ran on the async runtime and stalled it (keepalives, other steps).
+    /// A `.dockerignore` that is a FIFO holds the scan until someone writes to it; on a
+    /// single-threaded runtime, a timer must still fire meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn context_scanning_does_not_block_the_async_runtime() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tree(&[("Dockerfile", "FROM scratch"), ("a.txt", "a")]);
+        let fifo = dir.path().join(".dockerignore");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let ticked = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (ticked, fifo) = (ticked.clone(), fifo.clone());
+            std::thread::spawn(move || {
+                // Wait for the runtime's timer (or give up after 5 s), then release the scan.
+                let mut seen = false;
+                for _ in 0..500 {
+                    seen = ticked.load(Ordering::SeqCst);
+                    if seen {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                fs::write(&fifo, "a.txt\n").unwrap();
+                seen
+            })
+        };
+        let root = dir.path().to_path_buf();
+        let scan = tokio::spawn(async move { Context::scan_off_runtime(&root, &root.join("Dockerfile")).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        ticked.store(true, Ordering::SeqCst);
+        let context = scan.await.unwrap().unwrap();
+        assert!(writer.join().unwrap(), "the runtime's timer did not fire while the scan waited");
+        assert!(!context.contains("a.txt"), "the ignore file written after the timer was read");
     }
 
     #[tokio::test]
