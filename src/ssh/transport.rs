@@ -52,8 +52,19 @@ impl SshTarget {
 pub struct Timeouts {
     /// For name resolution, the TCP connection, and the SSH handshake and authentication.
     pub connect: Duration,
-    /// Keepalive interval once connected; the connection is declared dead after 3 unanswered.
+    /// Keepalive interval once connected; the connection is declared dead when nothing has come
+    /// back for [`KEEPALIVE_TICKS`] intervals (the `--read-timeout`).
     pub keepalive: Duration,
+}
+
+/// How many keepalive intervals of silence make the read timeout.
+pub const KEEPALIVE_TICKS: u32 = 3;
+
+/// russh's `keepalive_max` for a budget of `ticks` intervals. russh counts a tick each interval
+/// of silence and gives up when the count *exceeds* `keepalive_max`, i.e. at tick
+/// `keepalive_max + 1`: a maximum of 3 gave up after 4 intervals (60 s for a stated 45 s).
+fn russh_keepalive_max(ticks: u32) -> usize {
+    ticks.saturating_sub(1).max(1) as usize
 }
 
 /// The open SSH connection, shared by every HTTP connection of the run.
@@ -79,7 +90,7 @@ struct Verifier {
     host: String,
     port: u16,
     verdict: Arc<Mutex<Verdict>>,
-    /// How long the server may go unanswered (keepalive interval × 3), for the end's reason.
+    /// How long the server may go unanswered (keepalive interval × ticks), for the end's reason.
     read_timeout: Duration,
     ended: Arc<Mutex<Option<String>>>,
 }
@@ -170,7 +181,7 @@ impl SshSession {
         let config = Arc::new(client::Config {
             preferred,
             keepalive_interval: Some(timeouts.keepalive),
-            keepalive_max: 3,
+            keepalive_max: russh_keepalive_max(KEEPALIVE_TICKS),
             nodelay: true,
             ..Default::default()
         });
@@ -181,7 +192,7 @@ impl SshSession {
             host: target.host.clone(),
             port: target.port,
             verdict: verdict.clone(),
-            read_timeout: timeouts.keepalive * 3,
+            read_timeout: timeouts.keepalive * KEEPALIVE_TICKS,
             ended: ended.clone(),
         };
 
