@@ -7,6 +7,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -30,10 +31,16 @@ struct Entry {
     path: PathBuf,
 }
 
+/// A file that could not be sent as it was stated in its tar header, kept for the error report
+/// (the daemon only sees the upload end early).
+pub type SendFailure = Arc<Mutex<Option<(PathBuf, io::Error)>>>;
+
 /// The context, scanned: what will be sent, before anything is read.
 #[derive(Debug, Clone)]
 pub struct Context {
     entries: Vec<Entry>,
+    /// Set by the tar writer when a file could not be sent (it changed, or could not be read).
+    failure: SendFailure,
     /// The Dockerfile's path inside the tar, for the build's `dockerfile` parameter.
     pub dockerfile: String,
     /// Regular files sent, and their total size.
@@ -58,7 +65,8 @@ impl Context {
         let inside = dockerfile.strip_prefix(root).ok().map(|relative| {
             relative.components().map(|component| component.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
         });
-        let mut context = Context { entries: Vec::new(), dockerfile: String::new(), files: 0, bytes: 0 };
+        let mut context =
+            Context { entries: Vec::new(), failure: SendFailure::default(), dockerfile: String::new(), files: 0, bytes: 0 };
         let always: Vec<&str> = [Some(".dockerignore"), inside.as_deref()].into_iter().flatten().collect();
         context.walk(root, "", &ignore, &always)?;
         match inside {
@@ -119,15 +127,24 @@ impl Context {
         self.entries.iter().any(|entry| entry.name == name)
     }
 
+    /// Where the tar writer leaves the file it failed on; take it after a failed upload with
+    /// [`send_failure`].
+    pub fn failure_slot(&self) -> SendFailure {
+        self.failure.clone()
+    }
+
     /// Starts writing the tar on a blocking thread; returns the stream of its chunks. A read
-    /// error ends the stream with that error (the daemon then sees a truncated upload).
+    /// error ends the stream with that error (the daemon then sees a truncated upload), and the
+    /// file and the error are kept in [`Context::failure_slot`].
     pub fn stream(self) -> impl futures_util::Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
         let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(QUEUE);
         tokio::task::spawn_blocking(move || {
             let error_sender = sender.clone();
             let writer = ChunkWriter { buffer: Vec::with_capacity(CHUNK), sender };
-            if let Err(error) = write_tar(&self.entries, writer) {
-                let _ = error_sender.blocking_send(Err(error));
+            if let Err((path, error)) = write_tar(&self.entries, writer) {
+                let message = io::Error::new(error.kind(), format!("{}: {error}", path.display()));
+                *self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((path, error));
+                let _ = error_sender.blocking_send(Err(message));
             }
         });
         futures_util::stream::unfold(receiver, |mut receiver| async move {
@@ -136,35 +153,103 @@ impl Context {
     }
 }
 
-fn write_tar(entries: &[Entry], writer: ChunkWriter) -> io::Result<()> {
+/// The failure of a context upload as the run reports it: the file, and what happened to it.
+pub fn send_failure(slot: &SendFailure) -> Option<Error> {
+    let (path, source) = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()?;
+    let changed = source.kind() == io::ErrorKind::InvalidData;
+    Some(Error::LocalFile {
+        action: "send",
+        path,
+        source,
+        hint: Some(if changed {
+            "something wrote to the file while the build context was sent: keep build outputs and logs \
+             outside the context (or list them in .dockerignore), then run again"
+                .to_string()
+        } else {
+            "check that the file is readable by the agent's user".to_string()
+        }),
+    })
+}
+
+/// Writes the tar of the entries; on failure, the file it failed on (a broken pipe, when the
+/// upload stopped, names no file of ours but the last one written).
+fn write_tar(entries: &[Entry], writer: ChunkWriter) -> Result<(), (PathBuf, io::Error)> {
     let mut builder = tar::Builder::new(writer);
     builder.follow_symlinks(false);
+    let mut last = PathBuf::new();
     for entry in entries {
-        let meta = fs::symlink_metadata(&entry.path)?;
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(meta.mode() & 0o7777);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(meta.mtime().max(0) as u64);
-        let kind = meta.file_type();
-        if kind.is_dir() {
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_size(0);
-            builder.append_data(&mut header, format!("{}/", entry.name), io::empty())?;
-        } else if kind.is_symlink() {
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.set_size(0);
-            let target = fs::read_link(&entry.path)?;
-            builder.append_link(&mut header, &entry.name, target)?;
-        } else if kind.is_file() {
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(meta.len());
-            let file = fs::File::open(&entry.path)?;
-            builder.append_data(&mut header, &entry.name, file)?;
-        }
-        // Sockets, FIFOs and devices are not sent, as the docker CLI does not send them.
+        append_entry(&mut builder, entry).map_err(|error| (entry.path.clone(), error))?;
+        last.clone_from(&entry.path);
     }
-    builder.into_inner()?.finish()
+    builder.into_inner().and_then(ChunkWriter::finish).map_err(|error| (last, error))
+}
+
+fn append_entry(builder: &mut tar::Builder<ChunkWriter>, entry: &Entry) -> io::Result<()> {
+    let meta = fs::symlink_metadata(&entry.path)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(meta.mode() & 0o7777);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(meta.mtime().max(0) as u64);
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        builder.append_data(&mut header, format!("{}/", entry.name), io::empty())?;
+    } else if kind.is_symlink() {
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        let target = fs::read_link(&entry.path)?;
+        builder.append_link(&mut header, &entry.name, target)?;
+    } else if kind.is_file() {
+        // The size in the header and the body must agree, or the rest of the tar is garbage: the
+        // size comes from the open file, and exactly that many bytes are sent (see ExactLength).
+        let file = fs::File::open(&entry.path)?;
+        let size = file.metadata()?.len();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(size);
+        builder.append_data(&mut header, &entry.name, ExactLength { file, size, remaining: size })?;
+    }
+    // Sockets, FIFOs and devices are not sent, as the docker CLI does not send them.
+    Ok(())
+}
+
+/// A file's body for the tar: exactly the `size` its header states. A file that got shorter or
+/// longer while it was read is an error (`InvalidData`) rather than a corrupt tar — as the docker
+/// CLI's tar writer refuses a body longer than its header.
+struct ExactLength {
+    file: fs::File,
+    size: u64,
+    remaining: u64,
+}
+
+impl io::Read for ExactLength {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            let mut probe = [0u8; 1];
+            return match self.file.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the file grew while it was sent (it had {} bytes when its header was written)", self.size),
+                )),
+            };
+        }
+        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let read = self.file.read(&mut buf[..want])?;
+        if read == 0 && want > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the file got shorter while it was sent ({} of the {} bytes stated in its header)",
+                    self.size - self.remaining,
+                    self.size
+                ),
+            ));
+        }
+        self.remaining -= read as u64;
+        Ok(read)
+    }
 }
 
 /// Collects the tar's bytes into chunks and hands each to the upload, waiting when the queue is
@@ -279,6 +364,54 @@ mod tests {
         let context = scan.await.unwrap().unwrap();
         assert!(writer.join().unwrap(), "the runtime's timer did not fire while the scan waited");
         assert!(!context.contains("a.txt"), "the ignore file written after the timer was read");
+    }
+
+    /// Regression: a file that changed size between its header and its body corrupted the tar.
+    #[test]
+    fn a_file_that_grows_or_shrinks_while_streamed_is_an_error_naming_it_not_a_corrupt_tar() {
+        use std::io::Read;
+        let dir = tree(&[("log.txt", "0123456789")]);
+        let path = dir.path().join("log.txt");
+        let body = |size: u64| {
+            let mut sent = Vec::new();
+            let file = fs::File::open(&path).unwrap();
+            ExactLength { file, size, remaining: size }.read_to_end(&mut sent).map(|_| sent)
+        };
+        assert_eq!(body(10).unwrap(), b"0123456789");
+        let shrunk = body(12).unwrap_err();
+        assert_eq!(shrunk.kind(), io::ErrorKind::InvalidData);
+        assert!(shrunk.to_string().contains("got shorter"), "{shrunk}");
+        let grown = body(4).unwrap_err();
+        assert!(grown.to_string().contains("grew"), "{grown}");
+
+        let slot = SendFailure::default();
+        *slot.lock().unwrap() = Some((path.clone(), grown));
+        let error = send_failure(&slot).unwrap();
+        assert_eq!(error.exit_code(), crate::error::exit::LOCAL_FILE);
+        assert!(error.to_string().contains(&path.display().to_string()), "{error}");
+        assert!(error.report().contains("keep build outputs and logs outside the context"), "{}", error.report());
+        assert!(send_failure(&slot).is_none(), "taken once");
+    }
+
+    /// The same through the whole stream: a file that is truncated after the scan is sent as it
+    /// is now (its header is written from the open file), and the tar stays well-formed.
+    #[tokio::test]
+    async fn a_file_changed_after_the_scan_is_sent_as_it_is_when_read() {
+        use futures_util::StreamExt;
+        let dir = tree(&[("Dockerfile", "FROM scratch"), ("a.txt", "a long first version")]);
+        let context = Context::scan(dir.path(), &dir.path().join("Dockerfile")).unwrap();
+        fs::write(dir.path().join("a.txt"), "short").unwrap();
+        let chunks: Vec<Bytes> = context.stream().map(|chunk| chunk.unwrap()).collect().await;
+        let tar = chunks.concat();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut found = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut body = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut body).unwrap();
+            found.push((entry.path().unwrap().display().to_string(), body));
+        }
+        assert_eq!(found, [("Dockerfile".to_string(), "FROM scratch".to_string()), ("a.txt".into(), "short".into())]);
     }
 
     #[tokio::test]

@@ -157,6 +157,9 @@ pub async fn build(
         human_bytes(request.context.bytes),
         engine.describe()
     );
+    // A file that changed or failed while it was sent explains the failure better than the
+    // daemon's view of a truncated upload does.
+    let sent = request.context.failure_slot();
     let body = bollard::body_try_stream(request.context.stream());
     // Credentials for private base images: the classic builder takes them with the request
     // (X-Registry-Config, keyed by server address), BuildKit asks the session for them by host.
@@ -170,11 +173,13 @@ pub async fn build(
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
-            Err(bollard::errors::Error::DockerStreamError { error }) => return Err(progress.failure(error)),
-            Err(other) => return Err(daemon.explain(other)),
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                return Err(context::send_failure(&sent).unwrap_or_else(|| progress.failure(error)));
+            }
+            Err(other) => return Err(context::send_failure(&sent).unwrap_or_else(|| daemon.explain(other))),
         };
         if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
-            return Err(progress.failure(detail));
+            return Err(context::send_failure(&sent).unwrap_or_else(|| progress.failure(detail)));
         }
         if let Some(BuildInfoAux::BuildKit(status)) = info.aux {
             progress.status(status);
