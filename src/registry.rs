@@ -34,6 +34,8 @@ pub fn server_address(registry: &str) -> String {
 /// Merges the credentials into config.json, keeping every other entry and setting. Returns the
 /// registries written.
 pub fn write_config(path: &Path, credentials: &[Credential]) -> Result<usize, Error> {
+    // A symlinked config.json (dotfiles) stays a link: the file it names is updated.
+    let path = &crate::ssh::files::symlink_target(path)?;
     let mut document = match std::fs::read(path) {
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => serde_json::json!({}),
         Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|error| Error::LocalFile {
@@ -100,6 +102,23 @@ mod tests {
         assert_eq!(value["psFormat"], "table");
         assert_eq!(value["auths"]["https://index.docker.io/v1/"]["auth"], "Ym9iOnB3LTEyMzQ=");
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    }
+
+    /// Regression: a config.json that is a symlink was replaced by a regular file.
+    #[test]
+    fn a_symlinked_docker_config_stays_a_link_and_its_target_gets_the_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("shared-config.json");
+        std::fs::write(&target, r#"{"psFormat":"table"}"#).unwrap();
+        let link = dir.path().join(".docker/config.json");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let credential = Credential { registry: "r.io".into(), user: "u".into(), password: Secret::new("p-5678") };
+        write_config(&link, &[credential]).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
+        assert_eq!(value["psFormat"], "table");
+        assert!(value["auths"]["r.io"]["auth"].is_string());
     }
 
     #[test]

@@ -65,8 +65,13 @@ impl Context {
         let inside = dockerfile.strip_prefix(root).ok().map(|relative| {
             relative.components().map(|component| component.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
         });
-        let mut context =
-            Context { entries: Vec::new(), failure: SendFailure::default(), dockerfile: String::new(), files: 0, bytes: 0 };
+        let mut context = Context {
+            entries: Vec::new(),
+            failure: SendFailure::default(),
+            dockerfile: String::new(),
+            files: 0,
+            bytes: 0,
+        };
         let always: Vec<&str> = [Some(".dockerignore"), inside.as_deref()].into_iter().flatten().collect();
         context.walk(root, "", &ignore, &always)?;
         match inside {

@@ -325,7 +325,8 @@ fn is_transient(message: &str) -> bool {
     if phrases.iter().any(|phrase| message.contains(phrase)) {
         return true;
     }
-    let words: Vec<&str> = message.split(|c: char| !c.is_ascii_alphanumeric()).filter(|word| !word.is_empty()).collect();
+    let words: Vec<&str> =
+        message.split(|c: char| !c.is_ascii_alphanumeric()).filter(|word| !word.is_empty()).collect();
     let server_error = |word: &str| matches!(word, "500" | "502" | "503" | "504");
     words.iter().enumerate().any(|(at, word)| {
         *word == "eof"
