@@ -261,6 +261,16 @@ impl<'a> Runner<'a> {
             Installed::AlreadyThere => {
                 format!("{} already holds {}", path.display(), key.describe())
             }
+            Installed::KeptDifferent => {
+                tracing::warn!(
+                    "{} already holds a different key and was left untouched: the agent logs in with JETS_SSH_KEY \
+                     from memory, but later ssh, git and docker (ssh://) commands will find the other key there, \
+                     not JETS_SSH_KEY; to install it for them, pass --ssh-key-file PATH and point ssh at it \
+                     (IdentityFile, or ssh -i PATH)",
+                    path.display()
+                );
+                format!("kept the different key in {}; {} is used from memory", path.display(), key.describe())
+            }
             _ => format!("wrote {} ({})", path.display(), key.describe()),
         }))
     }

@@ -15,11 +15,14 @@ use crate::error::Error;
 pub enum Installed {
     Written,
     AlreadyThere,
+    /// The file holds another key and was left as it is.
+    KeptDifferent,
     Added(usize),
 }
 
 /// Installs the key text at `path`. An existing file with the same key is left as it is (its
-/// mode tightened to 0600); one with other content is an error and is not touched.
+/// mode tightened to 0600); one with other content is left untouched too, and reported as
+/// [`Installed::KeptDifferent`]: the run uses the key from memory.
 pub fn install_key(path: &Path, text: &str, same_key: impl Fn(&str) -> bool) -> Result<Installed, Error> {
     let dir = parent(path)?;
     ensure_private_dir(&dir)?;
@@ -30,15 +33,17 @@ pub fn install_key(path: &Path, text: &str, same_key: impl Fn(&str) -> bool) -> 
                     .map_err(|source| file_error("set the mode of", path, source))?;
                 return Ok(Installed::AlreadyThere);
             }
-            Err(Error::KeyFileExists { path: path.to_path_buf() })
+            Ok(Installed::KeptDifferent)
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            write_atomically(path, text.as_bytes(), 0o600, false)?;
-            Ok(Installed::Written)
+            match write_atomically(path, text.as_bytes(), 0o600, false) {
+                Ok(()) => Ok(Installed::Written),
+                // Someone wrote it between our read and our rename: theirs stays.
+                Err(Error::KeyFileExists { .. }) => Ok(Installed::KeptDifferent),
+                Err(error) => Err(error),
+            }
         }
-        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-            Err(Error::KeyFileExists { path: path.to_path_buf() })
-        }
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => Ok(Installed::KeptDifferent),
         Err(source) => Err(file_error("read", path, source)),
     }
 }
@@ -166,7 +171,7 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
         assert_eq!(install_key(&path, "KEY\n", |_| false).unwrap(), Installed::AlreadyThere);
-        assert!(matches!(install_key(&path, "OTHER\n", |_| false), Err(Error::KeyFileExists { .. })));
+        assert_eq!(install_key(&path, "OTHER\n", |_| false).unwrap(), Installed::KeptDifferent);
         assert_eq!(fs::read_to_string(&path).unwrap(), "KEY\n");
         assert_eq!(install_key(&path, "SAME KEY, OTHER FORM\n", |_| true).unwrap(), Installed::AlreadyThere);
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file is left");
