@@ -357,6 +357,64 @@ fn tls_without_its_certificates_says_which_file_is_missing() {
     assert_fails(&outcome, 4, &["ca.pem", "DOCKER_CERT_PATH"]);
 }
 
+/// A DOCKER_CERT_PATH with the world's files except those named in `own`, which are a
+/// self-signed certificate (and its key) that nobody trusts, made with the openssl CLI.
+fn cert_dir_with_untrusted(world: &World, own: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ca.pem", "cert.pem", "key.pem"] {
+        std::fs::copy(world.docker_cert_path.join(name), dir.path().join(name)).unwrap();
+    }
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=untrusted"])
+        .arg("-keyout")
+        .arg(dir.path().join("untrusted-key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("untrusted.pem"))
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    for name in own {
+        let source = if *name == "key.pem" { "untrusted-key.pem" } else { "untrusted.pem" };
+        std::fs::copy(dir.path().join(source), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+fn over_tls(address: &str, cert_dir: &Path) -> Outcome {
+    check(
+        Agent::new()
+            .env("DOCKER_HOST", format!("tcp://{address}"))
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", cert_dir.display().to_string())
+            .args(["run", "--image", "app"]),
+    )
+}
+
+/// Regression: a TLS failure on `tcp://` exited 27 ("ssh"). Each way TLS fails has the TLS class.
+#[test]
+fn a_tls_failure_on_tcp_exits_with_the_tls_class_not_ssh() {
+    let world = World::shared();
+    // The daemon does not trust our client certificate.
+    let outcome = over_tls(&world.docker_tls, cert_dir_with_untrusted(world, &["cert.pem", "key.pem"]).path());
+    assert_fails(&outcome, 28, &["the TLS handshake failed", "DOCKER_CERT_PATH"]);
+    // Our ca.pem did not sign the daemon's certificate.
+    let outcome = over_tls(&world.docker_tls, cert_dir_with_untrusted(world, &["ca.pem"]).path());
+    assert_fails(&outcome, 28, &["the TLS handshake failed", "invalid peer certificate"]);
+    // TLS to a port that speaks plain HTTP.
+    let outcome = over_tls(&world.docker_tcp, &world.docker_cert_path);
+    assert_fails(&outcome, 28, &["the TLS handshake failed", "corrupt message", "2376"]);
+}
+
+/// Regression: a plain TCP failure exited 27 ("ssh"); it has its own class, and a plain
+/// connection to a TLS port says to turn TLS on.
+#[test]
+fn plain_tcp_to_a_tls_port_exits_with_the_tcp_class_and_says_to_use_tls() {
+    let world = World::shared();
+    let outcome =
+        check(Agent::new().env("DOCKER_HOST", format!("tcp://{}", world.docker_tls)).args(["run", "--image", "app"]));
+    assert_fails(&outcome, 29, &["failed to connect to tcp://", "DOCKER_TLS_VERIFY=1"]);
+}
+
 #[test]
 fn plain_tcp_to_another_host_is_warned_about() {
     let outcome = check(Agent::new().env("DOCKER_HOST", "tcp://docker.invalid:2375").args(["run", "--image", "app"]));
