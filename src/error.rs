@@ -136,8 +136,19 @@ pub enum Error {
     Connect { target: String, class: ConnectClass, detail: String },
 
     /// The SSH host key is in no known_hosts entry.
-    #[error("the host key of {host} is unknown (it presented {presented}); the agent never trusts a host on first use")]
-    HostKeyUnknown { host: String, keyscan: String, presented: String },
+    #[error(
+        "the host key of {host} is unknown (it presented {presented}{}); the agent never trusts a host on first use",
+        if .other_types.is_empty() { String::new() } else { format!(", known_hosts holds only other key types for it: {}", .other_types.join(", ")) }
+    )]
+    HostKeyUnknown {
+        host: String,
+        keyscan: String,
+        presented: String,
+        /// Keys of other types known for the host.
+        other_types: Vec<String>,
+        /// `@cert-authority` lines that name the host (host certificates are not supported).
+        cert_authorities: Vec<String>,
+    },
 
     /// The SSH host key differs from the known one.
     #[error("the host key of {host} has changed: it presented {presented}, known_hosts expects {}", .expected.join(", "))]
@@ -253,9 +264,18 @@ impl Error {
                 }
                 .to_string(),
             ),
-            Error::HostKeyUnknown { keyscan, .. } => Some(format!(
-                "add the host's key to JETS_SSH_KNOWN: run `{keyscan}` on a machine that reaches the host, \
-                 check the fingerprints with the host's administrator, and store the output"
+            Error::HostKeyUnknown { keyscan, cert_authorities, .. } => Some(format!(
+                "{}add the host's key to JETS_SSH_KNOWN: run `{keyscan}` on a machine that reaches the host, \
+                 check the fingerprints with the host's administrator, and store the output",
+                if cert_authorities.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "host certificates are not supported, so the @cert-authority line ({}) cannot vouch for \
+                         this host; ",
+                        cert_authorities.join(", ")
+                    )
+                }
             )),
             Error::HostKeyChanged { keyscan, .. } => Some(format!(
                 "if the host was rebuilt, confirm its new key with its administrator and replace JETS_SSH_KNOWN \

@@ -375,9 +375,10 @@ impl<'a> Runner<'a> {
             known.add_pasted(text, "JETS_SSH_KNOWN");
         }
         let path = &self.config.known_hosts_file.value;
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let bad = known.add(&text, &path.display().to_string());
+        // Read as bytes: a line that is not UTF-8 (a Latin-1 comment) must not make the file unreadable.
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let bad = known.add(&String::from_utf8_lossy(&bytes), &path.display().to_string());
                 if !bad.is_empty() {
                     tracing::debug!(
                         "{}: {} lines are not known_hosts entries and were skipped",
@@ -390,6 +391,12 @@ impl<'a> Runner<'a> {
             Err(source) => {
                 return Err(Error::LocalFile { action: "read", path: path.clone(), source, hint: None });
             }
+        }
+        for line in known.cert_authority_lines() {
+            tracing::warn!(
+                "{line}: @cert-authority lines are not supported: the agent does not accept host certificates, \
+                 so this line lets no host in; add the host's own key (ssh-keyscan) to JETS_SSH_KNOWN"
+            );
         }
         Ok(known)
     }

@@ -170,6 +170,67 @@ fn a_changed_host_key_is_refused_with_both_fingerprints() {
     );
 }
 
+/// A fresh public key of `kind` (ssh-keygen's `-t`, `-b`), as `type base64`.
+fn fresh_public_key(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key");
+    let made = Command::new("ssh-keygen").args(["-q", "-N", "", "-C", ""]).args(args).arg("-f").arg(&path).output();
+    assert!(made.expect("ssh-keygen").status.success());
+    read(&path.with_extension("pub")).split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// Regression: a server offering none of the key types known_hosts holds for it failed with a
+/// generic handshake error (exit 27); it is an unknown host key, with the fingerprints.
+#[test]
+fn a_server_with_none_of_the_known_key_types_is_an_unknown_host_key_with_fingerprints() {
+    let world = World::shared();
+    // The world's sshd has ed25519, RSA and ECDSA P-256 host keys, no P-384 one.
+    let line = format!("[127.0.0.1]:{} {}", world.ssh_port, fresh_public_key(&["-t", "ecdsa", "-b", "384"]));
+    let outcome = check(over_ssh(world).env("JETS_SSH_KNOWN", &line));
+    assert_fails(
+        &outcome,
+        23,
+        &[
+            "is unknown (it presented ssh-ed25519 SHA256:",
+            "known_hosts holds only other key types for it: ecdsa-sha2-nistp384 SHA256:",
+            "JETS_SSH_KNOWN line 1",
+            "ssh-keyscan",
+        ],
+    );
+}
+
+/// Regression: `@cert-authority` lines were accepted silently, and the host then "unknown". Now
+/// a warning names the line, and the error's hint says host certificates are not supported.
+#[test]
+fn a_cert_authority_line_is_warned_about_and_named_in_the_unknown_host_hint() {
+    let world = World::shared();
+    let line = format!("@cert-authority [127.0.0.1]:{} {}", world.ssh_port, fresh_public_key(&["-t", "ed25519"]));
+    let outcome = check(over_ssh(world).env("JETS_SSH_KNOWN", &line));
+    assert_fails(&outcome, 23, &["is unknown", "host certificates are not supported", "JETS_SSH_KNOWN line 1"]);
+    let warning = outcome.stderr.lines().find(|line| line.contains("WARN") && line.contains("@cert-authority"));
+    let warning = warning.unwrap_or_else(|| panic!("a warning about @cert-authority in:\n{}", outcome.stderr));
+    assert!(warning.contains("JETS_SSH_KNOWN line 1: @cert-authority lines are not supported"), "{warning}");
+}
+
+/// Regression: a known_hosts that is a symlink was replaced by a regular file, and a non-UTF-8
+/// one could not be read or was rewritten lossily. The link stays, the bytes stay, lines are added.
+#[test]
+fn a_symlinked_non_utf8_known_hosts_keeps_its_link_and_bytes() {
+    let world = World::shared();
+    let agent = over_ssh(world).args(["--no-push"]);
+    let ssh_dir = agent.home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    let target = agent.home.path().join("dotfiles-known_hosts");
+    let theirs = b"# h\xf4te de build (Latin-1)\nold.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeewfGQida1Is0o6P7eidCdWOm9M3C0W042few7eesN\n";
+    std::fs::write(&target, theirs).unwrap();
+    std::os::unix::fs::symlink(&target, ssh_dir.join("known_hosts")).unwrap();
+    agent.run().expect_code(0);
+    assert!(std::fs::symlink_metadata(ssh_dir.join("known_hosts")).unwrap().file_type().is_symlink());
+    let now = std::fs::read(&target).unwrap();
+    assert!(now.starts_with(theirs), "the user's bytes come first, unchanged");
+    assert!(now.len() > theirs.len(), "the host's lines were added");
+}
+
 #[test]
 fn a_revoked_host_key_is_refused() {
     let world = World::shared();
