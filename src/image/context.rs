@@ -29,6 +29,15 @@ struct Entry {
     name: String,
     /// The path on disk.
     path: PathBuf,
+    /// Content to send instead of the file's (the `.dockerignore` that hides an outside
+    /// Dockerfile), with the file's metadata if it exists.
+    replaced: Option<Vec<u8>>,
+}
+
+impl Entry {
+    fn from_disk(name: String, path: PathBuf) -> Entry {
+        Entry { name, path, replaced: None }
+    }
 }
 
 /// A file that could not be sent as it was stated in its tar header, kept for the error report
@@ -57,12 +66,16 @@ impl Context {
     /// `.dockerignore` are always sent; a Dockerfile outside the context is added under its own name.
     pub fn scan(root: &Path, dockerfile: &Path) -> Result<Context, Error> {
         let ignore_path = root.join(".dockerignore");
-        let ignore = match fs::read_to_string(&ignore_path) {
-            Ok(text) => DockerIgnore::parse(&text),
+        let ignore = match fs::read(&ignore_path) {
+            Ok(bytes) => DockerIgnore::parse(&String::from_utf8_lossy(&bytes)),
             Err(error) if error.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
             Err(error) => return Err(read_error(&ignore_path, error)),
         };
-        let inside = dockerfile.strip_prefix(root).ok().map(|relative| {
+        // Where the Dockerfile is, with `..` and symlinks resolved in both paths (as the docker
+        // CLI does): `ctx/../Dockerfile` is outside the context, not a path the daemon refuses.
+        let real_root = fs::canonicalize(root).map_err(|error| read_error(root, error))?;
+        let real_dockerfile = fs::canonicalize(dockerfile).map_err(|error| read_error(dockerfile, error))?;
+        let inside = real_dockerfile.strip_prefix(&real_root).ok().map(|relative| {
             relative.components().map(|component| component.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
         });
         let mut context = Context {
@@ -72,16 +85,40 @@ impl Context {
             files: 0,
             bytes: 0,
         };
+        // The Dockerfile and .dockerignore travel whatever .dockerignore says, as with the docker
+        // CLI (the daemon reads them, then drops those that .dockerignore excludes).
         let always: Vec<&str> = [Some(".dockerignore"), inside.as_deref()].into_iter().flatten().collect();
         context.walk(root, "", &ignore, &always)?;
         match inside {
             Some(name) => context.dockerfile = name,
             None => {
+                // A Dockerfile from outside travels under a name of its own, and that name is
+                // added to the .dockerignore sent, so the daemon drops it after reading it and
+                // `COPY . …` does not copy it into the image (the docker CLI does the same).
                 let meta = fs::metadata(dockerfile).map_err(|error| read_error(dockerfile, error))?;
                 context.files += 1;
                 context.bytes += meta.len();
-                context.entries.push(Entry { name: OUTSIDE_DOCKERFILE.to_string(), path: dockerfile.to_path_buf() });
+                context.entries.push(Entry::from_disk(OUTSIDE_DOCKERFILE.to_string(), dockerfile.to_path_buf()));
                 context.dockerfile = OUTSIDE_DOCKERFILE.to_string();
+                // With no .dockerignore of the user's, the one made lists itself too, so the
+                // daemon drops it as well and the image gets neither (as with the docker CLI).
+                let mut hiding = match fs::read(&ignore_path) {
+                    Ok(bytes) => bytes,
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => b".dockerignore".to_vec(),
+                    Err(error) => return Err(read_error(&ignore_path, error)),
+                };
+                hiding.extend_from_slice(format!("\n{OUTSIDE_DOCKERFILE}\n").as_bytes());
+                match context.entries.iter_mut().find(|entry| entry.name == ".dockerignore") {
+                    Some(entry) => entry.replaced = Some(hiding),
+                    None => {
+                        context.files += 1;
+                        context.entries.push(Entry {
+                            name: ".dockerignore".to_string(),
+                            path: ignore_path.clone(),
+                            replaced: Some(hiding),
+                        });
+                    }
+                }
             }
         }
         Ok(context)
@@ -108,12 +145,17 @@ impl Context {
             let meta = fs::symlink_metadata(&path).map_err(|error| read_error(&path, error))?;
             let excluded = ignore.excludes(&relative) && !always.contains(&relative.as_str());
             if meta.is_dir() {
-                // An excluded directory is still walked when an exception may bring back a file in it.
-                if excluded && !ignore.has_exceptions() {
+                // An excluded directory is still walked when an exception may bring back a file
+                // in it, or when the Dockerfile is in it; it is not sent itself.
+                let dir_slash = format!("{relative}/");
+                if excluded
+                    && !ignore.may_reinclude_under(&relative)
+                    && !always.iter().any(|name| name.starts_with(&dir_slash))
+                {
                     continue;
                 }
                 if !excluded {
-                    self.entries.push(Entry { name: relative.clone(), path: path.clone() });
+                    self.entries.push(Entry::from_disk(relative.clone(), path.clone()));
                 }
                 self.walk(&path, &relative, ignore, always)?;
             } else if !excluded {
@@ -121,7 +163,7 @@ impl Context {
                     self.files += 1;
                     self.bytes += meta.len();
                 }
-                self.entries.push(Entry { name: relative, path });
+                self.entries.push(Entry::from_disk(relative, path));
             }
         }
         Ok(())
@@ -190,11 +232,20 @@ fn write_tar(entries: &[Entry], writer: ChunkWriter) -> Result<(), (PathBuf, io:
 }
 
 fn append_entry(builder: &mut tar::Builder<ChunkWriter>, entry: &Entry) -> io::Result<()> {
-    let meta = fs::symlink_metadata(&entry.path)?;
     let mut header = tar::Header::new_gnu();
-    header.set_mode(meta.mode() & 0o7777);
     header.set_uid(0);
     header.set_gid(0);
+    if let Some(content) = &entry.replaced {
+        // The file's mode and mtime if it exists (a fixed time otherwise, for the cache).
+        let meta = fs::metadata(&entry.path).ok();
+        header.set_mode(meta.as_ref().map_or(0o644, |meta| meta.mode() & 0o7777));
+        header.set_mtime(meta.as_ref().map_or(0, |meta| meta.mtime().max(0) as u64));
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(content.len() as u64);
+        return builder.append_data(&mut header, &entry.name, content.as_slice());
+    }
+    let meta = fs::symlink_metadata(&entry.path)?;
+    header.set_mode(meta.mode() & 0o7777);
     header.set_mtime(meta.mtime().max(0) as u64);
     let kind = meta.file_type();
     if kind.is_dir() {
@@ -417,6 +468,58 @@ mod tests {
             found.push((entry.path().unwrap().display().to_string(), body));
         }
         assert_eq!(found, [("Dockerfile".to_string(), "FROM scratch".to_string()), ("a.txt".into(), "short".into())]);
+    }
+
+    /// Regression: `docker/` in .dockerignore with `-f docker/Dockerfile` left the Dockerfile out.
+    #[test]
+    fn a_dockerfile_in_an_ignored_directory_still_travels_alone() {
+        let dir = tree(&[(".dockerignore", "docker/\n"), ("docker/Dockerfile", "FROM scratch"), ("docker/x", "x")]);
+        let context = Context::scan(dir.path(), &dir.path().join("docker/Dockerfile")).unwrap();
+        assert_eq!(context.dockerfile, "docker/Dockerfile");
+        assert!(context.contains("docker/Dockerfile"));
+        assert!(!context.contains("docker") && !context.contains("docker/x"));
+    }
+
+    /// Regression: `-f ctx/../Dockerfile` was sent as `../Dockerfile`, which the daemon refuses;
+    /// and the outside Dockerfile must be hidden from `COPY .` by the .dockerignore sent.
+    #[tokio::test]
+    async fn a_dockerfile_given_through_dot_dot_is_outside_and_hidden_by_the_dockerignore_sent() {
+        use futures_util::StreamExt;
+        let dir = tree(&[("ctx/a", "a"), ("Dockerfile", "FROM scratch")]);
+        let root = dir.path().join("ctx");
+        let context = Context::scan(&root, &root.join("../Dockerfile")).unwrap();
+        assert_eq!(context.dockerfile, OUTSIDE_DOCKERFILE);
+        let chunks: Vec<Bytes> = context.stream().map(|chunk| chunk.unwrap()).collect().await;
+        let tar = chunks.concat();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut ignore = None;
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().to_str() == Some(".dockerignore") {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+                ignore = Some(text);
+            }
+        }
+        assert_eq!(ignore.as_deref(), Some(".dockerignore\n.dockerfile.agent\n"));
+        assert!(fs::read_dir(&root).unwrap().count() == 1, "nothing is written into the context");
+    }
+
+    /// As the docker CLI: an excluded directory is walked only for exceptions that start with its
+    /// path, so `dir` + `!**/keep.txt` does not bring back `dir/keep.txt`.
+    #[test]
+    fn an_excluded_directory_is_walked_only_for_exceptions_under_its_path() {
+        let dir = tree(&[
+            ("Dockerfile", "FROM scratch"),
+            (".dockerignore", "dir\n!**/keep.txt\nother\n!other/keep.txt\n"),
+            ("dir/keep.txt", "k"),
+            ("other/keep.txt", "k"),
+            ("keep.txt", "k"),
+        ]);
+        let context = Context::scan(dir.path(), &dir.path().join("Dockerfile")).unwrap();
+        assert!(!context.contains("dir/keep.txt"));
+        assert!(context.contains("other/keep.txt") && !context.contains("other"));
+        assert!(context.contains("keep.txt"));
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ mod build;
 mod buildspec;
 mod cli;
 mod config_errors;
+mod context_vs_cli;
 mod dry_run;
 mod faults;
 mod image;
