@@ -168,7 +168,6 @@ impl SshSession {
             detail: format!("no answer within {}s ({stage})", timeouts.connect.as_secs()),
         };
         let deadline = tokio::time::Instant::now() + timeouts.connect;
-        let ended = Arc::new(Mutex::new(None));
 
         // First offer only the host-key types known_hosts holds for the host, so the server
         // presents a key we can check. A server with none of them fails the negotiation: then
@@ -196,6 +195,8 @@ impl SshSession {
                 ..Default::default()
             });
             let verdict = Arc::new(Mutex::new(Verdict::default()));
+            // Each attempt its own: a failed first handshake must not stand as the session's end.
+            let ended = Arc::new(Mutex::new(None));
             let verifier = Verifier {
                 known: known.clone(),
                 host: target.host.clone(),
@@ -209,7 +210,7 @@ impl SshSession {
             let error = match handshake {
                 Err(_) => return Err(timed_out("SSH handshake")),
                 Ok(Ok(connected)) => {
-                    handle = Some(connected);
+                    handle = Some((connected, ended));
                     break;
                 }
                 Ok(Err(error)) => error,
@@ -244,7 +245,7 @@ impl SshSession {
                 None => Error::Ssh { host: name, detail: format!("the SSH handshake failed: {error}") },
             });
         }
-        let Some(mut handle) = handle else {
+        let Some((mut handle, ended)) = handle else {
             return Err(Error::Ssh {
                 host: name,
                 detail: "the SSH handshake failed: no host-key algorithm in common with the server".to_string(),
