@@ -160,7 +160,11 @@ pub async fn build(
     // A file that changed or failed while it was sent explains the failure better than the
     // daemon's view of a truncated upload does.
     let sent = request.context.failure_slot();
-    let body = bollard::body_try_stream(request.context.stream());
+    let context = match engine {
+        Engine::Classic => request.context,
+        Engine::BuildKit => request.context.without_hiding_dockerignore(),
+    };
+    let body = bollard::body_try_stream(context.stream());
     // Credentials for private base images: the classic builder takes them with the request
     // (X-Registry-Config, keyed by server address), BuildKit asks the session for them by host.
     let config = match engine {
