@@ -227,7 +227,11 @@ impl Daemon {
                 return Error::Daemon { target: self.target.clone(), detail };
             }
             if self.ssh.is_none() {
-                return Error::Connect { target: self.target.clone(), class: classify_io(io), detail: io.to_string() };
+                return Error::Connect {
+                    target: self.target.clone(),
+                    class: classify_connection(&error),
+                    detail: tls_detail(io),
+                };
             }
         }
         if let Some(ssh) = &self.ssh {
@@ -333,8 +337,8 @@ impl Daemon {
     async fn open_stream(&self) -> Result<Box<dyn Stream>, Error> {
         let io_error = |error: std::io::Error| Error::Connect {
             target: self.target.clone(),
-            class: classify_io(&error),
-            detail: error.to_string(),
+            class: classify_connection(&error),
+            detail: tls_detail(&error),
         };
         Ok(match &self.endpoint {
             Endpoint::Ssh => {
@@ -459,6 +463,33 @@ fn find_io_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a
         current = error.source();
     }
     None
+}
+
+/// The class of a failed connection to a `tcp://` daemon: a TLS failure (rustls's error, also
+/// when wrapped in an I/O error) has its own, the rest is classified as socket errors are.
+fn classify_connection(error: &(dyn std::error::Error + 'static)) -> ConnectClass {
+    // io::Error's `source` skips the error it wraps (hyper-rustls nests rustls's error in two
+    // I/O errors), so the wrapped errors are looked into as well.
+    fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+        if error.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        let wrapped = error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        wrapped.is_some_and(|inner| is_tls(inner)) || error.source().is_some_and(is_tls)
+    }
+    if is_tls(error) {
+        return ConnectClass::Tls;
+    }
+    find_io_error(error).map(classify_io).unwrap_or(ConnectClass::Other)
+}
+
+/// The words of a connection failure, saying so when it was the TLS handshake.
+fn tls_detail(io: &std::io::Error) -> String {
+    if classify_connection(io) == ConnectClass::Tls {
+        format!("the TLS handshake failed: {io}")
+    } else {
+        io.to_string()
+    }
 }
 
 /// An error and its causes on one line.

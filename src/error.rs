@@ -38,6 +38,11 @@ pub mod exit {
     pub const REMOTE_SOCKET: u8 = 26;
     /// The SSH connection failed or dropped for another reason.
     pub const SSH: u8 = 27;
+    /// The TLS handshake with the daemon (`tcp://` with `DOCKER_TLS_VERIFY`) failed: a certificate
+    /// was refused, or the port does not speak TLS.
+    pub const TLS: u8 = 28;
+    /// The TCP connection to the daemon (`tcp://`) failed or dropped for another reason.
+    pub const TCP: u8 = 29;
     /// The Docker daemon did not answer or answered with an error.
     pub const DAEMON: u8 = 30;
     /// The Docker daemon's API is older than the agent supports.
@@ -65,6 +70,8 @@ pub mod exit {
         (SSH_AUTH, "ssh-auth", "the SSH server refused the key"),
         (REMOTE_SOCKET, "remote-socket", "the remote Docker socket is missing or not accessible"),
         (SSH, "ssh", "the SSH connection failed or dropped"),
+        (TLS, "tls", "the TLS handshake with the daemon failed"),
+        (TCP, "tcp", "the TCP connection to the daemon failed or dropped"),
         (DAEMON, "daemon", "the Docker daemon did not answer or answered with an error"),
         (DAEMON_TOO_OLD, "daemon-too-old", "the Docker daemon's API is too old"),
         (LOGIN, "login", "a registry login failed"),
@@ -129,8 +136,19 @@ pub enum Error {
     Connect { target: String, class: ConnectClass, detail: String },
 
     /// The SSH host key is in no known_hosts entry.
-    #[error("the host key of {host} is unknown (it presented {presented}); the agent never trusts a host on first use")]
-    HostKeyUnknown { host: String, keyscan: String, presented: String },
+    #[error(
+        "the host key of {host} is unknown (it presented {presented}{}); the agent never trusts a host on first use",
+        if .other_types.is_empty() { String::new() } else { format!(", known_hosts holds only other key types for it: {}", .other_types.join(", ")) }
+    )]
+    HostKeyUnknown {
+        host: String,
+        keyscan: String,
+        presented: String,
+        /// Keys of other types known for the host.
+        other_types: Vec<String>,
+        /// `@cert-authority` lines that name the host (host certificates are not supported).
+        cert_authorities: Vec<String>,
+    },
 
     /// The SSH host key differs from the known one.
     #[error("the host key of {host} has changed: it presented {presented}, known_hosts expects {}", .expected.join(", "))]
@@ -188,11 +206,13 @@ impl Error {
             Error::Config(_) | Error::SshKey { .. } => exit::CONFIG,
             Error::LocalFile { .. } | Error::KeyFileExists { .. } => exit::LOCAL_FILE,
             Error::NoSshKey { .. } | Error::SshAuth { .. } => exit::SSH_AUTH,
-            Error::Connect { class, .. } => match class {
+            Error::Connect { class, target, .. } => match class {
                 ConnectClass::NameResolution => exit::NAME_RESOLUTION,
                 ConnectClass::Refused => exit::CONNECTION_REFUSED,
                 ConnectClass::Timeout => exit::TIMEOUT,
-                ConnectClass::Other => exit::SSH,
+                ConnectClass::Tls => exit::TLS,
+                ConnectClass::Other if target.starts_with("ssh://") => exit::SSH,
+                ConnectClass::Other => exit::TCP,
             },
             Error::HostKeyUnknown { .. } => exit::HOST_KEY_UNKNOWN,
             Error::HostKeyChanged { .. } | Error::HostKeyRevoked { .. } => exit::HOST_KEY_CHANGED,
@@ -220,7 +240,7 @@ impl Error {
                     .to_string(),
             ),
             Error::NoSshKey { .. } => Some("set JETS_SSH_KEY to the private key of the Docker host's user".to_string()),
-            Error::Connect { class, .. } => Some(
+            Error::Connect { class, target, .. } => Some(
                 match class {
                     ConnectClass::NameResolution => "check the host name in DOCKER_HOST and the build's DNS",
                     ConnectClass::Refused => {
@@ -229,13 +249,33 @@ impl Error {
                     ConnectClass::Timeout => {
                         "check the host's address, its security group and network ACLs, or raise --connect-timeout"
                     }
+                    ConnectClass::Tls => {
+                        "check DOCKER_CERT_PATH: the daemon must trust cert.pem/key.pem (\"unknown CA\" or \
+                         \"bad certificate\": the daemon refused them), ca.pem must have signed the daemon's \
+                         certificate for this host name (\"invalid peer certificate\"), and the port must speak \
+                         TLS (\"corrupt message\": unset DOCKER_TLS_VERIFY, or use the daemon's TLS port, 2376 by \
+                         convention)"
+                    }
+                    ConnectClass::Other if target.starts_with("tcp://") => {
+                        "check DOCKER_HOST and that the daemon listens there; a port that speaks TLS resets a plain \
+                         connection: then set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH"
+                    }
                     ConnectClass::Other => "check DOCKER_HOST and that the host is reachable from the build",
                 }
                 .to_string(),
             ),
-            Error::HostKeyUnknown { keyscan, .. } => Some(format!(
-                "add the host's key to JETS_SSH_KNOWN: run `{keyscan}` on a machine that reaches the host, \
-                 check the fingerprints with the host's administrator, and store the output"
+            Error::HostKeyUnknown { keyscan, cert_authorities, .. } => Some(format!(
+                "{}add the host's key to JETS_SSH_KNOWN: run `{keyscan}` on a machine that reaches the host, \
+                 check the fingerprints with the host's administrator, and store the output",
+                if cert_authorities.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "host certificates are not supported, so the @cert-authority line ({}) cannot vouch for \
+                         this host; ",
+                        cert_authorities.join(", ")
+                    )
+                }
             )),
             Error::HostKeyChanged { keyscan, .. } => Some(format!(
                 "if the host was rebuilt, confirm its new key with its administrator and replace JETS_SSH_KNOWN \
@@ -332,6 +372,8 @@ pub enum ConnectClass {
     NameResolution,
     Refused,
     Timeout,
+    /// The TLS handshake failed (certificates, or a port that does not speak TLS).
+    Tls,
     Other,
 }
 

@@ -41,6 +41,8 @@ pub fn server_address(registry: &str) -> String {
 /// Merges the credentials into config.json, keeping every other entry and setting. Returns the
 /// registries written.
 pub fn write_config(path: &Path, credentials: &[Credential]) -> Result<usize, Error> {
+    // A symlinked config.json (dotfiles) stays a link: the file it names is updated.
+    let path = &crate::ssh::files::symlink_target(path)?;
     let mut document = match std::fs::read(path) {
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => serde_json::json!({}),
         Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|error| Error::LocalFile {
@@ -79,6 +81,7 @@ pub fn write_config(path: &Path, credentials: &[Credential]) -> Result<usize, Er
         entry.insert("auth".to_string(), serde_json::Value::String(encoded));
         entry.remove("identitytoken");
     }
+    route_to_auths(object, credentials, path);
     let mut text = serde_json::to_string_pretty(&document).expect("a JSON value serialises");
     text.push('\n');
     if let Some(dir) = path.parent() {
@@ -86,6 +89,46 @@ pub fn write_config(path: &Path, credentials: &[Credential]) -> Result<usize, Er
     }
     crate::ssh::files::write_atomically(path, text.as_bytes(), 0o600, true)?;
     Ok(credentials.len())
+}
+
+/// Makes later `docker` commands use the `auths` entries just written. The docker CLI looks a
+/// registry up in `credHelpers` first, then in `credsStore`, and reads `auths` only when neither
+/// names a helper — a `credsStore` (Docker Desktop's `desktop`, `osxkeychain`, `pass`) hides our
+/// logins. An empty `credHelpers` entry for a registry means "no helper" to the CLI, so it sends
+/// that registry to `auths` and leaves the store serving every other one. A helper the user
+/// named for the registry itself is their explicit choice: it is kept, with a warning.
+fn route_to_auths(object: &mut serde_json::Map<String, serde_json::Value>, credentials: &[Credential], path: &Path) {
+    let store = object.get("credsStore").and_then(|store| store.as_str()).filter(|store| !store.is_empty());
+    let store = store.map(str::to_string);
+    for credential in credentials {
+        let address = credential.server_address();
+        let helper = object
+            .get("credHelpers")
+            .and_then(|helpers| helpers.get(&address))
+            .map(|helper| helper.as_str().map(str::to_string).unwrap_or_default());
+        match (helper, &store) {
+            (Some(helper), _) if !helper.is_empty() => tracing::warn!(
+                "{}: credHelpers sends {address} to docker-credential-{helper}, so later docker commands use that \
+                 helper's credentials for it, not this login; remove that entry to use the login",
+                path.display()
+            ),
+            (None, Some(store)) => {
+                let helpers = object.entry("credHelpers").or_insert_with(|| serde_json::json!({}));
+                if !helpers.is_object() {
+                    *helpers = serde_json::json!({});
+                }
+                if let Some(helpers) = helpers.as_object_mut() {
+                    helpers.insert(address.clone(), serde_json::Value::String(String::new()));
+                }
+                tracing::info!(
+                    "{}: credsStore {store:?} would hide the login to {address} from later docker commands: an empty \
+                     credHelpers entry sends that registry to auths (the store keeps every other one)",
+                    path.display()
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +149,53 @@ mod tests {
         assert_eq!(value["psFormat"], "table");
         assert_eq!(value["auths"]["https://index.docker.io/v1/"]["auth"], "Ym9iOnB3LTEyMzQ=");
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    }
+
+    /// Regression: a config.json that is a symlink was replaced by a regular file.
+    #[test]
+    fn a_symlinked_docker_config_stays_a_link_and_its_target_gets_the_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("shared-config.json");
+        std::fs::write(&target, r#"{"psFormat":"table"}"#).unwrap();
+        let link = dir.path().join(".docker/config.json");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let credential = Credential { registry: "r.io".into(), user: "u".into(), password: Secret::new("p-5678") };
+        write_config(&link, &[credential]).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
+        assert_eq!(value["psFormat"], "table");
+        assert!(value["auths"]["r.io"]["auth"].is_string());
+    }
+
+    /// Regression: a credsStore made later docker commands ignore the auths entries written.
+    #[test]
+    fn a_creds_store_gets_an_empty_cred_helper_per_login_and_a_users_cred_helper_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, r#"{"credsStore":"desktop","credHelpers":{"mine.example.com":"ecr-login"}}"#).unwrap();
+        let login = |registry: &str| Credential {
+            registry: registry.into(),
+            user: "u".into(),
+            password: Secret::new("p-5678"),
+        };
+        write_config(&path, &[login("docker.io"), login("mine.example.com"), login("r.io")]).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(value["credsStore"], "desktop", "the store keeps serving the other registries");
+        assert_eq!(value["credHelpers"]["https://index.docker.io/v1/"], "");
+        assert_eq!(value["credHelpers"]["r.io"], "");
+        assert_eq!(value["credHelpers"]["mine.example.com"], "ecr-login", "the user's own choice is kept");
+        assert!(value["auths"]["r.io"]["auth"].is_string());
+    }
+
+    #[test]
+    fn without_a_creds_store_no_cred_helpers_are_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let credential = Credential { registry: "r.io".into(), user: "u".into(), password: Secret::new("p-5678") };
+        write_config(&path, &[credential]).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(value.get("credHelpers").is_none(), "{value}");
     }
 
     #[test]

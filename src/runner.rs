@@ -277,6 +277,16 @@ impl<'a> Runner<'a> {
             Installed::AlreadyThere => {
                 format!("{} already holds {}", path.display(), key.describe())
             }
+            Installed::KeptDifferent => {
+                tracing::warn!(
+                    "{} already holds a different key and was left untouched: the agent logs in with JETS_SSH_KEY \
+                     from memory, but later ssh, git and docker (ssh://) commands will find the other key there, \
+                     not JETS_SSH_KEY; to install it for them, pass --ssh-key-file PATH and point ssh at it \
+                     (IdentityFile, or ssh -i PATH)",
+                    path.display()
+                );
+                format!("kept the different key in {}; {} is used from memory", path.display(), key.describe())
+            }
             _ => format!("wrote {} ({})", path.display(), key.describe()),
         }))
     }
@@ -381,9 +391,10 @@ impl<'a> Runner<'a> {
             known.add_pasted(text, "JETS_SSH_KNOWN");
         }
         let path = &self.config.known_hosts_file.value;
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let bad = known.add(&text, &path.display().to_string());
+        // Read as bytes: a line that is not UTF-8 (a Latin-1 comment) must not make the file unreadable.
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let bad = known.add(&String::from_utf8_lossy(&bytes), &path.display().to_string());
                 if !bad.is_empty() {
                     tracing::debug!(
                         "{}: {} lines are not known_hosts entries and were skipped",
@@ -396,6 +407,12 @@ impl<'a> Runner<'a> {
             Err(source) => {
                 return Err(Error::LocalFile { action: "read", path: path.clone(), source, hint: None });
             }
+        }
+        for line in known.cert_authority_lines() {
+            tracing::warn!(
+                "{line}: @cert-authority lines are not supported: the agent does not accept host certificates, \
+                 so this line lets no host in; add the host's own key (ssh-keyscan) to JETS_SSH_KNOWN"
+            );
         }
         Ok(known)
     }
@@ -493,7 +510,7 @@ impl StepRunner for Runner<'_> {
                         cache_from.push(cache_image.clone());
                     }
                 }
-                let context = Context::scan(&build.context, &build.dockerfile)?;
+                let context = Context::scan_off_runtime(&build.context, &build.dockerfile).await?;
                 let (context_files, context_bytes) = (context.files as u64, context.bytes);
                 let request = BuildRequest {
                     context,

@@ -49,6 +49,18 @@ impl DockerIgnore {
         self.patterns.iter().any(|pattern| pattern.exception)
     }
 
+    /// Whether an excluded directory must still be walked because an exception may bring back
+    /// something in it. As the docker CLI decides (moby's archive walk): only when an exception
+    /// pattern's text starts with the directory's path, so `dir` + `!dir/keep` walks `dir`, but
+    /// `dir` + `!**/keep` does not (the docker CLI sends no `dir/keep` then, nor does the agent).
+    pub fn may_reinclude_under(&self, dir: &str) -> bool {
+        let dir_slash = format!("{dir}/");
+        self.patterns
+            .iter()
+            .filter(|pattern| pattern.exception)
+            .any(|pattern| format!("{}/", pattern.segments.join("/")).starts_with(&dir_slash))
+    }
+
     /// Whether a path (relative to the context, `/`-separated) is excluded: the last pattern that
     /// matches it or one of its parent directories decides.
     pub fn excludes(&self, path: &str) -> bool {

@@ -164,6 +164,9 @@ pub async fn build(
         human_bytes(request.context.bytes),
         engine.describe()
     );
+    // A file that changed or failed while it was sent explains the failure better than the
+    // daemon's view of a truncated upload does.
+    let sent = request.context.failure_slot();
     let body = bollard::body_try_stream(request.context.stream());
     // Credentials for private base images: the classic builder takes them with the request
     // (X-Registry-Config, keyed by server address).
@@ -174,11 +177,13 @@ pub async fn build(
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
-            Err(bollard::errors::Error::DockerStreamError { error }) => return Err(progress.failure(error)),
-            Err(other) => return Err(daemon.explain(other)),
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                return Err(context::send_failure(&sent).unwrap_or_else(|| progress.failure(error)));
+            }
+            Err(other) => return Err(context::send_failure(&sent).unwrap_or_else(|| daemon.explain(other))),
         };
         if let Some(failure) = progress.info(info) {
-            return Err(failure);
+            return Err(context::send_failure(&sent).unwrap_or(failure));
         }
     }
     Ok(progress.finish())
@@ -482,28 +487,36 @@ async fn push_once(
 }
 
 /// Whether a push error is worth another attempt: the network or the registry's server side,
-/// not authentication or a missing repository.
+/// not authentication or a missing repository. Status codes count only as codes — the number
+/// after `status`, `code` or `HTTP`, or before its reason phrase — and words only as whole
+/// words, so a digest, a size or a name that merely contains `500` or `eof` is not transient.
 fn is_transient(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     let permanent = ["unauthorized", "denied", "authentication required", "not found", "name unknown", "forbidden"];
     if permanent.iter().any(|word| message.contains(word)) {
         return false;
     }
-    [
+    let phrases = [
         "timeout",
         "timed out",
         "connection reset",
         "connection refused",
-        "eof",
-        "502",
-        "503",
-        "504",
-        "500",
         "broken pipe",
         "temporarily",
-    ]
-    .iter()
-    .any(|word| message.contains(word))
+        "internal server error",
+        "bad gateway",
+        "service unavailable",
+    ];
+    if phrases.iter().any(|phrase| message.contains(phrase)) {
+        return true;
+    }
+    let words: Vec<&str> =
+        message.split(|c: char| !c.is_ascii_alphanumeric()).filter(|word| !word.is_empty()).collect();
+    let server_error = |word: &str| matches!(word, "500" | "502" | "503" | "504");
+    words.iter().enumerate().any(|(at, word)| {
+        *word == "eof"
+            || (server_error(word) && at > 0 && matches!(words[at - 1], "status" | "code" | "http" | "https"))
+    })
 }
 
 /// `1.2 MB`-style sizes for the log.
@@ -535,6 +548,19 @@ mod tests {
         assert!(is_transient("read tcp 1.2.3.4: connection reset by peer"));
         assert!(!is_transient("unauthorized: authentication required"));
         assert!(!is_transient("denied: requested access to the resource is denied"));
+    }
+
+    #[test]
+    fn transient_push_errors_match_status_codes_as_codes_not_substrings() {
+        assert!(is_transient("received unexpected HTTP status: 500 Internal Server Error"));
+        assert!(is_transient("unexpected status code 502"));
+        assert!(is_transient("http 504"));
+        assert!(is_transient("unexpected EOF"));
+        assert!(is_transient("Patch https://r/v2/app/blobs/uploads/x: EOF"));
+        assert!(!is_transient("blob sha256:5003e1f2c500aa exceeds the quota of 500 MB"));
+        assert!(!is_transient("manifest invalid: layer 1500 of 2500 is malformed"));
+        assert!(!is_transient("tag v500 is immutable"));
+        assert!(!is_transient("invalid reference: geofence-app"));
     }
 
     #[test]

@@ -35,8 +35,9 @@ pub struct BadLine {
 /// Why a server's host key was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostKeyError {
-    /// No entry names this host.
-    Unknown { presented: String },
+    /// No entry names this host with a key of the presented type. `other_types` lists the keys
+    /// of other types known for it (as OpenSSH, an unknown host whose other keys are known).
+    Unknown { presented: String, other_types: Vec<String> },
     /// Entries name this host, with another key of the same type (or only other types).
     Changed { presented: String, expected: Vec<String> },
     /// The key is marked `@revoked`.
@@ -141,16 +142,33 @@ impl KnownHosts {
         if plain.iter().any(|known| known.entry.public_key().key_data() == key.key_data()) {
             return Ok(());
         }
-        if plain.is_empty() {
-            return Err(HostKeyError::Unknown { presented });
+        let listed = |known: &&KnownHost| {
+            format!("{} ({} line {})", describe(known.entry.public_key()), known.source, known.line)
+        };
+        let (same_type, other_types): (Vec<&KnownHost>, Vec<&KnownHost>) =
+            plain.into_iter().partition(|known| known.entry.public_key().algorithm() == key.algorithm());
+        if same_type.is_empty() {
+            return Err(HostKeyError::Unknown { presented, other_types: other_types.iter().map(listed).collect() });
         }
-        Err(HostKeyError::Changed {
-            presented,
-            expected: plain
-                .iter()
-                .map(|known| format!("{} ({} line {})", describe(known.entry.public_key()), known.source, known.line))
-                .collect(),
-        })
+        Err(HostKeyError::Changed { presented, expected: same_type.iter().map(listed).collect() })
+    }
+
+    /// The `@cert-authority` lines, as `SOURCE line N`: host certificates are not supported, so
+    /// these lines can never let a host in.
+    pub fn cert_authority_lines(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|known| known.entry.marker() == Some(&Marker::CertAuthority))
+            .map(|known| format!("{} line {}", known.source, known.line))
+            .collect()
+    }
+
+    /// The `@cert-authority` lines that name this host.
+    pub fn cert_authority_lines_for(&self, host: &str, port: u16) -> Vec<String> {
+        self.matching(host, port)
+            .filter(|known| known.entry.marker() == Some(&Marker::CertAuthority))
+            .map(|known| format!("{} line {}", known.source, known.line))
+            .collect()
     }
 }
 
@@ -212,6 +230,7 @@ mod tests {
     use super::*;
 
     const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeewfGQida1Is0o6P7eidCdWOm9M3C0W042few7eesN";
+    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBP4IPfVvFLeKdS1EBQsTQKgeH/mhIVSW8hbOJDlOZCzP/cUnmhw20/wkLF67kuWfI1ejWJ7V6cJzu+6d1XH4G48=";
     const ED_OTHER: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy";
 
     fn key(text: &str) -> PublicKey {
@@ -260,6 +279,34 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Regression: a host whose known keys are all of another type than the one it presents is
+    /// unknown (exit 23), with the known keys listed, not a generic handshake failure.
+    #[test]
+    fn a_key_of_a_type_known_hosts_lacks_is_unknown_with_the_other_types_listed() {
+        let hosts = known(&format!("host {ECDSA}"));
+        match hosts.check("host", 22, &key(ED)) {
+            Err(HostKeyError::Unknown { other_types, .. }) => {
+                assert_eq!(other_types.len(), 1);
+                assert!(other_types[0].starts_with("ecdsa-sha2-nistp256 SHA256:"), "{other_types:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Regression: `@cert-authority` lines were accepted silently and can never let a host in.
+    #[test]
+    fn cert_authority_lines_are_found_for_the_warning_and_the_hint() {
+        let hosts = known(&format!(
+            "host {ED_OTHER}
+@cert-authority *.example.com {ED}
+"
+        ));
+        assert_eq!(hosts.cert_authority_lines(), ["test line 2"]);
+        assert_eq!(hosts.cert_authority_lines_for("a.example.com", 22), ["test line 2"]);
+        assert!(hosts.cert_authority_lines_for("host", 22).is_empty());
+        assert!(matches!(hosts.check("a.example.com", 22, &key(ED)), Err(HostKeyError::Unknown { .. })));
     }
 
     #[test]

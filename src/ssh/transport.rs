@@ -52,8 +52,19 @@ impl SshTarget {
 pub struct Timeouts {
     /// For name resolution, the TCP connection, and the SSH handshake and authentication.
     pub connect: Duration,
-    /// Keepalive interval once connected; the connection is declared dead after 3 unanswered.
+    /// Keepalive interval once connected; the connection is declared dead when nothing has come
+    /// back for [`KEEPALIVE_TICKS`] intervals (the `--read-timeout`).
     pub keepalive: Duration,
+}
+
+/// How many keepalive intervals of silence make the read timeout.
+pub const KEEPALIVE_TICKS: u32 = 3;
+
+/// russh's `keepalive_max` for a budget of `ticks` intervals. russh counts a tick each interval
+/// of silence and gives up when the count *exceeds* `keepalive_max`, i.e. at tick
+/// `keepalive_max + 1`: a maximum of 3 gave up after 4 intervals (60 s for a stated 45 s).
+fn russh_keepalive_max(ticks: u32) -> usize {
+    ticks.saturating_sub(1).max(1) as usize
 }
 
 /// The open SSH connection, shared by every HTTP connection of the run.
@@ -79,7 +90,7 @@ struct Verifier {
     host: String,
     port: u16,
     verdict: Arc<Mutex<Verdict>>,
-    /// How long the server may go unanswered (keepalive interval × 3), for the end's reason.
+    /// How long the server may go unanswered (keepalive interval × ticks), for the end's reason.
     read_timeout: Duration,
     ended: Arc<Mutex<Option<String>>>,
 }
@@ -158,60 +169,87 @@ impl SshSession {
         };
         let deadline = tokio::time::Instant::now() + timeouts.connect;
 
-        let tcp = tokio::time::timeout_at(deadline, connect_tcp("ssh", &target.host, target.port))
-            .await
-            .map_err(|_| timed_out("TCP connection"))??;
-
-        let mut preferred = russh::Preferred::default();
-        let algorithms = host_key_algorithms(&known, &target.host, target.port);
-        if !algorithms.is_empty() {
-            preferred.key = Cow::Owned(algorithms);
+        // First offer only the host-key types known_hosts holds for the host, so the server
+        // presents a key we can check. A server with none of them fails the negotiation: then
+        // shake hands once more with russh's default list, only to see the key it presents and
+        // refuse it with the fingerprints (exit 23/24) rather than a generic handshake error.
+        let known_algorithms = host_key_algorithms(&known, &target.host, target.port);
+        let mut offers = vec![(!known_algorithms.is_empty()).then_some(known_algorithms)];
+        if offers[0].is_some() {
+            offers.push(None);
         }
-        let config = Arc::new(client::Config {
-            preferred,
-            keepalive_interval: Some(timeouts.keepalive),
-            keepalive_max: 3,
-            nodelay: true,
-            ..Default::default()
-        });
-        let verdict = Arc::new(Mutex::new(Verdict::default()));
-        let ended = Arc::new(Mutex::new(None));
-        let verifier = Verifier {
-            known,
-            host: target.host.clone(),
-            port: target.port,
-            verdict: verdict.clone(),
-            read_timeout: timeouts.keepalive * 3,
-            ended: ended.clone(),
-        };
-
-        let handshake =
-            tokio::time::timeout_at(deadline, client::connect_stream(config, QuickAck(tcp), verifier)).await;
-        let mut handle = match handshake {
-            Err(_) => return Err(timed_out("SSH handshake")),
-            Ok(Ok(handle)) => handle,
-            Ok(Err(error)) => {
-                let verdict = verdict.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let presented = verdict.presented.clone().unwrap_or_else(|| "no key".to_string());
-                return Err(match &verdict.refused {
-                    Some(HostKeyError::Unknown { .. }) | None if matches!(error, russh::Error::UnknownKey) => {
-                        Error::HostKeyUnknown { host: name, keyscan: target.keyscan(), presented }
-                    }
-                    Some(HostKeyError::Unknown { .. }) => {
-                        Error::HostKeyUnknown { host: name, keyscan: target.keyscan(), presented }
-                    }
-                    Some(HostKeyError::Changed { expected, .. }) => Error::HostKeyChanged {
-                        host: name,
-                        keyscan: target.keyscan(),
-                        presented,
-                        expected: expected.clone(),
-                    },
-                    Some(HostKeyError::Revoked { source, .. }) => {
-                        Error::HostKeyRevoked { host: name, presented, source_line: source.clone() }
-                    }
-                    None => Error::Ssh { host: name, detail: format!("the SSH handshake failed: {error}") },
-                });
+        let mut handle = None;
+        for algorithms in offers {
+            let tcp = tokio::time::timeout_at(deadline, connect_tcp("ssh", &target.host, target.port))
+                .await
+                .map_err(|_| timed_out("TCP connection"))??;
+            let mut preferred = russh::Preferred::default();
+            if let Some(algorithms) = algorithms {
+                preferred.key = Cow::Owned(algorithms);
             }
+            let config = Arc::new(client::Config {
+                preferred,
+                keepalive_interval: Some(timeouts.keepalive),
+                keepalive_max: russh_keepalive_max(KEEPALIVE_TICKS),
+                nodelay: true,
+                ..Default::default()
+            });
+            let verdict = Arc::new(Mutex::new(Verdict::default()));
+            // Each attempt its own: a failed first handshake must not stand as the session's end.
+            let ended = Arc::new(Mutex::new(None));
+            let verifier = Verifier {
+                known: known.clone(),
+                host: target.host.clone(),
+                port: target.port,
+                verdict: verdict.clone(),
+                read_timeout: timeouts.keepalive * KEEPALIVE_TICKS,
+                ended: ended.clone(),
+            };
+            let handshake =
+                tokio::time::timeout_at(deadline, client::connect_stream(config, QuickAck(tcp), verifier)).await;
+            let error = match handshake {
+                Err(_) => return Err(timed_out("SSH handshake")),
+                Ok(Ok(connected)) => {
+                    handle = Some((connected, ended));
+                    break;
+                }
+                Ok(Err(error)) => error,
+            };
+            let verdict = verdict.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if verdict.refused.is_none()
+                && matches!(error, russh::Error::NoCommonAlgo { kind: russh::AlgorithmKind::Key, .. })
+            {
+                tracing::debug!("ssh: {name} has none of the host-key types known_hosts holds for it: {error}");
+                continue;
+            }
+            let presented = verdict.presented.clone().unwrap_or_else(|| "no key".to_string());
+            let unknown = |other_types: Vec<String>| Error::HostKeyUnknown {
+                host: name.clone(),
+                keyscan: target.keyscan(),
+                presented: presented.clone(),
+                other_types,
+                cert_authorities: known.cert_authority_lines_for(&target.host, target.port),
+            };
+            return Err(match &verdict.refused {
+                Some(HostKeyError::Unknown { other_types, .. }) => unknown(other_types.clone()),
+                None if matches!(error, russh::Error::UnknownKey) => unknown(Vec::new()),
+                Some(HostKeyError::Changed { expected, .. }) => Error::HostKeyChanged {
+                    host: name,
+                    keyscan: target.keyscan(),
+                    presented,
+                    expected: expected.clone(),
+                },
+                Some(HostKeyError::Revoked { source, .. }) => {
+                    Error::HostKeyRevoked { host: name, presented, source_line: source.clone() }
+                }
+                None => Error::Ssh { host: name, detail: format!("the SSH handshake failed: {error}") },
+            });
+        }
+        let Some((mut handle, ended)) = handle else {
+            return Err(Error::Ssh {
+                host: name,
+                detail: "the SSH handshake failed: no host-key algorithm in common with the server".to_string(),
+            });
         };
 
         let mut refused = Vec::new();

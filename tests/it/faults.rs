@@ -403,26 +403,36 @@ fn signal_all(server: &Server, signal: i32) {
     }
 }
 
+/// Regression (keepalive budget): russh gives up at `keepalive_max + 1` silent intervals, so a
+/// frozen host was noticed after 4 intervals (60 s) while the plan and `--read-timeout` say 3 (45 s).
+/// The read timeout is 6 s here (a keepalive every 2 s): the last answer comes at most 2 s before
+/// the freeze, so the run must end 4 to 6 s after it — 8 s with the old count.
 #[test]
 fn an_ssh_host_that_stops_answering_mid_build_fails_after_the_read_timeout_and_a_rerun_succeeds() {
     let world = World::shared();
     let (sshd, known) = own_sshd(world);
-    let agent = over_own_sshd(world, &sshd, &known).env("AGENT_READ_TIMEOUT", "3");
-    let app = slow_app(agent.work.path(), 20, &nonce());
+    let agent = over_own_sshd(world, &sshd, &known).env("AGENT_READ_TIMEOUT", "6");
+    let app = slow_app(agent.work.path(), 30, &nonce());
     let agent =
         agent.args(["run", "--image", "agent-it/fault-silent", "--no-push", "--context", app.to_str().unwrap()]);
-    let outcome = std::thread::scope(|scope| {
+    let (outcome, silent_for) = std::thread::scope(|scope| {
         let run = scope.spawn(|| agent.run());
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(3));
         // The host freezes: the TCP connection stays open, nothing answers.
         signal_all(&sshd, libc::SIGSTOP);
+        let frozen_at = std::time::Instant::now();
         let outcome = run.join().unwrap();
+        let silent_for = frozen_at.elapsed();
         signal_all(&sshd, libc::SIGCONT);
-        outcome
+        (outcome, silent_for)
     });
     outcome.expect_code(27);
     assert!(outcome.stderr.contains("stopped answering"), "{}", outcome.stderr);
-    assert!(outcome.elapsed < Duration::from_secs(12), "the read timeout is 3s, the run took {:?}", outcome.elapsed);
+    assert!(outcome.stderr.contains("for 6s"), "{}", outcome.stderr);
+    assert!(
+        silent_for <= Duration::from_millis(6_700),
+        "the read timeout is 6s, the run ended {silent_for:?} after the host froze"
+    );
     drop(sshd);
 
     let (sshd, known) = own_sshd(world);

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -209,4 +210,57 @@ fn ecr_logs_in_with_the_token_and_the_docker_cli_can_push_with_the_config() {
     docker(&["build", "-q", "-t", &tag, &context.path().display().to_string()]);
     docker(&["push", &tag]);
     docker(&["rmi", &tag]);
+}
+
+/// Regression: a `credsStore` in config.json made later `docker` commands ignore the `auths`
+/// entry the agent wrote (the CLI asks the store first). Checked with both docker CLIs: they push
+/// with the login, and without the agent's empty `credHelpers` entry they would not.
+#[test]
+fn a_creds_store_in_config_json_does_not_hide_the_login_from_later_docker_commands() {
+    let world = World::shared();
+    let agent = hub_login(world, &world.hub_pass()).args(["run", "--image", "app", "--no-push"]);
+    let docker_dir = agent.home.path().join(".docker");
+    std::fs::create_dir_all(&docker_dir).unwrap();
+    let config_path = docker_dir.join("config.json");
+    std::fs::write(&config_path, r#"{"credsStore":"agent-test-empty","psFormat":"table"}"#).unwrap();
+    // A credential helper that holds nothing, as a fresh Docker Desktop keychain: the CLI then
+    // replaces the auths entry's user and password with empty ones.
+    let helpers = tempfile::tempdir().unwrap();
+    let helper = helpers.path().join("docker-credential-agent-test-empty");
+    std::fs::write(&helper, "#!/bin/sh\necho 'credentials not found in native keychain'\nexit 1\n").unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", helpers.path().display(), std::env::var("PATH").unwrap_or_default());
+    let outcome = agent.run();
+    outcome.expect_code(0);
+    assert!(outcome.stderr.contains("credsStore \"agent-test-empty\" would hide the login"), "{}", outcome.stderr);
+    let config: serde_json::Value = serde_json::from_str(&read(&config_path)).unwrap();
+    assert_eq!(config["credsStore"], "agent-test-empty");
+    assert_eq!(config["credHelpers"][&world.hub_registry], "");
+
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(context.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let without_entry = tempfile::tempdir().unwrap();
+    let mut hidden = config.clone();
+    hidden.as_object_mut().unwrap().remove("credHelpers");
+    std::fs::write(without_entry.path().join("config.json"), hidden.to_string()).unwrap();
+    for cli in ["/usr/bin/docker", "/usr/local/bin/docker"].into_iter().filter(|cli| Path::new(cli).exists()) {
+        let tag = format!("{}/agent-tests/creds-store:{}", world.hub_registry, std::process::id());
+        let docker = |config: &Path, args: &[&str]| {
+            Command::new(cli)
+                .args(args)
+                .env("DOCKER_CONFIG", config)
+                .env("PATH", &path)
+                .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+                .env("DOCKER_BUILDKIT", "0")
+                .output()
+                .expect("docker")
+        };
+        let built = docker(&docker_dir, &["build", "-q", "-t", &tag, &context.path().display().to_string()]);
+        assert!(built.status.success(), "{cli} build: {}", String::from_utf8_lossy(&built.stderr));
+        let pushed = docker(&docker_dir, &["push", &tag]);
+        assert!(pushed.status.success(), "{cli} push with the login: {}", String::from_utf8_lossy(&pushed.stderr));
+        let refused = docker(without_entry.path(), &["push", &tag]);
+        assert!(!refused.status.success(), "{cli} pushed without the credHelpers entry: the test shows nothing");
+        docker(&docker_dir, &["rmi", &tag]);
+    }
 }

@@ -7,6 +7,7 @@ mod build_mounts;
 mod buildspec;
 mod cli;
 mod config_errors;
+mod context_vs_cli;
 mod dry_run;
 mod faults;
 mod image;

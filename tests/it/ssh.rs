@@ -170,6 +170,67 @@ fn a_changed_host_key_is_refused_with_both_fingerprints() {
     );
 }
 
+/// A fresh public key of `kind` (ssh-keygen's `-t`, `-b`), as `type base64`.
+fn fresh_public_key(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key");
+    let made = Command::new("ssh-keygen").args(["-q", "-N", "", "-C", ""]).args(args).arg("-f").arg(&path).output();
+    assert!(made.expect("ssh-keygen").status.success());
+    read(&path.with_extension("pub")).split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// Regression: a server offering none of the key types known_hosts holds for it failed with a
+/// generic handshake error (exit 27); it is an unknown host key, with the fingerprints.
+#[test]
+fn a_server_with_none_of_the_known_key_types_is_an_unknown_host_key_with_fingerprints() {
+    let world = World::shared();
+    // The world's sshd has ed25519, RSA and ECDSA P-256 host keys, no P-384 one.
+    let line = format!("[127.0.0.1]:{} {}", world.ssh_port, fresh_public_key(&["-t", "ecdsa", "-b", "384"]));
+    let outcome = check(over_ssh(world).env("JETS_SSH_KNOWN", &line));
+    assert_fails(
+        &outcome,
+        23,
+        &[
+            "is unknown (it presented ssh-ed25519 SHA256:",
+            "known_hosts holds only other key types for it: ecdsa-sha2-nistp384 SHA256:",
+            "JETS_SSH_KNOWN line 1",
+            "ssh-keyscan",
+        ],
+    );
+}
+
+/// Regression: `@cert-authority` lines were accepted silently, and the host then "unknown". Now
+/// a warning names the line, and the error's hint says host certificates are not supported.
+#[test]
+fn a_cert_authority_line_is_warned_about_and_named_in_the_unknown_host_hint() {
+    let world = World::shared();
+    let line = format!("@cert-authority [127.0.0.1]:{} {}", world.ssh_port, fresh_public_key(&["-t", "ed25519"]));
+    let outcome = check(over_ssh(world).env("JETS_SSH_KNOWN", &line));
+    assert_fails(&outcome, 23, &["is unknown", "host certificates are not supported", "JETS_SSH_KNOWN line 1"]);
+    let warning = outcome.stderr.lines().find(|line| line.contains("WARN") && line.contains("@cert-authority"));
+    let warning = warning.unwrap_or_else(|| panic!("a warning about @cert-authority in:\n{}", outcome.stderr));
+    assert!(warning.contains("JETS_SSH_KNOWN line 1: @cert-authority lines are not supported"), "{warning}");
+}
+
+/// Regression: a known_hosts that is a symlink was replaced by a regular file, and a non-UTF-8
+/// one could not be read or was rewritten lossily. The link stays, the bytes stay, lines are added.
+#[test]
+fn a_symlinked_non_utf8_known_hosts_keeps_its_link_and_bytes() {
+    let world = World::shared();
+    let agent = over_ssh(world).args(["--no-push"]);
+    let ssh_dir = agent.home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    let target = agent.home.path().join("dotfiles-known_hosts");
+    let theirs = b"# h\xf4te de build (Latin-1)\nold.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeewfGQida1Is0o6P7eidCdWOm9M3C0W042few7eesN\n";
+    std::fs::write(&target, theirs).unwrap();
+    std::os::unix::fs::symlink(&target, ssh_dir.join("known_hosts")).unwrap();
+    agent.run().expect_code(0);
+    assert!(std::fs::symlink_metadata(ssh_dir.join("known_hosts")).unwrap().file_type().is_symlink());
+    let now = std::fs::read(&target).unwrap();
+    assert!(now.starts_with(theirs), "the user's bytes come first, unchanged");
+    assert!(now.len() > theirs.len(), "the host's lines were added");
+}
+
 #[test]
 fn a_revoked_host_key_is_refused() {
     let world = World::shared();
@@ -255,19 +316,32 @@ fn files_are_private_added_once_and_never_clobber_a_key() {
         read(&world.known_hosts_hashed).lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count();
     assert_eq!(known.lines().count(), expected, "each line once after two runs:\n{known}");
     assert_eq!(std::fs::read_dir(&ssh_dir).unwrap().count(), 2, "no temporary files left");
+}
 
-    // A different key already there is left byte-for-byte intact.
+/// Regression: a different key in `~/.ssh/id_rsa` aborted the run (exit 4) though JETS_SSH_KEY was
+/// in memory. The file stays byte-for-byte, the run logs in with the key from memory, and one
+/// warning says where later commands will not find it.
+#[test]
+fn a_different_key_in_id_rsa_is_kept_and_the_run_uses_the_key_from_memory() {
+    let world = World::shared();
+    let agent = over_ssh(world).args(["--no-push"]);
+    let ssh_dir = agent.home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    // The test world's RSA key is not the one in JETS_SSH_KEY (ed25519).
     let theirs = read(&world.key_rsa_pem);
     std::fs::write(ssh_dir.join("id_rsa"), &theirs).unwrap();
     let outcome = agent.run();
-    outcome.expect_code(4);
+    outcome.expect_code(0);
+    let path = ssh_dir.join("id_rsa").display().to_string();
+    let warnings: Vec<&str> =
+        outcome.stderr.lines().filter(|line| line.contains("WARN") && line.contains("different key")).collect();
+    assert_eq!(warnings.len(), 1, "one warning: {}", outcome.stderr);
     assert!(
-        outcome.stderr.contains(&format!("{} already holds a different key", ssh_dir.join("id_rsa").display())),
-        "{}",
-        outcome.stderr
+        warnings[0].contains(&format!("{path} already holds a different key and was left untouched")),
+        "{warnings:?}"
     );
-    assert!(outcome.stderr.contains("--ssh-key-file"), "{}", outcome.stderr);
-    assert_eq!(read(&ssh_dir.join("id_rsa")), theirs);
+    assert!(warnings[0].contains("--ssh-key-file"), "{warnings:?}");
+    assert_eq!(read(&ssh_dir.join("id_rsa")), theirs, "the user's key is untouched");
 }
 
 #[test]
@@ -342,6 +416,64 @@ fn tls_without_its_certificates_says_which_file_is_missing() {
             .args(["run", "--image", "app"]),
     );
     assert_fails(&outcome, 4, &["ca.pem", "DOCKER_CERT_PATH"]);
+}
+
+/// A DOCKER_CERT_PATH with the world's files except those named in `own`, which are a
+/// self-signed certificate (and its key) that nobody trusts, made with the openssl CLI.
+fn cert_dir_with_untrusted(world: &World, own: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ca.pem", "cert.pem", "key.pem"] {
+        std::fs::copy(world.docker_cert_path.join(name), dir.path().join(name)).unwrap();
+    }
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=untrusted"])
+        .arg("-keyout")
+        .arg(dir.path().join("untrusted-key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("untrusted.pem"))
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    for name in own {
+        let source = if *name == "key.pem" { "untrusted-key.pem" } else { "untrusted.pem" };
+        std::fs::copy(dir.path().join(source), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+fn over_tls(address: &str, cert_dir: &Path) -> Outcome {
+    check(
+        Agent::new()
+            .env("DOCKER_HOST", format!("tcp://{address}"))
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", cert_dir.display().to_string())
+            .args(["run", "--image", "app"]),
+    )
+}
+
+/// Regression: a TLS failure on `tcp://` exited 27 ("ssh"). Each way TLS fails has the TLS class.
+#[test]
+fn a_tls_failure_on_tcp_exits_with_the_tls_class_not_ssh() {
+    let world = World::shared();
+    // The daemon does not trust our client certificate.
+    let outcome = over_tls(&world.docker_tls, cert_dir_with_untrusted(world, &["cert.pem", "key.pem"]).path());
+    assert_fails(&outcome, 28, &["the TLS handshake failed", "DOCKER_CERT_PATH"]);
+    // Our ca.pem did not sign the daemon's certificate.
+    let outcome = over_tls(&world.docker_tls, cert_dir_with_untrusted(world, &["ca.pem"]).path());
+    assert_fails(&outcome, 28, &["the TLS handshake failed", "invalid peer certificate"]);
+    // TLS to a port that speaks plain HTTP.
+    let outcome = over_tls(&world.docker_tcp, &world.docker_cert_path);
+    assert_fails(&outcome, 28, &["the TLS handshake failed", "corrupt message", "2376"]);
+}
+
+/// Regression: a plain TCP failure exited 27 ("ssh"); it has its own class, and a plain
+/// connection to a TLS port says to turn TLS on.
+#[test]
+fn plain_tcp_to_a_tls_port_exits_with_the_tcp_class_and_says_to_use_tls() {
+    let world = World::shared();
+    let outcome =
+        check(Agent::new().env("DOCKER_HOST", format!("tcp://{}", world.docker_tls)).args(["run", "--image", "app"]));
+    assert_fails(&outcome, 29, &["failed to connect to tcp://", "DOCKER_TLS_VERIFY=1"]);
 }
 
 #[test]

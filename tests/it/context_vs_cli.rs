@@ -1,0 +1,166 @@
+//! The build context against the docker CLI's: for a corpus of `.dockerignore` files and
+//! Dockerfile places, the files a `COPY . /ctx/` image holds when the real docker CLI builds it
+//! (`/usr/bin/docker`, classic builder) and when the agent does (`--builder classic`) must be
+//! the same. The CLI is the reference, not our own expectations.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use crate::agent::Agent;
+
+const SOCKET: &str = "unix:///var/run/docker.sock";
+
+/// The tree every case starts from.
+const TREE: &[&str] = &[
+    "a.txt",
+    "keep.txt",
+    "top.txt",
+    "README.md",
+    "notes.md",
+    "x.tmp",
+    "app.log",
+    "sub/top.txt",
+    "sub/b.txt",
+    "sub/c.md",
+    "sub/README.md",
+    "sub/deep/d.log",
+    "important/y/x.log",
+    "important/z.log",
+    "build/out.bin",
+    "build/keep.txt",
+    "docs/keep.md",
+    "docs/other.md",
+    "dir/keep.txt",
+    "dir/other.txt",
+    "docker/compose.yml",
+];
+
+/// One case: the `.dockerignore` (None: no file) and where the Dockerfile is, relative to the
+/// context (`../` for outside it).
+struct Case {
+    name: &'static str,
+    ignore: Option<&'static str>,
+    dockerfile: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case { name: "no-ignore", ignore: None, dockerfile: "Dockerfile" },
+    Case { name: "reinclude", ignore: Some("*.txt\n!keep.txt\n"), dockerfile: "Dockerfile" },
+    Case { name: "double-star", ignore: Some("**/*.log\n!important/**/x.log\n"), dockerfile: "Dockerfile" },
+    Case { name: "trailing-slash", ignore: Some("build/\nsub/deep/\n"), dockerfile: "Dockerfile" },
+    Case { name: "leading-slash", ignore: Some("/top.txt\n/sub/b.txt\n"), dockerfile: "Dockerfile" },
+    Case { name: "md-but-readme", ignore: Some("*.md\n!README.md\n"), dockerfile: "Dockerfile" },
+    Case {
+        name: "dir-with-a-file-back",
+        ignore: Some("docs\n!docs/keep.md\nbuild/\n!build/keep.txt\n"),
+        dockerfile: "Dockerfile",
+    },
+    Case { name: "star-star-exception-outside-dir", ignore: Some("dir\n!**/keep.txt\n"), dockerfile: "Dockerfile" },
+    Case {
+        name: "ignores-itself-and-dockerfile",
+        ignore: Some("Dockerfile\n.dockerignore\n*.tmp\n"),
+        dockerfile: "Dockerfile",
+    },
+    Case { name: "everything-but", ignore: Some("*\n!sub\nsub/*.md\n"), dockerfile: "Dockerfile" },
+    Case { name: "dockerfile-in-ignored-dir", ignore: Some("docker/\n"), dockerfile: "docker/Dockerfile" },
+    Case { name: "dockerfile-outside", ignore: Some("*.tmp\n"), dockerfile: "../Dockerfile" },
+    Case { name: "dockerfile-outside-no-ignore", ignore: None, dockerfile: "../Dockerfile" },
+];
+
+/// Lays out a case: `<dir>/ctx/` with the tree, and the Dockerfile where the case puts it.
+fn lay_out(dir: &Path, case: &Case, nonce: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let context = dir.join("ctx");
+    for name in TREE {
+        let path = context.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, name).unwrap();
+    }
+    std::fs::create_dir_all(context.join("empty")).unwrap();
+    if let Some(ignore) = case.ignore {
+        std::fs::write(context.join(".dockerignore"), ignore).unwrap();
+    }
+    let dockerfile = context.join(case.dockerfile);
+    std::fs::create_dir_all(dockerfile.parent().unwrap()).unwrap();
+    // The nonce keeps one test run's images from another's cache.
+    std::fs::write(&dockerfile, format!("FROM scratch\nLABEL nonce={nonce}\nCOPY . /ctx/\n")).unwrap();
+    (context, dockerfile)
+}
+
+/// The paths under /ctx/ of an image, directories with a trailing `/`.
+fn files_of(image: &str) -> BTreeSet<String> {
+    let docker = |args: &[&str]| {
+        let output = Command::new("docker").env("DOCKER_HOST", SOCKET).args(args).output().expect("docker");
+        assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let container = docker(&["create", image, "/none"]).trim().to_string();
+    let export = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker export {container} | tar -t"))
+        .env("DOCKER_HOST", SOCKET)
+        .output()
+        .expect("docker export");
+    docker(&["rm", &container]);
+    docker(&["rmi", image]);
+    String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.strip_prefix("ctx/"))
+        .filter(|line| !line.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The docker CLIs to compare with: Debian's 20.10 (the one the seed's buildspec runs) and the
+/// current one on PATH (28.x), both with the classic builder.
+const CLIS: &[&str] = &["/usr/bin/docker", "/usr/local/bin/docker"];
+
+/// What a docker CLI's `COPY . /ctx/` image holds for the case.
+fn built_by_the_cli(cli: &str, case: &Case, context: &Path, dockerfile: &Path, nonce: &str) -> BTreeSet<String> {
+    let image = format!("agent-it/context-cli-{}:{nonce}", case.name);
+    let home = tempfile::tempdir().unwrap();
+    let built = Command::new(cli)
+        .env("DOCKER_HOST", SOCKET)
+        .env("DOCKER_BUILDKIT", "0")
+        .env("HOME", home.path())
+        .args(["build", "-q", "-t", &image, "-f"])
+        .arg(dockerfile)
+        .arg(context)
+        .output()
+        .expect("docker build");
+    assert!(built.status.success(), "{}: {cli} build: {}", case.name, String::from_utf8_lossy(&built.stderr));
+    files_of(&image)
+}
+
+#[test]
+fn the_context_matches_what_the_docker_cli_sends_for_a_corpus_of_ignore_files() {
+    let nonce = format!("{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
+    let clis: Vec<&str> = CLIS.iter().copied().filter(|cli| Path::new(cli).exists()).collect();
+    assert!(!clis.is_empty(), "no docker CLI in {CLIS:?}");
+    let mut differences = Vec::new();
+    for case in CASES {
+        let dir = tempfile::tempdir().unwrap();
+        let (context, dockerfile) = lay_out(dir.path(), case, &nonce);
+        let repository = format!("agent-it/context-agent-{}", case.name);
+        Agent::new()
+            .env("DOCKER_HOST", SOCKET)
+            .args(["run", "--image", &repository, "--tag", &nonce, "--no-push", "--builder", "classic"])
+            .args(["--context", context.to_str().unwrap(), "--file", dockerfile.to_str().unwrap()])
+            .run()
+            .expect_code(0);
+        let sent = files_of(&format!("{repository}:{nonce}"));
+        for cli in &clis {
+            let expected = built_by_the_cli(cli, case, &context, &dockerfile, &nonce);
+            if sent != expected {
+                differences.push(format!(
+                    "{} ({cli}): only the docker CLI's image has {:?}; only the agent's has {:?}",
+                    case.name,
+                    expected.difference(&sent).collect::<Vec<_>>(),
+                    sent.difference(&expected).collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
