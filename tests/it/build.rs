@@ -153,7 +153,7 @@ fn private_base_image(builder: &str) {
     std::fs::write(app.join("Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").unwrap();
     agent.args(["run", "--context", app.to_str().unwrap(), "--image", &base, "--tag", "1"]).run().expect_code(0);
     let _ = Command::new("docker")
-        .args(["rmi", &format!("{base}:1"), &format!("{base}:latest")])
+        .args(["rmi", "--no-prune", &format!("{base}:1"), &format!("{base}:latest")])
         .env("DOCKER_HOST", "unix:///var/run/docker.sock")
         .output();
 
@@ -268,7 +268,10 @@ fn dockerignore_keeps_files_out_of_the_image() {
         .env("DOCKER_HOST", "unix:///var/run/docker.sock")
         .output()
         .expect("docker run");
-    let _ = Command::new("docker").args(["rmi", "-f", &tag]).env("DOCKER_HOST", "unix:///var/run/docker.sock").output();
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", "--no-prune", &tag])
+        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+        .output();
     let files = String::from_utf8_lossy(&listing.stdout).into_owned();
     assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
     for kept in ["/ctx/Dockerfile", "/ctx/.dockerignore", "/ctx/KEEP.md", "/ctx/src/main.sh", "/ctx/deps.txt"] {

@@ -102,7 +102,7 @@ fn files_of(image: &str) -> BTreeSet<String> {
         .output()
         .expect("docker export");
     docker(&["rm", &container]);
-    docker(&["rmi", image]);
+    docker(&["rmi", "--no-prune", image]);
     String::from_utf8(export.stdout)
         .unwrap()
         .lines()

@@ -27,7 +27,7 @@ fn unique(name: &str) -> String {
 /// Removes a test's image from the host (its layers are this test's alone).
 fn remove_image(repository: &str) {
     let _ = std::process::Command::new("docker")
-        .args(["rmi", "-f", &format!("{repository}:latest")])
+        .args(["rmi", "-f", "--no-prune", &format!("{repository}:latest")])
         .env("DOCKER_HOST", "unix:///var/run/docker.sock")
         .output();
 }
