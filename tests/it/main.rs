@@ -11,6 +11,7 @@ mod faults;
 mod image;
 mod logins;
 mod parsers;
+mod platform;
 mod redaction;
 mod ssh;
 mod world;
