@@ -228,12 +228,20 @@ impl IndexPusher {
         })
     }
 
+    /// Fetches the token for `operation` (bearer flow) once for the repository, so that the
+    /// requests that follow share it instead of each asking the token server.
+    pub async fn authorize(&self, tag: &str, operation: oci_client::RegistryOperation) -> Result<(), Error> {
+        self.client
+            .auth(&self.reference_by_tag(tag), &self.auth, operation)
+            .await
+            .map(drop)
+            .map_err(|error| self.error(tag, format!("logging in to {}", self.repository.registry()), error))
+    }
+
     /// Pushes the index of `entries` under `tag`; returns its digest.
     pub async fn push(&self, tag: &str, index: &IndexBody) -> Result<String, Error> {
         let content_type = http::HeaderValue::from_static(index.media_type);
-        self.client
-            .store_auth_if_needed(self.reference_by_tag(tag).resolve_registry(), &self.auth)
-            .await;
+        self.client.store_auth_if_needed(self.reference_by_tag(tag).resolve_registry(), &self.auth).await;
         self.client
             .push_manifest_raw(&self.reference_by_tag(tag), index.bytes.clone(), content_type)
             .await
@@ -284,9 +292,11 @@ pub async fn push_index(
 ) -> Result<PushedIndex, Error> {
     let first_tag = tags.first().map(String::as_str).unwrap_or(crate::image_ref::LATEST);
     let pusher = IndexPusher::new(repository, credential, timeout);
+    pusher.authorize(first_tag, oci_client::RegistryOperation::Pull).await?;
     let entries =
         futures_util::future::try_join_all(images.iter().map(|image| pusher.describe(image, first_tag))).await?;
     let index = IndexBody::new(entries);
+    pusher.authorize(first_tag, oci_client::RegistryOperation::Push).await?;
     futures_util::future::try_join_all(tags.iter().map(|tag| pusher.push(tag, &index))).await?;
     Ok(PushedIndex { digest: index.digest, media_type: index.media_type, tags: tags.to_vec() })
 }

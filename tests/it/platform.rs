@@ -50,7 +50,10 @@ impl World {
     }
 
     fn login(&self, api: Api, agent: Agent) -> Agent {
-        agent.env("DOCKER_REGISTRY", self.registry(api)).env("DOCKER_USER", &self.hub_user).env("DOCKER_PASS", self.hub_pass())
+        agent
+            .env("DOCKER_REGISTRY", self.registry(api))
+            .env("DOCKER_USER", &self.hub_user)
+            .env("DOCKER_PASS", self.hub_pass())
     }
 
     /// `GET http://REGISTRY/v2/NAME/WHAT` with the login (given to curl on stdin, never on its
@@ -80,7 +83,9 @@ impl World {
         assert_eq!(status, 200, "GET manifest {name}:{reference}: {}", String::from_utf8_lossy(&body));
         let digest = headers
             .lines()
-            .find_map(|line| line.to_ascii_lowercase().strip_prefix("docker-content-digest:").map(|d| d.trim().to_string()))
+            .find_map(|line| {
+                line.to_ascii_lowercase().strip_prefix("docker-content-digest:").map(|d| d.trim().to_string())
+            })
             .expect("Docker-Content-Digest");
         (serde_json::from_slice(&body).expect("a JSON manifest"), digest)
     }
@@ -210,7 +215,7 @@ fn login_of(world: &World, api: Api, password: &str) -> Credential {
 /// Two platforms built on two hosts, their index pushed under two tags; checked through the
 /// registry API: the index lists both manifests by digest, with their platforms, media types and
 /// sizes, and each config's architecture is the one listed.
-fn an_index_of_two_hosts_images(api: Api) -> String {
+fn an_index_of_two_hosts_images(api: Api) -> (String, Vec<PlatformImage>) {
     let world = World::shared();
     let (name, images) = two_platform_images(world, api, "index");
     let repository = Repository::parse(&format!("{}/{name}", world.registry(api))).unwrap();
@@ -235,12 +240,13 @@ fn an_index_of_two_hosts_images(api: Api) -> String {
             let config = world.image_config(api, &name, &image.digest);
             assert_eq!(config["architecture"], image.platform.architecture.as_str(), "{tag}: {config}");
             // the size is the manifest's, byte for byte
-            let (status, _, body) = world.registry_get(api, &name, &format!("manifests/{}", image.digest), DOCKER_MANIFEST);
+            let (status, _, body) =
+                world.registry_get(api, &name, &format!("manifests/{}", image.digest), DOCKER_MANIFEST);
             assert_eq!(status, 200);
             assert_eq!(entry["size"].as_u64(), Some(body.len() as u64), "{index}");
         }
     }
-    name
+    (name, images)
 }
 
 #[test]
@@ -252,13 +258,29 @@ fn an_image_index_of_two_hosts_images_lists_both_platforms_under_every_tag() {
 /// push token from the token server with the login (the server logs the agent's user agent).
 #[test]
 fn an_image_index_is_pushed_through_the_bearer_token_flow() {
-    let name = an_index_of_two_hosts_images(Api::TokenHub);
-    let log = read(Path::new(&World::shared().arm64("TW_TOKENAUTH_LOG")));
+    let world = World::shared();
+    let (name, images) = an_index_of_two_hosts_images(Api::TokenHub);
+    let log = read(Path::new(&world.arm64("TW_TOKENAUTH_LOG")));
     let scope = format!("repository:{name}:pull,push");
     assert!(
         log.lines().any(|line| line.contains("200 user='hubuser'") && line.contains(&scope) && line.contains("agent/")),
         "no push token for the agent in the token server's log"
     );
+
+    // a login the token server refuses: a push error that says so, naming tag and registry
+    let repository = Repository::parse(&format!("{}/{name}", world.registry(Api::TokenHub))).unwrap();
+    let wrong = login_of(world, Api::TokenHub, "not-the-hub-password");
+    let error = runtime()
+        .block_on(push_index(&repository, Some(&wrong), &["t2".to_string()], &images, Duration::from_secs(20)))
+        .expect_err("a wrong password");
+    assert_eq!(error.exit_code(), 60);
+    let message = error.to_string();
+    assert!(message.contains("unauthorized: the token server refused the credentials"), "{message}");
+    assert!(
+        message.contains(&format!("{repository}:t2")) && message.contains(&world.registry(Api::TokenHub)),
+        "{message}"
+    );
+    assert!(!message.contains("not-the-hub-password"), "{message}");
 }
 
 /// An index listing an image under a platform it is not of is refused before anything is pushed,
