@@ -169,7 +169,10 @@ impl Daemon {
                             action: "read the TLS file",
                             path: file(name),
                             source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                            hint: Some("DOCKER_TLS_VERIFY is set: put ca.pem, cert.pem and key.pem in DOCKER_CERT_PATH".to_string()),
+                            hint: Some(
+                                "DOCKER_TLS_VERIFY is set: put ca.pem, cert.pem and key.pem in DOCKER_CERT_PATH"
+                                    .to_string(),
+                            ),
                         });
                     }
                 }

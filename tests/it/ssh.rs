@@ -522,9 +522,10 @@ fn a_swallowed_ssh_failure_does_not_colour_a_later_unrelated_error() {
             socket: "/var/run/no-such-docker.sock".to_string(),
         };
         let timeouts = Timeouts { connect: Duration::from_secs(10), keepalive: Duration::from_secs(10) };
-        let session = SshSession::connect(target, &[("ed25519".to_string(), Arc::new(key.key))], Arc::new(known), timeouts)
-            .await
-            .unwrap();
+        let session =
+            SshSession::connect(target, &[("ed25519".to_string(), Arc::new(key.key))], Arc::new(known), timeouts)
+                .await
+                .unwrap();
         let daemon = Daemon::over_ssh(Arc::new(session), world.ssh_url(), Duration::from_secs(10)).unwrap();
 
         // A cold pull's inspect fails on the channel, and the caller lets it go.
@@ -533,11 +534,17 @@ fn a_swallowed_ssh_failure_does_not_colour_a_later_unrelated_error() {
         let unrelated =
             bollard::errors::Error::DockerResponseServerError { status_code: 500, message: "unrelated".to_string() };
         let explained = daemon.explain(unrelated);
-        assert!(matches!(&explained, Error::Daemon { detail, .. } if detail.contains("answered 500: unrelated")), "{explained:?}");
+        assert!(
+            matches!(&explained, Error::Daemon { detail, .. } if detail.contains("answered 500: unrelated")),
+            "{explained:?}"
+        );
         // The channel failure itself is still explained as what it is, from the error it came with.
         let carried = daemon.docker.inspect_image("agent-it/carried:never").await.unwrap_err();
         let explained = daemon.explain(carried);
-        assert!(matches!(&explained, Error::RemoteSocket { socket, .. } if socket == "/var/run/no-such-docker.sock"), "{explained:?}");
+        assert!(
+            matches!(&explained, Error::RemoteSocket { socket, .. } if socket == "/var/run/no-such-docker.sock"),
+            "{explained:?}"
+        );
         daemon.close().await;
     });
 }
