@@ -268,10 +268,7 @@ fn dockerignore_keeps_files_out_of_the_image() {
         .env("DOCKER_HOST", "unix:///var/run/docker.sock")
         .output()
         .expect("docker run");
-    let _ = Command::new("docker")
-        .args(["rmi", "-f", "--no-prune", &tag])
-        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
-        .output();
+    crate::world::remove_images_after_the_run(&[&tag]);
     let files = String::from_utf8_lossy(&listing.stdout).into_owned();
     assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
     for kept in ["/ctx/Dockerfile", "/ctx/.dockerignore", "/ctx/KEEP.md", "/ctx/src/main.sh", "/ctx/deps.txt"] {

@@ -73,7 +73,7 @@ fn assert_nowhere(outcome: &Outcome, image: &str, values: &[&str]) {
 }
 
 fn remove_image(image: &str) {
-    let _ = Command::new("docker").args(["rmi", "-f", "--no-prune", image]).output();
+    crate::world::remove_images_after_the_run(&[image]);
 }
 
 #[test]

@@ -102,7 +102,7 @@ fn files_of(image: &str) -> BTreeSet<String> {
         .output()
         .expect("docker export");
     docker(&["rm", &container]);
-    docker(&["rmi", "--no-prune", image]);
+    crate::world::remove_images_after_the_run(&[image]);
     String::from_utf8(export.stdout)
         .unwrap()
         .lines()

@@ -209,7 +209,7 @@ fn ecr_logs_in_with_the_token_and_the_docker_cli_can_push_with_the_config() {
     };
     docker(&["build", "-q", "-t", &tag, &context.path().display().to_string()]);
     docker(&["push", &tag]);
-    docker(&["rmi", "--no-prune", &tag]);
+    crate::world::remove_images_after_the_run(&[&tag]);
 }
 
 /// Regression: a `credsStore` in config.json made later `docker` commands ignore the `auths`
@@ -261,6 +261,6 @@ fn a_creds_store_in_config_json_does_not_hide_the_login_from_later_docker_comman
         assert!(pushed.status.success(), "{cli} push with the login: {}", String::from_utf8_lossy(&pushed.stderr));
         let refused = docker(without_entry.path(), &["push", &tag]);
         assert!(!refused.status.success(), "{cli} pushed without the credHelpers entry: the test shows nothing");
-        docker(&docker_dir, &["rmi", "--no-prune", &tag]);
+        crate::world::remove_images_after_the_run(&[&tag]);
     }
 }

@@ -54,11 +54,7 @@ fn build_talking_run(world: &World, builder: &str, progress: Option<&str>, exit:
         args.extend(["--progress", progress]);
     }
     let outcome = agent.args(args).run();
-    // --no-prune: the untagged parents of a classic build are other tests' cache, maybe in use.
-    let _ = Command::new("docker")
-        .args(["rmi", "-f", "--no-prune", &format!("agent-it/progress:{token}")])
-        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
-        .output();
+    crate::world::remove_images_after_the_run(&[&format!("agent-it/progress:{token}")]);
     (outcome, token)
 }
 
@@ -197,10 +193,7 @@ fn the_metadata_file_holds_the_registrys_digest_the_image_id_and_each_step() {
             assert_eq!(again["agent.context"]["sent_bytes"], 0, "{again}");
             assert_eq!(again["containerimage.digest"], json["containerimage.digest"], "{again}");
         }
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", "--no-prune", &format!("{image}:v1"), &format!("{image}:latest")])
-            .env("DOCKER_HOST", "unix:///var/run/docker.sock")
-            .output();
+        crate::world::remove_images_after_the_run(&[&format!("{image}:v1"), &format!("{image}:latest")]);
     }
 }
 

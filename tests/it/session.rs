@@ -24,12 +24,9 @@ fn unique(name: &str) -> String {
     format!("it/session-{name}-{}-{nanos}", std::process::id())
 }
 
-/// Removes a test's image from the host (its layers are this test's alone).
+/// Removes a test's image from the host once the run is over.
 fn remove_image(repository: &str) {
-    let _ = std::process::Command::new("docker")
-        .args(["rmi", "-f", "--no-prune", &format!("{repository}:latest")])
-        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
-        .output();
+    crate::world::remove_images_after_the_run(&[&format!("{repository}:latest")]);
 }
 
 /// `(files sent, files walked)` from the session's counter line, `context: sent 1 of 52 files, …`.

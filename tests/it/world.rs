@@ -314,3 +314,17 @@ impl World {
             .unwrap_or_default()
     }
 }
+
+/// Removes images after the whole run instead of now: appends them to `removed-images` in the
+/// world's state, which `scripts/test` removes when every test is done. Removing an image while a
+/// classic build runs beside it breaks that build: Docker 20.10's classic builder looks for a cached
+/// step among every image with the same parent (every `FROM scratch` image here), and one that
+/// vanishes between the listing and the lookup fails it with `unable to find image sha256:…`.
+pub fn remove_images_after_the_run(images: &[&str]) {
+    use std::io::Write as _;
+    let path = World::shared().state_dir.join("removed-images");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("removed-images");
+    // One write per call: appends of whole lines from several test processes do not interleave.
+    let lines: String = images.iter().map(|image| format!("{image}\n")).collect();
+    file.write_all(lines.as_bytes()).expect("removed-images");
+}
