@@ -16,6 +16,7 @@
 //! - [`aws`]: SSM parameters and ECR tokens;
 //! - [`registry`]: registry credentials and the docker CLI's config.json;
 //! - [`image_definitions`]: CodePipeline's imagedefinitions.json;
+//! - [`image_index`]: multi-platform images: the image index pushed to the registry;
 //! - [`account`]: the user the agent runs as;
 //! - [`error`]: the one error type and its documented exit codes;
 //! - [`run`]: the top level that ties them together.
@@ -30,6 +31,7 @@ pub mod docker_host;
 pub mod error;
 pub mod image;
 pub mod image_definitions;
+pub mod image_index;
 pub mod image_ref;
 pub mod output;
 pub mod plan;

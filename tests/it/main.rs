@@ -13,6 +13,7 @@ mod faults;
 mod image;
 mod logins;
 mod parsers;
+mod platform;
 mod progress;
 mod redaction;
 mod session;

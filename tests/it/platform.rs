@@ -1,0 +1,322 @@
+//! Issue 15, the building blocks of multi-platform builds: the world's arm64 host (a daemon of its
+//! own behind an sshd of its own, arm64 steps under QEMU) and the image index pushed to the Docker
+//! Hub stand-in, checked through the registry API.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agent::image_index::{Platform, PlatformImage, push_index};
+use agent::image_ref::Repository;
+use agent::registry::Credential;
+use agent::secrets::Secret;
+
+use crate::agent::{Agent, Outcome};
+use crate::world::{NOT_UP, World};
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Where the registry API is asked: the htpasswd hub (basic auth), or the token-auth "tokenhub"
+/// (a bearer token from its token server first, with the same login).
+#[derive(Clone, Copy)]
+enum Api {
+    Hub,
+    TokenHub,
+}
+
+impl World {
+    fn arm64(&self, key: &str) -> String {
+        self.var(key)
+            .unwrap_or_else(|| panic!("{key} missing from the env file: {NOT_UP} (the arm64 host is new)"))
+            .to_string()
+    }
+
+    /// A run against the arm64 host over its own sshd, with its own key and known_hosts.
+    fn on_arm64_host(&self) -> Agent {
+        Agent::new()
+            .env("DOCKER_HOST", self.arm64("TW_ARM64_DOCKER_HOST"))
+            .env("JETS_SSH_KEY", read(Path::new(&self.arm64("TW_ARM64_KEY"))))
+            .env("JETS_SSH_KNOWN", read(Path::new(&self.arm64("TW_ARM64_KNOWN_HOSTS"))))
+    }
+
+    fn registry(&self, api: Api) -> String {
+        match api {
+            Api::Hub => self.hub_registry.clone(),
+            Api::TokenHub => self.arm64("TW_TOKENHUB_REGISTRY"),
+        }
+    }
+
+    fn login(&self, api: Api, agent: Agent) -> Agent {
+        agent
+            .env("DOCKER_REGISTRY", self.registry(api))
+            .env("DOCKER_USER", &self.hub_user)
+            .env("DOCKER_PASS", self.hub_pass())
+    }
+
+    /// `GET http://REGISTRY/v2/NAME/WHAT` with the login (given to curl on stdin, never on its
+    /// command line) and an Accept header: the status, the response headers and the body.
+    fn registry_get(&self, api: Api, name: &str, what: &str, accept: &str) -> (u16, String, Vec<u8>) {
+        let credentials = format!("{}:{}", self.hub_user, self.hub_pass()).replace('\\', "\\\\").replace('"', "\\\"");
+        let basic = format!("user = \"{credentials}\"\n");
+        let authorization = match api {
+            Api::Hub => basic,
+            Api::TokenHub => {
+                let url = format!(
+                    "{}?service=agent-testworld-tokenhub&scope=repository:{name}:pull",
+                    self.arm64("TW_TOKENAUTH_URL")
+                );
+                let (status, _, body) = curl(&url, &basic, "application/json");
+                assert_eq!(status, 200, "the token server: {}", String::from_utf8_lossy(&body));
+                let body: serde_json::Value = serde_json::from_slice(&body).expect("a token");
+                format!("header = \"Authorization: Bearer {}\"\n", body["token"].as_str().expect("token"))
+            }
+        };
+        curl(&format!("http://{}/v2/{name}/{what}", self.registry(api)), &authorization, accept)
+    }
+
+    /// The manifest (as JSON) of `name` at `reference`, with its digest.
+    fn manifest(&self, api: Api, name: &str, reference: &str, accept: &str) -> (serde_json::Value, String) {
+        let (status, headers, body) = self.registry_get(api, name, &format!("manifests/{reference}"), accept);
+        assert_eq!(status, 200, "GET manifest {name}:{reference}: {}", String::from_utf8_lossy(&body));
+        let digest = headers
+            .lines()
+            .find_map(|line| {
+                line.to_ascii_lowercase().strip_prefix("docker-content-digest:").map(|d| d.trim().to_string())
+            })
+            .expect("Docker-Content-Digest");
+        (serde_json::from_slice(&body).expect("a JSON manifest"), digest)
+    }
+
+    /// The config (as JSON) of the image manifest `name@digest`.
+    fn image_config(&self, api: Api, name: &str, digest: &str) -> serde_json::Value {
+        let (manifest, _) = self.manifest(api, name, digest, &format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}"));
+        let config = manifest["config"]["digest"].as_str().expect("config digest");
+        let (status, _, body) = self.registry_get(api, name, &format!("blobs/{config}"), "*/*");
+        assert_eq!(status, 200);
+        serde_json::from_slice(&body).expect("a JSON config")
+    }
+}
+
+/// curl with its credentials or Authorization header from a config on stdin.
+fn curl(url: &str, config: &str, accept: &str) -> (u16, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("headers");
+    let mut child = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-K", "-", "-o", "-", "-w", "%{stderr}%{http_code}", "-D"])
+        .arg(&headers)
+        .args(["-H", &format!("Accept: {accept}")])
+        .arg(url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    child.stdin.take().unwrap().write_all(config.as_bytes()).unwrap();
+    let output = child.wait_with_output().expect("curl output");
+    let status = String::from_utf8_lossy(&output.stderr).trim().parse().unwrap_or(0);
+    (status, std::fs::read_to_string(&headers).unwrap_or_default(), output.stdout)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("it/{name}-{}-{nanos}", std::process::id())
+}
+
+/// A context with both busyboxes, whose Dockerfile picks the platform's (`ARG TARGETARCH`) and
+/// records `uname -m` of a RUN step, failing unless it is `expected_machine`.
+fn multi_arch_app(dir: &Path, world: &World, expected_machine: &str) -> PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::copy("/bin/busybox", app.join("busybox-amd64")).expect("busybox (from busybox-static)");
+    std::fs::copy(world.arm64("TW_BUSYBOX_ARM64"), app.join("busybox-arm64")).expect("the arm64 busybox");
+    std::fs::write(
+        app.join("Dockerfile"),
+        format!(
+            "FROM scratch\nARG TARGETARCH\nCOPY busybox-${{TARGETARCH}} /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox --install -s /bin && uname -m >/machine && \
+             echo machine=$(uname -m) && test $(uname -m) = {expected_machine}\"]\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+fn build_and_push(agent: Agent, app: &Path, image: &str, tag: &str, platform: &str) -> Outcome {
+    let outcome = agent
+        .args(["run", "--context", app.to_str().unwrap(), "--image", image, "--tag", tag, "--platform", platform])
+        .run();
+    outcome.expect_code(0);
+    outcome
+}
+
+/// The arm64 host: `--platform linux/arm64` over its own sshd builds a FROM scratch image whose
+/// RUN step runs the arm64 busybox (under QEMU) and sees `aarch64`, and whose config says arm64.
+#[test]
+fn the_arm64_host_over_ssh_builds_an_arm64_image_whose_run_steps_see_aarch64() {
+    let world = World::shared();
+    let name = unique("arm64-host");
+    let image = format!("{}/{name}", world.hub_registry);
+    let agent = world.login(Api::Hub, world.on_arm64_host());
+    let app = multi_arch_app(agent.work.path(), world, "aarch64");
+    build_and_push(agent, &app, &image, "t-arm64", "linux/arm64");
+
+    // the image on the arm64 host's own daemon
+    let inspect = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--unix-socket", &world.arm64("TW_ARM64_DOCKER_SOCK")])
+        .arg(format!("http://localhost/images/{image}:t-arm64/json"))
+        .output()
+        .expect("curl");
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("image inspect JSON");
+    assert_eq!(inspect["Architecture"], "arm64", "{inspect}");
+    assert_eq!(inspect["Os"], "linux");
+
+    // and in the registry
+    let (manifest, digest) = world.manifest(Api::Hub, &name, "t-arm64", &format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}"));
+    assert!(manifest["config"].is_object(), "{manifest}");
+    assert_eq!(world.image_config(Api::Hub, &name, &digest)["architecture"], "arm64");
+}
+
+/// Pushes the two single-platform images of one repository: amd64 on the world's daemon, arm64 on
+/// the arm64 host; returns the repository's path in the registry and the digests the registry has.
+fn two_platform_images(world: &World, api: Api, what: &str) -> (String, Vec<PlatformImage>) {
+    let name = unique(what);
+    let image = format!("{}/{name}", world.registry(api));
+    let amd64 = world.login(api, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+    let app = multi_arch_app(amd64.work.path(), world, "x86_64");
+    build_and_push(amd64, &app, &image, "t-amd64", "linux/amd64");
+    let arm64 = world.login(api, world.on_arm64_host());
+    let app = multi_arch_app(arm64.work.path(), world, "aarch64");
+    build_and_push(arm64, &app, &image, "t-arm64", "linux/arm64");
+    let images = [("linux/amd64", "t-amd64"), ("linux/arm64", "t-arm64")]
+        .into_iter()
+        .map(|(platform, tag)| PlatformImage {
+            platform: Platform::parse(platform).unwrap(),
+            digest: world.manifest(api, &name, tag, DOCKER_MANIFEST).1,
+        })
+        .collect();
+    (name, images)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn login_of(world: &World, api: Api, password: &str) -> Credential {
+    Credential::new(world.registry(api), world.hub_user.clone(), Secret::new(password))
+}
+
+/// Two platforms built on two hosts, their index pushed under two tags; checked through the
+/// registry API: the index lists both manifests by digest, with their platforms, media types and
+/// sizes, and each config's architecture is the one listed.
+fn an_index_of_two_hosts_images(api: Api) -> (String, Vec<PlatformImage>) {
+    let world = World::shared();
+    let (name, images) = two_platform_images(world, api, "index");
+    let repository = Repository::parse(&format!("{}/{name}", world.registry(api))).unwrap();
+    let tags = vec!["t".to_string(), "latest".to_string()];
+    let credential = login_of(world, api, &world.hub_pass());
+    let pushed = runtime()
+        .block_on(push_index(&repository, Some(&credential), &tags, &images, Duration::from_secs(20)))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(pushed.media_type, DOCKER_MANIFEST_LIST);
+
+    for tag in &tags {
+        let (index, digest) = world.manifest(api, &name, tag, DOCKER_MANIFEST_LIST);
+        assert_eq!(digest, pushed.digest, "{tag}");
+        assert_eq!(index["mediaType"], DOCKER_MANIFEST_LIST, "{index}");
+        let manifests = index["manifests"].as_array().expect("manifests");
+        assert_eq!(manifests.len(), 2, "{index}");
+        for (entry, image) in manifests.iter().zip(&images) {
+            assert_eq!(entry["digest"], image.digest.as_str(), "{index}");
+            assert_eq!(entry["mediaType"], DOCKER_MANIFEST, "{index}");
+            assert_eq!(entry["platform"]["os"], "linux", "{index}");
+            assert_eq!(entry["platform"]["architecture"], image.platform.architecture.as_str(), "{index}");
+            let config = world.image_config(api, &name, &image.digest);
+            assert_eq!(config["architecture"], image.platform.architecture.as_str(), "{tag}: {config}");
+            // the size is the manifest's, byte for byte
+            let (status, _, body) =
+                world.registry_get(api, &name, &format!("manifests/{}", image.digest), DOCKER_MANIFEST);
+            assert_eq!(status, 200);
+            assert_eq!(entry["size"].as_u64(), Some(body.len() as u64), "{index}");
+        }
+    }
+    (name, images)
+}
+
+#[test]
+fn an_image_index_of_two_hosts_images_lists_both_platforms_under_every_tag() {
+    an_index_of_two_hosts_images(Api::Hub);
+}
+
+/// The same through a registry with Docker Hub's bearer-token flow: the agent's client got its
+/// push token from the token server with the login (the server logs the agent's user agent).
+#[test]
+fn an_image_index_is_pushed_through_the_bearer_token_flow() {
+    let world = World::shared();
+    let (name, images) = an_index_of_two_hosts_images(Api::TokenHub);
+    let log = read(Path::new(&world.arm64("TW_TOKENAUTH_LOG")));
+    let scope = format!("repository:{name}:pull,push");
+    assert!(
+        log.lines().any(|line| line.contains("200 user='hubuser'") && line.contains(&scope) && line.contains("agent/")),
+        "no push token for the agent in the token server's log"
+    );
+
+    // a login the token server refuses: a push error that says so, naming tag and registry
+    let repository = Repository::parse(&format!("{}/{name}", world.registry(Api::TokenHub))).unwrap();
+    let wrong = login_of(world, Api::TokenHub, "not-the-hub-password");
+    let error = runtime()
+        .block_on(push_index(&repository, Some(&wrong), &["t2".to_string()], &images, Duration::from_secs(20)))
+        .expect_err("a wrong password");
+    assert_eq!(error.exit_code(), 60);
+    let message = error.to_string();
+    assert!(message.contains("unauthorized: the token server refused the credentials"), "{message}");
+    assert!(
+        message.contains(&format!("{repository}:t2")) && message.contains(&world.registry(Api::TokenHub)),
+        "{message}"
+    );
+    assert!(!message.contains("not-the-hub-password"), "{message}");
+}
+
+/// An index listing an image under a platform it is not of is refused before anything is pushed,
+/// and a refused login is a push error naming the tag and the registry (exit class 60).
+#[test]
+fn an_index_with_a_wrong_platform_or_a_wrong_login_is_a_push_error_and_nothing_is_pushed() {
+    let world = World::shared();
+    let (name, mut images) = two_platform_images(world, Api::Hub, "index-refused");
+    let repository = Repository::parse(&format!("{}/{name}", world.hub_registry)).unwrap();
+    let tags = vec!["bad".to_string()];
+
+    let swap_platforms = |images: &mut Vec<PlatformImage>| {
+        let amd64 = images[0].platform.clone();
+        images[0].platform = std::mem::replace(&mut images[1].platform, amd64);
+    };
+    swap_platforms(&mut images); // the amd64 image listed as linux/arm64, and the other way round
+    let credential = login_of(world, Api::Hub, &world.hub_pass());
+    let error = runtime()
+        .block_on(push_index(&repository, Some(&credential), &tags, &images, Duration::from_secs(20)))
+        .expect_err("a mislabelled platform");
+    assert_eq!(error.exit_code(), 60);
+    let message = error.to_string();
+    assert!(message.contains(&format!("{}:bad", repository)), "{message}");
+    assert!(message.contains(&world.hub_registry), "{message}");
+    assert!(message.contains("is an image for linux/"), "{message}");
+
+    swap_platforms(&mut images);
+    let wrong = login_of(world, Api::Hub, "not-the-hub-password");
+    let error = runtime()
+        .block_on(push_index(&repository, Some(&wrong), &tags, &images, Duration::from_secs(20)))
+        .expect_err("a wrong password");
+    assert_eq!(error.exit_code(), 60);
+    assert!(error.to_string().contains("unauthorized"), "{error}");
+    assert!(error.hint().unwrap_or_default().contains("check the registry login"), "{error}");
+    assert!(!error.to_string().contains("not-the-hub-password"));
+
+    let (status, _, _) = world.registry_get(Api::Hub, &name, "manifests/bad", DOCKER_MANIFEST_LIST);
+    assert_eq!(status, 404, "no index may be pushed under the tag");
+}
