@@ -1,14 +1,23 @@
-//! The Docker daemon: a bollard client for the `DOCKER_HOST` target (over the SSH transport,
-//! plain or TLS TCP, or a local Unix socket), and the check that it answers (ping, version).
+//! The Docker daemon: one connection to the `DOCKER_HOST` target (over the SSH transport, plain
+//! or TLS TCP, or a local Unix socket) that both bollard and the raw calls bollard lacks (`/auth`,
+//! the BuildKit session and build) open their streams on, and the check that it answers.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bollard::Docker;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::Tls;
 use crate::error::{ConnectClass, Error};
-use crate::ssh::transport::{SshSession, classify_io};
+use crate::ssh::transport::{SshSession, channel_failure_in, classify_io};
 
 /// The oldest API the agent speaks (Docker 1.12). Older daemons are refused with their own exit code.
 pub const MINIMUM_API: (u32, u32) = (1, 24);
@@ -25,25 +34,79 @@ pub struct Daemon {
     pub docker: Docker,
     /// The daemon's address, for messages.
     pub target: String,
-    ssh: Option<Arc<SshSession>>,
+    /// The one way to the daemon: bollard's connections and the raw calls' are opened on it.
+    transport: Arc<Transport>,
     connect_timeout: Duration,
-    /// How to open a raw connection, for the API calls bollard lacks (`/auth`).
-    endpoint: Endpoint,
     /// The API version the raw calls use, e.g. `1.41`: bollard's, lowered to the daemon's.
     api: String,
 }
 
-/// Where the daemon listens, for raw HTTP requests.
-enum Endpoint {
-    Ssh,
+/// How the daemon is reached: one per daemon. Every HTTP connection to it, bollard's or a raw
+/// call's, is a stream this opens (for ssh://, a channel of the one SSH session).
+enum Transport {
+    Ssh(Arc<SshSession>),
     Unix(String),
     Tcp { host: String, port: u16 },
     Tls { host: String, port: u16, config: Arc<rustls::ClientConfig> },
 }
 
 /// A byte stream to the daemon.
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+impl Transport {
+    /// A new stream to the daemon. Failures are I/O errors, as hyper's connectors return; an SSH
+    /// channel's carries its [`crate::ssh::transport::ChannelFailure`] inside.
+    async fn open(&self) -> io::Result<Box<dyn Stream>> {
+        Ok(match self {
+            Transport::Ssh(session) => Box::new(session.open_channel().await?),
+            Transport::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+            Transport::Tcp { host, port } => Box::new(connect_tcp(host, *port).await?),
+            Transport::Tls { host, port, config } => {
+                let tcp = connect_tcp(host, *port).await?;
+                let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|error| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("a host name TLS cannot check: {error}"))
+                })?;
+                Box::new(tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await?)
+            }
+        })
+    }
+
+    fn ssh(&self) -> Option<&SshSession> {
+        match self {
+            Transport::Ssh(session) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// A bollard client whose every HTTP connection is a stream of this transport; hyper-util's
+    /// pool keeps them open between requests.
+    fn docker(self: &Arc<Self>) -> Result<Docker, Error> {
+        let connector = StreamConnector { transport: self.clone() };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(8)
+            .build(connector);
+        Docker::connect_with_custom_transport(
+            move |request: bollard::BollardRequest| {
+                let client = client.clone();
+                async move { client.request(request).await.map_err(bollard::errors::Error::from) }
+            },
+            Some("http://docker"),
+            REQUEST_TIMEOUT_SECS,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|error| Error::Internal(format!("failed to set up the Docker client: {error}")))
+    }
+}
+
+/// A TCP connection with Nagle off (requests are small and answered at once).
+async fn connect_tcp(host: &str, port: u16) -> io::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    // A failure only leaves Nagle on, so it is ignored.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
 
 /// What the check learnt about the daemon.
 #[derive(Debug, Clone)]
@@ -64,30 +127,22 @@ impl Facts {
 }
 
 impl Daemon {
-    fn assemble(
-        docker: Docker,
-        target: String,
-        ssh: Option<Arc<SshSession>>,
-        connect_timeout: Duration,
-        endpoint: Endpoint,
-    ) -> Daemon {
+    fn assemble(transport: Transport, target: String, connect_timeout: Duration) -> Result<Daemon, Error> {
+        let transport = Arc::new(transport);
+        let docker = transport.docker()?;
         let client = docker.client_version();
         let api = format!("{}.{}", client.major_version, client.minor_version);
-        Daemon { docker, target, ssh, connect_timeout, endpoint, api }
+        Ok(Daemon { docker, target, transport, connect_timeout, api })
     }
 
     /// The daemon behind an open SSH connection.
     pub fn over_ssh(session: Arc<SshSession>, target: String, connect_timeout: Duration) -> Result<Daemon, Error> {
-        let docker = session.docker(REQUEST_TIMEOUT_SECS)?;
-        Ok(Daemon::assemble(docker, target, Some(session), connect_timeout, Endpoint::Ssh))
+        Daemon::assemble(Transport::Ssh(session), target, connect_timeout)
     }
 
     /// A daemon on a local Unix socket.
     pub fn unix(path: &str, connect_timeout: Duration) -> Result<Daemon, Error> {
-        let target = format!("unix://{path}");
-        let docker = Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-            .map_err(|error| Error::Daemon { target: target.clone(), detail: format!("cannot be used: {error}") })?;
-        Ok(Daemon::assemble(docker, target, None, connect_timeout, Endpoint::Unix(path.to_string())))
+        Daemon::assemble(Transport::Unix(path.to_string()), format!("unix://{path}"), connect_timeout)
     }
 
     /// A daemon on TCP, plain or with TLS client certificates (as the docker CLI reads
@@ -95,8 +150,7 @@ impl Daemon {
     pub fn tcp(host: &str, port: u16, tls: Option<&Tls>, connect_timeout: Duration) -> Result<Daemon, Error> {
         let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         let target = format!("tcp://{address}");
-        let mut endpoint = Endpoint::Tcp { host: host.to_string(), port };
-        let docker = match tls {
+        let transport = match tls {
             None => {
                 let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
                 if !loopback {
@@ -105,7 +159,7 @@ impl Daemon {
                          cross the network unencrypted and unauthenticated; prefer ssh:// or set DOCKER_TLS_VERIFY=1"
                     );
                 }
-                Docker::connect_with_http(&format!("http://{address}"), REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                Transport::Tcp { host: host.to_string(), port }
             }
             Some(tls) => {
                 let file = |name: &str| tls.cert_dir.join(name);
@@ -115,24 +169,17 @@ impl Daemon {
                             action: "read the TLS file",
                             path: file(name),
                             source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                            hint: Some("DOCKER_TLS_VERIFY is set: put ca.pem, cert.pem and key.pem in DOCKER_CERT_PATH".to_string()),
+                            hint: Some(
+                                "DOCKER_TLS_VERIFY is set: put ca.pem, cert.pem and key.pem in DOCKER_CERT_PATH"
+                                    .to_string(),
+                            ),
                         });
                     }
                 }
-                install_crypto_provider();
-                endpoint = Endpoint::Tls { host: host.to_string(), port, config: tls_config(&tls.cert_dir)? };
-                Docker::connect_with_ssl(
-                    &format!("https://{address}"),
-                    &file("key.pem"),
-                    &file("cert.pem"),
-                    &file("ca.pem"),
-                    REQUEST_TIMEOUT_SECS,
-                    bollard::API_DEFAULT_VERSION,
-                )
+                Transport::Tls { host: host.to_string(), port, config: tls_config(&tls.cert_dir)? }
             }
-        }
-        .map_err(|error| Error::Daemon { target: target.clone(), detail: format!("cannot be used: {error}") })?;
-        Ok(Daemon::assemble(docker, target, None, connect_timeout, endpoint))
+        };
+        Daemon::assemble(transport, target, connect_timeout)
     }
 
     /// What [`Daemon::check`] asks, as the plan shows it.
@@ -177,8 +224,8 @@ impl Daemon {
     }
 
     fn timeout(&self, what: &str) -> Error {
-        if let Some(failure) = self.ssh.as_ref().and_then(|ssh| ssh.take_failure()) {
-            return failure;
+        if let Some(ssh) = self.transport.ssh().filter(|ssh| ssh.is_closed()) {
+            return Error::Ssh { host: self.target.clone(), detail: ssh.end_reason() };
         }
         Error::Connect {
             target: self.target.clone(),
@@ -189,7 +236,7 @@ impl Daemon {
 
     /// Turns a bollard error into the agent's error, with its class.
     pub fn explain(&self, error: bollard::errors::Error) -> Error {
-        if let Some(failure) = self.ssh.as_ref().and_then(|ssh| ssh.take_failure()) {
+        if let Some(failure) = channel_failure_in(&error) {
             return failure;
         }
         use bollard::errors::Error as B;
@@ -226,7 +273,7 @@ impl Daemon {
                 };
                 return Error::Daemon { target: self.target.clone(), detail };
             }
-            if self.ssh.is_none() {
+            if self.transport.ssh().is_none() {
                 return Error::Connect {
                     target: self.target.clone(),
                     class: classify_connection(&error),
@@ -234,10 +281,8 @@ impl Daemon {
                 };
             }
         }
-        if let Some(ssh) = &self.ssh {
-            if ssh.is_closed() {
-                return Error::Ssh { host: self.target.clone(), detail: ssh.end_reason() };
-            }
+        if let Some(ssh) = self.transport.ssh().filter(|ssh| ssh.is_closed()) {
+            return Error::Ssh { host: self.target.clone(), detail: ssh.end_reason() };
         }
         Error::Daemon { target: self.target.clone(), detail: format!("did not answer: {}", error_chain(&error)) }
     }
@@ -334,55 +379,31 @@ impl Daemon {
         hyper::upgrade::on(response).await.map_err(|error| self.raw_failure(&error))
     }
 
+    /// A stream of its own for a raw call, its failure explained as bollard's are.
     async fn open_stream(&self) -> Result<Box<dyn Stream>, Error> {
-        let io_error = |error: std::io::Error| Error::Connect {
-            target: self.target.clone(),
-            class: classify_connection(&error),
-            detail: tls_detail(&error),
-        };
-        Ok(match &self.endpoint {
-            Endpoint::Ssh => {
-                let Some(ssh) = &self.ssh else {
-                    return Err(Error::Internal("an ssh endpoint without a session".to_string()));
-                };
-                match ssh.open_raw().await {
-                    Ok(stream) => Box::new(stream),
-                    Err(error) => return Err(ssh.take_failure().unwrap_or_else(|| io_error(error))),
-                }
-            }
-            Endpoint::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await.map_err(io_error)?),
-            Endpoint::Tcp { host, port } => {
-                Box::new(tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(io_error)?)
-            }
-            Endpoint::Tls { host, port, config } => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(io_error)?;
-                let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|error| Error::Daemon {
-                    target: self.target.clone(),
-                    detail: format!("has a host name TLS cannot check: {error}"),
-                })?;
-                let tls =
-                    tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(io_error)?;
-                Box::new(tls)
-            }
+        self.transport.open().await.map_err(|error| {
+            channel_failure_in(&error).unwrap_or_else(|| Error::Connect {
+                target: self.target.clone(),
+                class: classify_connection(&error),
+                detail: tls_detail(&error),
+            })
         })
     }
 
     /// A raw stream that broke off mid-answer (`what`: e.g. "the build"): the SSH connection's
     /// own failure when it is the cause (a frozen or killed host), else the daemon's.
     pub fn broke_off(&self, what: &str, error: &(dyn std::error::Error + 'static)) -> Error {
-        if let Some(failure) = self.ssh.as_ref().and_then(|ssh| ssh.take_failure()) {
+        if let Some(failure) = channel_failure_in(error) {
             return failure;
         }
-        if let Some(ssh) = &self.ssh {
-            if ssh.is_closed() {
-                return Error::Ssh { host: self.target.clone(), detail: ssh.end_reason() };
-            }
+        if let Some(ssh) = self.transport.ssh().filter(|ssh| ssh.is_closed()) {
+            return Error::Ssh { host: self.target.clone(), detail: ssh.end_reason() };
         }
         Error::Daemon { target: self.target.clone(), detail: format!("broke off {what}: {}", error_chain(error)) }
     }
 
     fn raw_failure(&self, error: &(dyn std::error::Error + 'static)) -> Error {
-        if let Some(failure) = self.ssh.as_ref().and_then(|ssh| ssh.take_failure()) {
+        if let Some(failure) = channel_failure_in(error) {
             return failure;
         }
         Error::Daemon { target: self.target.clone(), detail: format!("did not answer: {}", error_chain(error)) }
@@ -390,9 +411,59 @@ impl Daemon {
 
     /// Closes the SSH connection, if any.
     pub async fn close(&self) {
-        if let Some(ssh) = &self.ssh {
+        if let Some(ssh) = self.transport.ssh() {
             ssh.close().await;
         }
+    }
+}
+
+/// hyper-util's connector: each new HTTP connection is a new stream of the daemon's transport.
+#[derive(Clone)]
+struct StreamConnector {
+    transport: Arc<Transport>,
+}
+
+impl tower_service::Service<http::Uri> for StreamConnector {
+    type Response = TokioIo<DaemonIo>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let transport = self.transport.clone();
+        Box::pin(async move { Ok(TokioIo::new(DaemonIo(transport.open().await?))) })
+    }
+}
+
+/// A stream to the daemon as hyper's connection type.
+struct DaemonIo(Box<dyn Stream>);
+
+impl Connection for DaemonIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for DaemonIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for DaemonIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -505,16 +576,6 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         current = cause.source();
     }
     text
-}
-
-/// bollard's TLS needs a rustls crypto provider; the agent uses aws-lc-rs, as russh and the AWS SDK do.
-fn install_crypto_provider() {
-    let _ = rustls_provider();
-}
-
-fn rustls_provider() -> bool {
-    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *INSTALLED.get_or_init(|| rustls::crypto::aws_lc_rs::default_provider().install_default().is_ok())
 }
 
 #[cfg(test)]

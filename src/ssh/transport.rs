@@ -1,22 +1,19 @@
 //! The SSH transport: one russh connection for the whole run, and one `direct-streamlocal`
 //! channel to the remote Docker socket per HTTP connection, so the remote host needs sshd and
-//! nothing else. bollard speaks HTTP over it through `connect_with_custom_transport` and a
-//! hyper-util client whose pool keeps channels open between requests.
+//! nothing else. The daemon module (`crate::daemon`) opens its channels for bollard and for the
+//! raw calls alike.
 //!
-//! Failures keep their class: the handshake's host-key verdict and the last channel failure are
-//! recorded here, because bollard and hyper wrap them into errors that no longer say what happened.
+//! Failures keep their class: the handshake's host-key verdict is recorded here, and a channel
+//! that cannot be opened fails with an I/O error that carries a [`ChannelFailure`], found again by
+//! [`channel_failure_in`] where the error is explained (bollard and hyper wrap it on the way).
 
 use std::borrow::Cow;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use russh::client;
 use russh::keys::{Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -71,8 +68,6 @@ fn russh_keepalive_max(ticks: u32) -> usize {
 pub struct SshSession {
     handle: client::Handle<Verifier>,
     target: SshTarget,
-    /// The last failure to open a channel, kept for classifying the error bollard reports.
-    last_failure: Mutex<Option<Error>>,
     /// Why the connection ended, once it has.
     ended: Arc<Mutex<Option<String>>>,
 }
@@ -269,7 +264,7 @@ impl SshSession {
                 Err(_) => return Err(timed_out("authentication")),
                 Ok(Ok(result)) if result.success() => {
                     tracing::debug!("ssh: authenticated as {} with {label}", target.user);
-                    return Ok(SshSession { handle, target, last_failure: Mutex::new(None), ended });
+                    return Ok(SshSession { handle, target, ended });
                 }
                 Ok(Ok(_)) => refused.push(label.clone()),
                 Ok(Err(error)) => {
@@ -278,30 +273,6 @@ impl SshSession {
             }
         }
         Err(Error::SshAuth { host: name, user: target.user.clone(), key: refused.join(", ") })
-    }
-
-    /// A bollard client whose every HTTP connection is a channel of this session.
-    pub fn docker(self: &Arc<Self>, request_timeout: u64) -> Result<bollard::Docker, Error> {
-        let connector = ChannelConnector { session: self.clone() };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(8)
-            .build(connector);
-        bollard::Docker::connect_with_custom_transport(
-            move |request: bollard::BollardRequest| {
-                let client = client.clone();
-                async move { client.request(request).await.map_err(bollard::errors::Error::from) }
-            },
-            Some("http://docker"),
-            request_timeout,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|error| Error::Internal(format!("failed to set up the Docker client: {error}")))
-    }
-
-    /// The failure behind the last error bollard reported, if the SSH side caused it.
-    pub fn take_failure(&self) -> Option<Error> {
-        self.last_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
 
     /// Whether the connection has ended (dropped, or closed by the server).
@@ -321,20 +292,17 @@ impl SshSession {
         let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "done", "en").await;
     }
 
-    /// A new channel to the remote socket, for a raw HTTP exchange.
-    pub async fn open_raw(&self) -> io::Result<russh::ChannelStream<client::Msg>> {
-        self.open_channel().await
-    }
-
-    async fn open_channel(&self) -> io::Result<russh::ChannelStream<client::Msg>> {
+    /// A new channel to the remote Docker socket, for one HTTP connection. A failure is an I/O
+    /// error (as hyper's connectors return) whose inner error is the [`ChannelFailure`].
+    pub async fn open_channel(&self) -> io::Result<russh::ChannelStream<client::Msg>> {
         let host = self.target.name();
         let failure = if self.handle.is_closed() {
-            Error::Ssh { host: host.clone(), detail: self.end_reason() }
+            ChannelFailure::Ssh { host, detail: self.end_reason() }
         } else {
             match self.handle.channel_open_direct_streamlocal(self.target.socket.as_str()).await {
                 Ok(channel) => return Ok(channel.into_stream()),
-                Err(russh::Error::ChannelOpenFailure(reason)) => Error::RemoteSocket {
-                    host: host.clone(),
+                Err(russh::Error::ChannelOpenFailure(reason)) => ChannelFailure::Socket {
+                    host,
                     socket: self.target.socket.clone(),
                     detail: match reason {
                         russh::ChannelOpenFailure::AdministrativelyProhibited => {
@@ -347,13 +315,53 @@ impl SshSession {
                         other => format!("sshd refused the channel ({other:?})"),
                     },
                 },
-                Err(error) => Error::Ssh { host: host.clone(), detail: format!("failed to open a channel: {error}") },
+                Err(error) => ChannelFailure::Ssh { host, detail: format!("failed to open a channel: {error}") },
             }
         };
-        let message = failure.to_string();
-        *self.last_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failure);
-        Err(io::Error::other(message))
+        Err(io::Error::other(failure))
     }
+}
+
+/// Why a channel to the remote Docker socket could not be opened: the inner error of the I/O
+/// error [`SshSession::open_channel`] returns, so the reason travels with the error itself and
+/// nothing is left behind for a later, unrelated error to pick up.
+#[derive(Debug, Clone)]
+pub enum ChannelFailure {
+    /// sshd refused the channel to the socket.
+    Socket { host: String, socket: String, detail: String },
+    /// The SSH connection itself failed or had ended.
+    Ssh { host: String, detail: String },
+}
+
+impl ChannelFailure {
+    /// The agent's error for it, with its exit class.
+    pub fn to_error(&self) -> Error {
+        match self.clone() {
+            ChannelFailure::Socket { host, socket, detail } => Error::RemoteSocket { host, socket, detail },
+            ChannelFailure::Ssh { host, detail } => Error::Ssh { host, detail },
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_error().fmt(f)
+    }
+}
+
+impl std::error::Error for ChannelFailure {}
+
+/// The [`ChannelFailure`] an error was caused by, if any, as the agent's error. The whole chain
+/// is walked, and the inside of every I/O error too: `io::Error::source` skips the error it wraps.
+pub fn channel_failure_in(error: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    if let Some(failure) = error.downcast_ref::<ChannelFailure>() {
+        return Some(failure.to_error());
+    }
+    let wrapped = error.downcast_ref::<io::Error>().and_then(|io| io.get_ref());
+    if let Some(found) = wrapped.and_then(|inner| channel_failure_in(inner)) {
+        return Some(found);
+    }
+    error.source().and_then(channel_failure_in)
 }
 
 /// Resolves the host and connects to the first address that answers, keeping the failure's class.
@@ -421,57 +429,6 @@ impl AsyncRead for QuickAck {
 }
 
 impl AsyncWrite for QuickAck {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// hyper-util's connector: each new HTTP connection is a new channel of the one session.
-#[derive(Clone)]
-struct ChannelConnector {
-    session: Arc<SshSession>,
-}
-
-impl tower_service::Service<http::Uri> for ChannelConnector {
-    type Response = TokioIo<ChannelIo>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let session = self.session.clone();
-        Box::pin(async move { Ok(TokioIo::new(ChannelIo(session.open_channel().await?))) })
-    }
-}
-
-/// A channel as hyper's connection type (a newtype: the orphan rule keeps us from implementing
-/// hyper-util's `Connection` on russh's stream directly).
-struct ChannelIo(russh::ChannelStream<client::Msg>);
-
-impl Connection for ChannelIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl AsyncRead for ChannelIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ChannelIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }

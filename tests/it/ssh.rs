@@ -494,3 +494,57 @@ fn a_daemon_that_never_answers_times_out() {
     assert_fails(&outcome, 22, &["did not answer the ping request within 2s"]);
     drop(listener);
 }
+
+/// Guards the finding of issue 12: the SSH session used to keep its last channel failure for the
+/// next error to be explained, so a failure a caller swallowed (as `pull_for_cache` does with a
+/// cold pull's `inspect_image`) was blamed for a later, unrelated error. The reason now travels
+/// inside the error it belongs to. Real sshd, a socket path that does not exist on the host.
+#[test]
+fn a_swallowed_ssh_failure_does_not_colour_a_later_unrelated_error() {
+    use std::sync::Arc;
+
+    use agent::daemon::Daemon;
+    use agent::error::Error;
+    use agent::ssh::key::SshKey;
+    use agent::ssh::known_hosts::KnownHosts;
+    use agent::ssh::transport::{SshSession, SshTarget, Timeouts};
+
+    let world = World::shared();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let key = SshKey::parse(&read(&world.key_ed25519), None).unwrap();
+        let mut known = KnownHosts::default();
+        assert!(known.add(&read(&world.known_hosts_plain), "the world's known_hosts").is_empty());
+        let target = SshTarget {
+            host: world.ssh_host.clone(),
+            port: world.ssh_port,
+            user: world.ssh_user.clone(),
+            socket: "/var/run/no-such-docker.sock".to_string(),
+        };
+        let timeouts = Timeouts { connect: Duration::from_secs(10), keepalive: Duration::from_secs(10) };
+        let session =
+            SshSession::connect(target, &[("ed25519".to_string(), Arc::new(key.key))], Arc::new(known), timeouts)
+                .await
+                .unwrap();
+        let daemon = Daemon::over_ssh(Arc::new(session), world.ssh_url(), Duration::from_secs(10)).unwrap();
+
+        // A cold pull's inspect fails on the channel, and the caller lets it go.
+        assert!(daemon.docker.inspect_image("agent-it/swallowed:never").await.is_err());
+        // A later error that has nothing to do with it is the daemon's own answer.
+        let unrelated =
+            bollard::errors::Error::DockerResponseServerError { status_code: 500, message: "unrelated".to_string() };
+        let explained = daemon.explain(unrelated);
+        assert!(
+            matches!(&explained, Error::Daemon { detail, .. } if detail.contains("answered 500: unrelated")),
+            "{explained:?}"
+        );
+        // The channel failure itself is still explained as what it is, from the error it came with.
+        let carried = daemon.docker.inspect_image("agent-it/carried:never").await.unwrap_err();
+        let explained = daemon.explain(carried);
+        assert!(
+            matches!(&explained, Error::RemoteSocket { socket, .. } if socket == "/var/run/no-such-docker.sock"),
+            "{explained:?}"
+        );
+        daemon.close().await;
+    });
+}
