@@ -154,3 +154,77 @@ impl Fields<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{config, fixture};
+    use crate::secrets::{MASK, redact};
+
+    fn parameters(pairs: &[(&str, &str)]) -> BTreeMap<SsmRef, String> {
+        pairs.iter().map(|(name, value)| (SsmRef { name: name.to_string() }, value.to_string())).collect()
+    }
+
+    #[test]
+    fn without_references_the_given_values_are_the_resolved_ones() {
+        let dir = fixture();
+        let config = config(&["--image", "app", "--host", "tcp://127.0.0.1:2375"], &[], dir.path()).unwrap();
+        let resolved = Resolved::new(&config, &BTreeMap::new()).unwrap();
+        assert_eq!(resolved.host, DockerHost::Tcp { host: "127.0.0.1".into(), port: 2375 });
+        assert!(resolved.ssh_key.is_none() && resolved.known_hosts.is_none() && resolved.registry_login.is_none());
+    }
+
+    #[test]
+    fn each_parameter_is_parsed_by_its_field_and_every_problem_is_reported_at_once() {
+        let dir = fixture();
+        let env = [("JETS_SSH_KEY", "SSM:/ci/key"), ("JETS_SSH_KNOWN", "SSM:/ci/known")];
+        let config = config(&["--image", "app", "--host", "SSM:/ci/host"], &env, dir.path()).unwrap();
+        let values = parameters(&[
+            ("/ci/host", "ftp://nowhere"),
+            ("/ci/key", "resolve-test-not-a-key-7d1f"),
+            ("/ci/known", "not a known_hosts line"),
+        ]);
+        let Err(Error::Config(problems)) = Resolved::new(&config, &values) else {
+            panic!("expected configuration problems");
+        };
+        let subjects: Vec<&str> = problems.iter().map(|problem| problem.subject.as_str()).collect();
+        assert_eq!(subjects, ["--host (SSM:/ci/host)", "JETS_SSH_KEY (SSM:/ci/key)", "JETS_SSH_KNOWN (SSM:/ci/known)"]);
+        assert!(problems.iter().all(|problem| problem.hint.is_some()), "{problems:?}");
+    }
+
+    #[test]
+    fn a_secret_field_is_known_to_the_redactor_even_when_it_does_not_parse() {
+        let dir = fixture();
+        let config = config(&["--image", "app"], &[("JETS_SSH_KEY", "SSM:/ci/key")], dir.path()).unwrap();
+        let text = "resolve-test-unparsable-key-51c9e";
+        assert!(Resolved::new(&config, &parameters(&[("/ci/key", text)])).is_err());
+        assert_eq!(redact(text), MASK);
+    }
+
+    #[test]
+    fn a_login_from_parameters_is_normalised_and_its_password_registered_without_the_line_ending() {
+        let dir = fixture();
+        let env = [("DOCKER_PASS", "SSM:/ci/pass")];
+        let argv = ["--image", "app", "--registry-user", "SSM:/ci/user", "--registry", "SSM:/ci/registry"];
+        let config = config(&argv, &env, dir.path()).unwrap();
+        let values = parameters(&[
+            ("/ci/user", " bob \n"),
+            ("/ci/pass", "resolve-test-password-0b2e\r\n"),
+            ("/ci/registry", "https://registry.example.com/v2/"),
+        ]);
+        let login = Resolved::new(&config, &values).unwrap().registry_login.unwrap();
+        assert_eq!((login.registry.as_str(), login.user.as_str()), ("registry.example.com", "bob"));
+        assert_eq!(login.password.expose(), "resolve-test-password-0b2e");
+        assert_eq!(redact("resolve-test-password-0b2e"), MASK);
+    }
+
+    #[test]
+    fn a_build_secret_from_a_parameter_is_registered() {
+        let dir = fixture();
+        let env = [("NPM_TOKEN", "SSM:/ci/npm")];
+        let config = config(&["--image", "app", "--secret", "id=npm,env=NPM_TOKEN"], &env, dir.path()).unwrap();
+        let resolved = Resolved::new(&config, &parameters(&[("/ci/npm", "resolve-test-npm-token-9a3c")])).unwrap();
+        assert_eq!(resolved.build_secrets["npm"].expose(), b"resolve-test-npm-token-9a3c");
+        assert_eq!(redact("resolve-test-npm-token-9a3c"), MASK);
+    }
+}
