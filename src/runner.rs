@@ -50,11 +50,13 @@ impl<'a> Runner<'a> {
     }
 
     async fn aws(&mut self) -> aws_config::SdkConfig {
-        if self.aws.is_none() {
-            let region = self.config.region.as_ref().map(|region| region.value.as_str());
-            self.aws = Some(aws::sdk_config(region, self.config.connect_timeout).await);
+        if let Some(config) = &self.aws {
+            return config.clone();
         }
-        self.aws.clone().unwrap_or_else(|| unreachable!("loaded above"))
+        let region = self.config.region.as_ref().map(|region| region.value.as_str());
+        let config = aws::sdk_config(region, self.config.connect_timeout).await;
+        self.aws = Some(config.clone());
+        config
     }
 
     /// The typed configuration; without `SSM:` references it needs no step to resolve it.
