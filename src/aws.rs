@@ -101,6 +101,54 @@ pub async fn resolve_ssm(
     Ok(values)
 }
 
+/// ECR passwords by region: one GetAuthorizationToken call per region, started early (while the
+/// hosts are connected: they do not depend on each other) and awaited by the ECR logins.
+#[derive(Default)]
+pub struct EcrTokens {
+    passwords: BTreeMap<String, Secret>,
+    started: BTreeMap<String, tokio::task::JoinHandle<Result<Secret, Error>>>,
+}
+
+impl EcrTokens {
+    /// Starts the token request for each `(registry, region)` whose region has none yet.
+    pub fn prefetch<'a>(
+        &mut self,
+        config: &aws_config::SdkConfig,
+        logins: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+    ) {
+        for (registry, region) in logins {
+            let key = region.unwrap_or_default().to_string();
+            if self.started.contains_key(&key) || self.passwords.contains_key(&key) {
+                continue;
+            }
+            let (config, region, registry) = (config.clone(), region.map(str::to_string), registry.to_string());
+            let task = tokio::spawn(async move { ecr_password(&config, region.as_deref(), &registry).await });
+            self.started.insert(key, task);
+        }
+    }
+
+    /// The password for `registry` in `region`: the prefetched one, or one asked for now.
+    pub async fn password(
+        &mut self,
+        config: &aws_config::SdkConfig,
+        region: Option<&str>,
+        registry: &str,
+    ) -> Result<Secret, Error> {
+        let key = region.unwrap_or_default().to_string();
+        if let Some(task) = self.started.remove(&key) {
+            let password =
+                task.await.map_err(|error| Error::Internal(format!("the ECR token task failed: {error}")))??;
+            self.passwords.insert(key.clone(), password);
+        }
+        if let Some(password) = self.passwords.get(&key) {
+            return Ok(password.clone());
+        }
+        let password = ecr_password(config, region, registry).await?;
+        self.passwords.insert(key, password.clone());
+        Ok(password)
+    }
+}
+
 /// A registry password from ECR: the decoded `AWS:password` token of GetAuthorizationToken.
 pub async fn ecr_password(
     config: &aws_config::SdkConfig,

@@ -99,6 +99,38 @@ pub struct SessionMounts {
     pub ssh: Vec<(String, Vec<Arc<russh::keys::PrivateKey>>)>,
 }
 
+impl SessionMounts {
+    /// The build's secrets and ssh agents, from the resolved values.
+    pub fn new(
+        build: &crate::config::Build,
+        resolved: &crate::resolve::Resolved,
+    ) -> Result<SessionMounts, crate::error::Error> {
+        let mut mounts = SessionMounts::default();
+        for secret in &build.secrets {
+            let value = resolved.build_secrets.get(&secret.id).ok_or_else(|| {
+                crate::error::Error::Internal(format!("--secret {} has no resolved value", secret.id))
+            })?;
+            mounts.secrets.insert(secret.id.clone(), value.clone());
+        }
+        for forward in &build.ssh {
+            let keys = match &forward.keys {
+                SshKeys::JetsSshKey => {
+                    let key = resolved.ssh_key.as_ref().ok_or_else(|| {
+                        crate::error::Error::Internal(format!(
+                            "--ssh {} without JETS_SSH_KEY passed the config check",
+                            forward.id
+                        ))
+                    })?;
+                    vec![Arc::new(key.key.clone())]
+                }
+                SshKeys::Files(files) => files.iter().map(|file| Arc::new(file.key.key.clone())).collect(),
+            };
+            mounts.ssh.push((forward.id.clone(), keys));
+        }
+        Ok(mounts)
+    }
+}
+
 const SECRET_HINT: &str =
     "write --secret id=ID,env=VARIABLE or --secret id=ID,src=FILE (as buildx does), e.g. --secret id=npm,env=NPM_TOKEN";
 const SSH_HINT: &str = "write --ssh default (the key in JETS_SSH_KEY) or --ssh ID=PATH to a private key file";

@@ -855,17 +855,17 @@ fn truncate(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cli::{Command, parse};
 
-    fn fixture() -> tempfile::TempDir {
+    pub(crate) fn fixture() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
         dir
     }
 
-    fn config(argv: &[&str], env: &[(&str, &str)], cwd: &Path) -> Result<Config, Error> {
+    pub(crate) fn config(argv: &[&str], env: &[(&str, &str)], cwd: &Path) -> Result<Config, Error> {
         let mut full = vec!["agent", "run"];
         full.extend_from_slice(argv);
         let (cli, _) = parse(full).unwrap();

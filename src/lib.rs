@@ -1,43 +1,80 @@
 //! `agent` builds Docker images in AWS CodeBuild on a remote Docker host that keeps its layer
-//! cache between builds. The modules follow the run's concerns, one each:
+//! cache between builds. The modules are listed in the order a run meets them:
 //!
+//! - [`run`]: the top level that ties the rest together (`main.rs` calls only it);
 //! - [`cli`]: the command line (clap) and the environment variables it reads;
-//! - [`config`]: flags and environment turned into one validated [`config::Config`];
+//! - [`config`]: flags and environment turned into one validated [`config::Config`], `SSM:`
+//!   references kept as such;
+//! - [`resolve`]: those references fetched in one batch and parsed, giving the typed
+//!   [`resolve::Resolved`] the steps read;
 //! - [`plan`]: the ordered steps a run consists of, printed by `--dry`, executed by `run`;
-//! - [`image`]: the build context (.dockerignore, streamed tar), build, tag and push;
-//! - [`build_mounts`]: `--secret` and `--ssh` (build secrets and forwarded SSH keys), read and checked;
-//! - [`docker_host`]: the `DOCKER_HOST` grammar; [`image_ref`]: image references and tags;
-//! - [`ssh`]: the key and known_hosts files, the host-key check, the SSH transport;
+//! - [`runner`]: the run-state, and each step handed to the module that does its work;
+//! - [`hosts`]: the daemons a run builds on, connected and checked together;
+//!
+//! then the domain modules the steps call:
+//!
+//! - [`ssh`]: the key and known_hosts files, the login keys, the host-key check, the SSH transport;
 //! - [`secrets`]: `SSM:` references, secret values and the redactor every output passes through;
-//! - [`output`]: logging (tracing) to stderr, text or JSON;
-//! - [`daemon`]: the bollard client for the target daemon, and its check;
-//! - [`session`]: the agent's own BuildKit session (credentials, the context by FileSync);
-//! - [`runner`]: what each step of the plan does for real;
 //! - [`aws`]: SSM parameters and ECR tokens;
-//! - [`registry`]: registry credentials and the docker CLI's config.json;
-//! - [`image_definitions`]: CodePipeline's imagedefinitions.json;
+//! - [`docker_host`]: the `DOCKER_HOST` grammar; [`daemon`]: the bollard client for one daemon, and
+//!   its check;
+//! - [`registry`]: registry logins, and the docker CLI's config.json;
+//! - [`image_ref`]: image references and tags; [`image`]: the build context (.dockerignore, streamed
+//!   tar), build, tag, push and the metadata file;
+//! - [`build_mounts`]: `--secret` and `--ssh` (build secrets and forwarded SSH keys), read and checked;
+//! - [`session`]: the agent's own BuildKit session (credentials, the context by FileSync);
 //! - [`image_index`]: multi-platform images: the image index pushed to the registry;
+//! - [`image_definitions`]: CodePipeline's imagedefinitions.json;
 //! - [`account`]: the user the agent runs as;
-//! - [`error`]: the one error type and its documented exit codes;
-//! - [`run`]: the top level that ties them together.
+//!
+//! and what every part reports through:
+//!
+//! - [`output`]: the progress reporter, logging (tracing) to stderr, text or JSON;
+//! - [`error`]: the one error type and its documented exit codes.
+
+// The flow of a run, in order (one module a group, so that rustfmt keeps the order).
+pub mod run;
+
+pub mod cli;
+
+pub mod config;
+
+pub mod resolve;
+
+pub mod plan;
+
+pub mod runner;
+
+pub mod hosts;
+
+// The domain modules the steps call.
+pub mod ssh;
+
+pub mod secrets;
+
+pub mod aws;
+
+pub mod docker_host;
+
+pub mod daemon;
+
+pub mod registry;
+
+pub mod image_ref;
+
+pub mod image;
+
+pub mod build_mounts;
+
+pub mod session;
+
+pub mod image_index;
+
+pub mod image_definitions;
 
 pub mod account;
-pub mod aws;
-pub mod build_mounts;
-pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod docker_host;
-pub mod error;
-pub mod image;
-pub mod image_definitions;
-pub mod image_index;
-pub mod image_ref;
+
+// What every part reports through.
 pub mod output;
-pub mod plan;
-pub mod registry;
-pub mod run;
-pub mod runner;
-pub mod secrets;
-pub mod session;
-pub mod ssh;
+
+pub mod error;

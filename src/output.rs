@@ -1,5 +1,6 @@
-//! Output: logging with tracing to stderr (human-readable text for the CodeBuild log, or JSON), and
-//! the plan on stdout. Every byte written passes through the secret redactor.
+//! Output: the run's progress as events to one reporter ([`report`]), logging with tracing to
+//! stderr (human-readable text for the CodeBuild log, or JSON), and the plan on stdout. Every byte
+//! written passes through the secret redactor.
 
 use std::io::{self, Write};
 
@@ -119,6 +120,44 @@ struct Elapsed(std::time::Instant);
 impl tracing_subscriber::fmt::time::FormatTime for Elapsed {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
         write!(w, "[{:>7.2}s]", self.0.elapsed().as_secs_f64())
+    }
+}
+
+/// What a run reports as it goes. The steps and the plan say what happened; [`report`] says it.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// Step `number` of `total` begins.
+    StepStarted { number: usize, total: usize, title: &'a str },
+    /// The step is skipped, and why.
+    StepSkipped { number: usize, total: usize, title: &'a str, reason: &'a str },
+    /// The step succeeded, with what it did in a few words.
+    StepDone { number: usize, total: usize, title: &'a str, outcome: &'a str, elapsed: std::time::Duration },
+    /// The step failed (the error itself is reported once, at the end).
+    StepFailed { number: usize, total: usize, title: &'a str, elapsed: std::time::Duration },
+    /// Every step succeeded.
+    RunDone { total: usize, elapsed: std::time::Duration },
+}
+
+/// The one reporter: each text field of the event is redacted before it is formatted into the log
+/// line (a value is never split or escaped by formatting before the redactor sees it).
+pub fn report(event: Event<'_>) {
+    match event {
+        Event::StepStarted { number, total, title } => {
+            tracing::info!("step {number}/{total} {}", redact(title));
+        }
+        Event::StepSkipped { number, total, title, reason } => {
+            tracing::info!("step {number}/{total} {}: skipped ({})", redact(title), redact(reason));
+        }
+        Event::StepDone { number, total, title, outcome, elapsed } => {
+            let (title, outcome) = (redact(title), redact(outcome));
+            tracing::info!("step {number}/{total} {title}: {outcome} ({:.2}s)", elapsed.as_secs_f64());
+        }
+        Event::StepFailed { number, total, title, elapsed } => {
+            tracing::error!("step {number}/{total} {}: failed ({:.2}s)", redact(title), elapsed.as_secs_f64());
+        }
+        Event::RunDone { total, elapsed } => {
+            tracing::info!("done: {total} steps in {:.2}s", elapsed.as_secs_f64());
+        }
     }
 }
 

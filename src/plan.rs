@@ -10,6 +10,7 @@ use crate::cli::{Builder, ProgressMode};
 use crate::config::{Build, Config, RegistryLogin, Sourced, Value};
 use crate::docker_host::DockerHost;
 use crate::error::Result;
+use crate::output::{Event, report};
 use crate::secrets::{MASK, Origin, SsmRef};
 
 /// One step of a run.
@@ -23,7 +24,7 @@ pub enum Step {
     InstallKnownHosts { origin: Origin, path: PathBuf, entries: Vec<String> },
     /// Open the connection to the daemon.
     Connect { host: Sourced<Value<DockerHost>>, timeout: Duration, read_timeout: Duration, tls: Option<PathBuf> },
-    /// Ping the daemon and read its version.
+    /// Check every host's daemon in one round trip each (see [`crate::daemon::Daemon::CHECK`]).
     CheckDaemon,
     /// Log into a registry with a user and password, checked by the daemon.
     Login { registry: Sourced<Value<String>>, user: Sourced<Value<String>>, password: Origin },
@@ -474,33 +475,26 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
     let total = plan.steps.len();
     let started = Instant::now();
     for (index, step) in plan.steps.iter().enumerate() {
-        let title = step.title();
-        let step_started = Instant::now();
+        let (number, title) = (index + 1, step.title());
+        let title = title.as_str();
         if mode == Mode::Check && step.changes_something() {
-            tracing::info!("step {}/{total} {title}: skipped (--check changes nothing)", index + 1);
+            report(Event::StepSkipped { number, total, title, reason: "--check changes nothing" });
             continue;
         }
-        tracing::info!("step {}/{total} {title}", index + 1);
+        report(Event::StepStarted { number, total, title });
+        let step_started = Instant::now();
         match runner.run(step).await {
             Ok(outcome) => {
-                let outcome = outcome.unwrap_or_else(|| "ok".to_string());
-                tracing::info!(
-                    "step {}/{total} {title}: {outcome} ({:.2}s)",
-                    index + 1,
-                    step_started.elapsed().as_secs_f64()
-                );
+                let outcome = outcome.as_deref().unwrap_or("ok");
+                report(Event::StepDone { number, total, title, outcome, elapsed: step_started.elapsed() });
             }
             Err(error) => {
-                tracing::error!(
-                    "step {}/{total} {title}: failed ({:.2}s)",
-                    index + 1,
-                    step_started.elapsed().as_secs_f64()
-                );
+                report(Event::StepFailed { number, total, title, elapsed: step_started.elapsed() });
                 return Err(error);
             }
         }
     }
-    tracing::info!("done: {total} steps in {:.2}s", started.elapsed().as_secs_f64());
+    report(Event::RunDone { total, elapsed: started.elapsed() });
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! Registry logins as the docker CLI records them: `auths` entries in `config.json` (under
+//! Registry logins: checked by the daemon, and recorded as the docker CLI records them: `auths` entries in `config.json` (under
 //! `$DOCKER_CONFIG` or `~/.docker`), merged with what is there, written atomically with mode 0600,
 //! so later buildspec commands (`docker push`, `docker run` of a private image) are logged in too.
 
@@ -6,6 +6,7 @@ use std::path::Path;
 
 use base64::Engine;
 
+use crate::daemon::{AuthError, Daemon};
 use crate::error::Error;
 use crate::image_ref::{DOCKER_HUB, DOCKER_HUB_AUTH_KEY};
 use crate::secrets::Secret;
@@ -30,6 +31,19 @@ impl Credential {
     /// The address the daemon's `/auth` and the docker CLI's config.json use for this registry.
     pub fn server_address(&self) -> String {
         server_address(&self.registry)
+    }
+}
+
+/// Logs in on the daemon (its `/auth`); a refusal is a login failure naming the registry, with `hint`.
+pub async fn log_in(daemon: &Daemon, credential: &Credential, hint: &str) -> Result<(), Error> {
+    match daemon.auth(&credential.server_address(), &credential.user, &credential.password).await {
+        Ok(()) => Ok(()),
+        Err(AuthError::Transport(error)) => Err(error),
+        Err(AuthError::Refused { status, message }) => Err(Error::Login {
+            registry: credential.registry.clone(),
+            detail: format!("the registry refused the credentials ({status}: {message})"),
+            hint: hint.to_string(),
+        }),
     }
 }
 

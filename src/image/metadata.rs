@@ -13,6 +13,42 @@ pub const CONFIG_DIGEST: &str = "containerimage.config.digest";
 /// buildx's key for the image's names, comma-separated.
 pub const NAMES: &str = "image.name";
 
+/// A finished build, as the metadata file describes it.
+pub struct Built {
+    pub engine: Engine,
+    pub summary: BuildSummary,
+    /// The context after .dockerignore: files and bytes.
+    pub context_files: u64,
+    pub context_bytes: u64,
+}
+
+/// Writes the metadata file (atomically) for the build, with the first push's digest if `pushed`.
+pub fn write(
+    path: &std::path::Path,
+    names: &[String],
+    pushed: bool,
+    built: &Built,
+    digest: Option<&str>,
+) -> crate::error::Result<()> {
+    let digest = match (pushed, digest) {
+        (true, Some(digest)) => Some(digest),
+        (true, None) => {
+            tracing::warn!("the daemon reported no digest for the push: the metadata has none");
+            None
+        }
+        (false, _) => None,
+    };
+    let metadata = BuildMetadata {
+        names,
+        digest,
+        engine: built.engine,
+        summary: &built.summary,
+        context_files: built.context_files,
+        context_bytes: built.context_bytes,
+    };
+    crate::ssh::files::write_atomically(path, metadata.to_text().as_bytes(), 0o644, true)
+}
+
 /// What a successful run built and pushed.
 pub struct BuildMetadata<'a> {
     /// Every tag built, `repository:tag`.

@@ -21,6 +21,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+use crate::cli::Builder;
 use crate::config::Build;
 use crate::daemon::Daemon;
 use crate::error::Error;
@@ -42,6 +43,54 @@ pub struct BuildRequest<'a> {
     pub mounts: crate::build_mounts::SessionMounts,
     /// The BuildKit session's shared key for the context.
     pub shared_key: crate::session::key::SharedKey,
+}
+
+/// The build step on one host: the cache image pulled if the host lacks it (given up after
+/// `cache_wait`), the context scanned, the engine chosen from the host's facts, the image built.
+pub async fn build_on(
+    host: &crate::hosts::Host,
+    request: BuildStep<'_>,
+    credentials: &[Credential],
+) -> Result<metadata::Built, Error> {
+    let BuildStep { build, reference, cache_image, registry, mounts, cache_wait } = request;
+    let mut cache_from = Vec::new();
+    if let Some(cache_image) = cache_image {
+        let pull = pull_for_cache(&host.daemon, cache_image, registry, credentials);
+        if let Ok(true) = tokio::time::timeout(cache_wait, pull).await {
+            cache_from.push(cache_image.to_string());
+        }
+    }
+    let context = context::Context::scan_off_runtime(&build.context, &build.dockerfile).await?;
+    let (context_files, context_bytes) = (context.files as u64, context.bytes);
+    let request = BuildRequest {
+        context,
+        reference,
+        build,
+        cache_from,
+        mounts,
+        shared_key: crate::session::key::for_build(build, reference),
+    };
+    let engine = match build.builder.value {
+        Builder::Buildkit => Engine::BuildKit,
+        Builder::Classic => Engine::Classic,
+        Builder::Auto if host.facts.as_ref().is_some_and(crate::daemon::Facts::offers_buildkit) => Engine::BuildKit,
+        Builder::Auto => Engine::Classic,
+    };
+    let summary = self::build(&host.daemon, request, engine, credentials).await?;
+    Ok(metadata::Built { engine, summary, context_files, context_bytes })
+}
+
+/// What the build step hands to [`build_on`].
+pub struct BuildStep<'a> {
+    pub build: &'a Build,
+    pub reference: &'a str,
+    /// The image to pull as cache when the host lacks it.
+    pub cache_image: Option<&'a str>,
+    /// The registry of the cache image, for its credentials.
+    pub registry: &'a str,
+    pub mounts: crate::build_mounts::SessionMounts,
+    /// How long the cache pull may take before the build goes on without it.
+    pub cache_wait: Duration,
 }
 
 fn credentials_for(credentials: &[Credential], registry: &str) -> Option<DockerCredentials> {

@@ -174,17 +174,9 @@ impl Ssh for SshAgents {
 mod tests {
     use super::*;
 
-    /// A fresh key made with `ssh-keygen` for this test run (keys are never committed).
+    /// A fresh key for this test run (see [`crate::ssh::key::tests::generated_key`]).
     fn test_key() -> PrivateKey {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        let made = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "unit-test", "-f"])
-            .arg(&path)
-            .status()
-            .expect("ssh-keygen (openssh-client)");
-        assert!(made.success());
-        russh::keys::decode_secret_key(&std::fs::read_to_string(&path).unwrap(), None).unwrap()
+        russh::keys::decode_secret_key(&crate::ssh::key::tests::generated_key().0, None).unwrap()
     }
 
     #[tokio::test]

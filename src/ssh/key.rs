@@ -169,7 +169,7 @@ fn unflatten(line: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n";
@@ -208,7 +208,7 @@ mod tests {
 
     /// A fresh key made with `ssh-keygen` for this test run (keys are never committed), and the
     /// fingerprint ssh-keygen reports for it.
-    fn generated_key() -> (String, String) {
+    pub(crate) fn generated_key() -> (String, String) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         let made = std::process::Command::new("ssh-keygen")

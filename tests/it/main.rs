@@ -10,6 +10,7 @@ mod config_errors;
 mod context_vs_cli;
 mod dry_run;
 mod faults;
+mod hosts;
 mod image;
 mod logins;
 mod parsers;

@@ -1,0 +1,230 @@
+//! Resolution: the configuration's `SSM:` references, fetched in one batch (the plan's first step),
+//! each turned into its field's typed value by the field's own parser, giving [`Resolved`], the
+//! fully typed values the later steps read. A field is secret because its type is: the parser of a
+//! secret field wraps the text in a [`Secret`] (or [`SecretBytes`]) first, which registers it with the
+//! redactor before anything can be said about it; nothing here matches on a variable's name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::build_mounts::SecretSource;
+use crate::config::{Config, Sourced, Value, check_known_hosts, normalise_registry, password_text};
+use crate::docker_host::DockerHost;
+use crate::error::{Error, Problem};
+use crate::image::build_secrets::SecretBytes;
+use crate::secrets::{Secret, SsmRef};
+use crate::ssh::key::SshKey;
+
+/// The configuration's values with every `SSM:` reference replaced by what it holds, parsed.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Where the daemon is.
+    pub host: DockerHost,
+    /// JETS_SSH_KEY, parsed (once).
+    pub ssh_key: Option<Arc<SshKey>>,
+    /// JETS_SSH_KNOWN, checked to hold only known_hosts entries.
+    pub known_hosts: Option<String>,
+    /// DOCKER_USER / DOCKER_PASS and the registry they are for.
+    pub registry_login: Option<Login>,
+    /// The values of the `--secret`s, by id.
+    pub build_secrets: BTreeMap<String, SecretBytes>,
+}
+
+/// A registry login with a user and a password.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// The registry's host, normalised (`host[:port]`).
+    pub registry: String,
+    pub user: String,
+    pub password: Secret,
+}
+
+impl Resolved {
+    /// Resolves the configuration with the values of its `SSM:` references (empty when it has none);
+    /// every problem with what the parameters hold is reported at once (exit 3, as the configuration's).
+    pub fn new(config: &Config, parameters: &BTreeMap<SsmRef, String>) -> Result<Resolved, Error> {
+        let mut fields = Fields { parameters, problems: Vec::new() };
+        let tls = config.tls.is_some();
+        let host = fields.resolve(&config.host, |text| {
+            DockerHost::parse(text, tls).map_err(|error| (error.message, Some(error.hint.to_string())))
+        });
+        let passphrase = config.ssh_key_passphrase.as_ref();
+        let ssh_key = config.ssh_key.as_ref().map(|key| {
+            fields.resolve(key, |text| {
+                let text = Secret::new(text);
+                SshKey::parse(text.expose(), passphrase)
+                    .map(Arc::new)
+                    .map_err(|error| (error.to_string(), Some(error.hint().to_string())))
+            })
+        });
+        let known_hosts = config.known_hosts.as_ref().map(|known| {
+            let subject = fields.subject(known);
+            fields.resolve(known, |text| {
+                check_known_hosts(text, &subject)
+                    .map(|()| text.to_string())
+                    .map_err(|problem| (problem.message, problem.hint))
+            })
+        });
+        let registry_login = config.registry_login.as_ref().map(|login| {
+            let registry =
+                fields.resolve(&login.registry, |text| normalise_registry(text).map_err(|message| (message, None)));
+            let user = fields.resolve(&login.user, |text| Ok(text.trim().to_string()));
+            let password = fields.resolve(&login.password, |text| {
+                let whole = Secret::new(text);
+                Ok(Secret::new(password_text(whole.expose())))
+            });
+            (registry, user, password)
+        });
+        let mut build_secrets = BTreeMap::new();
+        for secret in &config.build.secrets {
+            let value = match &secret.source {
+                SecretSource::File { value, .. } => Some(value.clone()),
+                SecretSource::Env { value, origin, .. } => {
+                    let sourced = Sourced { value: value.clone(), origin: origin.clone() };
+                    fields.resolve(&sourced, |text| Ok(SecretBytes::new(text.as_bytes().to_vec())))
+                }
+            };
+            if let Some(value) = value {
+                build_secrets.insert(secret.id.clone(), value);
+            }
+        }
+        if !fields.problems.is_empty() {
+            return Err(Error::Config(fields.problems));
+        }
+        let missing = || Error::Internal("a resolved value is missing but no problem was recorded".to_string());
+        let registry_login = match registry_login {
+            None => None,
+            Some((Some(registry), Some(user), Some(password))) => Some(Login { registry, user, password }),
+            Some(_) => return Err(missing()),
+        };
+        Ok(Resolved {
+            host: host.ok_or_else(missing)?,
+            ssh_key: ssh_key.map(|key| key.ok_or_else(missing)).transpose()?,
+            known_hosts: known_hosts.map(|known| known.ok_or_else(missing)).transpose()?,
+            registry_login,
+            build_secrets,
+        })
+    }
+}
+
+/// A parser's complaint: the message and, where there is one, a hint.
+type Complaint = (String, Option<String>);
+
+/// The fetched parameters and the problems found so far.
+struct Fields<'a> {
+    parameters: &'a BTreeMap<SsmRef, String>,
+    problems: Vec<Problem>,
+}
+
+impl Fields<'_> {
+    /// How a problem names the field: `JETS_SSH_KEY (SSM:/x)`, or the variable alone when it was given.
+    fn subject<T>(&self, sourced: &Sourced<Value<T>>) -> String {
+        match &sourced.value {
+            Value::Known(_) => sourced.origin.subject(),
+            Value::Ssm(reference) => format!("{} ({reference})", sourced.origin.subject()),
+        }
+    }
+
+    /// A given value as it is; a referenced one parsed from what the parameter holds, or `None` with
+    /// the problem recorded.
+    fn resolve<T: Clone>(
+        &mut self,
+        sourced: &Sourced<Value<T>>,
+        parse: impl FnOnce(&str) -> Result<T, Complaint>,
+    ) -> Option<T> {
+        let reference = match &sourced.value {
+            Value::Known(value) => return Some(value.clone()),
+            Value::Ssm(reference) => reference,
+        };
+        let subject = self.subject(sourced);
+        let Some(text) = self.parameters.get(reference) else {
+            self.problems.push(Problem::new(subject, "was not resolved (the parameter was not fetched)"));
+            return None;
+        };
+        match parse(text) {
+            Ok(value) => Some(value),
+            Err((message, hint)) => {
+                let problem = Problem::new(subject, message);
+                self.problems.push(match hint {
+                    Some(hint) => problem.hint(hint),
+                    None => problem,
+                });
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{config, fixture};
+    use crate::secrets::{MASK, redact};
+
+    fn parameters(pairs: &[(&str, &str)]) -> BTreeMap<SsmRef, String> {
+        pairs.iter().map(|(name, value)| (SsmRef { name: name.to_string() }, value.to_string())).collect()
+    }
+
+    #[test]
+    fn without_references_the_given_values_are_the_resolved_ones() {
+        let dir = fixture();
+        let config = config(&["--image", "app", "--host", "tcp://127.0.0.1:2375"], &[], dir.path()).unwrap();
+        let resolved = Resolved::new(&config, &BTreeMap::new()).unwrap();
+        assert_eq!(resolved.host, DockerHost::Tcp { host: "127.0.0.1".into(), port: 2375 });
+        assert!(resolved.ssh_key.is_none() && resolved.known_hosts.is_none() && resolved.registry_login.is_none());
+    }
+
+    #[test]
+    fn each_parameter_is_parsed_by_its_field_and_every_problem_is_reported_at_once() {
+        let dir = fixture();
+        let env = [("JETS_SSH_KEY", "SSM:/ci/key"), ("JETS_SSH_KNOWN", "SSM:/ci/known")];
+        let config = config(&["--image", "app", "--host", "SSM:/ci/host"], &env, dir.path()).unwrap();
+        let values = parameters(&[
+            ("/ci/host", "ftp://nowhere"),
+            ("/ci/key", "resolve-test-not-a-key-7d1f"),
+            ("/ci/known", "not a known_hosts line"),
+        ]);
+        let Err(Error::Config(problems)) = Resolved::new(&config, &values) else {
+            panic!("expected configuration problems");
+        };
+        let subjects: Vec<&str> = problems.iter().map(|problem| problem.subject.as_str()).collect();
+        assert_eq!(subjects, ["--host (SSM:/ci/host)", "JETS_SSH_KEY (SSM:/ci/key)", "JETS_SSH_KNOWN (SSM:/ci/known)"]);
+        assert!(problems.iter().all(|problem| problem.hint.is_some()), "{problems:?}");
+    }
+
+    #[test]
+    fn a_secret_field_is_known_to_the_redactor_even_when_it_does_not_parse() {
+        let dir = fixture();
+        let config = config(&["--image", "app"], &[("JETS_SSH_KEY", "SSM:/ci/key")], dir.path()).unwrap();
+        let text = "resolve-test-unparsable-key-51c9e";
+        assert!(Resolved::new(&config, &parameters(&[("/ci/key", text)])).is_err());
+        assert_eq!(redact(text), MASK);
+    }
+
+    #[test]
+    fn a_login_from_parameters_is_normalised_and_its_password_registered_without_the_line_ending() {
+        let dir = fixture();
+        let env = [("DOCKER_PASS", "SSM:/ci/pass")];
+        let argv = ["--image", "app", "--registry-user", "SSM:/ci/user", "--registry", "SSM:/ci/registry"];
+        let config = config(&argv, &env, dir.path()).unwrap();
+        let values = parameters(&[
+            ("/ci/user", " bob \n"),
+            ("/ci/pass", "resolve-test-password-0b2e\r\n"),
+            ("/ci/registry", "https://registry.example.com/v2/"),
+        ]);
+        let login = Resolved::new(&config, &values).unwrap().registry_login.unwrap();
+        assert_eq!((login.registry.as_str(), login.user.as_str()), ("registry.example.com", "bob"));
+        assert_eq!(login.password.expose(), "resolve-test-password-0b2e");
+        assert_eq!(redact("resolve-test-password-0b2e"), MASK);
+    }
+
+    #[test]
+    fn a_build_secret_from_a_parameter_is_registered() {
+        let dir = fixture();
+        let env = [("NPM_TOKEN", "SSM:/ci/npm")];
+        let config = config(&["--image", "app", "--secret", "id=npm,env=NPM_TOKEN"], &env, dir.path()).unwrap();
+        let resolved = Resolved::new(&config, &parameters(&[("/ci/npm", "resolve-test-npm-token-9a3c")])).unwrap();
+        assert_eq!(resolved.build_secrets["npm"].expose(), b"resolve-test-npm-token-9a3c");
+        assert_eq!(redact("resolve-test-npm-token-9a3c"), MASK);
+    }
+}

@@ -1,0 +1,71 @@
+//! Issue 12: a run's hosts. Several daemons (the world's daemon over its socket and over SSH, and
+//! the cold daemon) connected and checked together through `Hosts`, each with its own connection
+//! and its own facts; one host is a list of one.
+
+use std::time::Duration;
+
+use agent::docker_host::DockerHost;
+use agent::hosts::{Access, Hosts};
+use agent::ssh::key::SshKey;
+
+use crate::world::World;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Connects to `targets` with the world's key and known_hosts, checks them, and returns each
+/// host's target and OS, and the check's summary line.
+fn connect_and_check(world: &World, targets: &[DockerHost]) -> (Vec<(String, String)>, String) {
+    let key = SshKey::parse(&std::fs::read_to_string(&world.key_ed25519).unwrap(), None).unwrap();
+    let known = std::fs::read_to_string(&world.known_hosts_plain).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let access = Access {
+        connect_timeout: Duration::from_secs(20),
+        read_timeout: Duration::from_secs(45),
+        tls: None,
+        ssh_key: Some(&key),
+        ssh_key_file: &home.path().join(".ssh/id_rsa"),
+        ssh_key_passphrase: None,
+        known_hosts: Some(&known),
+        known_hosts_file: &home.path().join(".ssh/known_hosts"),
+    };
+    runtime().block_on(async {
+        let mut hosts = Hosts::connect(targets, &access).await.unwrap_or_else(|e| panic!("connect: {e}"));
+        hosts.check().await.unwrap_or_else(|e| panic!("check: {e}"));
+        let facts = hosts
+            .iter()
+            .map(|host| (host.target.to_string(), host.facts.as_ref().expect("checked").os.clone()))
+            .collect();
+        let summary = hosts.summary();
+        hosts.close().await;
+        (facts, summary)
+    })
+}
+
+fn unix(path: &std::path::Path) -> DockerHost {
+    DockerHost::parse(&format!("unix://{}", path.display()), false).unwrap()
+}
+
+#[test]
+fn several_hosts_are_connected_and_checked_together_each_with_its_facts() {
+    let world = World::shared();
+    let targets =
+        [unix(&world.docker_sock), DockerHost::parse(&world.ssh_url(), false).unwrap(), unix(&world.cold_docker_sock)];
+    let (facts, summary) = connect_and_check(world, &targets);
+    let names: Vec<&str> = facts.iter().map(|(target, _)| target.as_str()).collect();
+    let expected: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    assert_eq!(names, expected, "the hosts keep the order they were given in");
+    assert!(facts.iter().all(|(_, os)| os == "linux"), "{facts:?}");
+    for target in &expected {
+        assert!(summary.contains(&format!("{target}: Docker ")), "each host's facts are in the summary: {summary}");
+    }
+}
+
+#[test]
+fn one_host_is_a_list_of_one_and_its_summary_is_its_facts_alone() {
+    let world = World::shared();
+    let (facts, summary) = connect_and_check(world, &[unix(&world.docker_sock)]);
+    assert_eq!(facts.len(), 1);
+    assert!(summary.starts_with("Docker "), "{summary}");
+}
