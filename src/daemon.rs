@@ -344,11 +344,30 @@ impl Daemon {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.send_on_own_stream(request, false).await
+    }
+
+    /// One HTTP/1 connection on a new stream of the daemon's transport, for one request; with
+    /// `upgrades` it stays open for the protocol switch the request asks for.
+    async fn send_on_own_stream<B>(
+        &self,
+        request: http::Request<B>,
+        upgrades: bool,
+    ) -> Result<http::Response<hyper::body::Incoming>, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = self.open_stream().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|error| self.raw_failure(&error))?;
-        tokio::spawn(connection);
+        if upgrades {
+            tokio::spawn(connection.with_upgrades());
+        } else {
+            tokio::spawn(connection);
+        }
         sender.send_request(request).await.map_err(|error| self.raw_failure(&error))
     }
 
@@ -359,12 +378,7 @@ impl Daemon {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let stream = self.open_stream().await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|error| self.raw_failure(&error))?;
-        tokio::spawn(connection.with_upgrades());
-        let response = sender.send_request(request).await.map_err(|error| self.raw_failure(&error))?;
+        let response = self.send_on_own_stream(request, true).await?;
         if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             let status = response.status();
             let body = http_body_util::BodyExt::collect(response.into_body())
