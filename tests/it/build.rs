@@ -5,11 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::agent::{Agent, Outcome};
-use crate::world::World;
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
-}
+use crate::world::{World, read};
 
 /// A copy of the example app (with busybox) in a temporary directory.
 fn example_app(dir: &Path) -> PathBuf {

@@ -125,18 +125,21 @@ fn secrets_from_env_and_from_ssm_reach_the_run_step_and_appear_in_no_output_nor_
     remove_image(&image);
 }
 
-#[test]
-fn a_missing_required_secret_fails_the_build_naming_its_id() {
+/// A BuildKit build whose uncached RUN step needs `mount` (required), with no flag serving it.
+fn build_with_an_unserved_mount(mount: &str, image: &str) -> Outcome {
     World::shared();
     let agent = Agent::new();
-    let context = busybox_context(
-        agent.work.path(),
-        &format!("RUN --mount=type=secret,id=npm_token,required=true echo {}", unique("never-cached")),
-    );
-    let outcome = agent
-        .args(["run", "--context", context.to_str().unwrap(), "--image", "agent-it/missing-secret"])
+    let run = format!("RUN --mount={mount},required=true echo {}", unique("never-cached"));
+    let context = busybox_context(agent.work.path(), &run);
+    agent
+        .args(["run", "--context", context.to_str().unwrap(), "--image", image])
         .args(["--tag", &unique("t"), "--no-push", "--builder", "buildkit"])
-        .run();
+        .run()
+}
+
+#[test]
+fn a_missing_required_secret_fails_the_build_naming_its_id() {
+    let outcome = build_with_an_unserved_mount("type=secret,id=npm_token", "agent-it/missing-secret");
     outcome.expect_code(50);
     assert!(outcome.stderr.contains("npm_token"), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("hint: the Dockerfile mounts the secret \"npm_token\""), "{}", outcome.stderr);
@@ -281,16 +284,7 @@ fn ssh_id_with_a_key_file_forwards_that_key() {
 
 #[test]
 fn an_ssh_mount_no_ssh_flag_gives_fails_the_build_naming_its_id() {
-    World::shared();
-    let agent = Agent::new();
-    let context = busybox_context(
-        agent.work.path(),
-        &format!("RUN --mount=type=ssh,id=github,required=true echo {}", unique("never-cached")),
-    );
-    let outcome = agent
-        .args(["run", "--context", context.to_str().unwrap(), "--image", "agent-it/missing-ssh"])
-        .args(["--tag", &unique("t"), "--no-push", "--builder", "buildkit"])
-        .run();
+    let outcome = build_with_an_unserved_mount("type=ssh,id=github", "agent-it/missing-ssh");
     outcome.expect_code(50);
     assert!(
         outcome.stderr.contains("hint: the Dockerfile mounts the ssh agent \"github\": give --ssh github=KEYFILE"),

@@ -8,11 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::agent::{Agent, Outcome};
-use crate::world::World;
-
-fn read(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
-}
+use crate::world::{World, read};
 
 /// Stores an SSM parameter in moto (through boto3; the value goes on stdin, never on a command line).
 pub(crate) fn put_parameter(world: &World, name: &str, value: &str, secure: bool) {
@@ -34,7 +30,7 @@ fn prefix(test: &str) -> String {
 }
 
 /// An agent with AWS pointed at moto.
-fn with_aws(world: &World) -> Agent {
+pub(crate) fn with_aws(world: &World) -> Agent {
     Agent::new()
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")

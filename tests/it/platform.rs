@@ -13,7 +13,7 @@ use agent::registry::Credential;
 use agent::secrets::Secret;
 
 use crate::agent::{Agent, Outcome};
-use crate::world::{NOT_UP, World};
+use crate::world::{NOT_UP, World, read};
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -118,10 +118,6 @@ fn curl(url: &str, config: &str, accept: &str) -> (u16, String, Vec<u8>) {
     let output = child.wait_with_output().expect("curl output");
     let status = String::from_utf8_lossy(&output.stderr).trim().parse().unwrap_or(0);
     (status, std::fs::read_to_string(&headers).unwrap_or_default(), output.stdout)
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
 }
 
 fn unique(name: &str) -> String {

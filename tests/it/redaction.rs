@@ -4,7 +4,6 @@
 //! password, URL-encoded build arg).
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,14 +11,10 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
 use crate::agent::{Agent, Outcome};
-use crate::logins::put_parameter;
-use crate::world::World;
+use crate::logins::{put_parameter, with_aws};
+use crate::world::{World, read};
 
 const MASK: &str = "********";
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
-}
 
 /// A registry of the test's own (Debian's `docker-registry` with an htpasswd file), for users whose
 /// passwords the test world does not have. Stopped when dropped.
@@ -149,16 +144,6 @@ fn assert_no_form(outcome: &Outcome, what: &str, forms: &[String]) {
     for form in forms {
         assert!(!output.contains(form.as_str()), "{what} appears in the output as {form:?}:\n{output}");
     }
-}
-
-/// An agent with AWS pointed at moto.
-fn with_aws(world: &World) -> Agent {
-    Agent::new()
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", &world.moto_url)
-        .env("AGENT_CONNECT_TIMEOUT", "10")
 }
 
 #[test]

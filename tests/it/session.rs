@@ -5,11 +5,7 @@
 use std::path::Path;
 
 use crate::agent::{Agent, Outcome};
-use crate::world::World;
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
-}
+use crate::world::{World, read};
 
 /// A run over ssh, Jets-style, building with BuildKit and pushing nothing.
 fn over_ssh(world: &World) -> Agent {

@@ -7,11 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, Outcome};
-use crate::world::World;
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
-}
+use crate::world::{World, read};
 
 /// An agent aimed at the world's sshd with the ed25519 key and hashed known_hosts.
 fn over_ssh(world: &World) -> Agent {

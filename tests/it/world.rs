@@ -328,3 +328,8 @@ pub fn remove_images_after_the_run(images: &[&str]) {
     let lines: String = images.iter().map(|image| format!("{image}\n")).collect();
     file.write_all(lines.as_bytes()).expect("removed-images");
 }
+
+/// A file of the world (a key, known_hosts lines) as text; a missing one is a broken world.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
