@@ -180,19 +180,6 @@ impl Context {
         self.entries.iter().any(|entry| entry.name == name)
     }
 
-    /// The context for a daemon that does not apply `.dockerignore` to an uploaded tar (BuildKit
-    /// reading the tar): the `.dockerignore` that hides an outside Dockerfile would only add a
-    /// file to `COPY .`, so the user's own is sent as it is, and none is made up.
-    pub fn without_hiding_dockerignore(mut self) -> Context {
-        let before = self.entries.len();
-        self.entries.retain_mut(|entry| match entry.replaced.take() {
-            None => true,
-            Some(_) => entry.path.exists(),
-        });
-        self.files -= before - self.entries.len();
-        self
-    }
-
     /// Where the tar writer leaves the file it failed on; take it after a failed upload with
     /// [`send_failure`].
     pub fn failure_slot(&self) -> SendFailure {
@@ -522,21 +509,6 @@ mod tests {
         }
         assert_eq!(ignore.as_deref(), Some(".dockerignore\n.dockerfile.agent\n"));
         assert!(fs::read_dir(&root).unwrap().count() == 1, "nothing is written into the context");
-    }
-
-    #[test]
-    fn buildkit_gets_the_users_dockerignore_as_it_is_and_none_made_up() {
-        let dir = tree(&[("ctx/a", "a"), ("Dockerfile", "FROM scratch")]);
-        let root = dir.path().join("ctx");
-        let context = Context::scan(&root, &dir.path().join("Dockerfile")).unwrap();
-        assert!(context.contains(".dockerignore"));
-        let context = context.without_hiding_dockerignore();
-        assert!(!context.contains(".dockerignore") && context.contains(OUTSIDE_DOCKERFILE));
-        assert_eq!(context.files, 2);
-
-        fs::write(root.join(".dockerignore"), "*.tmp\n").unwrap();
-        let context = Context::scan(&root, &dir.path().join("Dockerfile")).unwrap().without_hiding_dockerignore();
-        assert!(context.entries.iter().any(|entry| entry.name == ".dockerignore" && entry.replaced.is_none()));
     }
 
     /// As the docker CLI: an excluded directory is walked only for exceptions that start with its
