@@ -1,7 +1,8 @@
 //! The hosts a run builds on: one or more Docker daemons, each with its target, its connection
-//! and what its check learnt (like buildx's nodes). The connect step reaches them all at once, one
-//! SSH connection each; one host, the common case, is a list of one and costs nothing extra.
-//! Choosing hosts per platform, or from a pool, adds to this list; the steps already read it.
+//! and what its check learnt (like buildx's nodes). A run has one [`Slot`] per build (one per
+//! platform; one for a single-platform run), each with the targets that may take it, in the order
+//! they are tried. The connect step fills every slot at once, one SSH connection per distinct
+//! target; one host, the common case, is one slot of one candidate and costs nothing extra.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,23 +17,45 @@ use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Problem, Result};
 use crate::secrets::Secret;
 use crate::ssh::key::SshKey;
-use crate::ssh::known_hosts::KnownHosts;
 use crate::ssh::login::{login_keys, trusted_hosts};
 use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
 
-/// What every host is reached with: timeouts, TLS, and the SSH login.
+/// What every host is reached with: timeouts, TLS, and the SSH files.
 pub struct Access<'a> {
     pub connect_timeout: Duration,
     /// Unanswered this long, an SSH connection counts as dropped (a keepalive goes every third).
     pub read_timeout: Duration,
     pub tls: Option<&'a Tls>,
-    /// JETS_SSH_KEY; without it, the `id_*` files beside `ssh_key_file`.
-    pub ssh_key: Option<&'a SshKey>,
+    /// Where keys are looked for when a candidate has no key of its own (`id_*` beside it).
     pub ssh_key_file: &'a Path,
     pub ssh_key_passphrase: Option<&'a Secret>,
-    /// JETS_SSH_KNOWN, trusted with the known_hosts file.
-    pub known_hosts: Option<&'a str>,
+    /// Trusted for every SSH host, with the candidate's own pasted known_hosts.
     pub known_hosts_file: &'a Path,
+}
+
+/// Where one build may run: its candidates in the order they are tried.
+pub struct Slot {
+    /// What the build is for in the log: its platform (`linux/arm64`), or empty for a single-platform run.
+    pub name: String,
+    /// Never empty.
+    pub candidates: Vec<Candidate>,
+}
+
+/// One target that may take a slot, with the SSH login it is reached with.
+#[derive(Clone)]
+pub struct Candidate {
+    pub target: DockerHost,
+    /// JETS_SSH_KEY (or its per-arch variable); without it, the `id_*` files beside `ssh_key_file`.
+    pub ssh_key: Option<Arc<SshKey>>,
+    /// JETS_SSH_KNOWN (or its per-arch variable), trusted with the known_hosts file.
+    pub known_hosts: Option<String>,
+}
+
+impl Slot {
+    /// A slot with a single candidate.
+    pub fn single(name: impl Into<String>, candidate: Candidate) -> Slot {
+        Slot { name: name.into(), candidates: vec![candidate] }
+    }
 }
 
 /// One daemon of the run.
@@ -44,29 +67,42 @@ pub struct Host {
     pub facts: Option<Facts>,
 }
 
-/// The run's hosts, in the order they were given; never empty.
+/// The run's hosts, each connected once, and the host each slot got; never empty.
 pub struct Hosts {
     hosts: Vec<Host>,
+    /// For each slot, in the order given, the index of its host in `hosts`.
+    slots: Vec<usize>,
 }
 
 impl Hosts {
-    /// Connects to every target at once; the first failure is the outcome.
-    pub async fn connect(targets: &[DockerHost], access: &Access<'_>) -> Result<Hosts> {
-        // The host keys are read once for all SSH hosts, and only when there is one.
-        let known = match targets.iter().any(|target| matches!(target, DockerHost::Ssh { .. })) {
-            true => Some(Arc::new(trusted_hosts(access.known_hosts, access.known_hosts_file)?)),
-            false => None,
-        };
-        let hosts = try_join_all(targets.iter().map(|target| connect(target, access, known.clone()))).await?;
-        if hosts.is_empty() {
+    /// Fills every slot at once with its first candidate (slots naming the same target share its
+    /// connection); the first failure is the outcome.
+    pub async fn connect(slots: &[Slot], access: &Access<'_>) -> Result<Hosts> {
+        let mut distinct: Vec<&Candidate> = Vec::new();
+        let mut chosen = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let candidate =
+                slot.candidates.first().ok_or_else(|| Error::Internal(format!("slot {:?} has no host", slot.name)))?;
+            let index = match distinct.iter().position(|seen| seen.target == candidate.target) {
+                Some(index) => index,
+                None => {
+                    distinct.push(candidate);
+                    distinct.len() - 1
+                }
+            };
+            chosen.push(index);
+        }
+        if distinct.is_empty() {
             return Err(Error::Internal("a run without a host".to_string()));
         }
-        Ok(Hosts { hosts })
+        let hosts = try_join_all(distinct.iter().map(|candidate| connect(candidate, access))).await?;
+        Ok(Hosts { hosts, slots: chosen })
     }
 
-    /// The host the build runs on (the only one, until hosts are chosen per platform or from a pool).
-    pub fn first(&self) -> &Host {
-        &self.hosts[0]
+    /// The host slot `slot` builds on.
+    pub fn for_slot(&self, slot: usize) -> Result<&Host> {
+        let index = self.slots.get(slot).ok_or_else(|| Error::Internal(format!("no slot {slot}")))?;
+        self.hosts.get(*index).ok_or_else(|| Error::Internal(format!("slot {slot} has no host")))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Host> {
@@ -101,7 +137,8 @@ impl Hosts {
 }
 
 /// One connection to one target.
-async fn connect(target: &DockerHost, access: &Access<'_>, known: Option<Arc<KnownHosts>>) -> Result<Host> {
+async fn connect(candidate: &Candidate, access: &Access<'_>) -> Result<Host> {
+    let target = &candidate.target;
     let timeout = access.connect_timeout;
     let daemon = match target {
         DockerHost::Unix { path } => Daemon::unix(path, timeout)?,
@@ -131,8 +168,8 @@ async fn connect(target: &DockerHost, access: &Access<'_>, known: Option<Arc<Kno
                     .hint("write the user into the address: ssh://user@host"),
                 ]));
             };
-            let keys = login_keys(name, access.ssh_key, access.ssh_key_file, access.ssh_key_passphrase)?;
-            let known = known.ok_or_else(|| Error::Internal("an SSH host without its known hosts".to_string()))?;
+            let keys = login_keys(name, candidate.ssh_key.as_deref(), access.ssh_key_file, access.ssh_key_passphrase)?;
+            let known = Arc::new(trusted_hosts(candidate.known_hosts.as_deref(), access.known_hosts_file)?);
             let ssh = SshTarget { host: name.clone(), port: *port, user, socket: socket.clone() };
             let timeouts = Timeouts { connect: timeout, keepalive: access.read_timeout / 3 };
             let session = SshSession::connect(ssh, &keys, known, timeouts).await?;

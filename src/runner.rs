@@ -8,7 +8,7 @@ use crate::aws::{self, EcrTokens};
 use crate::build_mounts::SessionMounts;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::hosts::{Access, Hosts};
+use crate::hosts::{Access, Candidate, Hosts, Slot};
 use crate::image::{self, BuildStep, metadata::Built};
 use crate::plan::{Step, StepRunner};
 use crate::registry::{self, Credential};
@@ -100,14 +100,16 @@ impl<'a> Runner<'a> {
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             tls: config.tls.as_ref(),
-            ssh_key: resolved.ssh_key.as_deref(),
             ssh_key_file: &config.ssh_key_file.value,
             ssh_key_passphrase: config.ssh_key_passphrase.as_ref(),
-            known_hosts: resolved.known_hosts.as_deref(),
             known_hosts_file: &config.known_hosts_file.value,
         };
-        let targets = [resolved.host.clone()];
-        let hosts = Hosts::connect(&targets, &access).await?;
+        let candidate = Candidate {
+            target: resolved.host.clone(),
+            ssh_key: resolved.ssh_key.clone(),
+            known_hosts: resolved.known_hosts.clone(),
+        };
+        let hosts = Hosts::connect(&[Slot::single("", candidate)], &access).await?;
         let transports: Vec<&str> = hosts.iter().map(|host| host.target.transport()).collect();
         self.hosts = Some(hosts);
         Ok(format!("connected over {}", transports.join(", ")))
@@ -181,17 +183,18 @@ impl StepRunner for Runner<'_> {
                     mounts,
                     cache_wait: self.config.connect_timeout * 3,
                 };
-                let built = image::build_on(self.hosts()?.first(), request, &self.credentials).await?;
+                let built = image::build_on(self.hosts()?.for_slot(0)?, request, &self.credentials).await?;
                 let outcome = format!("{} steps, {} CACHED", built.summary.steps.len(), built.summary.cached());
                 self.built = Some(built);
                 outcome
             }
             Step::Tag { source, target } => {
-                image::tag(&self.hosts()?.first().daemon, source, target).await?;
+                image::tag(&self.hosts()?.for_slot(0)?.daemon, source, target).await?;
                 return Ok(None);
             }
             Step::Push { reference, registry } => {
-                let pushed = image::push(&self.hosts()?.first().daemon, reference, registry, &self.credentials).await?;
+                let pushed =
+                    image::push(&self.hosts()?.for_slot(0)?.daemon, reference, registry, &self.credentials).await?;
                 if self.pushed_digest.is_none() {
                     self.pushed_digest = pushed.digest.clone();
                 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use agent::docker_host::DockerHost;
-use agent::hosts::{Access, Hosts};
+use agent::hosts::{Access, Candidate, Hosts, Slot};
 use agent::ssh::key::SshKey;
 
 use crate::world::World;
@@ -24,14 +24,22 @@ fn connect_and_check(world: &World, targets: &[DockerHost]) -> (Vec<(String, Str
         connect_timeout: Duration::from_secs(20),
         read_timeout: Duration::from_secs(45),
         tls: None,
-        ssh_key: Some(&key),
         ssh_key_file: &home.path().join(".ssh/id_rsa"),
         ssh_key_passphrase: None,
-        known_hosts: Some(&known),
         known_hosts_file: &home.path().join(".ssh/known_hosts"),
     };
     runtime().block_on(async {
-        let mut hosts = Hosts::connect(targets, &access).await.unwrap_or_else(|e| panic!("connect: {e}"));
+        let key = std::sync::Arc::new(key);
+        let slots: Vec<Slot> = targets
+            .iter()
+            .enumerate()
+            .map(|(index, target)| {
+                let candidate =
+                    Candidate { target: target.clone(), ssh_key: Some(key.clone()), known_hosts: Some(known.clone()) };
+                Slot::single(format!("slot {index}"), candidate)
+            })
+            .collect();
+        let mut hosts = Hosts::connect(&slots, &access).await.unwrap_or_else(|e| panic!("connect: {e}"));
         hosts.check().await.unwrap_or_else(|e| panic!("check: {e}"));
         let facts = hosts
             .iter()
@@ -68,4 +76,13 @@ fn one_host_is_a_list_of_one_and_its_summary_is_its_facts_alone() {
     let (facts, summary) = connect_and_check(world, &[unix(&world.docker_sock)]);
     assert_eq!(facts.len(), 1);
     assert!(summary.starts_with("Docker "), "{summary}");
+}
+
+#[test]
+fn slots_naming_the_same_target_share_one_connection() {
+    let world = World::shared();
+    let ssh = DockerHost::parse(&world.ssh_url(), false).unwrap();
+    let (facts, summary) = connect_and_check(world, &[ssh.clone(), unix(&world.docker_sock), ssh]);
+    assert_eq!(facts.len(), 2, "two distinct targets, two hosts: {facts:?}");
+    assert!(!summary.is_empty());
 }
