@@ -304,6 +304,7 @@ impl Step {
                     target,
                     labels,
                     platform,
+                    platform_hosts,
                     pull,
                     no_cache,
                     builder,
@@ -343,6 +344,24 @@ impl Step {
                 }
                 if let Some(platform) = platform {
                     lines.push(format!("platform {platform}"));
+                }
+                for each in platform_hosts {
+                    let suffix = each.tag_suffix();
+                    lines.push(match &each.host {
+                        Some(host) => format!(
+                            "platform {} on {} (from {}), pushed as TAG-{suffix}",
+                            each.platform,
+                            host.value_text(),
+                            host.origin
+                        ),
+                        None => format!(
+                            "platform {} on the DOCKER_HOST daemon, emulated (no DOCKER_HOST_<ARCH> for it), pushed as TAG-{suffix}",
+                            each.platform
+                        ),
+                    });
+                    if let Some(chosen) = &each.chosen {
+                        lines.push(format!("platform {}: {chosen}", each.platform));
+                    }
                 }
                 if *pull {
                     lines.push("pull newer base images".to_string());

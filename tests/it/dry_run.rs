@@ -168,3 +168,44 @@ fn dry_run_uses_the_local_socket_by_default() {
     assert!(outcome.stdout.contains("connect to unix:///var/run/docker.sock"), "{}", outcome.stdout);
     assert!(outcome.stdout.contains("(from default)"), "{}", outcome.stdout);
 }
+
+#[test]
+fn dry_run_shows_the_host_of_each_platform_and_which_spelling_won() {
+    let outcome = Agent::new()
+        .env("PLATFORMS", "linux/amd64,linux/arm64,linux/riscv64")
+        .env("DOCKER_HOST_X86_64", "ssh://ci@amd.example:2201")
+        .env("DOCKER_HOST_ARM64", "ssh://ci@arm.example:2202")
+        .env("DOCKER_HOST_AARCH64", "ssh://ci@other.example:2203")
+        .args(["run", "--dry", "--image", "app"])
+        .run();
+    outcome.expect_code(0);
+    let plan = &outcome.stdout;
+    for line in [
+        "platform linux/amd64 on ssh://ci@amd.example:2201/var/run/docker.sock (from env DOCKER_HOST_X86_64), pushed as TAG-amd64",
+        "platform linux/arm64 on ssh://ci@arm.example:2202/var/run/docker.sock (from env DOCKER_HOST_ARM64), pushed as TAG-arm64",
+        "platform linux/arm64: DOCKER_HOST_ARM64 wins over DOCKER_HOST_AARCH64 (both are set)",
+        "platform linux/riscv64 on the DOCKER_HOST daemon, emulated",
+    ] {
+        assert!(plan.contains(line), "missing {line:?} in\n{plan}");
+    }
+}
+
+#[test]
+fn two_platforms_outside_a_dry_run_are_refused_with_a_hint_before_any_connection() {
+    let daemon = listener();
+    let port = daemon.local_addr().unwrap().port();
+    let outcome = Agent::new()
+        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+        .args(["run", "--image", "app", "--platform", "linux/amd64,linux/arm64"])
+        .run();
+    outcome.expect_code(3);
+    assert!(outcome.stderr.contains("not supported yet"), "{}", outcome.stderr);
+    assert_no_connection(&daemon);
+}
+
+#[test]
+fn a_platform_list_with_a_bad_or_repeated_entry_is_a_config_error() {
+    let outcome = Agent::new().args(["run", "--dry", "--image", "app", "--platform", "linux/amd64,linux/amd64"]).run();
+    outcome.expect_code(3);
+    assert!(outcome.stderr.contains("given twice"), "{}", outcome.stderr);
+}
