@@ -486,6 +486,17 @@ impl Config {
                 references.push((&login.password.origin, reference));
             }
         }
+        for platform in &self.build.platform_hosts {
+            if let Some(Sourced { value: Value::Ssm(reference), origin }) = &platform.host {
+                references.push((origin, reference));
+            }
+            if let Some(Sourced { value: Value::Ssm(reference), origin }) = &platform.ssh_key {
+                references.push((origin, reference));
+            }
+            if let Some(Sourced { value: Value::Ssm(reference), origin }) = &platform.known_hosts {
+                references.push((origin, reference));
+            }
+        }
         for secret in &self.build.secrets {
             if let crate::build_mounts::SecretSource::Env { value: Value::Ssm(reference), origin, .. } = &secret.source
             {
@@ -749,13 +760,16 @@ fn check_build(
         Some(text) => crate::platforms::parse_list(text, problems),
         None => Vec::new(),
     };
+    let passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
     let platform_hosts = match platforms.len() {
         0 | 1 => Vec::new(),
-        _ => crate::platforms::hosts_for(&platforms, env, env.get("DOCKER_TLS_VERIFY").is_some(), problems),
+        _ => {
+            let tls = env.get("DOCKER_TLS_VERIFY").is_some();
+            crate::platforms::hosts_for(&platforms, env, tls, passphrase.as_ref(), problems)
+        }
     };
 
     let secrets = crate::build_mounts::parse_secrets(&args.secrets, env, cwd, problems);
-    let passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
     let ssh = crate::build_mounts::parse_ssh(
         &args.ssh,
         env.get(names::JETS_SSH_KEY).is_some(),

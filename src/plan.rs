@@ -43,6 +43,18 @@ pub enum Step {
     },
     /// Tag the built image with another tag.
     Tag { source: String, target: String },
+    /// Two or more platforms (`--platform a,b`): every platform built at once, each on its own
+    /// host (the run's slot of the same index), tagged and pushed from there as `TAG-<arch>`.
+    BuildPlatforms {
+        build: Box<Build>,
+        image: crate::image_ref::Repository,
+        tags: Vec<String>,
+        /// `linux/arm64`, in the order of `--platform` (slot `i` is platform `i`).
+        platforms: Vec<String>,
+        push: bool,
+    },
+    /// One image index naming every platform's pushed image, under each tag.
+    PushIndex { image: crate::image_ref::Repository, tags: Vec<String>, platforms: Vec<String> },
     /// Push one tag.
     Push { reference: String, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
@@ -127,6 +139,29 @@ impl Plan {
         }
         let image = &config.image.value;
         let tags = &config.tags.value;
+        let platforms: Vec<String> = config.build.platform_hosts.iter().map(|each| each.platform.clone()).collect();
+        if !platforms.is_empty() {
+            steps.push(Step::BuildPlatforms {
+                build: Box::new(config.build.clone()),
+                image: image.clone(),
+                tags: tags.clone(),
+                platforms: platforms.clone(),
+                push: config.push,
+            });
+            if config.push {
+                steps.push(Step::PushIndex { image: image.clone(), tags: tags.clone(), platforms });
+            }
+        } else {
+            Self::single_platform_steps(config, &mut steps);
+        }
+        Self::output_steps(config, cwd, &mut steps);
+        Plan { steps }
+    }
+
+    /// Build, tag and push on the one host.
+    fn single_platform_steps(config: &Config, steps: &mut Vec<Step>) {
+        let image = &config.image.value;
+        let tags = &config.tags.value;
         let first = image.with_tag(&tags[0]);
         steps.push(Step::Build {
             build: Box::new(config.build.clone()),
@@ -142,6 +177,12 @@ impl Plan {
                 steps.push(Step::Push { reference: image.with_tag(tag), registry: image.registry().to_string() });
             }
         }
+    }
+
+    /// imagedefinitions.json and the metadata file, after the pushes.
+    fn output_steps(config: &Config, cwd: &std::path::Path, steps: &mut Vec<Step>) {
+        let image = &config.image.value;
+        let tags = &config.tags.value;
         if let Some(container) = &config.image_definitions {
             // CodePipeline deploys the commit's tag when there is one: the last tag is the most specific.
             let tag = tags.last().expect("a config always has a tag");
@@ -158,7 +199,6 @@ impl Plan {
                 pushed: config.push,
             });
         }
-        Plan { steps }
     }
 }
 
@@ -181,6 +221,14 @@ impl Step {
             Step::WriteDockerConfig { .. } => "write docker config".to_string(),
             Step::Build { reference, .. } => format!("build {reference}"),
             Step::Tag { target, .. } => format!("tag {target}"),
+            Step::BuildPlatforms { image, tags, platforms, .. } => {
+                format!("build {} for {}", image.with_tag(&tags[0]), platforms.join(", "))
+            }
+            Step::PushIndex { image, tags, .. } => format!(
+                "push the image index {image} ({} tag{})",
+                tags.len(),
+                if tags.len() == 1 { "" } else { "s" }
+            ),
             Step::Push { reference, .. } => format!("push {reference}"),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
             Step::WriteMetadata { .. } => "write build metadata".to_string(),
@@ -200,6 +248,8 @@ impl Step {
             | Step::WriteDockerConfig { .. }
             | Step::Build { .. }
             | Step::Tag { .. }
+            | Step::BuildPlatforms { .. }
+            | Step::PushIndex { .. }
             | Step::Push { .. }
             | Step::WriteImageDefinitions { .. }
             | Step::WriteMetadata { .. } => true,
@@ -359,7 +409,7 @@ impl Step {
                             each.platform
                         ),
                     });
-                    if let Some(chosen) = &each.chosen {
+                    for chosen in &each.chosen {
                         lines.push(format!("platform {}: {chosen}", each.platform));
                     }
                 }
@@ -419,6 +469,36 @@ impl Step {
                 });
             }
             Step::Tag { source, target } => lines.push(format!("{source} -> {target}")),
+            Step::BuildPlatforms { build, image, tags, platforms, push } => {
+                let build_step = Step::Build {
+                    build: build.clone(),
+                    reference: image.with_tag(&tags[0]),
+                    cache_image: None,
+                    registry: image.registry().to_string(),
+                };
+                lines.push("every platform at once, each on its host:".to_string());
+                for platform in platforms {
+                    let suffix = crate::platforms::tag_suffix(platform);
+                    let references: Vec<String> = tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
+                    lines.push(format!("  {platform}: build and tag {}", references.join(", ")));
+                    if *push {
+                        lines.push(format!(
+                            "  {platform}: push them from its host; cache from {} when the host lacks it",
+                            image.with_tag(&format!("{}-{suffix}", crate::image_ref::LATEST))
+                        ));
+                    }
+                }
+                lines.push("the first failure fails the run, naming its platform; no index is pushed then".to_string());
+                lines.extend(build_step.details());
+            }
+            Step::PushIndex { image, tags, platforms } => {
+                lines.push(format!(
+                    "one index (Docker manifest list, or OCI index for OCI manifests) of {}, each manifest by digest",
+                    platforms.join(", ")
+                ));
+                lines.push(format!("pushed by the agent to {} under {}", image.registry(), tags.join(", ")));
+                lines.push("with the run's login for that registry (basic auth, or the bearer-token flow)".to_string());
+            }
             Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 lines.push(format!("write {} (atomically)", path.display()));

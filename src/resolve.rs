@@ -28,6 +28,20 @@ pub struct Resolved {
     pub registry_login: Option<Login>,
     /// The values of the `--secret`s, by id.
     pub build_secrets: BTreeMap<String, SecretBytes>,
+    /// Each platform of a multi-platform run with its own host, if it has one (empty otherwise).
+    pub platforms: Vec<PlatformLogin>,
+}
+
+/// One platform of a multi-platform run: its own daemon (`DOCKER_HOST_<ARCH>`) and the SSH login
+/// for it (`JETS_SSH_KEY_<ARCH>` / `JETS_SSH_KNOWN_<ARCH>`, else the unsuffixed ones).
+#[derive(Debug, Clone)]
+pub struct PlatformLogin {
+    /// `linux/arm64`.
+    pub platform: String,
+    /// `None`: the platform builds on the default host.
+    pub host: Option<DockerHost>,
+    pub ssh_key: Option<Arc<SshKey>>,
+    pub known_hosts: Option<String>,
 }
 
 /// A registry login with a user and a password.
@@ -88,6 +102,31 @@ impl Resolved {
                 build_secrets.insert(secret.id.clone(), value);
             }
         }
+        let mut platforms = Vec::new();
+        for each in &config.build.platform_hosts {
+            let host = each.host.as_ref().map(|host| {
+                fields.resolve(host, |text| {
+                    DockerHost::parse(text, tls).map_err(|error| (error.message, Some(error.hint.to_string())))
+                })
+            });
+            let key = each.ssh_key.as_ref().map(|key| {
+                fields.resolve(key, |text| {
+                    let text = Secret::new(text);
+                    SshKey::parse(text.expose(), passphrase)
+                        .map(Arc::new)
+                        .map_err(|error| (error.to_string(), Some(error.hint().to_string())))
+                })
+            });
+            let known = each.known_hosts.as_ref().map(|known| {
+                let subject = fields.subject(known);
+                fields.resolve(known, |text| {
+                    check_known_hosts(text, &subject)
+                        .map(|()| text.to_string())
+                        .map_err(|problem| (problem.message, problem.hint))
+                })
+            });
+            platforms.push((each.platform.clone(), host, key, known));
+        }
         if !fields.problems.is_empty() {
             return Err(Error::Config(fields.problems));
         }
@@ -97,13 +136,21 @@ impl Resolved {
             Some((Some(registry), Some(user), Some(password))) => Some(Login { registry, user, password }),
             Some(_) => return Err(missing()),
         };
-        Ok(Resolved {
-            host: host.ok_or_else(missing)?,
-            ssh_key: ssh_key.map(|key| key.ok_or_else(missing)).transpose()?,
-            known_hosts: known_hosts.map(|known| known.ok_or_else(missing)).transpose()?,
-            registry_login,
-            build_secrets,
-        })
+        let ssh_key = ssh_key.map(|key| key.ok_or_else(missing)).transpose()?;
+        let known_hosts = known_hosts.map(|known| known.ok_or_else(missing)).transpose()?;
+        let platforms = platforms
+            .into_iter()
+            .map(|(platform, host, key, known)| {
+                Ok(PlatformLogin {
+                    platform,
+                    host: host.map(|host| host.ok_or_else(missing)).transpose()?,
+                    // The unsuffixed variables are the fallback of every arch.
+                    ssh_key: key.map(|key| key.ok_or_else(missing)).transpose()?.or_else(|| ssh_key.clone()),
+                    known_hosts: known.map(|known| known.ok_or_else(missing)).transpose()?.or_else(|| known_hosts.clone()),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Resolved { host: host.ok_or_else(missing)?, ssh_key, known_hosts, registry_login, build_secrets, platforms })
     }
 }
 

@@ -68,16 +68,6 @@ async fn run(args: &cli::RunArgs, matches: &clap::ArgMatches) -> Result<(), Erro
         (false, true) => Mode::Check,
         (false, false) => Mode::Run,
     };
-    if mode != Mode::Dry && !config.build.platform_hosts.is_empty() {
-        // Issue #15: the per-platform builds and the index push are not wired yet; the plan is.
-        return Err(Error::Config(vec![
-            crate::error::Problem::new(
-                "--platform",
-                "building two or more platforms in one run is not supported yet (only --dry shows its plan)",
-            )
-            .hint("give one platform per run, e.g. --platform linux/arm64"),
-        ]));
-    }
     let mut runner = Runner::new(&config);
     let result = plan::execute(&plan, mode, &mut runner).await;
     runner.finish().await;

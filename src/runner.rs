@@ -8,7 +8,10 @@ use crate::aws::{self, EcrTokens};
 use crate::build_mounts::SessionMounts;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use futures_util::FutureExt as _;
+
 use crate::hosts::{Access, Candidate, Hosts, Slot};
+use crate::image_index::PlatformImage;
 use crate::image::{self, BuildStep, metadata::Built};
 use crate::plan::{Step, StepRunner};
 use crate::registry::{self, Credential};
@@ -31,8 +34,10 @@ pub struct Runner<'a> {
     pub credentials: Vec<Credential>,
     /// What the build did, for the metadata file.
     built: Option<Built>,
-    /// The manifest digest of the first push, for the metadata file.
+    /// The manifest digest of the first push (of the index in a multi-platform run), for the metadata file.
     pushed_digest: Option<String>,
+    /// Each platform's pushed image, for the index (multi-platform runs).
+    platform_images: Vec<PlatformImage>,
 }
 
 impl<'a> Runner<'a> {
@@ -46,6 +51,7 @@ impl<'a> Runner<'a> {
             credentials: Vec::new(),
             built: None,
             pushed_digest: None,
+            platform_images: Vec::new(),
         }
     }
 
@@ -104,12 +110,7 @@ impl<'a> Runner<'a> {
             ssh_key_passphrase: config.ssh_key_passphrase.as_ref(),
             known_hosts_file: &config.known_hosts_file.value,
         };
-        let candidate = Candidate {
-            target: resolved.host.clone(),
-            ssh_key: resolved.ssh_key.clone(),
-            known_hosts: resolved.known_hosts.clone(),
-        };
-        let hosts = Hosts::connect(&[Slot::single("", candidate)], &access).await?;
+        let hosts = Hosts::connect(&slots(resolved), &access).await?;
         let transports: Vec<&str> = hosts.iter().map(|host| host.target.transport()).collect();
         self.hosts = Some(hosts);
         Ok(format!("connected over {}", transports.join(", ")))
@@ -122,7 +123,140 @@ impl<'a> Runner<'a> {
         for facts in hosts.iter().filter_map(|host| host.facts.as_ref()) {
             crate::build_mounts::check_builder_offers_mounts(&self.config.build, facts)?;
         }
-        Ok(hosts.summary())
+        let summary = hosts.summary();
+        self.warn_of_emulation()?;
+        Ok(summary)
+    }
+
+    /// A warning for each platform that its host runs under emulation (QEMU): much slower.
+    fn warn_of_emulation(&self) -> Result<()> {
+        let hosts = self.hosts()?;
+        for (slot, each) in self.config.build.platform_hosts.iter().enumerate() {
+            let host = hosts.for_slot(slot)?;
+            let Some(facts) = &host.facts else { continue };
+            let arch = crate::platforms::tag_suffix(&each.platform);
+            let arch = arch.split('-').next().unwrap_or_default();
+            if same_arch(&facts.arch, arch) {
+                continue;
+            }
+            match &each.host {
+                None => tracing::warn!(
+                    "{} builds emulated on {} ({} host): no DOCKER_HOST_{} is set; emulation is often 10-20x slower",
+                    each.platform,
+                    host.target,
+                    facts.arch,
+                    arch.to_ascii_uppercase()
+                ),
+                Some(given) => tracing::warn!(
+                    "{} builds emulated on {} (from {}), which is {} host",
+                    each.platform,
+                    host.target,
+                    given.origin,
+                    facts.arch
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds every platform at once, each on its slot's host, and tags and pushes it from there
+    /// as `TAG-<arch>`; the first failure ends the others and is the outcome, naming its platform.
+    async fn build_platforms(
+        &mut self,
+        build: &crate::config::Build,
+        image: &crate::image_ref::Repository,
+        tags: &[String],
+        platforms: &[String],
+        push: bool,
+    ) -> Result<String> {
+        use tracing::Instrument as _;
+        let hosts = self.hosts()?;
+        let resolved = self.resolved.as_ref();
+        let registry = image.registry().to_string();
+        let cache_wait = self.config.connect_timeout * 3;
+        let credentials = &self.credentials;
+        let jobs = platforms.iter().enumerate().map(|(slot, platform)| {
+            let registry = registry.clone();
+            let span = tracing::info_span!("platform", platform = %platform);
+            async move {
+                let host = hosts.for_slot(slot)?;
+                let suffix = crate::platforms::tag_suffix(platform);
+                let mut build = build.clone();
+                build.platform = Some(platform.clone());
+                let mounts = match resolved {
+                    Some(resolved) => SessionMounts::new(&build, resolved)?,
+                    None => return Err(Error::Internal("the builds ran before the configuration was resolved".into())),
+                };
+                let references: Vec<String> = tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
+                let cache_image = image.with_tag(&format!("{}-{suffix}", crate::image_ref::LATEST));
+                let request = BuildStep {
+                    build: &build,
+                    reference: &references[0],
+                    cache_image: push.then_some(cache_image.as_str()),
+                    registry: &registry,
+                    mounts,
+                    cache_wait,
+                };
+                let built = image::build_on(host, request, credentials).await?;
+                tracing::info!(
+                    "built on {}: {} steps, {} CACHED",
+                    host.target,
+                    built.summary.steps.len(),
+                    built.summary.cached()
+                );
+                for reference in &references[1..] {
+                    image::tag(&host.daemon, &references[0], reference).await?;
+                }
+                let mut digest = None;
+                if push {
+                    for reference in &references {
+                        let pushed = image::push(&host.daemon, reference, &registry, credentials).await?;
+                        tracing::info!("pushed {reference}: {pushed}");
+                        digest = digest.or(pushed.digest);
+                    }
+                }
+                Ok((built, digest))
+            }
+            .instrument(span)
+            .map(move |result: Result<_>| {
+                result.map_err(|error| Error::Platform { platform: platform.clone(), source: Box::new(error) })
+            })
+        });
+        let done = futures_util::future::try_join_all(jobs).await?;
+        let mut images = Vec::new();
+        let mut outcome = Vec::new();
+        for (platform, (built, digest)) in platforms.iter().zip(done) {
+            outcome.push(format!("{platform} {} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
+            if push {
+                let digest = digest.ok_or_else(|| Error::Push {
+                    reference: image.with_tag(&format!("{}-{}", tags[0], crate::platforms::tag_suffix(platform))),
+                    registry: registry.clone(),
+                    message: "the daemon reported no digest for the push, so no index can name it".to_string(),
+                })?;
+                let platform = crate::image_index::Platform::parse(platform).map_err(Error::Internal)?;
+                images.push(PlatformImage { platform, digest });
+            }
+            if self.built.is_none() {
+                self.built = Some(built);
+            }
+        }
+        self.platform_images = images;
+        Ok(outcome.join("; "))
+    }
+
+    /// Pushes the index of every platform's image under each tag.
+    async fn push_index(&mut self, image: &crate::image_ref::Repository, tags: &[String]) -> Result<String> {
+        let credential = self.credentials.iter().find(|credential| credential.registry == image.registry());
+        let pushed = crate::image_index::push_index(
+            image,
+            credential,
+            tags,
+            &self.platform_images,
+            self.config.connect_timeout,
+        )
+        .await?;
+        self.pushed_digest = Some(pushed.digest.clone());
+        Ok(format!("pushed {} ({}) under {}", pushed.digest, pushed.media_type, pushed.tags.join(", ")))
     }
 
     async fn login(&mut self, password_origin: &Origin) -> Result<String> {
@@ -188,6 +322,10 @@ impl StepRunner for Runner<'_> {
                 self.built = Some(built);
                 outcome
             }
+            Step::BuildPlatforms { build, image, tags, platforms, push } => {
+                self.build_platforms(build, image, tags, platforms, *push).await?
+            }
+            Step::PushIndex { image, tags, .. } => self.push_index(image, tags).await?,
             Step::Tag { source, target } => {
                 image::tag(&self.hosts()?.for_slot(0)?.daemon, source, target).await?;
                 return Ok(None);
@@ -219,4 +357,49 @@ impl StepRunner for Runner<'_> {
         };
         Ok(Some(outcome))
     }
+}
+
+/// The candidates of the default host (`DOCKER_HOST` with `JETS_SSH_KEY` / `JETS_SSH_KNOWN`), in
+/// the order they are tried: the one place that says where a build without a host of its own goes.
+pub fn default_candidates(resolved: &Resolved) -> Vec<Candidate> {
+    vec![Candidate {
+        target: resolved.host.clone(),
+        ssh_key: resolved.ssh_key.clone(),
+        known_hosts: resolved.known_hosts.clone(),
+    }]
+}
+
+/// The run's slots: one for a single-platform run; one per platform (named by it) otherwise, on
+/// the platform's own host when it has one, else on the default host.
+fn slots(resolved: &Resolved) -> Vec<Slot> {
+    if resolved.platforms.is_empty() {
+        return vec![Slot { name: String::new(), candidates: default_candidates(resolved) }];
+    }
+    resolved
+        .platforms
+        .iter()
+        .map(|each| {
+            let candidates = match &each.host {
+                Some(host) => vec![Candidate {
+                    target: host.clone(),
+                    ssh_key: each.ssh_key.clone(),
+                    known_hosts: each.known_hosts.clone(),
+                }],
+                None => default_candidates(resolved),
+            };
+            Slot { name: each.platform.clone(), candidates }
+        })
+        .collect()
+}
+
+/// Whether a daemon's architecture (`docker version`'s, Go's names) is `arch` (a platform's).
+fn same_arch(daemon: &str, arch: &str) -> bool {
+    fn canonical(name: &str) -> &str {
+        match name {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        }
+    }
+    canonical(daemon) == canonical(arch)
 }
