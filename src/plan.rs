@@ -22,8 +22,15 @@ pub enum Step {
     InstallSshKey { origin: Origin, path: PathBuf, key: Option<String> },
     /// Add the known_hosts lines that are not there yet.
     InstallKnownHosts { origin: Origin, path: PathBuf, entries: Vec<String> },
-    /// Open the connection to the daemon.
-    Connect { host: Sourced<Value<DockerHost>>, timeout: Duration, read_timeout: Duration, tls: Option<PathBuf> },
+    /// Open the connection to the daemon (to each platform's, in a multi-platform run).
+    Connect {
+        host: Sourced<Value<DockerHost>>,
+        timeout: Duration,
+        read_timeout: Duration,
+        tls: Option<PathBuf>,
+        /// The platforms of a multi-platform run, each with its own host if it has one; else empty.
+        platforms: Vec<crate::platforms::PlatformHost>,
+    },
     /// Check every host's daemon in one round trip each (see [`crate::daemon::Daemon::CHECK`]).
     CheckDaemon,
     /// Log into a registry with a user and password, checked by the daemon.
@@ -118,6 +125,7 @@ impl Plan {
             timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             tls: config.tls.as_ref().map(|tls| tls.cert_dir.clone()),
+            platforms: config.build.platform_hosts.clone(),
         });
         steps.push(Step::CheckDaemon);
         if let Some(RegistryLogin { registry, user, password }) = &config.registry_login {
@@ -211,6 +219,10 @@ impl Step {
             }
             Step::InstallSshKey { .. } => "install ssh key".to_string(),
             Step::InstallKnownHosts { .. } => "install known_hosts".to_string(),
+            Step::Connect { platforms, .. } if !platforms.is_empty() => {
+                let names: Vec<&str> = platforms.iter().map(|each| each.platform.as_str()).collect();
+                format!("connect to the hosts of {}", names.join(", "))
+            }
             Step::Connect { host, .. } => match &host.value {
                 Value::Known(host) => format!("connect to {host}"),
                 Value::Ssm(reference) => format!("connect to the daemon in {reference}"),
@@ -292,7 +304,29 @@ impl Step {
                     path.display()
                 ));
             }
-            Step::Connect { host, timeout, read_timeout, tls } => {
+            Step::Connect { host, timeout, read_timeout, tls, platforms } => {
+                for each in platforms {
+                    let Some(own) = &each.host else {
+                        lines.push(format!("{}: on the DOCKER_HOST daemon below (emulated if it is of another arch)", each.platform));
+                        continue;
+                    };
+                    let key = match &each.ssh_key {
+                        Some(key) => format!("{}", key.origin),
+                        None => "JETS_SSH_KEY (the fallback)".to_string(),
+                    };
+                    let known = match &each.known_hosts {
+                        Some(known) => format!("{}", known.origin),
+                        None => "JETS_SSH_KNOWN (the fallback)".to_string(),
+                    };
+                    lines.push(format!("{}: daemon {} (from {})", each.platform, own.value_text(), own.origin));
+                    if matches!(own.value, Value::Known(DockerHost::Ssh { .. }) | Value::Ssm(_)) {
+                        lines.push(format!("{}: SSH key from {key}, host keys from {known}", each.platform));
+                    }
+                }
+                if !platforms.is_empty() && platforms.iter().all(|each| each.host.is_some()) {
+                    lines.push(format!("connect timeout {}s", timeout.as_secs()));
+                    return lines;
+                }
                 match &host.value {
                     Value::Known(DockerHost::Ssh { user, host: name, port, socket }) => {
                         lines.push(format!("daemon {} (from {})", host.value_text(), host.origin));

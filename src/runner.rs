@@ -148,7 +148,7 @@ impl<'a> Runner<'a> {
                     arch.to_ascii_uppercase()
                 ),
                 Some(given) => tracing::warn!(
-                    "{} builds emulated on {} (from {}), which is {} host",
+                    "{} builds emulated on {} (from {}): its daemon is {}",
                     each.platform,
                     host.target,
                     given.origin,
@@ -177,7 +177,7 @@ impl<'a> Runner<'a> {
         let credentials = &self.credentials;
         let jobs = platforms.iter().enumerate().map(|(slot, platform)| {
             let registry = registry.clone();
-            let span = tracing::info_span!("platform", platform = %platform);
+            let span = tracing::info_span!(crate::output::PLATFORM_SPAN, platform = %platform);
             async move {
                 let host = hosts.for_slot(slot)?;
                 let suffix = crate::platforms::tag_suffix(platform);
