@@ -191,16 +191,31 @@ fn dry_run_shows_the_host_of_each_platform_and_which_spelling_won() {
 }
 
 #[test]
-fn two_platforms_outside_a_dry_run_are_refused_with_a_hint_before_any_connection() {
-    let daemon = listener();
-    let port = daemon.local_addr().unwrap().port();
+fn dry_run_of_two_platforms_plans_their_builds_at_once_then_one_index_and_names_each_ssh_login() {
     let outcome = Agent::new()
-        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
-        .args(["run", "--image", "app", "--platform", "linux/amd64,linux/arm64"])
+        .env("PLATFORMS", "linux/amd64,linux/arm64")
+        .env("DOCKER_HOST_AMD64", "ssh://ci@amd.example:2201")
+        .env("JETS_SSH_KNOWN_AMD64", "SSM:/ci/amd-known")
+        .env("DOCKER_HOST_AARCH64", "ssh://ci@arm.example:2202")
+        .env("JETS_SSH_KEY_AARCH64", "SSM:/ci/arm-key")
+        .env("AWS_REGION", "eu-west-1")
+        .args(["run", "--dry", "--image", "registry.example/app", "--tag", "v1"])
         .run();
-    outcome.expect_code(3);
-    assert!(outcome.stderr.contains("not supported yet"), "{}", outcome.stderr);
-    assert_no_connection(&daemon);
+    outcome.expect_code(0);
+    let plan = &outcome.stdout;
+    for line in [
+        "resolve 2 SSM parameters",
+        "connect to the hosts of linux/amd64, linux/arm64",
+        "linux/amd64: daemon ssh://ci@amd.example:2201/var/run/docker.sock (from env DOCKER_HOST_AMD64)",
+        "linux/amd64: SSH key from JETS_SSH_KEY (the fallback), host keys from env JETS_SSH_KNOWN_AMD64",
+        "linux/arm64: SSH key from env JETS_SSH_KEY_AARCH64, host keys from JETS_SSH_KNOWN (the fallback)",
+        "build registry.example/app:v1 for linux/amd64, linux/arm64",
+        "linux/arm64: build and tag registry.example/app:v1-arm64",
+        "push the image index registry.example/app (1 tag)",
+    ] {
+        assert!(plan.contains(line), "missing {line:?} in\n{plan}");
+    }
+    assert!(!plan.contains("connect to unix://"), "{plan}");
 }
 
 #[test]

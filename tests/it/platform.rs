@@ -316,3 +316,156 @@ fn an_index_with_a_wrong_platform_or_a_wrong_login_is_a_push_error_and_nothing_i
     let (status, _, _) = world.registry_get(Api::Hub, &name, "manifests/bad", DOCKER_MANIFEST_LIST);
     assert_eq!(status, 404, "no index may be pushed under the tag");
 }
+
+/// A context for a multi-platform run: both busyboxes, and a RUN step that records `uname -m`
+/// and fails unless it matches the platform built (`TARGETARCH`), or, with `fail_on`, fails on
+/// that machine only.
+fn per_platform_app(dir: &Path, world: &World, fail_on: Option<&str>) -> PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::copy("/bin/busybox", app.join("busybox-amd64")).expect("busybox (from busybox-static)");
+    std::fs::copy(world.arm64("TW_BUSYBOX_ARM64"), app.join("busybox-arm64")).expect("the arm64 busybox");
+    let fail = match fail_on {
+        Some(machine) => format!(" && if [ $(uname -m) = {machine} ]; then echo only {machine} fails; exit 7; fi"),
+        None => String::new(),
+    };
+    std::fs::write(
+        app.join("Dockerfile"),
+        format!(
+            "FROM scratch\nARG TARGETARCH\nCOPY busybox-${{TARGETARCH}} /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox --install -s /bin && uname -m >/machine && \
+             echo machine=$(uname -m) && case $TARGETARCH/$(uname -m) in amd64/x86_64|arm64/aarch64) ;; *) exit 9;; esac{fail}\"]\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+impl World {
+    /// A run whose amd64 builds on the world's daemon over the world's sshd and whose arm64 builds
+    /// on the arm64 host over its own sshd, each with its own key and known_hosts given by the
+    /// per-arch variables; `DOCKER_HOST` and the unsuffixed SSH variables are not set.
+    fn on_two_hosts(&self) -> Agent {
+        Agent::new()
+            .env("DOCKER_HOST_X86_64", self.ssh_url())
+            .env("JETS_SSH_KEY_X86_64", read(&self.key_ed25519))
+            .env("JETS_SSH_KNOWN_X86_64", read(&self.known_hosts_hashed))
+            .env("DOCKER_HOST_ARM64", self.arm64("TW_ARM64_DOCKER_HOST"))
+            .env("JETS_SSH_KEY_ARM64", read(Path::new(&self.arm64("TW_ARM64_KEY"))))
+            .env("JETS_SSH_KNOWN_ARM64", read(Path::new(&self.arm64("TW_ARM64_KNOWN_HOSTS"))))
+    }
+
+    /// Checks through the registry API that every tag names one index of the two platforms, whose
+    /// manifests' configs carry their architecture, and that it is `digest`.
+    fn expect_index_of_both_platforms(&self, api: Api, name: &str, tags: &[&str], digest: &str) {
+        for tag in tags {
+            let (index, index_digest) = self.manifest(api, name, tag, &format!("{DOCKER_MANIFEST_LIST}, {OCI_INDEX}"));
+            assert_eq!(index_digest, digest, "{tag}: {index}");
+            let manifests = index["manifests"].as_array().expect("manifests");
+            let architectures: Vec<&str> =
+                manifests.iter().map(|entry| entry["platform"]["architecture"].as_str().unwrap_or("")).collect();
+            assert_eq!(architectures, ["amd64", "arm64"], "{tag}: {index}");
+            for entry in manifests {
+                let config = self.image_config(api, name, entry["digest"].as_str().expect("a digest"));
+                assert_eq!(config["architecture"], entry["platform"]["architecture"], "{tag}: {config}");
+                assert_eq!(config["os"], "linux", "{tag}: {config}");
+            }
+        }
+    }
+}
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Issue 15 end to end: `--platform linux/amd64,linux/arm64` with a host per arch builds both at
+/// once, each on its own host over its own SSH login, pushes each as `TAG-<arch>` from its host
+/// and then one index under every tag; the log names the platform of each build line, and the
+/// metadata file and imagedefinitions.json name the index.
+#[test]
+fn two_platforms_on_two_hosts_push_an_index_for_every_tag_whose_manifests_carry_their_architecture() {
+    let world = World::shared();
+    let name = unique("two-hosts");
+    let image = format!("{}/{name}", world.hub_registry);
+    let agent = world.login(Api::Hub, world.on_two_hosts());
+    let app = per_platform_app(agent.work.path(), world, None);
+    let metadata = agent.work.path().join("metadata.json");
+    let agent = agent
+        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1", "--tag", "t2"])
+        .args(["--platform", "linux/amd64,linux/arm64", "--image-definitions", "app", "--metadata-file"])
+        .args([metadata.to_str().unwrap()]);
+    let outcome = agent.run();
+    outcome.expect_code(0);
+    let log = &outcome.stderr;
+    assert!(log.contains("connect to the hosts of linux/amd64, linux/arm64"), "{log}");
+    assert!(log.contains(&format!("[linux/amd64] built on {}", world.ssh_url())), "{log}");
+    assert!(log.contains(&format!("[linux/arm64] built on {}", world.arm64("TW_ARM64_DOCKER_HOST"))), "{log}");
+    assert!(log.lines().any(|line| line.contains("[linux/arm64]") && line.contains("machine=aarch64")), "{log}");
+    assert!(log.lines().any(|line| line.contains("[linux/amd64]") && line.contains("machine=x86_64")), "{log}");
+    assert!(!log.contains("no DOCKER_HOST_ARM64"), "{log}");
+
+    let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
+    let digest = metadata["containerimage.digest"].as_str().expect("the index digest").to_string();
+    world.expect_index_of_both_platforms(Api::Hub, &name, &["t1", "t2"], &digest);
+    // each platform's own tags, pushed from its host
+    for (tag, architecture) in [("t1-amd64", "amd64"), ("t2-amd64", "amd64"), ("t1-arm64", "arm64"), ("t2-arm64", "arm64")]
+    {
+        let (_, digest) = world.manifest(Api::Hub, &name, tag, DOCKER_MANIFEST);
+        assert_eq!(world.image_config(Api::Hub, &name, &digest)["architecture"], architecture, "{tag}");
+    }
+    let definitions = read(&agent.work.path().join("imagedefinitions.json"));
+    assert!(definitions.contains(&format!("{image}:t2")), "{definitions}");
+}
+
+/// A RUN step that fails only on arm64 fails the run with the build's class (50), naming the
+/// platform and the step; no index is pushed under any tag.
+#[test]
+fn a_step_failing_only_on_arm64_fails_the_run_naming_the_platform_and_pushes_no_index() {
+    let world = World::shared();
+    let name = unique("arm64-fails");
+    let image = format!("{}/{name}", world.hub_registry);
+    let agent = world.login(Api::Hub, world.on_two_hosts());
+    let app = per_platform_app(agent.work.path(), world, Some("aarch64"));
+    let agent = agent
+        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1"])
+        .args(["--platform", "linux/amd64,linux/arm64"]);
+    let outcome = agent.run();
+    outcome.expect_code(50);
+    let error = outcome.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
+    assert!(error.starts_with("error: linux/arm64: the build failed at"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("only aarch64 fails"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("hint: "), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("push the image index"), "{}", outcome.stderr);
+    for tag in ["t1", "latest"] {
+        let (status, _, _) =
+            world.registry_get(Api::Hub, &name, &format!("manifests/{tag}"), &format!("{DOCKER_MANIFEST_LIST}, {OCI_INDEX}"));
+        assert_eq!(status, 404, "no index may be pushed under {tag}");
+    }
+}
+
+/// Without an arm64 host, linux/arm64 builds on `DOCKER_HOST` (here the world's daemon, amd64)
+/// under emulation, with a warning that says so; the index goes to the registry with Docker Hub's
+/// bearer-token flow (tokenhub), logged into with the run's own login.
+#[test]
+fn without_an_arm64_host_arm64_is_emulated_on_docker_host_with_a_warning_and_the_index_goes_through_a_bearer_token()
+{
+    let world = World::shared();
+    let name = unique("emulated");
+    let image = format!("{}/{name}", world.registry(Api::TokenHub));
+    let agent = world.login(Api::TokenHub, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+    let app = per_platform_app(agent.work.path(), world, None);
+    let metadata = agent.work.path().join("metadata.json");
+    let agent = agent
+        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1"])
+        .args(["--platform", "linux/amd64,linux/arm64", "--metadata-file", metadata.to_str().unwrap()]);
+    let outcome = agent.run();
+    outcome.expect_code(0);
+    let warning = outcome
+        .stderr
+        .lines()
+        .find(|line| line.contains("WARN") && line.contains("linux/arm64 builds emulated"))
+        .unwrap_or_else(|| panic!("no emulation warning in\n{}", outcome.stderr));
+    assert!(warning.contains(&world.docker_tcp_url()) && warning.contains("no DOCKER_HOST_ARM64"), "{warning}");
+    assert!(!outcome.stderr.contains("linux/amd64 builds emulated"), "{}", outcome.stderr);
+    let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
+    let digest = metadata["containerimage.digest"].as_str().expect("the index digest");
+    world.expect_index_of_both_platforms(Api::TokenHub, &name, &["t1"], digest);
+}
