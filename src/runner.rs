@@ -38,6 +38,8 @@ pub struct Runner<'a> {
     pushed_digest: Option<String>,
     /// Each platform's pushed image, for the index (multi-platform runs).
     platform_images: Vec<PlatformImage>,
+    /// What each platform's build did, for the metadata file (multi-platform runs).
+    platform_builds: Vec<crate::image::metadata::PlatformBuilt>,
 }
 
 impl<'a> Runner<'a> {
@@ -52,6 +54,7 @@ impl<'a> Runner<'a> {
             built: None,
             pushed_digest: None,
             platform_images: Vec::new(),
+            platform_builds: Vec::new(),
         }
     }
 
@@ -215,7 +218,7 @@ impl<'a> Runner<'a> {
                         digest = digest.or(pushed.digest);
                     }
                 }
-                Ok((built, digest))
+                Ok((built, digest, host.target.to_string(), references))
             }
             .instrument(span)
             .map(move |result: Result<_>| {
@@ -225,7 +228,7 @@ impl<'a> Runner<'a> {
         let done = futures_util::future::try_join_all(jobs).await?;
         let mut images = Vec::new();
         let mut outcome = Vec::new();
-        for (platform, (built, digest)) in platforms.iter().zip(done) {
+        for (platform, (built, digest, host, names)) in platforms.iter().zip(done) {
             outcome.push(format!("{platform} {} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
             if push {
                 let digest = digest.ok_or_else(|| Error::Push {
@@ -233,12 +236,17 @@ impl<'a> Runner<'a> {
                     registry: registry.clone(),
                     message: "the daemon reported no digest for the push, so no index can name it".to_string(),
                 })?;
-                let platform = crate::image_index::Platform::parse(platform).map_err(Error::Internal)?;
-                images.push(PlatformImage { platform, digest });
+                let parsed = crate::image_index::Platform::parse(platform).map_err(Error::Internal)?;
+                images.push(PlatformImage { platform: parsed, digest });
             }
-            if self.built.is_none() {
-                self.built = Some(built);
-            }
+            let digest = images.last().filter(|_| push).map(|image| image.digest.clone());
+            self.platform_builds.push(crate::image::metadata::PlatformBuilt {
+                platform: platform.clone(),
+                host,
+                names,
+                built,
+                digest,
+            });
         }
         self.platform_images = images;
         Ok(outcome.join("; "))
@@ -340,6 +348,11 @@ impl StepRunner for Runner<'_> {
             }
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 crate::image_definitions::write(path, container, image_uri)?;
+                format!("wrote {}", path.display())
+            }
+            Step::WriteMetadata { path, names, pushed } if !self.platform_builds.is_empty() => {
+                let digest = self.pushed_digest.as_deref().filter(|_| *pushed);
+                image::metadata::write_platforms(path, names, digest, &self.platform_builds)?;
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed } => {

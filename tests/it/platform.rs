@@ -325,6 +325,8 @@ fn per_platform_app(dir: &Path, world: &World, fail_on: Option<&str>) -> PathBuf
     std::fs::create_dir_all(&app).unwrap();
     std::fs::copy("/bin/busybox", app.join("busybox-amd64")).expect("busybox (from busybox-static)");
     std::fs::copy(world.arm64("TW_BUSYBOX_ARM64"), app.join("busybox-arm64")).expect("the arm64 busybox");
+    // a file of this run's own before the RUN step, so that it runs rather than being CACHED
+    std::fs::write(app.join("run-id"), unique("run")).unwrap();
     let fail = match fail_on {
         Some(machine) => format!(" && if [ $(uname -m) = {machine} ]; then echo only {machine} fails; exit 7; fi"),
         None => String::new(),
@@ -332,7 +334,7 @@ fn per_platform_app(dir: &Path, world: &World, fail_on: Option<&str>) -> PathBuf
     std::fs::write(
         app.join("Dockerfile"),
         format!(
-            "FROM scratch\nARG TARGETARCH\nCOPY busybox-${{TARGETARCH}} /bin/busybox\n\
+            "FROM scratch\nARG TARGETARCH\nCOPY busybox-${{TARGETARCH}} /bin/busybox\nCOPY run-id /\n\
              RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox --install -s /bin && uname -m >/machine && \
              echo machine=$(uname -m) && case $TARGETARCH/$(uname -m) in amd64/x86_64|arm64/aarch64) ;; *) exit 9;; esac{fail}\"]\n"
         ),
@@ -405,6 +407,15 @@ fn two_platforms_on_two_hosts_push_an_index_for_every_tag_whose_manifests_carry_
     let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
     let digest = metadata["containerimage.digest"].as_str().expect("the index digest").to_string();
     world.expect_index_of_both_platforms(Api::Hub, &name, &["t1", "t2"], &digest);
+    assert!(metadata.get("containerimage.config.digest").is_none(), "no one config: {metadata}");
+    let (index, _) = world.manifest(Api::Hub, &name, "t1", DOCKER_MANIFEST_LIST);
+    for (entry, host) in index["manifests"].as_array().unwrap().iter().zip([world.ssh_url(), world.arm64("TW_ARM64_DOCKER_HOST")]) {
+        let platform = format!("linux/{}", entry["platform"]["architecture"].as_str().unwrap());
+        let each = &metadata["agent.platforms"][&platform];
+        assert_eq!(each["containerimage.digest"], entry["digest"], "{metadata}");
+        assert!(each["agent.host"].as_str().unwrap_or_default().starts_with(&host), "{metadata}");
+        assert_eq!(each["agent.steps"].as_array().map(Vec::len), Some(3), "{metadata}");
+    }
     // each platform's own tags, pushed from its host
     for (tag, architecture) in [("t1-amd64", "amd64"), ("t2-amd64", "amd64"), ("t1-arm64", "arm64"), ("t2-arm64", "arm64")]
     {
