@@ -236,11 +236,9 @@ impl Step {
             Step::BuildPlatforms { image, tags, platforms, .. } => {
                 format!("build {} for {}", image.with_tag(&tags[0]), platforms.join(", "))
             }
-            Step::PushIndex { image, tags, .. } => format!(
-                "push the image index {image} ({} tag{})",
-                tags.len(),
-                if tags.len() == 1 { "" } else { "s" }
-            ),
+            Step::PushIndex { image, tags, .. } => {
+                format!("push the image index {image} ({} tag{})", tags.len(), if tags.len() == 1 { "" } else { "s" })
+            }
             Step::Push { reference, .. } => format!("push {reference}"),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
             Step::WriteMetadata { .. } => "write build metadata".to_string(),
@@ -307,7 +305,10 @@ impl Step {
             Step::Connect { host, timeout, read_timeout, tls, platforms } => {
                 for each in platforms {
                     let Some(own) = &each.host else {
-                        lines.push(format!("{}: on the DOCKER_HOST daemon below (emulated if it is of another arch)", each.platform));
+                        lines.push(format!(
+                            "{}: on the DOCKER_HOST daemon below (emulated if it is of another arch)",
+                            each.platform
+                        ));
                         continue;
                     };
                     let key = match &each.ssh_key {
@@ -513,7 +514,8 @@ impl Step {
                 lines.push("every platform at once, each on its host:".to_string());
                 for platform in platforms {
                     let suffix = crate::platforms::tag_suffix(platform);
-                    let references: Vec<String> = tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
+                    let references: Vec<String> =
+                        tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
                     lines.push(format!("  {platform}: build and tag {}", references.join(", ")));
                     if *push {
                         lines.push(format!(

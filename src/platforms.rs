@@ -290,5 +290,7 @@ mod tests {
         assert!(hosts[0].known_hosts.is_none());
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].subject, "JETS_SSH_KNOWN_AMD64");
+        let body = key.lines().nth(1).expect("a key body line");
+        assert_eq!(crate::secrets::redact(body), crate::secrets::MASK, "a per-arch key is a secret");
     }
 }

@@ -146,7 +146,10 @@ impl Resolved {
                     host: host.map(|host| host.ok_or_else(missing)).transpose()?,
                     // The unsuffixed variables are the fallback of every arch.
                     ssh_key: key.map(|key| key.ok_or_else(missing)).transpose()?.or_else(|| ssh_key.clone()),
-                    known_hosts: known.map(|known| known.ok_or_else(missing)).transpose()?.or_else(|| known_hosts.clone()),
+                    known_hosts: known
+                        .map(|known| known.ok_or_else(missing))
+                        .transpose()?
+                        .or_else(|| known_hosts.clone()),
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -273,5 +276,27 @@ mod tests {
         let resolved = Resolved::new(&config, &parameters(&[("/ci/npm", "resolve-test-npm-token-9a3c")])).unwrap();
         assert_eq!(resolved.build_secrets["npm"].expose(), b"resolve-test-npm-token-9a3c");
         assert_eq!(redact("resolve-test-npm-token-9a3c"), MASK);
+    }
+
+    #[test]
+    fn a_platform_with_its_own_host_takes_its_own_key_from_a_parameter_and_falls_back_to_the_unsuffixed_known_hosts() {
+        let dir = fixture();
+        let (key, _) = crate::ssh::key::tests::generated_key();
+        let known = "[arm.example]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let env = [
+            ("PLATFORMS", "linux/amd64,linux/arm64"),
+            ("DOCKER_HOST_ARM64", "SSM:/ci/arm-host"),
+            ("JETS_SSH_KEY_ARM64", "SSM:/ci/arm-key"),
+            ("JETS_SSH_KNOWN", known),
+        ];
+        let config = config(&["--image", "app", "--platform", "linux/amd64,linux/arm64"], &env, dir.path()).unwrap();
+        let values = parameters(&[("/ci/arm-host", "ssh://ci@arm.example"), ("/ci/arm-key", key.as_str())]);
+        let resolved = Resolved::new(&config, &values).unwrap();
+        let [amd64, arm64] = resolved.platforms.as_slice() else { panic!("two platforms: {:?}", resolved.platforms) };
+        assert_eq!((amd64.platform.as_str(), amd64.host.is_none()), ("linux/amd64", true));
+        assert!(matches!(&arm64.host, Some(DockerHost::Ssh { host, .. }) if host == "arm.example"));
+        assert_eq!(arm64.ssh_key.as_ref().map(|key| key.text.expose().to_string()), Some(key.clone()));
+        assert_eq!(arm64.known_hosts.as_deref(), Some(known), "JETS_SSH_KNOWN is the fallback");
+        assert_eq!(redact(key.lines().nth(1).unwrap()), MASK);
     }
 }

@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use futures_util::FutureExt as _;
 
 use crate::hosts::{Access, Candidate, Hosts, Slot};
-use crate::image_index::PlatformImage;
 use crate::image::{self, BuildStep, metadata::Built};
+use crate::image_index::PlatformImage;
 use crate::plan::{Step, StepRunner};
 use crate::registry::{self, Credential};
 use crate::resolve::Resolved;
@@ -190,7 +190,8 @@ impl<'a> Runner<'a> {
                     Some(resolved) => SessionMounts::new(&build, resolved)?,
                     None => return Err(Error::Internal("the builds ran before the configuration was resolved".into())),
                 };
-                let references: Vec<String> = tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
+                let references: Vec<String> =
+                    tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
                 let cache_image = image.with_tag(&format!("{}-{suffix}", crate::image_ref::LATEST));
                 let request = BuildStep {
                     build: &build,
@@ -255,14 +256,9 @@ impl<'a> Runner<'a> {
     /// Pushes the index of every platform's image under each tag.
     async fn push_index(&mut self, image: &crate::image_ref::Repository, tags: &[String]) -> Result<String> {
         let credential = self.credentials.iter().find(|credential| credential.registry == image.registry());
-        let pushed = crate::image_index::push_index(
-            image,
-            credential,
-            tags,
-            &self.platform_images,
-            self.config.connect_timeout,
-        )
-        .await?;
+        let pushed =
+            crate::image_index::push_index(image, credential, tags, &self.platform_images, self.config.connect_timeout)
+                .await?;
         self.pushed_digest = Some(pushed.digest.clone());
         Ok(format!("pushed {} ({}) under {}", pushed.digest, pushed.media_type, pushed.tags.join(", ")))
     }

@@ -409,7 +409,9 @@ fn two_platforms_on_two_hosts_push_an_index_for_every_tag_whose_manifests_carry_
     world.expect_index_of_both_platforms(Api::Hub, &name, &["t1", "t2"], &digest);
     assert!(metadata.get("containerimage.config.digest").is_none(), "no one config: {metadata}");
     let (index, _) = world.manifest(Api::Hub, &name, "t1", DOCKER_MANIFEST_LIST);
-    for (entry, host) in index["manifests"].as_array().unwrap().iter().zip([world.ssh_url(), world.arm64("TW_ARM64_DOCKER_HOST")]) {
+    for (entry, host) in
+        index["manifests"].as_array().unwrap().iter().zip([world.ssh_url(), world.arm64("TW_ARM64_DOCKER_HOST")])
+    {
         let platform = format!("linux/{}", entry["platform"]["architecture"].as_str().unwrap());
         let each = &metadata["agent.platforms"][&platform];
         assert_eq!(each["containerimage.digest"], entry["digest"], "{metadata}");
@@ -417,7 +419,8 @@ fn two_platforms_on_two_hosts_push_an_index_for_every_tag_whose_manifests_carry_
         assert_eq!(each["agent.steps"].as_array().map(Vec::len), Some(3), "{metadata}");
     }
     // each platform's own tags, pushed from its host
-    for (tag, architecture) in [("t1-amd64", "amd64"), ("t2-amd64", "amd64"), ("t1-arm64", "arm64"), ("t2-arm64", "arm64")]
+    for (tag, architecture) in
+        [("t1-amd64", "amd64"), ("t2-amd64", "amd64"), ("t1-arm64", "arm64"), ("t2-arm64", "arm64")]
     {
         let (_, digest) = world.manifest(Api::Hub, &name, tag, DOCKER_MANIFEST);
         assert_eq!(world.image_config(Api::Hub, &name, &digest)["architecture"], architecture, "{tag}");
@@ -446,8 +449,12 @@ fn a_step_failing_only_on_arm64_fails_the_run_naming_the_platform_and_pushes_no_
     assert!(outcome.stderr.contains("hint: "), "{}", outcome.stderr);
     assert!(!outcome.stderr.contains("push the image index"), "{}", outcome.stderr);
     for tag in ["t1", "latest"] {
-        let (status, _, _) =
-            world.registry_get(Api::Hub, &name, &format!("manifests/{tag}"), &format!("{DOCKER_MANIFEST_LIST}, {OCI_INDEX}"));
+        let (status, _, _) = world.registry_get(
+            Api::Hub,
+            &name,
+            &format!("manifests/{tag}"),
+            &format!("{DOCKER_MANIFEST_LIST}, {OCI_INDEX}"),
+        );
         assert_eq!(status, 404, "no index may be pushed under {tag}");
     }
 }
@@ -456,17 +463,19 @@ fn a_step_failing_only_on_arm64_fails_the_run_naming_the_platform_and_pushes_no_
 /// under emulation, with a warning that says so; the index goes to the registry with Docker Hub's
 /// bearer-token flow (tokenhub), logged into with the run's own login.
 #[test]
-fn without_an_arm64_host_arm64_is_emulated_on_docker_host_with_a_warning_and_the_index_goes_through_a_bearer_token()
-{
+fn without_an_arm64_host_arm64_is_emulated_on_docker_host_with_a_warning_and_the_index_goes_through_a_bearer_token() {
     let world = World::shared();
     let name = unique("emulated");
     let image = format!("{}/{name}", world.registry(Api::TokenHub));
     let agent = world.login(Api::TokenHub, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
     let app = per_platform_app(agent.work.path(), world, None);
     let metadata = agent.work.path().join("metadata.json");
-    let agent = agent
-        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1"])
-        .args(["--platform", "linux/amd64,linux/arm64", "--metadata-file", metadata.to_str().unwrap()]);
+    let agent = agent.args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1"]).args([
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--metadata-file",
+        metadata.to_str().unwrap(),
+    ]);
     let outcome = agent.run();
     outcome.expect_code(0);
     let warning = outcome
@@ -479,4 +488,36 @@ fn without_an_arm64_host_arm64_is_emulated_on_docker_host_with_a_warning_and_the
     let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
     let digest = metadata["containerimage.digest"].as_str().expect("the index digest");
     world.expect_index_of_both_platforms(Api::TokenHub, &name, &["t1"], digest);
+}
+
+/// The cold-host pull works per platform: a host that has never built the app pulls each
+/// platform's `latest-<arch>` (pushed by an earlier run on another host) and builds every step of
+/// each platform from it, CACHED. Here the earlier run is on the world's daemon, the new host the
+/// arm64 host, which takes both platforms (its `DOCKER_HOST`, no per-arch host).
+#[test]
+fn a_new_host_pulls_each_platforms_latest_tag_and_builds_from_it_as_cache() {
+    let world = World::shared();
+    let name = unique("platform-cache");
+    let image = format!("{}/{name}", world.hub_registry);
+    let first = world.login(Api::Hub, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+    let app = per_platform_app(first.work.path(), world, None);
+    let first = first
+        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "latest"])
+        .args(["--platform", "linux/amd64,linux/arm64"]);
+    first.run().expect_code(0);
+
+    let second = world.login(Api::Hub, world.on_arm64_host());
+    let outcome = second
+        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "second"])
+        .args(["--platform", "linux/amd64,linux/arm64"])
+        .run();
+    outcome.expect_code(0);
+    let log = &outcome.stderr;
+    for arch in ["amd64", "arm64"] {
+        let pulled = format!("[linux/{arch}] pulled {image}:latest-{arch} as cache for a cold host");
+        assert!(log.contains(&pulled), "missing {pulled:?} in\n{log}");
+        let steps: Vec<&str> = log.lines().filter(|line| line.contains(&format!("[linux/{arch}]   step "))).collect();
+        assert_eq!(steps.len(), 3, "{log}");
+        assert!(steps.iter().all(|line| line.contains(": CACHED")), "{arch}: not built from the pulled cache\n{log}");
+    }
 }
