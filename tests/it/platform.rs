@@ -521,3 +521,40 @@ fn a_new_host_pulls_each_platforms_latest_tag_and_builds_from_it_as_cache() {
         assert!(steps.iter().all(|line| line.contains(": CACHED")), "{arch}: not built from the pulled cache\n{log}");
     }
 }
+
+/// Every per-arch variable may be `SSM:/path`: the arm64 host, its key and its known_hosts and the
+/// amd64 key come from Parameter Store in the run's one batch; `--check` then reaches both hosts,
+/// each over its own SSH login, and no key appears in any output.
+#[test]
+fn per_arch_hosts_and_ssh_logins_from_parameter_store_are_resolved_in_one_batch_and_checked() {
+    let world = World::shared();
+    let prefix = format!("/agent-tests/per-arch/{}", std::process::id());
+    let arm64_key = read(Path::new(&world.arm64("TW_ARM64_KEY")));
+    let amd64_key = read(&world.key_ed25519);
+    for (name, value, secure) in [
+        ("arm64-host", world.arm64("TW_ARM64_DOCKER_HOST"), false),
+        ("arm64-key", arm64_key.clone(), true),
+        ("arm64-known", read(Path::new(&world.arm64("TW_ARM64_KNOWN_HOSTS"))), false),
+        ("amd64-key", amd64_key.clone(), true),
+    ] {
+        crate::logins::put_parameter(world, &format!("{prefix}/{name}"), &value, secure);
+    }
+    let outcome = crate::logins::with_aws(world)
+        .env("DOCKER_HOST_AARCH64", format!("SSM:{prefix}/arm64-host"))
+        .env("JETS_SSH_KEY_AARCH64", format!("SSM:{prefix}/arm64-key"))
+        .env("JETS_SSH_KNOWN_AARCH64", format!("SSM:{prefix}/arm64-known"))
+        .env("DOCKER_HOST_AMD64", world.ssh_url())
+        .env("JETS_SSH_KEY_AMD64", format!("SSM:{prefix}/amd64-key"))
+        .env("JETS_SSH_KNOWN", read(&world.known_hosts_hashed))
+        .args(["run", "--check", "--image", "app", "--platform", "linux/amd64,linux/arm64"])
+        .run();
+    outcome.expect_code(0);
+    let log = &outcome.stderr;
+    assert!(log.contains("resolve 4 SSM parameters: 4 values"), "{log}");
+    assert!(log.contains("connected over ssh, ssh"), "{log}");
+    assert!(log.contains(&world.arm64("TW_ARM64_DOCKER_HOST")) && log.contains(&world.ssh_url()), "{log}");
+    for key in [&arm64_key, &amd64_key] {
+        let body = key.lines().nth(1).expect("a key body line");
+        assert!(!outcome.all_output().contains(body), "a key leaked:\n{}", outcome.all_output());
+    }
+}
