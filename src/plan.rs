@@ -73,6 +73,8 @@ pub enum Step {
         names: Vec<String>,
         /// Whether the tags are pushed (only then is there a manifest digest).
         pushed: bool,
+        /// The platforms of a multi-platform run (the digest is the index's); else empty.
+        platforms: Vec<String>,
     },
 }
 
@@ -205,6 +207,7 @@ impl Plan {
                 path: path.clone(),
                 names: tags.iter().map(|tag| image.with_tag(tag)).collect(),
                 pushed: config.push,
+                platforms: config.build.platform_hosts.iter().map(|each| each.platform.clone()).collect(),
             });
         }
     }
@@ -440,7 +443,7 @@ impl Step {
                             host.origin
                         ),
                         None => format!(
-                            "platform {} on the DOCKER_HOST daemon, emulated (no DOCKER_HOST_<ARCH> for it), pushed as TAG-{suffix}",
+                            "platform {} on the DOCKER_HOST daemon, emulated if its arch differs (no DOCKER_HOST_<ARCH> for it), pushed as TAG-{suffix}",
                             each.platform
                         ),
                     });
@@ -525,7 +528,8 @@ impl Step {
                     }
                 }
                 lines.push("the first failure fails the run, naming its platform; no index is pushed then".to_string());
-                lines.extend(build_step.details());
+                // The common build's lines, but for its tag: each platform has its own (above).
+                lines.extend(build_step.details().into_iter().filter(|line| !line.starts_with("tag ")));
             }
             Step::PushIndex { image, tags, platforms } => {
                 lines.push(format!(
@@ -540,7 +544,20 @@ impl Step {
                 lines.push(format!("write {} (atomically)", path.display()));
                 lines.push(crate::image_definitions::render(container, image_uri));
             }
-            Step::WriteMetadata { path, names, pushed } => {
+            Step::WriteMetadata { path, names, pushed, platforms } if !platforms.is_empty() => {
+                lines.push(format!("write {} (atomically) after a successful run", path.display()));
+                lines.push(format!("image.name {}", names.join(",")));
+                lines.push(if *pushed {
+                    "containerimage.digest: the image index's digest".to_string()
+                } else {
+                    "no containerimage.digest: nothing is pushed".to_string()
+                });
+                lines.push(format!(
+                    "agent.platforms: for each of {}, its host, manifest digest, image id and steps",
+                    platforms.join(", ")
+                ));
+            }
+            Step::WriteMetadata { path, names, pushed, .. } => {
                 lines.push(format!("write {} (atomically) after a successful run", path.display()));
                 lines.push(format!("image.name {}", names.join(",")));
                 lines.push(if *pushed {

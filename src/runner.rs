@@ -346,12 +346,12 @@ impl StepRunner for Runner<'_> {
                 crate::image_definitions::write(path, container, image_uri)?;
                 format!("wrote {}", path.display())
             }
-            Step::WriteMetadata { path, names, pushed } if !self.platform_builds.is_empty() => {
+            Step::WriteMetadata { path, names, pushed, .. } if !self.platform_builds.is_empty() => {
                 let digest = self.pushed_digest.as_deref().filter(|_| *pushed);
                 image::metadata::write_platforms(path, names, digest, &self.platform_builds)?;
                 format!("wrote {}", path.display())
             }
-            Step::WriteMetadata { path, names, pushed } => {
+            Step::WriteMetadata { path, names, pushed, .. } => {
                 let built = self
                     .built
                     .as_ref()
