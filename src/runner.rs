@@ -186,6 +186,16 @@ impl<'a> Runner<'a> {
                 let suffix = crate::platforms::tag_suffix(platform);
                 let mut build = build.clone();
                 build.platform = Some(platform.clone());
+                let classic = match build.builder.value {
+                    crate::cli::Builder::Classic => true,
+                    crate::cli::Builder::Buildkit => false,
+                    crate::cli::Builder::Auto => {
+                        !host.facts.as_ref().is_some_and(crate::daemon::Facts::offers_buildkit)
+                    }
+                };
+                if classic {
+                    add_platform_args(&mut build, platform);
+                }
                 let mounts = match resolved {
                     Some(resolved) => SessionMounts::new(&build, resolved)?,
                     None => return Err(Error::Internal("the builds ran before the configuration was resolved".into())),
@@ -401,6 +411,21 @@ fn slots(resolved: &Resolved) -> Vec<Slot> {
         .collect()
 }
 
+/// BuildKit sets `TARGETPLATFORM`, `TARGETOS`, `TARGETARCH` and `TARGETVARIANT` for a build's
+/// platform; the classic builder does not, so a multi-platform Dockerfile (`COPY app-${TARGETARCH}`)
+/// gets them as build arguments there, unless the user gave them.
+fn add_platform_args(build: &mut crate::config::Build, platform: &str) {
+    let mut parts = platform.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    let args = [("TARGETPLATFORM", Some(platform)), ("TARGETOS", os), ("TARGETARCH", arch), ("TARGETVARIANT", variant)];
+    for (key, value) in args {
+        if !build.build_args.iter().any(|arg| arg.key == key) {
+            let value = Some(value.unwrap_or_default().to_string());
+            build.build_args.push(crate::config::BuildArg { key: key.to_string(), value, from_env: false });
+        }
+    }
+}
+
 /// Whether a daemon's architecture (`docker version`'s, Go's names) is `arch` (a platform's).
 fn same_arch(daemon: &str, arch: &str) -> bool {
     fn canonical(name: &str) -> &str {
@@ -411,4 +436,35 @@ fn same_arch(daemon: &str, arch: &str) -> bool {
         }
     }
     canonical(daemon) == canonical(arch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{config, fixture};
+
+    #[test]
+    fn the_classic_builder_gets_the_platform_args_buildkit_sets_but_not_over_the_users() {
+        let dir = fixture();
+        let argv = ["--image", "app", "--build-arg", "TARGETOS=mine", "--platform", "linux/amd64,linux/arm/v7"];
+        let mut build = config(&argv, &[], dir.path()).unwrap().build;
+        add_platform_args(&mut build, "linux/arm/v7");
+        let args: Vec<(&str, Option<&str>)> =
+            build.build_args.iter().map(|arg| (arg.key.as_str(), arg.value.as_deref())).collect();
+        assert_eq!(
+            args,
+            [
+                ("TARGETOS", Some("mine")),
+                ("TARGETPLATFORM", Some("linux/arm/v7")),
+                ("TARGETARCH", Some("arm")),
+                ("TARGETVARIANT", Some("v7")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_daemons_arch_matches_a_platforms_by_either_name() {
+        assert!(same_arch("amd64", "amd64") && same_arch("x86_64", "amd64") && same_arch("aarch64", "arm64"));
+        assert!(!same_arch("amd64", "arm64"));
+    }
 }
