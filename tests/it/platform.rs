@@ -558,3 +558,21 @@ fn per_arch_hosts_and_ssh_logins_from_parameter_store_are_resolved_in_one_batch_
         assert!(!outcome.all_output().contains(body), "a key leaked:\n{}", outcome.all_output());
     }
 }
+
+/// The per-arch key is the one used for its host, not the unsuffixed one: the arm64 host accepts
+/// only its own key, so `JETS_SSH_KEY_ARM64` holding the world's other key is refused (ssh-auth,
+/// 25), naming that host, even though `JETS_SSH_KEY` holds the right one.
+#[test]
+fn the_arm64_host_is_reached_with_the_per_arch_key_and_a_wrong_one_is_refused_as_ssh_auth() {
+    let world = World::shared();
+    let arm64_key = read(Path::new(&world.arm64("TW_ARM64_KEY")));
+    let outcome = world
+        .on_two_hosts()
+        .env("JETS_SSH_KEY", &arm64_key)
+        .env("JETS_SSH_KEY_ARM64", read(&world.key_ed25519))
+        .args(["run", "--check", "--image", "app", "--platform", "linux/amd64,linux/arm64"])
+        .run();
+    outcome.expect_code(25);
+    let port = world.arm64("TW_ARM64_SSH_PORT");
+    assert!(outcome.stderr.contains(&format!("127.0.0.1:{port} refused the SSH key")), "{}", outcome.stderr);
+}
