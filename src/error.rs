@@ -290,7 +290,7 @@ impl Error {
                 Some("the host's key was revoked: ask its administrator for the new one".to_string())
             }
             Error::SshAuth { user, .. } => Some(format!(
-                "add the public half of JETS_SSH_KEY to ~{user}/.ssh/authorized_keys on the host, or fix the user in DOCKER_HOST"
+                "add the public half of JETS_SSH_KEY (JETS_SSH_KEY_<ARCH> for a platform's own host) to ~{user}/.ssh/authorized_keys on the host, or fix the user in DOCKER_HOST"
             )),
             Error::RemoteSocket { socket, .. } => Some(format!(
                 "check that dockerd runs on the host, that {socket} is its socket (give another as ssh://user@host/path), \
