@@ -141,6 +141,13 @@ pub fn hosts_for(
     platforms
         .iter()
         .map(|platform| {
+            // What the index names: letters, digits and `_` in each part.
+            if let Err(message) = crate::image_index::Platform::parse(platform) {
+                problems.push(
+                    Problem::new("--platform", format!("{message} as an image index names platforms"))
+                        .hint("write e.g. linux/amd64,linux/arm64 or linux/arm/v7"),
+                );
+            }
             let arch = platform.split('/').nth(1).unwrap_or_default();
             let mut chosen = Vec::new();
             let host = per_arch(env, arch, PerArch::Host, &mut chosen)
@@ -266,6 +273,8 @@ mod tests {
         hosts_for(&["linux/arm64".to_string()], &env, false, None, &mut problems);
         assert_eq!(problems.len(), 1);
         assert!(format!("{:?}", problems[0]).contains("DOCKER_HOST_ARM64"), "{problems:?}");
+        hosts_for(&["linux/amd64-v2".to_string()], &env, false, None, &mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::FutureExt as _;
+
 use crate::aws::{self, EcrTokens};
 use crate::build_mounts::SessionMounts;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use futures_util::FutureExt as _;
-
 use crate::hosts::{Access, Candidate, Hosts, Slot};
 use crate::image::{self, BuildStep, metadata::Built};
 use crate::image_index::PlatformImage;
@@ -137,8 +137,7 @@ impl<'a> Runner<'a> {
         for (slot, each) in self.config.build.platform_hosts.iter().enumerate() {
             let host = hosts.for_slot(slot)?;
             let Some(facts) = &host.facts else { continue };
-            let arch = crate::platforms::tag_suffix(&each.platform);
-            let arch = arch.split('-').next().unwrap_or_default();
+            let arch = each.arch();
             if same_arch(&facts.arch, arch) {
                 continue;
             }
@@ -173,6 +172,7 @@ impl<'a> Runner<'a> {
         push: bool,
     ) -> Result<String> {
         use tracing::Instrument as _;
+        self.resolved()?;
         let hosts = self.hosts()?;
         let resolved = self.resolved.as_ref();
         let registry = image.registry().to_string();
