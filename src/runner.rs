@@ -278,9 +278,9 @@ impl<'a> Runner<'a> {
         let login = login.ok_or_else(|| Error::Internal("a login step without a login".to_string()))?;
         let credential = Credential::new(login.registry.clone(), login.user.clone(), login.password);
         let hint = format!("check the user and the password (from {password_origin}) for {}", login.registry);
-        for host in self.hosts()?.iter() {
-            registry::log_in(&host.daemon, &credential, &hint).await?;
-        }
+        // Every host at once (the hosts of a multi-platform run).
+        let checks = self.hosts()?.iter().map(|host| registry::log_in(&host.daemon, &credential, &hint));
+        futures_util::future::try_join_all(checks).await?;
         self.credentials.push(credential);
         Ok(format!("logged in as {}", login.user))
     }
@@ -290,9 +290,8 @@ impl<'a> Runner<'a> {
         let password = self.ecr_tokens.password(&config, region, registry).await?;
         let credential = Credential::new(registry, "AWS", password);
         let hint = "check that the registry belongs to the account and region of the build's AWS credentials";
-        for host in self.hosts()?.iter() {
-            registry::log_in(&host.daemon, &credential, hint).await?;
-        }
+        let checks = self.hosts()?.iter().map(|host| registry::log_in(&host.daemon, &credential, hint));
+        futures_util::future::try_join_all(checks).await?;
         self.credentials.push(credential);
         Ok("logged in with an ECR token".to_string())
     }
