@@ -224,3 +224,31 @@ fn a_platform_list_with_a_bad_or_repeated_entry_is_a_config_error() {
     outcome.expect_code(3);
     assert!(outcome.stderr.contains("given twice"), "{}", outcome.stderr);
 }
+
+/// The whole plan of a two-platform run, reviewed as a snapshot: each platform's host and SSH
+/// login, the builds at once with their own tags and cache images, the index, the outputs.
+#[test]
+fn two_platform_plan() {
+    let agent = Agent::new()
+        .env("PLATFORMS", "linux/amd64,linux/arm64")
+        .env("DOCKER_HOST", "ssh://ci@build.example")
+        .env("DOCKER_HOST_AARCH64", "ssh://ci@arm.example:2202")
+        .env("JETS_SSH_KEY_AARCH64", "SSM:/ci/arm-key")
+        .env("JETS_SSH_KNOWN_ARM64", "SSM:/ci/arm-known")
+        .env("AWS_REGION", "eu-west-1")
+        .env("AGENT_CONTEXT_KEY", "web")
+        .env("CODEBUILD_RESOLVED_SOURCE_VERSION", "0123456789abcdef")
+        .args(["run", "--dry", "--image", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web"])
+        .args(["--image-definitions", "web", "--metadata-file", "build.json"]);
+    let outcome = agent.run();
+    outcome.expect_code(0);
+    let home = agent.home.path().display().to_string();
+    let work = agent.work.path().display().to_string();
+    insta::with_settings!({filters => vec![
+        (home.as_str(), "[HOME]"),
+        (work.as_str(), "[WORK]"),
+        (r"agent \d+\.\d+\.\d+", "agent [VERSION]"),
+    ]}, {
+        insta::assert_snapshot!("two_platform_plan", outcome.stdout);
+    });
+}
