@@ -130,7 +130,8 @@ mod tests {
 
     #[test]
     fn reads_the_totals_of_a_newer_daemon() {
-        let body = br#"{"ImageUsage":{"TotalSize":8900000000,"TotalCount":730},"BuildCacheUsage":{"TotalSize":4200000000}}"#;
+        let body =
+            br#"{"ImageUsage":{"TotalSize":8900000000,"TotalCount":730},"BuildCacheUsage":{"TotalSize":4200000000}}"#;
         let usage = DiskUse::from_json(body).expect("parses");
         assert_eq!(usage.summary(), "host disk: images 8.9 GB (730), build cache 4.2 GB");
     }

@@ -32,6 +32,9 @@ fn assert_daemon_checked(outcome: &Outcome) {
     assert!(outcome.stderr.contains("check daemon: Docker "), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("(API 1."), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("storage driver"), "{}", outcome.stderr);
+    // The host's disk use, on the check's line, over SSH as over the socket.
+    assert!(outcome.stderr.contains("; host disk: images "), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains(", build cache "), "{}", outcome.stderr);
 }
 
 #[test]
