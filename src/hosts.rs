@@ -21,6 +21,10 @@ use crate::ssh::known_hosts::KnownHosts;
 use crate::ssh::login::{login_keys, trusted_hosts};
 use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
 
+/// The longest the disk use may hold up a run (a 20.10 daemon sizes every container and volume
+/// for it); slower, the line is left out.
+const DISK_USE_WAIT: Duration = Duration::from_secs(3);
+
 /// What every host is reached with: timeouts, TLS, and the SSH login.
 pub struct Access<'a> {
     pub connect_timeout: Duration,
@@ -83,7 +87,7 @@ impl Hosts {
             // The disk use never fails the run: a failure or a slow answer is a debug line, and
             // the line is left out. (One more round trip on the open connection: the check holds
             // the daemon mutably while it settles the API version.)
-            let timeout = host.daemon.connect_timeout();
+            let timeout = host.daemon.connect_timeout().min(DISK_USE_WAIT);
             host.disk = match tokio::time::timeout(timeout, disk_use(&host.daemon)).await {
                 Ok(Ok(disk)) => Some(disk),
                 Err(_) => {
