@@ -13,12 +13,17 @@ use futures_util::future::try_join_all;
 use crate::account;
 use crate::config::Tls;
 use crate::daemon::{Daemon, Facts};
+use crate::disk::{DiskUse, disk_use};
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Problem, Result};
 use crate::secrets::Secret;
 use crate::ssh::key::SshKey;
 use crate::ssh::login::{login_keys, trusted_hosts};
 use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
+
+/// The longest the disk use may hold up a run (a 20.10 daemon sizes every container and volume
+/// for it); slower, the line is left out.
+const DISK_USE_WAIT: Duration = Duration::from_secs(3);
 
 /// What every host is reached with: timeouts, TLS, and the SSH files.
 pub struct Access<'a> {
@@ -65,6 +70,8 @@ pub struct Host {
     pub daemon: Daemon,
     /// What the daemon check learnt; `None` before the check.
     pub facts: Option<Facts>,
+    /// What its images and build cache take, asked alongside the check; `None` if it did not say.
+    pub disk: Option<DiskUse>,
 }
 
 /// The run's hosts, each connected once, and the host each slot got; never empty.
@@ -113,6 +120,21 @@ impl Hosts {
     pub async fn check(&mut self) -> Result<()> {
         try_join_all(self.hosts.iter_mut().map(|host| async move {
             host.facts = Some(host.daemon.check().await?);
+            // The disk use never fails the run: a failure or a slow answer is a debug line, and
+            // the line is left out. (One more round trip on the open connection: the check holds
+            // the daemon mutably while it settles the API version.)
+            let timeout = host.daemon.connect_timeout().min(DISK_USE_WAIT);
+            host.disk = match tokio::time::timeout(timeout, disk_use(&host.daemon)).await {
+                Ok(Ok(disk)) => Some(disk),
+                Err(_) => {
+                    tracing::debug!("{}: no disk use within {}s", host.target, timeout.as_secs());
+                    None
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!("{}: no disk use: {error}", host.target);
+                    None
+                }
+            };
             Ok::<_, Error>(())
         }))
         .await?;
@@ -121,7 +143,13 @@ impl Hosts {
 
     /// The daemon check's line: one host's facts, or each host's.
     pub fn summary(&self) -> String {
-        let facts = |host: &Host| host.facts.as_ref().map(Facts::summary).unwrap_or_else(|| "not checked".into());
+        let facts = |host: &Host| {
+            let facts = host.facts.as_ref().map(Facts::summary).unwrap_or_else(|| "not checked".into());
+            match &host.disk {
+                Some(disk) => format!("{facts}; {}", disk.summary()),
+                None => facts,
+            }
+        };
         match self.hosts.as_slice() {
             [host] => facts(host),
             hosts => {
@@ -176,5 +204,5 @@ async fn connect(candidate: &Candidate, access: &Access<'_>) -> Result<Host> {
             Daemon::over_ssh(Arc::new(session), target.to_string(), timeout)?
         }
     };
-    Ok(Host { target: target.clone(), daemon, facts: None })
+    Ok(Host { target: target.clone(), daemon, facts: None, disk: None })
 }

@@ -58,6 +58,8 @@ pub mod docker_host;
 
 pub mod daemon;
 
+pub mod disk;
+
 pub mod registry;
 
 pub mod image_ref;
