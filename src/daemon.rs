@@ -29,7 +29,9 @@ pub const BUILDKIT_API: (u32, u32) = (1, 39);
 /// each chunk resets nothing: so this is generous).
 pub const REQUEST_TIMEOUT_SECS: u64 = 3600;
 
-/// A client for one daemon, with what is needed to explain its failures.
+/// A client for one daemon, with what is needed to explain its failures. A clone shares the
+/// connection (for a request of its own in a background task).
+#[derive(Clone)]
 pub struct Daemon {
     pub docker: Docker,
     /// The daemon's address, for messages.

@@ -1,9 +1,12 @@
-//! The host's disk: what its images and build cache take (`GET /system/df`), for the one line
-//! the log shows after the daemon check.
+//! The host's disk: what its images and build cache take (`GET /system/df`), asked in the
+//! background once the daemon is checked and logged as one line when the answer arrives, while the
+//! run goes on.
 //!
-//! No API of the daemon (neither `/info` nor `/system/df`, up to API 1.47 at least) tells the free
+//! No API of the daemon (neither `/info` nor `/system/df`, up to API 1.52 at least) tells the free
 //! space of the host's disk, so the agent cannot warn that it runs low: the line shows what the
-//! images and the build cache take, which is what grows.
+//! images and the build cache take, which is what grows (and what `--keep-storage` bounds).
+
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -97,6 +100,43 @@ pub async fn disk_use(daemon: &Daemon) -> Result<DiskUse, Error> {
         return Err(Error::Internal(format!("/system/df answered {status}: {}", text.trim())));
     }
     DiskUse::from_json(&body).map_err(|error| Error::Internal(format!("/system/df answered what it cannot: {error}")))
+}
+
+/// The disk use of one host, asked on a stream of its own beside the run's other requests. The
+/// task logs the line itself when the answer comes; [`DiskUseWatch::settle`] ends the wait.
+pub struct DiskUseWatch {
+    target: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DiskUseWatch {
+    /// Starts asking. `prefix` goes before the line (a host's address when the run has several).
+    /// Must be called inside the runtime.
+    pub fn start(daemon: Daemon, prefix: String) -> DiskUseWatch {
+        let target = daemon.target.clone();
+        let task = tokio::spawn(async move {
+            match disk_use(&daemon).await {
+                Ok(disk) => tracing::info!("{prefix}{}", disk.summary()),
+                // Never a failed run, nor a warning: the line is information only.
+                Err(error) => tracing::debug!("{}: no disk use: {error}", daemon.target),
+            }
+        });
+        DiskUseWatch { target, task }
+    }
+
+    /// Waits at most `wait` for the line (zero: only checks whether it came), then gives up on it
+    /// with a debug line: the run never waits longer for it.
+    pub async fn settle(self, wait: Duration) {
+        let DiskUseWatch { target, mut task } = self;
+        if task.is_finished() {
+            return;
+        }
+        if !wait.is_zero() && tokio::time::timeout(wait, &mut task).await.is_ok() {
+            return;
+        }
+        task.abort();
+        tracing::debug!("{target}: the disk use did not come within the run ({}s more waited): left out", wait.as_secs_f64());
+    }
 }
 
 /// Bytes in docker's decimal units, one decimal (`8.9 GB`), as `docker system df` shows them.

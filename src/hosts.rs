@@ -13,17 +13,13 @@ use futures_util::future::try_join_all;
 use crate::account;
 use crate::config::Tls;
 use crate::daemon::{Daemon, Facts};
-use crate::disk::{DiskUse, disk_use};
+use crate::disk::DiskUseWatch;
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Problem, Result};
 use crate::secrets::Secret;
 use crate::ssh::key::SshKey;
 use crate::ssh::login::{login_keys, trusted_hosts};
 use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
-
-/// The longest the disk use may hold up a run (a 20.10 daemon sizes every container and volume
-/// for it); slower, the line is left out.
-const DISK_USE_WAIT: Duration = Duration::from_secs(3);
 
 /// What every host is reached with: timeouts, TLS, and the SSH files.
 pub struct Access<'a> {
@@ -70,8 +66,6 @@ pub struct Host {
     pub daemon: Daemon,
     /// What the daemon check learnt; `None` before the check.
     pub facts: Option<Facts>,
-    /// What its images and build cache take, asked alongside the check; `None` if it did not say.
-    pub disk: Option<DiskUse>,
 }
 
 /// The run's hosts, each connected once, and the host each slot got; never empty.
@@ -79,6 +73,8 @@ pub struct Hosts {
     hosts: Vec<Host>,
     /// For each slot, in the order given, the index of its host in `hosts`.
     slots: Vec<usize>,
+    /// The disk use of each host, asked once its check passed, still to come.
+    disk_use: Vec<DiskUseWatch>,
 }
 
 impl Hosts {
@@ -103,7 +99,7 @@ impl Hosts {
             return Err(Error::Internal("a run without a host".to_string()));
         }
         let hosts = try_join_all(distinct.iter().map(|candidate| connect(candidate, access))).await?;
-        Ok(Hosts { hosts, slots: chosen })
+        Ok(Hosts { hosts, slots: chosen, disk_use: Vec::new() })
     }
 
     /// The host slot `slot` builds on.
@@ -116,40 +112,30 @@ impl Hosts {
         self.hosts.iter()
     }
 
-    /// Checks every daemon at once, keeping what each check learnt.
+    /// Checks every daemon at once, keeping what each check learnt; then asks each for its disk
+    /// use in the background (see [`crate::disk`]): the run does not wait for it.
     pub async fn check(&mut self) -> Result<()> {
         try_join_all(self.hosts.iter_mut().map(|host| async move {
             host.facts = Some(host.daemon.check().await?);
-            // The disk use never fails the run: a failure or a slow answer is a debug line, and
-            // the line is left out. (One more round trip on the open connection: the check holds
-            // the daemon mutably while it settles the API version.)
-            let timeout = host.daemon.connect_timeout().min(DISK_USE_WAIT);
-            host.disk = match tokio::time::timeout(timeout, disk_use(&host.daemon)).await {
-                Ok(Ok(disk)) => Some(disk),
-                Err(_) => {
-                    tracing::debug!("{}: no disk use within {}s", host.target, timeout.as_secs());
-                    None
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!("{}: no disk use: {error}", host.target);
-                    None
-                }
-            };
             Ok::<_, Error>(())
         }))
         .await?;
+        let several = self.hosts.len() > 1;
+        for host in &self.hosts {
+            let prefix = if several { format!("{}: ", host.target) } else { String::new() };
+            self.disk_use.push(DiskUseWatch::start(host.daemon.clone(), prefix));
+        }
         Ok(())
+    }
+
+    /// Gives the disk use lines still to come at most `wait` more, then leaves them out.
+    pub async fn settle_disk_use(&mut self, wait: Duration) {
+        futures_util::future::join_all(self.disk_use.drain(..).map(|watch| watch.settle(wait))).await;
     }
 
     /// The daemon check's line: one host's facts, or each host's.
     pub fn summary(&self) -> String {
-        let facts = |host: &Host| {
-            let facts = host.facts.as_ref().map(Facts::summary).unwrap_or_else(|| "not checked".into());
-            match &host.disk {
-                Some(disk) => format!("{facts}; {}", disk.summary()),
-                None => facts,
-            }
-        };
+        let facts = |host: &Host| host.facts.as_ref().map(Facts::summary).unwrap_or_else(|| "not checked".into());
         match self.hosts.as_slice() {
             [host] => facts(host),
             hosts => {
@@ -158,8 +144,9 @@ impl Hosts {
         }
     }
 
-    /// Closes every connection.
-    pub async fn close(&self) {
+    /// Closes every connection (a disk use still to come is left out).
+    pub async fn close(&mut self) {
+        self.settle_disk_use(Duration::ZERO).await;
         futures_util::future::join_all(self.hosts.iter().map(|host| host.daemon.close())).await;
     }
 }
@@ -204,5 +191,5 @@ async fn connect(candidate: &Candidate, access: &Access<'_>) -> Result<Host> {
             Daemon::over_ssh(Arc::new(session), target.to_string(), timeout)?
         }
     };
-    Ok(Host { target: target.clone(), daemon, facts: None, disk: None })
+    Ok(Host { target: target.clone(), daemon, facts: None })
 }

@@ -494,6 +494,7 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
             }
         }
     }
+    runner.after_steps(mode).await;
     report(Event::RunDone { total, elapsed: started.elapsed() });
     Ok(())
 }
@@ -503,4 +504,8 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
 pub trait StepRunner {
     /// Executes one step; `Ok(Some(text))` replaces "ok" in the step's log line.
     async fn run(&mut self, step: &Step) -> Result<Option<String>>;
+
+    /// After the last step of a run that succeeded, before its closing line (e.g. the lines that
+    /// come in the background, given their last chance).
+    async fn after_steps(&mut self, _mode: Mode) {}
 }

@@ -3,6 +3,7 @@
 //! that does its work (ssh, aws, hosts, registry, image, image_definitions).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::aws::{self, EcrTokens};
 use crate::build_mounts::SessionMounts;
@@ -10,11 +11,14 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hosts::{Access, Candidate, Hosts, Slot};
 use crate::image::{self, BuildStep, metadata::Built};
-use crate::plan::{Step, StepRunner};
+use crate::plan::{Mode, Step, StepRunner};
 use crate::registry::{self, Credential};
 use crate::resolve::Resolved;
 use crate::secrets::{Origin, SsmRef};
 use crate::ssh;
+
+/// How long `--check` waits for the host's disk use line after its last step.
+const DISK_USE_CHECK_WAIT: Duration = Duration::from_secs(3);
 
 /// What a run holds between its steps.
 pub struct Runner<'a> {
@@ -151,7 +155,7 @@ impl<'a> Runner<'a> {
 
     /// Closes what the run opened.
     pub async fn finish(&mut self) {
-        if let Some(hosts) = self.hosts.take() {
+        if let Some(mut hosts) = self.hosts.take() {
             hosts.close().await;
         }
     }
@@ -218,5 +222,18 @@ impl StepRunner for Runner<'_> {
             }
         };
         Ok(Some(outcome))
+    }
+
+    async fn after_steps(&mut self, mode: Mode) {
+        // The disk use line: `--check` is asked for what the host is like, so it waits for it a
+        // little; a run never waits (the line comes while the build and the pushes go on, or not at
+        // all: a 20.10 daemon with many images takes seconds to answer it).
+        let wait = match mode {
+            Mode::Check => self.config.connect_timeout.min(DISK_USE_CHECK_WAIT),
+            Mode::Run | Mode::Dry => Duration::ZERO,
+        };
+        if let Some(hosts) = self.hosts.as_mut() {
+            hosts.settle_disk_use(wait).await;
+        }
     }
 }
