@@ -118,6 +118,8 @@ pub struct Facts {
     pub os: String,
     pub arch: String,
     pub driver: String,
+    /// How many images the host holds (`/info`), if it said: what `/system/df` takes time to size.
+    pub images: Option<u64>,
 }
 
 impl Facts {
@@ -222,6 +224,7 @@ impl Daemon {
             os: version.os.unwrap_or_else(|| "?".to_string()),
             arch: version.arch.unwrap_or_else(|| "?".to_string()),
             driver: info.driver.unwrap_or_else(|| "?".to_string()),
+            images: info.images.and_then(|count| u64::try_from(count).ok()),
         })
     }
 

@@ -124,6 +124,11 @@ impl DiskUseWatch {
         DiskUseWatch { target, task }
     }
 
+    /// The daemon asked.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
     /// Waits at most `wait` for the line (zero: only checks whether it came), then gives up on it
     /// with a debug line: the run never waits longer for it.
     pub async fn settle(self, wait: Duration) {

@@ -112,20 +112,36 @@ impl Hosts {
         self.hosts.iter()
     }
 
-    /// Checks every daemon at once, keeping what each check learnt; then asks each for its disk
-    /// use in the background (see [`crate::disk`]): the run does not wait for it.
+    /// Checks every daemon at once, keeping what each check learnt.
     pub async fn check(&mut self) -> Result<()> {
         try_join_all(self.hosts.iter_mut().map(|host| async move {
             host.facts = Some(host.daemon.check().await?);
             Ok::<_, Error>(())
         }))
         .await?;
+        Ok(())
+    }
+
+    /// Asks each checked host that holds at most `max_images` images (or does not say) for its disk
+    /// use in the background (see [`crate::disk`]), once: the run does not wait for it.
+    pub fn start_disk_use(&mut self, max_images: u64) {
         let several = self.hosts.len() > 1;
         for host in &self.hosts {
+            let Some(facts) = &host.facts else { continue };
+            if self.disk_use.iter().any(|watch| watch.target() == host.daemon.target) {
+                continue;
+            }
+            if let Some(images) = facts.images.filter(|images| *images > max_images) {
+                tracing::debug!(
+                    "{}: holds {images} images, more than {max_images}: no disk use line (it would slow the run; \
+                     --check shows it)",
+                    host.target
+                );
+                continue;
+            }
             let prefix = if several { format!("{}: ", host.target) } else { String::new() };
             self.disk_use.push(DiskUseWatch::start(host.daemon.clone(), prefix));
         }
-        Ok(())
     }
 
     /// Gives the disk use lines still to come at most `wait` more, then leaves them out.

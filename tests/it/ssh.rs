@@ -31,8 +31,8 @@ fn assert_daemon_checked(outcome: &Outcome) {
 }
 
 /// Issue 16: the check logs the host's disk use in a line of its own. On the world's cold daemon, whose
-/// `/system/df` answers at once (the shared daemon's, with hundreds of images and five helpers'
-/// builds, may take longer than the line is waited for, and then the line is rightly left out).
+/// `/system/df` answers at once (the shared daemon holds more than 300 images, whose line a run
+/// leaves out: asked beside the build, it slowed it).
 #[test]
 fn the_check_line_shows_the_host_disk_use() {
     let world = World::shared();
