@@ -60,6 +60,8 @@ pub mod daemon;
 
 pub mod disk;
 
+pub mod budget;
+
 pub mod registry;
 
 pub mod image_ref;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::budget::Budget;
 use crate::cli::{Builder, ProgressMode};
 use crate::config::{Build, Config, RegistryLogin, Sourced, Value};
 use crate::docker_host::DockerHost;
@@ -55,6 +56,8 @@ pub enum Step {
         /// Whether the tags are pushed (only then is there a manifest digest).
         pushed: bool,
     },
+    /// Prune each host's build cache down to the budget (`--keep-storage`) after a successful run.
+    PruneCache { budget: Sourced<Budget> },
 }
 
 /// The steps of a run, in order.
@@ -158,6 +161,9 @@ impl Plan {
                 pushed: config.push,
             });
         }
+        if let Some(budget) = &config.keep_storage {
+            steps.push(Step::PruneCache { budget: budget.clone() });
+        }
         Plan { steps }
     }
 }
@@ -184,6 +190,7 @@ impl Step {
             Step::Push { reference, .. } => format!("push {reference}"),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
             Step::WriteMetadata { .. } => "write build metadata".to_string(),
+            Step::PruneCache { budget } => format!("keep the build cache within {}", budget.value.text),
         }
     }
 
@@ -202,7 +209,8 @@ impl Step {
             | Step::Tag { .. }
             | Step::Push { .. }
             | Step::WriteImageDefinitions { .. }
-            | Step::WriteMetadata { .. } => true,
+            | Step::WriteMetadata { .. }
+            | Step::PruneCache { .. } => true,
         }
     }
 
@@ -416,6 +424,19 @@ impl Step {
                 lines.push(
                     "containerimage.config.digest: the image id; each step, CACHED or not, with its time".to_string(),
                 );
+            }
+            Step::PruneCache { budget } => {
+                lines.push(format!("budget {} (from {}), binary units as docker reads them", budget.value, budget.origin));
+                lines.push(
+                    "on each host built on: BuildKit's POST /build/prune with keep-storage, least recently used first, \
+                     never a record a running build holds"
+                        .to_string(),
+                );
+                lines.push(format!(
+                    "with the classic builder: the dangling images older than {}, if all dangling images are over the budget",
+                    crate::budget::CLASSIC_MIN_AGE
+                ));
+                lines.push("a failure is a warning: the run has succeeded by then".to_string());
             }
         }
         lines

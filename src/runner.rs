@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::aws::{self, EcrTokens};
+use crate::budget::{self, Budget, Pruned};
 use crate::build_mounts::SessionMounts;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -160,6 +161,39 @@ impl<'a> Runner<'a> {
         Ok("logged in with an ECR token".to_string())
     }
 
+    /// Prunes the build cache of every host the run built on down to `budget`. Never fails the run:
+    /// a host's failure is a warning, and the outcome says what each host freed.
+    async fn prune_cache(&self, budget: &Budget) -> String {
+        let Ok(hosts) = self.hosts() else { return "no host".to_string() };
+        let classic = self.built.as_ref().is_some_and(|built| built.engine == image::Engine::Classic);
+        let outcomes = futures_util::future::join_all(hosts.iter().map(|host| async move {
+            let buildkit = host.facts.as_ref().is_some_and(|facts| facts.offers_buildkit());
+            let mut pruned = Pruned::default();
+            let mut result = Ok(());
+            if buildkit {
+                result = budget::prune_build_cache(&host.daemon, budget, &mut pruned).await;
+            }
+            if classic && result.is_ok() {
+                result = budget::prune_dangling_images(&host.daemon, budget, &mut pruned).await;
+            }
+            match result {
+                Ok(()) => pruned.summary(buildkit, classic),
+                Err(error) => {
+                    tracing::warn!("{}: the cache was not pruned: {}", host.target, error.report());
+                    "not pruned (see the warning)".to_string()
+                }
+            }
+        }))
+        .await;
+        let several = outcomes.len() > 1;
+        let lines: Vec<String> = hosts
+            .iter()
+            .zip(outcomes)
+            .map(|(host, outcome)| if several { format!("{}: {outcome}", host.target) } else { outcome })
+            .collect();
+        lines.join("; ")
+    }
+
     /// Closes what the run opened.
     pub async fn finish(&mut self) {
         if let Some(mut hosts) = self.hosts.take() {
@@ -223,6 +257,7 @@ impl StepRunner for Runner<'_> {
                 image::metadata::write(path, names, *pushed, built, self.pushed_digest.as_deref())?;
                 format!("wrote {}", path.display())
             }
+            Step::PruneCache { budget } => self.prune_cache(&budget.value).await,
             Step::WriteDockerConfig { path } => {
                 let count = registry::write_config(path, &self.credentials)?;
                 format!("{count} login{} in {}", if count == 1 { "" } else { "s" }, path.display())
