@@ -85,7 +85,9 @@ impl Budget {
 /// What a prune did on one host.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pruned {
-    /// BuildKit's records deleted, and the bytes BuildKit says they held.
+    /// What the build cache took before, as `/system/df` counts it (shared records once).
+    pub cache_before: u64,
+    /// BuildKit's records deleted, and the bytes `/system/df` gave them.
     pub records: usize,
     pub record_bytes: u64,
     /// Dangling images removed by the classic builder's prune, and the bytes the daemon reclaimed.
@@ -100,12 +102,14 @@ impl Pruned {
     pub fn summary(&self, buildkit: bool, classic: bool) -> String {
         let mut parts = Vec::new();
         if buildkit {
+            let before = human_bytes(self.cache_before);
             parts.push(match self.records {
-                0 => "build cache within the budget: nothing freed".to_string(),
+                0 if self.record_bytes == 0 => format!("build cache {before}, within the budget: nothing freed"),
                 records => format!(
-                    "freed {} ({records} build cache record{})",
+                    "build cache {before}: freed {} ({records} record{}), {} left",
                     human_bytes(self.record_bytes),
                     if records == 1 { "" } else { "s" },
+                    human_bytes(self.cache_before.saturating_sub(self.record_bytes))
                 ),
             });
         }
@@ -126,41 +130,90 @@ impl Pruned {
     }
 }
 
+/// One record of BuildKit's cache as `/system/df` lists it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CacheRecord {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    shared: bool,
+}
+
+/// `/system/df`'s build cache: the list of API 1.25..1.51, or the items of later ones.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CacheAnswer {
+    build_cache: Option<Vec<CacheRecord>>,
+    build_cache_usage: Option<CacheUsage>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CacheUsage {
+    #[serde(default)]
+    items: Vec<CacheRecord>,
+}
+
 /// `POST /build/prune`'s answer.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct BuildPruned {
     #[serde(default)]
     caches_deleted: Option<Vec<String>>,
-    #[serde(default)]
-    space_reclaimed: u64,
 }
 
-/// Prunes BuildKit's cache on `daemon` down to `budget` (nothing if it is within it).
-pub async fn prune_build_cache(daemon: &Daemon, budget: &Budget, pruned: &mut Pruned) -> Result<(), Error> {
-    let path = daemon.api_path(&format!("/build/prune?keep-storage={0}&reserved-space={0}", budget.bytes));
-    let request = http::Request::post(path)
+/// One request on a stream of its own; the body of a successful answer.
+async fn call(daemon: &Daemon, method: http::Method, path: &str, what: &str) -> Result<bytes::Bytes, Error> {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(daemon.api_path(path))
         .header(http::header::HOST, "docker")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|error| Error::Internal(format!("failed to build the /build/prune request: {error}")))?;
+        .map_err(|error| Error::Internal(format!("failed to build the {what} request: {error}")))?;
     let response = daemon.raw_request(request).await?;
     let status = response.status();
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
-        .map_err(|error| daemon.broke_off("the build cache prune", &error))?
+        .map_err(|error| daemon.broke_off(what, &error))?
         .to_bytes();
     if !status.is_success() {
         return Err(Error::Daemon {
             target: daemon.target.clone(),
-            detail: format!("refused the build cache prune ({status}): {}", String::from_utf8_lossy(&body).trim()),
+            detail: format!("refused {what} ({status}): {}", String::from_utf8_lossy(&body).trim()),
         });
     }
+    Ok(body)
+}
+
+/// Prunes BuildKit's cache on `daemon` down to `budget`, if it is over it. What it took and what
+/// was freed are `/system/df`'s figures (records shared with images counted once, as `docker system
+/// df` does: the prune's own `SpaceReclaimed` counts them too, though their layers stay on disk).
+pub async fn prune_build_cache(daemon: &Daemon, budget: &Budget, pruned: &mut Pruned) -> Result<(), Error> {
+    // `type=` (API 1.42) spares a newer daemon sizing images, containers and volumes; `verbose`
+    // (API 1.52) lists the records. A 20.10 daemon ignores both and sizes everything.
+    let body = call(daemon, http::Method::GET, "/system/df?type=build-cache&verbose=1", "the disk use").await?;
+    let answer: CacheAnswer = serde_json::from_slice(&body).map_err(|error| Error::Daemon {
+        target: daemon.target.clone(),
+        detail: format!("answered /system/df with what the agent cannot read: {error}"),
+    })?;
+    let records = answer.build_cache.or(answer.build_cache_usage.map(|usage| usage.items)).unwrap_or_default();
+    let counted = || records.iter().filter(|record| !record.shared);
+    pruned.cache_before = counted().map(|record| record.size).sum();
+    if pruned.cache_before <= budget.bytes {
+        return Ok(());
+    }
+    let path = format!("/build/prune?keep-storage={0}&reserved-space={0}", budget.bytes);
+    let body = call(daemon, http::Method::POST, &path, "the build cache prune").await?;
     let answer: BuildPruned = serde_json::from_slice(&body).map_err(|error| Error::Daemon {
         target: daemon.target.clone(),
         detail: format!("answered the build cache prune with what the agent cannot read: {error}"),
     })?;
-    pruned.records = answer.caches_deleted.map_or(0, |deleted| deleted.len());
-    pruned.record_bytes = answer.space_reclaimed;
+    let deleted: std::collections::HashSet<String> = answer.caches_deleted.unwrap_or_default().into_iter().collect();
+    pruned.records = deleted.len();
+    pruned.record_bytes = counted().filter(|record| deleted.contains(&record.id)).map(|record| record.size).sum();
     Ok(())
 }
 
@@ -215,15 +268,16 @@ mod tests {
 
     #[test]
     fn the_outcome_says_what_was_freed() {
-        let pruned = Pruned { records: 3, record_bytes: 2_500_000, ..Pruned::default() };
-        assert_eq!(pruned.summary(true, false), "freed 2.5 MB (3 build cache records)");
-        assert_eq!(Pruned::default().summary(true, false), "build cache within the budget: nothing freed");
+        let pruned = Pruned { cache_before: 3_000_000, records: 3, record_bytes: 2_500_000, ..Pruned::default() };
+        assert_eq!(pruned.summary(true, false), "build cache 3.0 MB: freed 2.5 MB (3 records), 500.0 kB left");
+        let within = Pruned { cache_before: 1_000, ..Pruned::default() };
+        assert_eq!(within.summary(true, false), "build cache 1.0 kB, within the budget: nothing freed");
         let classic = Pruned { images: 2, image_bytes: 4_000_000, ..Pruned::default() };
         assert_eq!(classic.summary(false, true), "freed 4.0 MB (2 dangling images older than 1h)");
         let within = Pruned { dangling_within: Some(1_000), ..Pruned::default() };
         assert_eq!(
             within.summary(true, true),
-            "build cache within the budget: nothing freed; dangling images 1.0 kB within the budget: nothing removed"
+            "build cache 0 B, within the budget: nothing freed; dangling images 1.0 kB within the budget: nothing removed"
         );
     }
 }

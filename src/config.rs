@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 
-use crate::cli::{Builder, Environment, ProgressMode, RunArgs};
 use crate::budget::Budget;
+use crate::cli::{Builder, Environment, ProgressMode, RunArgs};
 use crate::docker_host::DockerHost;
 use crate::error::{Error, Problem};
 use crate::image_ref::{self, EcrRegistry, Repository};

@@ -140,7 +140,10 @@ impl DiskUseWatch {
             return;
         }
         task.abort();
-        tracing::debug!("{target}: the disk use did not come within the run ({}s more waited): left out", wait.as_secs_f64());
+        tracing::debug!(
+            "{target}: the disk use did not come within the run ({}s more waited): left out",
+            wait.as_secs_f64()
+        );
     }
 }
 

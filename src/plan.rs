@@ -426,7 +426,10 @@ impl Step {
                 );
             }
             Step::PruneCache { budget } => {
-                lines.push(format!("budget {} (from {}), binary units as docker reads them", budget.value, budget.origin));
+                lines.push(format!(
+                    "budget {} (from {}), binary units as docker reads them",
+                    budget.value, budget.origin
+                ));
                 lines.push(
                     "on each host built on: BuildKit's POST /build/prune with keep-storage, least recently used first, \
                      never a record a running build holds"

@@ -1,0 +1,151 @@
+//! The cache budget (`--keep-storage`) and the host disk line, against the world's cold daemon.
+//!
+//! The prune empties a build cache: these tests use the cold daemon, the "new or wiped host" that
+//! only the wiped-host test (build.rs) relies on, and that one wipes it whole anyway. They and it
+//! take the cold host in turn: a lock across one `cargo test` process (`World::cold_host`) and
+//! nextest's serial group `cold-host` (`.config/nextest.toml`) across processes.
+
+use std::process::Command;
+
+use crate::agent::{Agent, Outcome};
+use crate::world::World;
+
+/// What `/system/df` says the cold daemon's build cache takes (shared records once, as `docker
+/// system df` counts them).
+fn build_cache_bytes(world: &World) -> u64 {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--unix-socket"])
+        .arg(&world.cold_docker_sock)
+        .arg("http://docker/system/df")
+        .output()
+        .expect("curl");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let df: serde_json::Value = serde_json::from_slice(&output.stdout).expect("/system/df answers JSON");
+    df["BuildCache"]
+        .as_array()
+        .map(|records| {
+            records
+                .iter()
+                .filter(|record| !record["Shared"].as_bool().unwrap_or(false))
+                .map(|record| record["Size"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A build on the cold daemon of a context holding `bytes` of random data, so that its build
+/// cache holds at least that much; `extra` goes to `agent run`.
+fn build_on_cold(world: &World, name: &str, bytes: usize, extra: &[&str]) -> Outcome {
+    let agent = Agent::new().env("DOCKER_HOST", format!("unix://{}", world.cold_docker_sock.display()));
+    let blob: Vec<u8> = (0..bytes).map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(agent.work.path().join("blob"), [name.as_bytes(), &blob].concat()).unwrap();
+    std::fs::write(agent.work.path().join("Dockerfile"), "FROM scratch\nCOPY blob /blob\n").unwrap();
+    let image = format!("agent-it/budget-{name}-{}", std::process::id());
+    // One context key per test, so that a run does not add a copy of the context to the cache.
+    let outcome = agent.args(["run", "--image", &image, "--no-push", "--context-key", &image]).args(extra).run();
+    outcome.expect_code(0);
+    outcome
+}
+
+/// The prune step's outcome line, e.g. `step 4/4 keep the build cache within 1MB: freed 4.2 MB (…)`.
+fn prune_line(outcome: &Outcome) -> String {
+    let line = outcome.stderr.lines().rev().find(|line| line.contains("keep the build cache within"));
+    line.unwrap_or_else(|| panic!("no prune step:\n{}", outcome.stderr)).to_string()
+}
+
+/// Issue 16: a budget below the cache prunes it down to the budget; the log says how much was
+/// freed, and `/system/df` agrees. The run also logs the host's disk line (the cold daemon holds
+/// few images, so a run asks it beside the build).
+#[test]
+fn a_budget_below_the_cache_prunes_it_down_and_the_daemon_agrees() {
+    let world = World::shared();
+    let _cold = World::cold_host();
+    build_on_cold(world, "below", 4_000_000, &[]);
+    let before = build_cache_bytes(world);
+    assert!(before >= 4_000_000, "the build left {before} bytes of cache");
+    let outcome = build_on_cold(world, "below", 4_000_000, &["--keep-storage", "1MB"]);
+    assert!(outcome.stderr.contains("host disk: images "), "{}", outcome.stderr);
+    let line = prune_line(&outcome);
+    let after = build_cache_bytes(world);
+    assert!(after <= 1024 * 1024, "{after} bytes of build cache left over a 1 MiB budget\n{}", outcome.stderr);
+    let freed = line.split("freed ").nth(1).and_then(|rest| rest.split(" (").next());
+    let freed = freed.unwrap_or_else(|| panic!("the log does not say what was freed: {line}"));
+    assert_eq!(freed, human_bytes(before - after), "{line}\n/system/df: {before} bytes before, {after} after");
+}
+
+/// Issue 16: a budget above the cache leaves it alone.
+#[test]
+fn a_budget_above_the_cache_leaves_it_alone() {
+    let world = World::shared();
+    let _cold = World::cold_host();
+    build_on_cold(world, "above", 2_000_000, &[]);
+    let before = build_cache_bytes(world);
+    let outcome = build_on_cold(world, "above", 2_000_000, &["--keep-storage", "100GB"]);
+    let line = prune_line(&outcome);
+    assert!(line.contains(", within the budget: nothing freed"), "{line}");
+    assert_eq!(build_cache_bytes(world), before, "{}", outcome.stderr);
+}
+
+/// Issue 16: with the classic builder the prune removes only dangling images older than an hour:
+/// the one a build left a moment ago (as a build running beside the prune would) stays.
+#[test]
+fn the_classic_prune_keeps_young_dangling_images() {
+    let world = World::shared();
+    let _cold = World::cold_host();
+    let classic = ["--builder", "classic"];
+    build_on_cold(world, "classic-a", 1_000_000, &classic);
+    let image = format!("agent-it/budget-classic-a-{}", std::process::id());
+    let cold = format!("unix://{}", world.cold_docker_sock.display());
+    let inspect = |reference: &str| {
+        Command::new("docker")
+            .args(["-H", &cold, "image", "inspect", "--format", "{{.Id}}", reference])
+            .output()
+            .expect("docker")
+    };
+    let first = inspect(&format!("{image}:latest"));
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let id = String::from_utf8_lossy(&first.stdout).trim().to_string();
+    // The same tag built again leaves the first image dangling.
+    let agent = Agent::new().env("DOCKER_HOST", &cold);
+    std::fs::write(agent.work.path().join("blob"), "another content").unwrap();
+    std::fs::write(agent.work.path().join("Dockerfile"), "FROM scratch\nCOPY blob /blob\n").unwrap();
+    let outcome = agent.args(["run", "--image", &image, "--no-push", "--keep-storage", "1"]).args(classic).run();
+    outcome.expect_code(0);
+    let line = prune_line(&outcome);
+    assert!(line.contains("no dangling image older than 1h to remove"), "{line}");
+    assert_ne!(inspect(&format!("{image}:latest")).stdout, first.stdout, "the second build did not move the tag");
+    assert!(inspect(&id).status.success(), "the young dangling image {id} was removed: {line}");
+}
+
+/// Issue 16: a size docker would not read is a config error (exit 3) with a hint, before anything runs.
+#[test]
+fn a_bad_budget_is_a_config_error_with_a_hint() {
+    for (flag, env) in [(Some("40XB"), None), (None, Some("forty gigs"))] {
+        let mut agent = Agent::new().args(["run", "--image", "app", "--dry"]);
+        if let Some(flag) = flag {
+            agent = agent.args(["--keep-storage", flag]);
+        }
+        if let Some(env) = env {
+            agent = agent.env("AGENT_KEEP_STORAGE", env);
+        }
+        let outcome = agent.run();
+        outcome.expect_code(3);
+        assert!(outcome.stderr.contains("hint: give a size as docker does, binary"), "{}", outcome.stderr);
+        let subject = if flag.is_some() { "--keep-storage: " } else { "AGENT_KEEP_STORAGE: " };
+        assert!(outcome.stderr.contains(subject), "{}", outcome.stderr);
+    }
+}
+
+/// `--dry` shows the prune step with the budget in bytes.
+#[test]
+fn the_dry_run_shows_the_budget() {
+    let outcome = Agent::new().args(["run", "--image", "app", "--dry", "--keep-storage", "500MB"]).run();
+    outcome.expect_code(0);
+    assert!(outcome.stdout.contains("keep the build cache within 500MB"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("budget 500MB = 524288000 bytes (from flag --keep-storage)"), "{}", outcome.stdout);
+}
+
+/// Bytes as the agent logs them (docker's decimal units, one decimal).
+fn human_bytes(bytes: u64) -> String {
+    agent::image::human_bytes(bytes)
+}
