@@ -142,7 +142,8 @@ struct CacheRecord {
     shared: bool,
 }
 
-/// `/system/df`'s build cache: the list of API 1.25..1.51, or the items of later ones.
+/// `/system/df`'s build cache: the list of API 1.25..1.51, or the totals of later ones (with the
+/// items when the daemon gives them).
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct CacheAnswer {
@@ -154,7 +155,39 @@ struct CacheAnswer {
 #[serde(rename_all = "PascalCase")]
 struct CacheUsage {
     #[serde(default)]
-    items: Vec<CacheRecord>,
+    total_size: u64,
+    items: Option<Vec<CacheRecord>>,
+}
+
+/// What the build cache takes, and its records when the daemon lists them.
+async fn build_cache(daemon: &Daemon) -> Result<(u64, Option<Vec<CacheRecord>>), Error> {
+    // `type=` (API 1.42) spares a newer daemon sizing images, containers and volumes; `verbose`
+    // (API 1.52) lists the records. A 20.10 daemon ignores both and sizes everything.
+    let body = call(daemon, http::Method::GET, "/system/df?type=build-cache&verbose=1", "the disk use").await?;
+    read_build_cache(&body).map_err(|error| Error::Daemon {
+        target: daemon.target.clone(),
+        detail: format!("answered /system/df with what the agent cannot read: {error}"),
+    })
+}
+
+/// Reads the build cache from `/system/df`'s JSON body.
+fn read_build_cache(body: &[u8]) -> Result<(u64, Option<Vec<CacheRecord>>), serde_json::Error> {
+    let answer: CacheAnswer = serde_json::from_slice(body)?;
+    Ok(match (answer.build_cache, answer.build_cache_usage) {
+        (Some(records), _) => (counted_size(&records, None), Some(records)),
+        (None, Some(CacheUsage { items: Some(records), .. })) => (counted_size(&records, None), Some(records)),
+        (None, Some(CacheUsage { total_size, items: None })) => (total_size, None),
+        (None, None) => (0, None),
+    })
+}
+
+/// The size of the records (of those in `only`, if given), shared ones not counted.
+fn counted_size(records: &[CacheRecord], only: Option<&std::collections::HashSet<String>>) -> u64 {
+    records
+        .iter()
+        .filter(|record| !record.shared && only.is_none_or(|only| only.contains(&record.id)))
+        .map(|record| record.size)
+        .sum()
 }
 
 /// `POST /build/prune`'s answer.
@@ -192,17 +225,9 @@ async fn call(daemon: &Daemon, method: http::Method, path: &str, what: &str) -> 
 /// was freed are `/system/df`'s figures (records shared with images counted once, as `docker system
 /// df` does: the prune's own `SpaceReclaimed` counts them too, though their layers stay on disk).
 pub async fn prune_build_cache(daemon: &Daemon, budget: &Budget, pruned: &mut Pruned) -> Result<(), Error> {
-    // `type=` (API 1.42) spares a newer daemon sizing images, containers and volumes; `verbose`
-    // (API 1.52) lists the records. A 20.10 daemon ignores both and sizes everything.
-    let body = call(daemon, http::Method::GET, "/system/df?type=build-cache&verbose=1", "the disk use").await?;
-    let answer: CacheAnswer = serde_json::from_slice(&body).map_err(|error| Error::Daemon {
-        target: daemon.target.clone(),
-        detail: format!("answered /system/df with what the agent cannot read: {error}"),
-    })?;
-    let records = answer.build_cache.or(answer.build_cache_usage.map(|usage| usage.items)).unwrap_or_default();
-    let counted = || records.iter().filter(|record| !record.shared);
-    pruned.cache_before = counted().map(|record| record.size).sum();
-    if pruned.cache_before <= budget.bytes {
+    let (before, records) = build_cache(daemon).await?;
+    pruned.cache_before = before;
+    if before <= budget.bytes {
         return Ok(());
     }
     let path = format!("/build/prune?keep-storage={0}&reserved-space={0}", budget.bytes);
@@ -213,7 +238,11 @@ pub async fn prune_build_cache(daemon: &Daemon, budget: &Budget, pruned: &mut Pr
     })?;
     let deleted: std::collections::HashSet<String> = answer.caches_deleted.unwrap_or_default().into_iter().collect();
     pruned.records = deleted.len();
-    pruned.record_bytes = counted().filter(|record| deleted.contains(&record.id)).map(|record| record.size).sum();
+    pruned.record_bytes = match records {
+        Some(records) => counted_size(&records, Some(&deleted)),
+        // A daemon that gives totals only is asked again.
+        None => before.saturating_sub(build_cache(daemon).await?.0),
+    };
     Ok(())
 }
 
@@ -264,6 +293,20 @@ mod tests {
         assert!(Budget::parse("0").unwrap_err().contains("would empty the cache"));
         assert!(Budget::parse("99999999999P").unwrap_err().contains("too large"));
         assert!(Budget::parse("40XB").unwrap_err().contains("unit"));
+    }
+
+    #[test]
+    fn reads_the_build_cache_of_old_and_new_daemons() {
+        let old = br#"{"BuildCache":[{"ID":"a","Size":1500,"Shared":false},{"ID":"b","Size":700,"Shared":true}]}"#;
+        let (total, records) = read_build_cache(old).unwrap();
+        assert_eq!((total, records.map(|records| records.len())), (1500, Some(2)));
+        let listed = br#"{"BuildCacheUsage":{"TotalSize":9,"Items":[{"ID":"a","Size":4},{"ID":"c","Size":5}]}}"#;
+        let (total, records) = read_build_cache(listed).unwrap();
+        let deleted = std::collections::HashSet::from(["c".to_string()]);
+        assert_eq!((total, counted_size(&records.unwrap(), Some(&deleted))), (9, 5));
+        let totals = br#"{"BuildCacheUsage":{"TotalSize":4200,"Items":null}}"#;
+        assert_eq!(read_build_cache(totals).unwrap().0, 4200);
+        assert_eq!(read_build_cache(b"{}").unwrap().0, 0);
     }
 
     #[test]

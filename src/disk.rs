@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::daemon::Daemon;
 use crate::error::Error;
+use crate::image::human_bytes;
 
 /// What the images and the build cache take on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +74,9 @@ impl DiskUse {
     pub fn summary(&self) -> String {
         format!(
             "host disk: images {} ({}), build cache {}",
-            human_size(self.images),
+            human_bytes(self.images),
             self.image_count,
-            human_size(self.build_cache)
+            human_bytes(self.build_cache)
         )
     }
 }
@@ -144,22 +145,6 @@ impl DiskUseWatch {
             "{target}: the disk use did not come within the run ({}s more waited): left out",
             wait.as_secs_f64()
         );
-    }
-}
-
-/// Bytes in docker's decimal units, one decimal (`8.9 GB`), as `docker system df` shows them.
-/// Hand-written: three lines do not earn a dependency.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{bytes} B"),
-        _ => format!("{value:.1} {}", UNITS[unit]),
     }
 }
 

@@ -24,6 +24,9 @@ use crate::ssh;
 /// a host with 1200 images).
 const DISK_USE_MAX_IMAGES: u64 = 300;
 
+/// The prune of each host may take this many connect timeouts (2 minutes by default).
+const PRUNE_WAIT_FACTOR: u32 = 6;
+
 /// How long `--check` waits for the host's disk use line after its last step.
 const DISK_USE_CHECK_WAIT: Duration = Duration::from_secs(3);
 
@@ -169,20 +172,24 @@ impl<'a> Runner<'a> {
         let outcomes = futures_util::future::join_all(hosts.iter().map(|host| async move {
             let buildkit = host.facts.as_ref().is_some_and(|facts| facts.offers_buildkit());
             let mut pruned = Pruned::default();
-            let mut result = Ok(());
-            if buildkit {
-                result = budget::prune_build_cache(&host.daemon, budget, &mut pruned).await;
-            }
-            if classic && result.is_ok() {
-                result = budget::prune_dangling_images(&host.daemon, budget, &mut pruned).await;
-            }
-            match result {
-                Ok(()) => pruned.summary(buildkit, classic),
-                Err(error) => {
-                    tracing::warn!("{}: the cache was not pruned: {}", host.target, error.report());
-                    "not pruned (see the warning)".to_string()
+            let prune = async {
+                if buildkit {
+                    budget::prune_build_cache(&host.daemon, budget, &mut pruned).await?;
                 }
-            }
+                if classic {
+                    budget::prune_dangling_images(&host.daemon, budget, &mut pruned).await?;
+                }
+                Ok::<_, Error>(())
+            };
+            // A big cache takes BuildKit a while to prune, but a hung daemon must not hold the run.
+            let limit = self.config.connect_timeout * PRUNE_WAIT_FACTOR;
+            let failure = match tokio::time::timeout(limit, prune).await {
+                Ok(Ok(())) => return pruned.summary(buildkit, classic),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {}s (the daemon may go on pruning)", limit.as_secs()),
+            };
+            tracing::warn!("{}: the build cache was not pruned: {failure}", host.target);
+            "not pruned (see the warning)".to_string()
         }))
         .await;
         let several = outcomes.len() > 1;
