@@ -6,7 +6,8 @@
 //! and never a record a build holds at that moment: it chooses them under its cache manager's lock
 //! and skips every record with a live reference (`len(cr.refs) == 0` in `cache/manager.go`'s
 //! prune), so a build running beside the prune keeps what it uses. Without `all`, it also keeps its
-//! internal and frontend records and records shared with images, as `docker builder prune` does.
+//! internal and frontend records and the records whose layers an image holds, as `docker builder
+//! prune` does: a cache made mostly of tagged images' layers may stay over the budget.
 //!
 //! The classic builder has no such references: its cache is the daemon's images, and a running
 //! build may pick any of them up as a step's cache. The agent removes only *dangling* images (no

@@ -73,6 +73,50 @@ fn a_budget_below_the_cache_prunes_it_down_and_the_daemon_agrees() {
     assert_eq!(freed, human_bytes(before - after), "{line}\n/system/df: {before} bytes before, {after} after");
 }
 
+/// Issue 16: the prune never touches what a build running at that moment uses. A build of one app
+/// is in its `RUN sleep` step (holding its COPY steps' records and its own) while another app's run
+/// prunes the cache to one byte; the first build succeeds, and built again, every step is CACHED.
+#[test]
+fn a_prune_leaves_a_running_build_its_cache() {
+    let world = World::shared();
+    let _cold = World::cold_host();
+    let slow = Agent::new().env("DOCKER_HOST", format!("unix://{}", world.cold_docker_sock.display()));
+    let image = format!("agent-it/budget-running-{}", std::process::id());
+    std::fs::copy("/bin/busybox", slow.work.path().join("busybox")).unwrap();
+    std::fs::write(slow.work.path().join("blob"), format!("running {image} {:?}", std::time::SystemTime::now()))
+        .unwrap();
+    std::fs::write(
+        slow.work.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY blob /blob\nRUN [\"/bin/busybox\", \"sleep\", \"4\"]\n",
+    )
+    .unwrap();
+    let slow = slow.args(["run", "--image", &image, "--no-push", "--context-key", &image]);
+    let outcome = std::thread::scope(|scope| {
+        let running = scope.spawn(|| slow.run());
+        std::thread::sleep(std::time::Duration::from_millis(2000));
+        let pruning = build_on_cold(world, "pruning", 1_000_000, &["--keep-storage", "1"]);
+        let line = prune_line(&pruning);
+        assert!(line.contains(": freed "), "{line}");
+        running.join().expect("the slow build's thread")
+    });
+    outcome.expect_code(0);
+    let cached = |outcome: &Outcome| {
+        outcome.expect_code(0);
+        let steps: Vec<&str> = outcome.stderr.lines().filter(|line| line.contains("  step ")).collect();
+        assert_eq!(steps.len(), 3, "{}", outcome.stderr);
+        steps.iter().filter(|line| line.contains(": CACHED")).count()
+    };
+    assert_eq!(cached(&slow.run()), 3, "the prune took records of the running build");
+    // With the build over and its image removed (BuildKit keeps, without `all`, records an image
+    // shares), the same prune does take them: what kept them before was the running build.
+    let cold = format!("unix://{}", world.cold_docker_sock.display());
+    let removed =
+        Command::new("docker").args(["-H", &cold, "rmi", &format!("{image}:latest")]).output().expect("docker");
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    build_on_cold(world, "pruning", 1_000_000, &["--keep-storage", "1"]);
+    assert!(cached(&slow.run()) < 3, "a prune to one byte kept the records of a finished build");
+}
+
 /// Issue 16: a budget above the cache leaves it alone.
 #[test]
 fn a_budget_above_the_cache_leaves_it_alone() {
