@@ -132,10 +132,10 @@ impl Hosts {
                 continue;
             }
             if let Some(images) = facts.images.filter(|images| *images > max_images) {
-                tracing::debug!(
-                    "{}: holds {images} images, more than {max_images}: no disk use line (it would slow the run; \
-                     --check shows it)",
-                    host.target
+                let prefix = if several { format!("{}: ", host.target) } else { String::new() };
+                tracing::info!(
+                    "{prefix}host disk: {images} images (their sizes not asked: on a host of more than {max_images} \
+                     images that would slow the run)"
                 );
                 continue;
             }

@@ -193,3 +193,34 @@ fn the_dry_run_shows_the_budget() {
 fn human_bytes(bytes: u64) -> String {
     agent::image::human_bytes(bytes)
 }
+
+/// Issue 16: on a host of more than 300 images the line gives their count only (sizing them would
+/// slow the run); on a smaller one, the sizes. Which one the shared daemon is depends on what ran
+/// before: `/info` says.
+#[test]
+fn a_big_host_gets_its_image_count_and_a_small_one_its_sizes() {
+    let world = World::shared();
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--unix-socket"])
+        .arg(&world.docker_sock)
+        .arg("http://docker/info")
+        .output()
+        .expect("curl");
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).expect("/info answers JSON");
+    let images = info["Images"].as_u64().expect("/info counts the images");
+    let outcome = Agent::new()
+        .env("DOCKER_HOST", format!("unix://{}", world.docker_sock.display()))
+        .args(["run", "--image", "app", "--check"])
+        .run();
+    outcome.expect_code(0);
+    if images > 300 {
+        assert!(
+            outcome.stderr.contains(" images (their sizes not asked: on a host of more than 300"),
+            "{}",
+            outcome.stderr
+        );
+        assert!(!outcome.stderr.contains("host disk: images "), "{}", outcome.stderr);
+    } else {
+        assert!(outcome.stderr.contains("host disk: images "), "{}", outcome.stderr);
+    }
+}

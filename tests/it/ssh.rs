@@ -30,9 +30,9 @@ fn assert_daemon_checked(outcome: &Outcome) {
     assert!(outcome.stderr.contains("storage driver"), "{}", outcome.stderr);
 }
 
-/// Issue 16: the check logs the host's disk use in a line of its own. On the world's cold daemon, whose
-/// `/system/df` answers at once (the shared daemon holds more than 300 images, whose line a run
-/// leaves out: asked beside the build, it slowed it).
+/// Issue 16: the check logs the host's disk use in a line of its own. On the world's cold daemon,
+/// whose `/system/df` answers at once (the shared daemon holds more than 300 images: its line gives
+/// their count only, see budget.rs).
 #[test]
 fn the_check_line_shows_the_host_disk_use() {
     let world = World::shared();
