@@ -85,7 +85,7 @@ impl DiskUse {
 /// (`type=`, API 1.42): a daemon that knows the filter skips sizing every container and volume;
 /// an older one ignores it.
 pub async fn disk_use(daemon: &Daemon) -> Result<DiskUse, Error> {
-    // Unversioned: it runs alongside the check, before the API version is settled.
+    // Unversioned: the daemon reads it in its own API version, so one that knows `type=` honours it.
     let request = http::Request::get("/system/df?type=image&type=build-cache")
         .header(http::header::HOST, "docker")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
