@@ -224,3 +224,73 @@ fn a_big_host_gets_its_image_count_and_a_small_one_its_sizes() {
         assert!(outcome.stderr.contains("host disk: images "), "{}", outcome.stderr);
     }
 }
+
+/// A Unix socket in front of the cold daemon that answers 500 to every connection whose first
+/// request asks for the build cache's size or its prune (the agent opens a stream of its own for
+/// each), and passes every other connection through, byte for byte.
+struct RefusingProxy {
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RefusingProxy {
+    fn start(world: &World) -> RefusingProxy {
+        use std::io::{Read, Write};
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let daemon = world.cold_docker_sock.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let daemon = daemon.clone();
+                std::thread::spawn(move || {
+                    let mut first = vec![0u8; 4096];
+                    let Ok(read) = client.read(&mut first) else { return };
+                    first.truncate(read);
+                    let line = String::from_utf8_lossy(&first).lines().next().unwrap_or_default().to_string();
+                    if line.contains("/build/prune") || line.contains("/system/df?type=build-cache") {
+                        let body = r#"{"message":"injected failure"}"#;
+                        let answer = format!(
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = client.write_all(answer.as_bytes());
+                        return;
+                    }
+                    let Ok(mut upstream) = UnixStream::connect(&daemon) else { return };
+                    if upstream.write_all(&first).is_err() {
+                        return;
+                    }
+                    let (mut client_back, mut upstream_back) =
+                        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut upstream_back, &mut client_back);
+                        let _ = client_back.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut client, &mut upstream);
+                    let _ = upstream.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        RefusingProxy { socket, _dir: dir }
+    }
+}
+
+/// Issue 16: a prune that fails is a warning, not a failed run: the build succeeded, exit 0.
+#[test]
+fn a_failed_prune_is_a_warning_and_the_run_succeeds() {
+    let world = World::shared();
+    let _cold = World::cold_host();
+    let proxy = RefusingProxy::start(world);
+    let agent = Agent::new().env("DOCKER_HOST", format!("unix://{}", proxy.socket.display()));
+    let image = format!("agent-it/budget-refused-{}", std::process::id());
+    let outcome = agent.args(["run", "--image", &image, "--no-push", "--keep-storage", "1"]).run();
+    outcome.expect_code(0);
+    assert!(outcome.stderr.contains("WARN"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("the build cache was not pruned: "), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("injected failure"), "{}", outcome.stderr);
+    assert!(prune_line(&outcome).contains("not pruned (see the warning)"), "{}", outcome.stderr);
+}
