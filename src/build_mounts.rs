@@ -542,6 +542,7 @@ mod tests {
             os: os.into(),
             arch: "amd64".into(),
             driver: "overlay2".into(),
+            images: None,
         };
         assert!(check_builder_offers_mounts(&config.build, &facts("linux", "1.41")).is_ok());
         let error = check_builder_offers_mounts(&config.build, &facts("windows", "1.41")).unwrap_err();

@@ -215,6 +215,11 @@ pub struct RunArgs {
     /// containerimage.config.digest; and each step, cached or not, with its time) after a successful run
     #[arg(long, value_name = "PATH")]
     pub metadata_file: Option<PathBuf>,
+
+    /// After a successful run, prune each host's build cache down to this size if it is over it
+    /// (docker's units, binary as `docker builder prune --keep-storage` reads them: 40GB is 40 GiB)
+    #[arg(long, env = "AGENT_KEEP_STORAGE", value_name = "SIZE")]
+    pub keep_storage: Option<String>,
 }
 
 /// The environment variables read without a flag, with what each is for; printed in `--help`.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 
+use crate::budget::Budget;
 use crate::cli::{Builder, Environment, ProgressMode, RunArgs};
 use crate::docker_host::DockerHost;
 use crate::error::{Error, Problem};
@@ -71,6 +72,8 @@ pub struct Config {
     pub image_definitions: Option<String>,
     /// Where to write the build's metadata (buildx's `--metadata-file`), absolute.
     pub metadata_file: Option<PathBuf>,
+    /// The build cache budget of each host (`--keep-storage`).
+    pub keep_storage: Option<Sourced<Budget>>,
     /// The commit being built (`CODEBUILD_RESOLVED_SOURCE_VERSION`), for the image's labels.
     pub revision: Option<String>,
     /// The docker CLI's configuration directory (`DOCKER_CONFIG`, else `~/.docker`).
@@ -421,6 +424,20 @@ impl Config {
             }
         }
 
+        let keep_storage = args.keep_storage.as_deref().filter(|text| !text.trim().is_empty()).and_then(|text| {
+            let origin = origins.origin("keep_storage", "--keep-storage", Some("AGENT_KEEP_STORAGE"));
+            match Budget::parse(text) {
+                Ok(budget) => Some(Sourced { value: budget, origin }),
+                Err(message) => {
+                    problems.push(
+                        Problem::new(origin.subject(), message)
+                            .hint("give a size as docker does, binary: e.g. 40GB (40 GiB), 500MB, 1.5g"),
+                    );
+                    None
+                }
+            }
+        });
+
         let docker_config_dir = env
             .get("DOCKER_CONFIG")
             .map(|dir| absolute(Path::new(dir), cwd))
@@ -450,6 +467,7 @@ impl Config {
                     push: !args.no_push,
                     image_definitions: args.image_definitions.as_ref().map(|name| name.trim().to_string()),
                     metadata_file: args.metadata_file.as_ref().map(|path| absolute(path, cwd)),
+                    keep_storage,
                     revision,
                     docker_config_dir,
                 })

@@ -29,7 +29,9 @@ pub const BUILDKIT_API: (u32, u32) = (1, 39);
 /// each chunk resets nothing: so this is generous).
 pub const REQUEST_TIMEOUT_SECS: u64 = 3600;
 
-/// A client for one daemon, with what is needed to explain its failures.
+/// A client for one daemon, with what is needed to explain its failures. A clone shares the
+/// connection (for a request of its own in a background task).
+#[derive(Clone)]
 pub struct Daemon {
     pub docker: Docker,
     /// The daemon's address, for messages.
@@ -116,6 +118,8 @@ pub struct Facts {
     pub os: String,
     pub arch: String,
     pub driver: String,
+    /// How many images the host holds (`/info`), if it said: what `/system/df` takes time to size.
+    pub images: Option<u64>,
 }
 
 impl Facts {
@@ -220,6 +224,7 @@ impl Daemon {
             os: version.os.unwrap_or_else(|| "?".to_string()),
             arch: version.arch.unwrap_or_else(|| "?".to_string()),
             driver: info.driver.unwrap_or_else(|| "?".to_string()),
+            images: info.images.and_then(|count| u64::try_from(count).ok()),
         })
     }
 
@@ -326,6 +331,11 @@ impl Daemon {
             .and_then(|value| value.get("message").and_then(|message| message.as_str()).map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
         Err(AuthError::Refused { status: status.as_u16(), message })
+    }
+
+    /// How long a short request may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     /// The versioned path of an API call, e.g. `/v1.41/session`.

@@ -13,6 +13,7 @@ use futures_util::future::try_join_all;
 use crate::account;
 use crate::config::Tls;
 use crate::daemon::{Daemon, Facts};
+use crate::disk::DiskUseWatch;
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Problem, Result};
 use crate::secrets::Secret;
@@ -72,6 +73,8 @@ pub struct Hosts {
     hosts: Vec<Host>,
     /// For each slot, in the order given, the index of its host in `hosts`.
     slots: Vec<usize>,
+    /// The disk use of each host, asked once its check passed, still to come.
+    disk_use: Vec<DiskUseWatch>,
 }
 
 impl Hosts {
@@ -96,7 +99,7 @@ impl Hosts {
             return Err(Error::Internal("a run without a host".to_string()));
         }
         let hosts = try_join_all(distinct.iter().map(|candidate| connect(candidate, access))).await?;
-        Ok(Hosts { hosts, slots: chosen })
+        Ok(Hosts { hosts, slots: chosen, disk_use: Vec::new() })
     }
 
     /// The host slot `slot` builds on.
@@ -119,6 +122,33 @@ impl Hosts {
         Ok(())
     }
 
+    /// Asks each checked host that holds at most `max_images` images (or does not say) for its disk
+    /// use in the background (see [`crate::disk`]), once: the run does not wait for it.
+    pub fn start_disk_use(&mut self, max_images: u64) {
+        let several = self.hosts.len() > 1;
+        for host in &self.hosts {
+            let Some(facts) = &host.facts else { continue };
+            if self.disk_use.iter().any(|watch| watch.target() == host.daemon.target) {
+                continue;
+            }
+            if let Some(images) = facts.images.filter(|images| *images > max_images) {
+                let prefix = if several { format!("{}: ", host.target) } else { String::new() };
+                tracing::info!(
+                    "{prefix}host disk: {images} images (their sizes not asked: on a host of more than {max_images} \
+                     images that would slow the run)"
+                );
+                continue;
+            }
+            let prefix = if several { format!("{}: ", host.target) } else { String::new() };
+            self.disk_use.push(DiskUseWatch::start(host.daemon.clone(), prefix));
+        }
+    }
+
+    /// Gives the disk use lines still to come at most `wait` more, then leaves them out.
+    pub async fn settle_disk_use(&mut self, wait: Duration) {
+        futures_util::future::join_all(self.disk_use.drain(..).map(|watch| watch.settle(wait))).await;
+    }
+
     /// The daemon check's line: one host's facts, or each host's.
     pub fn summary(&self) -> String {
         let facts = |host: &Host| host.facts.as_ref().map(Facts::summary).unwrap_or_else(|| "not checked".into());
@@ -130,8 +160,9 @@ impl Hosts {
         }
     }
 
-    /// Closes every connection.
-    pub async fn close(&self) {
+    /// Closes every connection (a disk use still to come is left out).
+    pub async fn close(&mut self) {
+        self.settle_disk_use(Duration::ZERO).await;
         futures_util::future::join_all(self.hosts.iter().map(|host| host.daemon.close())).await;
     }
 }

@@ -58,6 +58,10 @@ pub mod docker_host;
 
 pub mod daemon;
 
+pub mod disk;
+
+pub mod budget;
+
 pub mod registry;
 
 pub mod image_ref;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::budget::Budget;
 use crate::cli::{Builder, ProgressMode};
 use crate::config::{Build, Config, RegistryLogin, Sourced, Value};
 use crate::docker_host::DockerHost;
@@ -76,6 +77,8 @@ pub enum Step {
         /// The platforms of a multi-platform run (the digest is the index's); else empty.
         platforms: Vec<String>,
     },
+    /// Prune each host's build cache down to the budget (`--keep-storage`) after a successful run.
+    PruneCache { budget: Sourced<Budget> },
 }
 
 /// The steps of a run, in order.
@@ -210,6 +213,9 @@ impl Plan {
                 platforms: config.build.platform_hosts.iter().map(|each| each.platform.clone()).collect(),
             });
         }
+        if let Some(budget) = &config.keep_storage {
+            steps.push(Step::PruneCache { budget: budget.clone() });
+        }
     }
 }
 
@@ -245,6 +251,7 @@ impl Step {
             Step::Push { reference, .. } => format!("push {reference}"),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
             Step::WriteMetadata { .. } => "write build metadata".to_string(),
+            Step::PruneCache { budget } => format!("keep the build cache within {}", budget.value.text),
         }
     }
 
@@ -265,7 +272,8 @@ impl Step {
             | Step::PushIndex { .. }
             | Step::Push { .. }
             | Step::WriteImageDefinitions { .. }
-            | Step::WriteMetadata { .. } => true,
+            | Step::WriteMetadata { .. }
+            | Step::PruneCache { .. } => true,
         }
     }
 
@@ -569,6 +577,22 @@ impl Step {
                     "containerimage.config.digest: the image id; each step, CACHED or not, with its time".to_string(),
                 );
             }
+            Step::PruneCache { budget } => {
+                lines.push(format!(
+                    "budget {} (from {}), binary units as docker reads them",
+                    budget.value, budget.origin
+                ));
+                lines.push(
+                    "on each host built on: BuildKit's POST /build/prune with keep-storage, least recently used first, \
+                     never a record a running build holds"
+                        .to_string(),
+                );
+                lines.push(format!(
+                    "with the classic builder: the dangling images older than {}, if all dangling images are over the budget",
+                    crate::budget::CLASSIC_MIN_AGE
+                ));
+                lines.push("a failure is a warning: the run has succeeded by then".to_string());
+            }
         }
         lines
     }
@@ -646,6 +670,7 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
             }
         }
     }
+    runner.after_steps(mode).await;
     report(Event::RunDone { total, elapsed: started.elapsed() });
     Ok(())
 }
@@ -655,4 +680,8 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
 pub trait StepRunner {
     /// Executes one step; `Ok(Some(text))` replaces "ok" in the step's log line.
     async fn run(&mut self, step: &Step) -> Result<Option<String>>;
+
+    /// After the last step of a run that succeeded, before its closing line (e.g. the lines that
+    /// come in the background, given their last chance).
+    async fn after_steps(&mut self, _mode: Mode) {}
 }

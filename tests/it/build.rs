@@ -198,6 +198,7 @@ fn a_private_base_image_is_pulled_with_the_login_by_the_classic_builder() {
 #[test]
 fn a_wiped_host_pulls_latest_and_builds_from_it_as_cache() {
     let world = World::shared();
+    let _cold = World::cold_host();
     let cold = format!("unix://{}", world.cold_docker_sock.display());
     let wipe = || {
         for args in [["system", "prune", "-af"], ["builder", "prune", "-af"]] {

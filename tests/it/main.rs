@@ -2,6 +2,7 @@
 //! servers of the test world (`scripts/testworld up`) where a test needs them.
 
 mod agent;
+mod budget;
 mod build;
 mod build_mounts;
 mod buildspec;

@@ -30,6 +30,19 @@ fn assert_daemon_checked(outcome: &Outcome) {
     assert!(outcome.stderr.contains("storage driver"), "{}", outcome.stderr);
 }
 
+/// Issue 16: the check logs the host's disk use in a line of its own. On the world's cold daemon,
+/// whose `/system/df` answers at once (the shared daemon holds more than 300 images: its line gives
+/// their count only, see budget.rs).
+#[test]
+fn the_check_line_shows_the_host_disk_use() {
+    let world = World::shared();
+    let cold = format!("unix://{}", world.cold_docker_sock.display());
+    let outcome = Agent::new().env("DOCKER_HOST", &cold).args(["run", "--image", "app", "--check"]).run();
+    assert_daemon_checked(&outcome);
+    assert!(outcome.stderr.contains("host disk: images "), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains(", build cache "), "{}", outcome.stderr);
+}
+
 #[test]
 fn connects_with_an_ed25519_key_and_hashed_known_hosts() {
     assert_daemon_checked(&check(over_ssh(World::shared())));

@@ -292,6 +292,13 @@ pub fn port_of(addr: &str) -> u16 {
 }
 
 impl World {
+    /// The cold daemon, for a test that wipes or prunes it: the tests that do take it in turn
+    /// (threads of one `cargo test`; across nextest's processes, its serial group `cold-host`).
+    pub fn cold_host() -> std::sync::MutexGuard<'static, ()> {
+        static COLD_HOST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        COLD_HOST.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The tags of a repository in the ECR stand-in, through the registry API (basic auth given
     /// to curl on stdin). Empty when the repository does not exist.
     pub fn ecr_tags(&self, name: &str) -> Vec<String> {
