@@ -23,7 +23,15 @@ pub enum Step {
     /// Add the known_hosts lines that are not there yet.
     InstallKnownHosts { origin: Origin, path: PathBuf, entries: Vec<String> },
     /// Open the connection to the daemon.
-    Connect { host: Sourced<Value<DockerHost>>, timeout: Duration, read_timeout: Duration, tls: Option<PathBuf> },
+    Connect {
+        /// The daemon to build on; with a pool, the host the image hashes to, else the pool's first.
+        host: Sourced<Value<DockerHost>>,
+        timeout: Duration,
+        read_timeout: Duration,
+        tls: Option<PathBuf>,
+        /// With a pool or a fallback: how the host is chosen and what takes over.
+        pool: Option<Box<Pool>>,
+    },
     /// Check every host's daemon in one round trip each (see [`crate::daemon::Daemon::CHECK`]).
     CheckDaemon,
     /// Log into a registry with a user and password, checked by the daemon.
@@ -55,6 +63,21 @@ pub enum Step {
         /// Whether the tags are pushed (only then is there a manifest digest).
         pushed: bool,
     },
+}
+
+/// A pool of hosts (or one host with a fallback), as the connect step tries them.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// The pool's hosts, in the order given.
+    pub hosts: Vec<Sourced<Value<DockerHost>>>,
+    /// The order in which they are tried for this image (indexes into `hosts`), when every address
+    /// is known before the run (an `SSM:` one is known after step 1).
+    pub order: Option<Vec<usize>>,
+    /// The image repository the order is hashed from.
+    pub repository: String,
+    pub fallback: Option<Sourced<Value<DockerHost>>>,
+    /// How long a host with a next one has to answer.
+    pub failover_timeout: Duration,
 }
 
 /// The steps of a run, in order.
@@ -101,8 +124,29 @@ impl Plan {
                 entries,
             });
         }
+        let repository = config.image.value.to_string();
+        let known: Option<Vec<String>> = config
+            .hosts
+            .iter()
+            .map(|host| match &host.value {
+                Value::Known(host) => Some(host.to_string()),
+                Value::Ssm(_) => None,
+            })
+            .collect();
+        let order = known.map(|names| crate::affinity::order(&names, &repository));
+        let first = order.as_ref().and_then(|order| order.first().copied()).unwrap_or(0);
+        let pool = (config.hosts.len() > 1 || config.fallback_host.is_some()).then(|| {
+            Box::new(Pool {
+                hosts: config.hosts.clone(),
+                order,
+                repository,
+                fallback: config.fallback_host.clone(),
+                failover_timeout: config.failover_timeout,
+            })
+        });
         steps.push(Step::Connect {
-            host: config.host.clone(),
+            pool,
+            host: config.hosts[first].clone(),
             timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             tls: config.tls.as_ref().map(|tls| tls.cert_dir.clone()),
@@ -171,9 +215,15 @@ impl Step {
             }
             Step::InstallSshKey { .. } => "install ssh key".to_string(),
             Step::InstallKnownHosts { .. } => "install known_hosts".to_string(),
-            Step::Connect { host, .. } => match &host.value {
-                Value::Known(host) => format!("connect to {host}"),
-                Value::Ssm(reference) => format!("connect to the daemon in {reference}"),
+            Step::Connect { host, pool, .. } => match (&host.value, pool) {
+                (Value::Known(host), Some(pool)) if pool.hosts.len() > 1 => {
+                    format!("connect to {host} (of a pool of {})", pool.hosts.len())
+                }
+                (Value::Known(host), _) => format!("connect to {host}"),
+                (Value::Ssm(_), Some(pool)) if pool.hosts.len() > 1 => {
+                    format!("connect to a host of the pool of {}", pool.hosts.len())
+                }
+                (Value::Ssm(reference), _) => format!("connect to the daemon in {reference}"),
             },
             Step::CheckDaemon => "check daemon".to_string(),
             Step::Login { registry, .. } => format!("log in to {}", show(&registry.value)),
@@ -242,7 +292,10 @@ impl Step {
                     path.display()
                 ));
             }
-            Step::Connect { host, timeout, read_timeout, tls } => {
+            Step::Connect { host, timeout, read_timeout, tls, pool } => {
+                if let Some(pool) = pool {
+                    lines.extend(pool.describe(timeout));
+                }
                 match &host.value {
                     Value::Known(DockerHost::Ssh { user, host: name, port, socket }) => {
                         lines.push(format!("daemon {} (from {})", host.value_text(), host.origin));
@@ -425,6 +478,52 @@ impl Step {
 impl Sourced<Value<DockerHost>> {
     fn value_text(&self) -> String {
         show(&self.value)
+    }
+}
+
+impl Pool {
+    /// The pool's lines of the plan: its hosts, the order for this image, the fallback.
+    fn describe(&self, connect_timeout: &Duration) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.hosts.len() > 1 {
+            let origin = &self.hosts[0].origin;
+            let names: Vec<String> = self.hosts.iter().map(Sourced::value_text).collect();
+            lines.push(format!("pool of {} hosts (from {origin}): {}", self.hosts.len(), names.join(", ")));
+            match &self.order {
+                Some(order) => {
+                    let ordered: Vec<String> = order.iter().map(|&index| self.hosts[index].value_text()).collect();
+                    lines.push(format!(
+                        "{} hashes to {} (rendezvous hashing of the repository); failover order: {}",
+                        self.repository,
+                        ordered[0],
+                        ordered.join(", ")
+                    ));
+                }
+                None => lines.push(format!(
+                    "the host {} hashes to, and the failover order, are known once step 1 has resolved the addresses",
+                    self.repository
+                )),
+            }
+            lines.push(format!(
+                "a host that does not answer (refused, unreachable, no answer within {}s, its daemon down) passes \
+                 the build to the next; a changed host key, a refused SSH key or a TLS failure stop the run",
+                self.failover_timeout.as_secs()
+            ));
+        }
+        lines.push(match &self.fallback {
+            Some(fallback) => format!(
+                "fallback {} (from {}): when no host of the pool answers, build there (cold cache), with a warning",
+                fallback.value_text(),
+                fallback.origin
+            ),
+            None => "no fallback host: when no host of the pool answers, the run fails".to_string(),
+        });
+        lines.push(format!(
+            "each host but the last tried has {}s to answer, the last {}s",
+            self.failover_timeout.as_secs(),
+            connect_timeout.as_secs()
+        ));
+        lines
     }
 }
 

@@ -8,7 +8,7 @@ use crate::aws::{self, EcrTokens};
 use crate::build_mounts::SessionMounts;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::hosts::{Access, Candidate, Hosts, Slot};
+use crate::hosts::{Access, Hosts, Slot, pool_candidates};
 use crate::image::{self, BuildStep, metadata::Built};
 use crate::plan::{Step, StepRunner};
 use crate::registry::{self, Credential};
@@ -104,15 +104,28 @@ impl<'a> Runner<'a> {
             ssh_key_passphrase: config.ssh_key_passphrase.as_ref(),
             known_hosts_file: &config.known_hosts_file.value,
         };
-        let candidate = Candidate {
-            target: resolved.host.clone(),
-            ssh_key: resolved.ssh_key.clone(),
-            known_hosts: resolved.known_hosts.clone(),
-        };
-        let hosts = Hosts::connect(&[Slot::single("", candidate)], &access).await?;
+        let candidates = pool_candidates(resolved, &config.image.value.to_string());
+        let slot = Slot { name: String::new(), candidates };
+        let hosts = Hosts::connect_with_failover(&[slot], &access, config.failover_timeout).await?;
+        let target = &hosts.for_slot(0)?.target;
+        if !hosts.failed().is_empty() {
+            let failed: Vec<String> = hosts.failed().iter().map(|host| format!("{} ({})", host.target, host.class)).collect();
+            if resolved.fallback_host.as_ref() == Some(target) && !resolved.hosts.contains(target) {
+                tracing::warn!(
+                    "no host of the pool answered ({}): building on the fallback {target}, whose cache may be cold",
+                    failed.join(", ")
+                );
+            } else {
+                tracing::warn!("building on {target}, failed over from {}", failed.join(", "));
+            }
+        }
         let transports: Vec<&str> = hosts.iter().map(|host| host.target.transport()).collect();
+        let mut outcome = format!("connected over {}", transports.join(", "));
+        if resolved.hosts.len() > 1 || resolved.fallback_host.is_some() {
+            outcome.push_str(&format!(" to {target}"));
+        }
         self.hosts = Some(hosts);
-        Ok(format!("connected over {}", transports.join(", ")))
+        Ok(outcome)
     }
 
     async fn check_hosts(&mut self) -> Result<String> {
@@ -147,6 +160,31 @@ impl<'a> Runner<'a> {
         }
         self.credentials.push(credential);
         Ok("logged in with an ECR token".to_string())
+    }
+
+    /// Where the build ran, for the metadata file: `agent.host`, and when a host did not answer,
+    /// `agent.failed_hosts` (each with why) and `agent.fallback` (whether the fallback built it).
+    fn placement(&mut self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        use serde_json::json;
+        let fallback_host = self.resolved()?.fallback_host.clone();
+        let in_pool = |target| self.resolved.as_ref().is_some_and(|resolved| resolved.hosts.contains(target));
+        let hosts = self.hosts()?;
+        let target = &hosts.for_slot(0)?.target;
+        let mut placement = serde_json::Map::new();
+        placement.insert("agent.host".to_string(), json!(target.to_string()));
+        if !hosts.failed().is_empty() {
+            let failed: Vec<serde_json::Value> = hosts
+                .failed()
+                .iter()
+                .map(|host| json!({ "host": host.target.to_string(), "class": host.class, "error": host.reason }))
+                .collect();
+            placement.insert("agent.failed_hosts".to_string(), json!(failed));
+        }
+        if fallback_host.is_some() {
+            let used = fallback_host.as_ref() == Some(target) && !in_pool(target);
+            placement.insert("agent.fallback".to_string(), json!(used));
+        }
+        Ok(placement)
     }
 
     /// Closes what the run opened.
@@ -205,11 +243,12 @@ impl StepRunner for Runner<'_> {
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed } => {
+                let placement = self.placement()?;
                 let built = self
                     .built
                     .as_ref()
                     .ok_or_else(|| Error::Internal("the metadata step ran before the build".into()))?;
-                image::metadata::write(path, names, *pushed, built, self.pushed_digest.as_deref())?;
+                image::metadata::write(path, names, *pushed, built, self.pushed_digest.as_deref(), &placement)?;
                 format!("wrote {}", path.display())
             }
             Step::WriteDockerConfig { path } => {
