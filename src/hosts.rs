@@ -15,8 +15,8 @@ use crate::config::Tls;
 use crate::daemon::{Daemon, Facts};
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Problem, Result};
-use crate::secrets::Secret;
 use crate::resolve::Resolved;
+use crate::secrets::Secret;
 use crate::ssh::key::SshKey;
 use crate::ssh::login::{login_keys, trusted_hosts};
 use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
@@ -150,9 +150,10 @@ impl Hosts {
             for (index, slot) in slots.iter().enumerate() {
                 while chosen[index].is_none() {
                     let Some(candidate) = slot.candidates.get(next[index]) else {
-                        let first = slot.candidates.first().ok_or_else(|| {
-                            Error::Internal(format!("slot {:?} has no host", slot.name))
-                        })?;
+                        let first = slot
+                            .candidates
+                            .first()
+                            .ok_or_else(|| Error::Internal(format!("slot {:?} has no host", slot.name)))?;
                         let position = failed.iter().position(|(host, _)| host.target == first.target);
                         let error = match position {
                             Some(position) => failed.swap_remove(position).1,
@@ -187,10 +188,8 @@ impl Hosts {
                     Err(error) if is_not_answering(&error) => {
                         let reason = crate::secrets::redact(&error.to_string());
                         let code = error.exit_code();
-                        let class = crate::error::exit::TABLE
-                            .iter()
-                            .find(|row| row.0 == code)
-                            .map_or("error", |row| row.1);
+                        let class =
+                            crate::error::exit::TABLE.iter().find(|row| row.0 == code).map_or("error", |row| row.1);
                         let host = FailedHost { target: candidate.target.clone(), reason, class };
                         failed.push((host, error));
                     }

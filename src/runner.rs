@@ -109,7 +109,8 @@ impl<'a> Runner<'a> {
         let hosts = Hosts::connect_with_failover(&[slot], &access, config.failover_timeout).await?;
         let target = &hosts.for_slot(0)?.target;
         if !hosts.failed().is_empty() {
-            let failed: Vec<String> = hosts.failed().iter().map(|host| format!("{} ({})", host.target, host.class)).collect();
+            let failed: Vec<String> =
+                hosts.failed().iter().map(|host| format!("{} ({})", host.target, host.class)).collect();
             if resolved.fallback_host.as_ref() == Some(target) && !resolved.hosts.contains(target) {
                 tracing::warn!(
                     "no host of the pool answered ({}): building on the fallback {target}, whose cache may be cold",

@@ -15,6 +15,7 @@ mod image;
 mod logins;
 mod parsers;
 mod platform;
+mod pool;
 mod progress;
 mod redaction;
 mod session;
