@@ -216,13 +216,13 @@ impl Step {
             Step::InstallSshKey { .. } => "install ssh key".to_string(),
             Step::InstallKnownHosts { .. } => "install known_hosts".to_string(),
             Step::Connect { host, pool, .. } => match (&host.value, pool) {
+                (_, Some(pool)) if pool.hosts.len() > 1 && pool.order.is_none() => {
+                    format!("connect to a host of the pool of {}", pool.hosts.len())
+                }
                 (Value::Known(host), Some(pool)) if pool.hosts.len() > 1 => {
                     format!("connect to {host} (of a pool of {})", pool.hosts.len())
                 }
                 (Value::Known(host), _) => format!("connect to {host}"),
-                (Value::Ssm(_), Some(pool)) if pool.hosts.len() > 1 => {
-                    format!("connect to a host of the pool of {}", pool.hosts.len())
-                }
                 (Value::Ssm(reference), _) => format!("connect to the daemon in {reference}"),
             },
             Step::CheckDaemon => "check daemon".to_string(),
@@ -295,6 +295,10 @@ impl Step {
             Step::Connect { host, timeout, read_timeout, tls, pool } => {
                 if let Some(pool) = pool {
                     lines.extend(pool.describe(timeout));
+                    if pool.hosts.len() > 1 && pool.order.is_none() {
+                        lines.push(format!("connect timeout {}s", timeout.as_secs()));
+                        return lines;
+                    }
                 }
                 match &host.value {
                     Value::Known(DockerHost::Ssh { user, host: name, port, socket }) => {
