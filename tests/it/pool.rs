@@ -484,3 +484,39 @@ fn eight_concurrent_runs_land_on_their_hosts_and_with_one_host_stopped_mid_way_t
         remove_image(&pool.socket_of(&hosts[1]), image);
     }
 }
+
+#[test]
+fn a_host_whose_sshd_answers_but_whose_daemon_is_down_is_passed_over() {
+    let pool = Pool::new();
+    // The world's sshd, a socket where no daemon listens: the candidate's check fails (exit 26 alone).
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let down = format!("ssh://{}@127.0.0.1:{}{}", pool.world.ssh_user, pool.world.ssh_port, socket.display());
+    let hosts = [down, pool.arm64_host()];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-daemon-down-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap()]);
+    outcome.expect_code(0);
+    assert_eq!(built_on(&metadata), canonical(&hosts[1]));
+    assert_eq!(metadata.as_ref().unwrap()["agent.failed_hosts"][0]["class"], "remote-socket", "{metadata:?}");
+    remove_image(&pool.socket_of(&hosts[1]), image);
+}
+
+/// A refused SSH key is the configuration's, the same on every try: the run stops (exit 25) rather
+/// than building elsewhere and hiding it.
+#[test]
+fn a_refused_ssh_key_stops_the_run_and_does_not_fail_over() {
+    let pool = Pool::new();
+    let hosts = [pool.world_host(pool.world.ssh_port), pool.arm64_host()];
+    let image = &images_hashing_to(&hosts, 1, 1, &format!("pool-auth-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    // Only the world's key: the arm64 host refuses it.
+    std::fs::remove_file(agent.home.path().join(".ssh/id_ecdsa")).unwrap();
+    let (outcome, metadata) = build(agent, image, &[]);
+    outcome.expect_code(25);
+    assert!(!outcome.stderr.contains("did not answer"), "{}", outcome.stderr);
+    assert!(metadata.is_none());
+}
