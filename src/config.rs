@@ -951,6 +951,49 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_pool_comes_from_the_flags_then_agent_hosts_then_docker_host() {
+        let dir = fixture();
+        let pool = |argv: &[&str], env: &[(&str, &str)]| {
+            let mut all = vec!["--image", "app"];
+            all.extend_from_slice(argv);
+            let config = config(&all, env, dir.path()).unwrap();
+            let hosts: Vec<String> = config.hosts.iter().map(|host| show(&host.value)).collect();
+            (hosts, config.hosts[0].origin.clone())
+        };
+        let env = [("AGENT_HOSTS", " ssh://a.example.com , SSM:/ci/b,,ssh://a.example.com")];
+        assert_eq!(
+            pool(&[], &env),
+            (vec!["ssh://a.example.com:22/var/run/docker.sock".into(), "SSM:/ci/b".into()], Origin::Env("AGENT_HOSTS"))
+        );
+        assert_eq!(
+            pool(&["--host", "tcp://h1:2375", "--host", "tcp://h2:2375"], &env),
+            (vec!["tcp://h1:2375".into(), "tcp://h2:2375".into()], Origin::Flag("--host"))
+        );
+        assert_eq!(pool(&[], &[]), (vec!["unix:///var/run/docker.sock".into()], Origin::Default));
+        let config = config(
+            &["--image", "app", "--fallback-host", "unix:///var/run/docker.sock", "--failover-timeout", "60"],
+            &[],
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.fallback_host.unwrap().value,
+            Value::Known(DockerHost::Unix { path: crate::docker_host::DEFAULT_SOCKET.into() })
+        );
+        assert_eq!(config.failover_timeout, Duration::from_secs(20), "at most the connect timeout");
+        let found = problems(&["--image", "app", "--failover-timeout", "0"], &[("AGENT_HOSTS", "ssh://ok,ftp://no")]);
+        let subjects: Vec<&str> = found.iter().map(|(subject, _)| subject.as_str()).collect();
+        assert_eq!(subjects, ["AGENT_HOSTS", "--failover-timeout"]);
+    }
+
+    fn show(value: &Value<DockerHost>) -> String {
+        match value {
+            Value::Known(host) => host.to_string(),
+            Value::Ssm(reference) => reference.to_string(),
+        }
+    }
+
+    #[test]
     fn default_tags_follow_image_tag_then_commit() {
         let dir = fixture();
         let sha = [("CODEBUILD_RESOLVED_SOURCE_VERSION", "0123456789abcdef")];
