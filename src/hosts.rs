@@ -1,8 +1,10 @@
 //! The hosts a run builds on: one or more Docker daemons, each with its target, its connection
 //! and what its check learnt (like buildx's nodes). A run has one [`Slot`] per build (one per
 //! platform; one for a single-platform run), each with the targets that may take it, in the order
-//! they are tried. The connect step fills every slot at once, one SSH connection per distinct
-//! target; one host, the common case, is one slot of one candidate and costs nothing extra.
+//! they are tried ([`pool_candidates`]: the pool in the order the image hashes to, then the
+//! fallback). The connect step fills every slot at once, one SSH connection per distinct target,
+//! passing over a candidate that does not answer to the next ([`Hosts::connect_with_failover`]);
+//! one host, the common case, is one slot of one candidate and costs nothing extra.
 
 use std::path::Path;
 use std::sync::Arc;
