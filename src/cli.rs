@@ -126,8 +126,9 @@ pub struct RunArgs {
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
 
-    /// The platform to build for, e.g. linux/amd64 [default: the daemon's]
-    #[arg(long, value_name = "OS/ARCH")]
+    /// The platform to build for, e.g. linux/amd64 [default: the daemon's]; two or more, comma
+    /// separated, build one image per platform, each on DOCKER_HOST_<ARCH> when set
+    #[arg(long, env = "PLATFORMS", value_name = "OS/ARCH[,OS/ARCH...]")]
     pub platform: Option<String>,
 
     /// Always pull newer versions of the base images

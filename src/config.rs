@@ -117,6 +117,8 @@ pub struct Build {
     pub target: Option<String>,
     pub labels: Vec<(String, String)>,
     pub platform: Option<String>,
+    /// Two or more platforms (`--platform a,b`): each with its host; empty for one platform or none.
+    pub platform_hosts: Vec<crate::platforms::PlatformHost>,
     pub pull: bool,
     pub no_cache: bool,
     pub builder: Sourced<Builder>,
@@ -517,6 +519,17 @@ impl Config {
                 references.push((&login.password.origin, reference));
             }
         }
+        for platform in &self.build.platform_hosts {
+            if let Some(Sourced { value: Value::Ssm(reference), origin }) = &platform.host {
+                references.push((origin, reference));
+            }
+            if let Some(Sourced { value: Value::Ssm(reference), origin }) = &platform.ssh_key {
+                references.push((origin, reference));
+            }
+            if let Some(Sourced { value: Value::Ssm(reference), origin }) = &platform.known_hosts {
+                references.push((origin, reference));
+            }
+        }
         for secret in &self.build.secrets {
             if let crate::build_mounts::SecretSource::Env { value: Value::Ssm(reference), origin, .. } = &secret.source
             {
@@ -795,20 +808,20 @@ fn check_build(
             );
         }
     }
-    if let Some(platform) = &args.platform {
-        let parts: Vec<&str> = platform.split('/').collect();
-        if !(2..=3).contains(&parts.len())
-            || parts.iter().any(|part| part.is_empty() || part.contains(char::is_whitespace))
-        {
-            problems.push(
-                Problem::new("--platform", format!("{platform:?} is not OS/ARCH[/VARIANT]"))
-                    .hint("write e.g. linux/amd64 or linux/arm64"),
-            );
+    let platforms = match &args.platform {
+        Some(text) => crate::platforms::parse_list(text, problems),
+        None => Vec::new(),
+    };
+    let passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
+    let platform_hosts = match platforms.len() {
+        0 | 1 => Vec::new(),
+        _ => {
+            let tls = env.get("DOCKER_TLS_VERIFY").is_some();
+            crate::platforms::hosts_for(&platforms, env, tls, passphrase.as_ref(), problems)
         }
-    }
+    };
 
     let secrets = crate::build_mounts::parse_secrets(&args.secrets, env, cwd, problems);
-    let passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
     let ssh = crate::build_mounts::parse_ssh(
         &args.ssh,
         env.get(names::JETS_SSH_KEY).is_some(),
@@ -855,7 +868,8 @@ fn check_build(
         build_args,
         target: args.target.clone(),
         labels,
-        platform: args.platform.clone(),
+        platform: platforms.first().filter(|_| platform_hosts.is_empty()).cloned(),
+        platform_hosts,
         pull: args.pull,
         no_cache: args.no_cache,
         builder,

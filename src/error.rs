@@ -197,6 +197,10 @@ pub enum Error {
     /// A bug: something the agent assumed could not happen.
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// A failure of one platform's build or push in a multi-platform run: the class is the cause's.
+    #[error("{platform}: {source}")]
+    Platform { platform: String, source: Box<Error> },
 }
 
 impl Error {
@@ -225,6 +229,7 @@ impl Error {
             Error::Push { .. } => exit::PUSH,
             Error::Login { .. } => exit::LOGIN,
             Error::Internal(_) => exit::INTERNAL,
+            Error::Platform { source, .. } => source.exit_code(),
         }
     }
 
@@ -285,7 +290,7 @@ impl Error {
                 Some("the host's key was revoked: ask its administrator for the new one".to_string())
             }
             Error::SshAuth { user, .. } => Some(format!(
-                "add the public half of JETS_SSH_KEY to ~{user}/.ssh/authorized_keys on the host, or fix the user in DOCKER_HOST"
+                "add the public half of JETS_SSH_KEY (JETS_SSH_KEY_<ARCH> for a platform's own host) to ~{user}/.ssh/authorized_keys on the host, or fix the user in DOCKER_HOST"
             )),
             Error::RemoteSocket { socket, .. } => Some(format!(
                 "check that dockerd runs on the host, that {socket} is its socket (give another as ssh://user@host/path), \
@@ -331,6 +336,7 @@ impl Error {
                 .to_string(),
             ),
             Error::Internal(_) => Some("this is a bug in the agent; please report it with the log above".to_string()),
+            Error::Platform { source, .. } => source.hint(),
         }
     }
 
@@ -351,7 +357,11 @@ impl Error {
                 }
             }
         }
-        if let Error::Build { output, .. } = self {
+        let cause = match self {
+            Error::Platform { source, .. } => source.as_ref(),
+            other => other,
+        };
+        if let Error::Build { output, .. } = cause {
             if !output.is_empty() {
                 writeln!(out, "  last output of the failing step:")?;
                 for line in output {

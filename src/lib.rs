@@ -72,6 +72,7 @@ pub mod build_mounts;
 pub mod session;
 
 pub mod image_index;
+pub mod platforms;
 
 pub mod image_definitions;
 

@@ -37,7 +37,10 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
         .with_timer(Elapsed(std::time::Instant::now()))
         .with_target(verbose > 0);
     let layer = match format {
-        LogFormat::Text => layer.with_ansi(false).boxed(),
+        LogFormat::Text => layer
+            .with_ansi(false)
+            .event_format(TextLine { started: std::time::Instant::now(), with_target: verbose > 0 })
+            .boxed(),
         LogFormat::Json => layer.json().flatten_event(true).boxed(),
     };
     // The caps come after RUST_LOG and cannot be lifted by it: both filters must let an event through.
@@ -120,6 +123,47 @@ struct Elapsed(std::time::Instant);
 impl tracing_subscriber::fmt::time::FormatTime for Elapsed {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
         write!(w, "[{:>7.2}s]", self.0.elapsed().as_secs_f64())
+    }
+}
+
+/// The name of the span a platform's build runs in; its one field, `platform`, is the platform.
+pub const PLATFORM_SPAN: &str = "platform";
+
+/// A text log line: `[  1.25s]  INFO message`, as tracing's own full format writes it (the target
+/// after the level with `-v`), but a platform's build (a [`PLATFORM_SPAN`] span) names its platform
+/// as `[linux/arm64] message`, so that the lines of concurrent builds can be told apart.
+struct TextLine {
+    started: std::time::Instant,
+    with_target: bool,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for TextLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let metadata = event.metadata();
+        write!(writer, "[{:>7.2}s] {:>5} ", self.started.elapsed().as_secs_f64(), metadata.level())?;
+        if self.with_target {
+            write!(writer, "{}: ", metadata.target())?;
+        }
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root().filter(|span| span.name() == PLATFORM_SPAN) {
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<tracing_subscriber::fmt::FormattedFields<N>>() {
+                    let platform = fields.fields.strip_prefix("platform=").unwrap_or(&fields.fields);
+                    write!(writer, "[{platform}] ")?;
+                }
+            }
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
     }
 }
 

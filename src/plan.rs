@@ -22,7 +22,7 @@ pub enum Step {
     InstallSshKey { origin: Origin, path: PathBuf, key: Option<String> },
     /// Add the known_hosts lines that are not there yet.
     InstallKnownHosts { origin: Origin, path: PathBuf, entries: Vec<String> },
-    /// Open the connection to the daemon.
+    /// Open the connection to the daemon (to each platform's, in a multi-platform run).
     Connect {
         /// The daemon to build on; with a pool, the host the image hashes to, else the pool's first.
         host: Sourced<Value<DockerHost>>,
@@ -31,6 +31,8 @@ pub enum Step {
         tls: Option<PathBuf>,
         /// With a pool or a fallback: how the host is chosen and what takes over.
         pool: Option<Box<Pool>>,
+        /// The platforms of a multi-platform run, each with its own host if it has one; else empty.
+        platforms: Vec<crate::platforms::PlatformHost>,
     },
     /// Check every host's daemon in one round trip each (see [`crate::daemon::Daemon::CHECK`]).
     CheckDaemon,
@@ -51,6 +53,18 @@ pub enum Step {
     },
     /// Tag the built image with another tag.
     Tag { source: String, target: String },
+    /// Two or more platforms (`--platform a,b`): every platform built at once, each on its own
+    /// host (the run's slot of the same index), tagged and pushed from there as `TAG-<arch>`.
+    BuildPlatforms {
+        build: Box<Build>,
+        image: crate::image_ref::Repository,
+        tags: Vec<String>,
+        /// `linux/arm64`, in the order of `--platform` (slot `i` is platform `i`).
+        platforms: Vec<String>,
+        push: bool,
+    },
+    /// One image index naming every platform's pushed image, under each tag.
+    PushIndex { image: crate::image_ref::Repository, tags: Vec<String>, platforms: Vec<String> },
     /// Push one tag.
     Push { reference: String, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
@@ -62,6 +76,8 @@ pub enum Step {
         names: Vec<String>,
         /// Whether the tags are pushed (only then is there a manifest digest).
         pushed: bool,
+        /// The platforms of a multi-platform run (the digest is the index's); else empty.
+        platforms: Vec<String>,
     },
 }
 
@@ -150,6 +166,7 @@ impl Plan {
             timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             tls: config.tls.as_ref().map(|tls| tls.cert_dir.clone()),
+            platforms: config.build.platform_hosts.clone(),
         });
         steps.push(Step::CheckDaemon);
         if let Some(RegistryLogin { registry, user, password }) = &config.registry_login {
@@ -171,6 +188,29 @@ impl Plan {
         }
         let image = &config.image.value;
         let tags = &config.tags.value;
+        let platforms: Vec<String> = config.build.platform_hosts.iter().map(|each| each.platform.clone()).collect();
+        if !platforms.is_empty() {
+            steps.push(Step::BuildPlatforms {
+                build: Box::new(config.build.clone()),
+                image: image.clone(),
+                tags: tags.clone(),
+                platforms: platforms.clone(),
+                push: config.push,
+            });
+            if config.push {
+                steps.push(Step::PushIndex { image: image.clone(), tags: tags.clone(), platforms });
+            }
+        } else {
+            Self::single_platform_steps(config, &mut steps);
+        }
+        Self::output_steps(config, cwd, &mut steps);
+        Plan { steps }
+    }
+
+    /// Build, tag and push on the one host.
+    fn single_platform_steps(config: &Config, steps: &mut Vec<Step>) {
+        let image = &config.image.value;
+        let tags = &config.tags.value;
         let first = image.with_tag(&tags[0]);
         steps.push(Step::Build {
             build: Box::new(config.build.clone()),
@@ -186,6 +226,12 @@ impl Plan {
                 steps.push(Step::Push { reference: image.with_tag(tag), registry: image.registry().to_string() });
             }
         }
+    }
+
+    /// imagedefinitions.json and the metadata file, after the pushes.
+    fn output_steps(config: &Config, cwd: &std::path::Path, steps: &mut Vec<Step>) {
+        let image = &config.image.value;
+        let tags = &config.tags.value;
         if let Some(container) = &config.image_definitions {
             // CodePipeline deploys the commit's tag when there is one: the last tag is the most specific.
             let tag = tags.last().expect("a config always has a tag");
@@ -200,9 +246,9 @@ impl Plan {
                 path: path.clone(),
                 names: tags.iter().map(|tag| image.with_tag(tag)).collect(),
                 pushed: config.push,
+                platforms: config.build.platform_hosts.iter().map(|each| each.platform.clone()).collect(),
             });
         }
-        Plan { steps }
     }
 }
 
@@ -215,6 +261,10 @@ impl Step {
             }
             Step::InstallSshKey { .. } => "install ssh key".to_string(),
             Step::InstallKnownHosts { .. } => "install known_hosts".to_string(),
+            Step::Connect { platforms, .. } if !platforms.is_empty() => {
+                let names: Vec<&str> = platforms.iter().map(|each| each.platform.as_str()).collect();
+                format!("connect to the hosts of {}", names.join(", "))
+            }
             Step::Connect { host, pool, .. } => match (&host.value, pool) {
                 (_, Some(pool)) if pool.hosts.len() > 1 && pool.order.is_none() => {
                     format!("connect to a host of the pool of {}", pool.hosts.len())
@@ -231,6 +281,12 @@ impl Step {
             Step::WriteDockerConfig { .. } => "write docker config".to_string(),
             Step::Build { reference, .. } => format!("build {reference}"),
             Step::Tag { target, .. } => format!("tag {target}"),
+            Step::BuildPlatforms { image, tags, platforms, .. } => {
+                format!("build {} for {}", image.with_tag(&tags[0]), platforms.join(", "))
+            }
+            Step::PushIndex { image, tags, .. } => {
+                format!("push the image index {image} ({} tag{})", tags.len(), if tags.len() == 1 { "" } else { "s" })
+            }
             Step::Push { reference, .. } => format!("push {reference}"),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
             Step::WriteMetadata { .. } => "write build metadata".to_string(),
@@ -250,6 +306,8 @@ impl Step {
             | Step::WriteDockerConfig { .. }
             | Step::Build { .. }
             | Step::Tag { .. }
+            | Step::BuildPlatforms { .. }
+            | Step::PushIndex { .. }
             | Step::Push { .. }
             | Step::WriteImageDefinitions { .. }
             | Step::WriteMetadata { .. } => true,
@@ -292,7 +350,32 @@ impl Step {
                     path.display()
                 ));
             }
-            Step::Connect { host, timeout, read_timeout, tls, pool } => {
+            Step::Connect { host, timeout, read_timeout, tls, platforms, pool } => {
+                for each in platforms {
+                    let Some(own) = &each.host else {
+                        lines.push(format!(
+                            "{}: on the DOCKER_HOST daemon below (emulated if it is of another arch)",
+                            each.platform
+                        ));
+                        continue;
+                    };
+                    let key = match &each.ssh_key {
+                        Some(key) => format!("{}", key.origin),
+                        None => "JETS_SSH_KEY (the fallback)".to_string(),
+                    };
+                    let known = match &each.known_hosts {
+                        Some(known) => format!("{}", known.origin),
+                        None => "JETS_SSH_KNOWN (the fallback)".to_string(),
+                    };
+                    lines.push(format!("{}: daemon {} (from {})", each.platform, own.value_text(), own.origin));
+                    if matches!(own.value, Value::Known(DockerHost::Ssh { .. }) | Value::Ssm(_)) {
+                        lines.push(format!("{}: SSH key from {key}, host keys from {known}", each.platform));
+                    }
+                }
+                if !platforms.is_empty() && platforms.iter().all(|each| each.host.is_some()) {
+                    lines.push(format!("connect timeout {}s", timeout.as_secs()));
+                    return lines;
+                }
                 if let Some(pool) = pool {
                     lines.extend(pool.describe(timeout));
                     if pool.hosts.len() > 1 && pool.order.is_none() {
@@ -361,6 +444,7 @@ impl Step {
                     target,
                     labels,
                     platform,
+                    platform_hosts,
                     pull,
                     no_cache,
                     builder,
@@ -400,6 +484,24 @@ impl Step {
                 }
                 if let Some(platform) = platform {
                     lines.push(format!("platform {platform}"));
+                }
+                for each in platform_hosts {
+                    let suffix = each.tag_suffix();
+                    lines.push(match &each.host {
+                        Some(host) => format!(
+                            "platform {} on {} (from {}), pushed as TAG-{suffix}",
+                            each.platform,
+                            host.value_text(),
+                            host.origin
+                        ),
+                        None => format!(
+                            "platform {} on the DOCKER_HOST daemon, emulated if its arch differs (no DOCKER_HOST_<ARCH> for it), pushed as TAG-{suffix}",
+                            each.platform
+                        ),
+                    });
+                    for chosen in &each.chosen {
+                        lines.push(format!("platform {}: {chosen}", each.platform));
+                    }
                 }
                 if *pull {
                     lines.push("pull newer base images".to_string());
@@ -457,12 +559,57 @@ impl Step {
                 });
             }
             Step::Tag { source, target } => lines.push(format!("{source} -> {target}")),
+            Step::BuildPlatforms { build, image, tags, platforms, push } => {
+                let build_step = Step::Build {
+                    build: build.clone(),
+                    reference: image.with_tag(&tags[0]),
+                    cache_image: None,
+                    registry: image.registry().to_string(),
+                };
+                lines.push("every platform at once, each on its host:".to_string());
+                for platform in platforms {
+                    let suffix = crate::platforms::tag_suffix(platform);
+                    let references: Vec<String> =
+                        tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
+                    lines.push(format!("  {platform}: build and tag {}", references.join(", ")));
+                    if *push {
+                        lines.push(format!(
+                            "  {platform}: push them from its host; cache from {} when the host lacks it",
+                            image.with_tag(&format!("{}-{suffix}", crate::image_ref::LATEST))
+                        ));
+                    }
+                }
+                lines.push("the first failure fails the run, naming its platform; no index is pushed then".to_string());
+                // The common build's lines, but for its tag: each platform has its own (above).
+                lines.extend(build_step.details().into_iter().filter(|line| !line.starts_with("tag ")));
+            }
+            Step::PushIndex { image, tags, platforms } => {
+                lines.push(format!(
+                    "one index (Docker manifest list, or OCI index for OCI manifests) of {}, each manifest by digest",
+                    platforms.join(", ")
+                ));
+                lines.push(format!("pushed by the agent to {} under {}", image.registry(), tags.join(", ")));
+                lines.push("with the run's login for that registry (basic auth, or the bearer-token flow)".to_string());
+            }
             Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 lines.push(format!("write {} (atomically)", path.display()));
                 lines.push(crate::image_definitions::render(container, image_uri));
             }
-            Step::WriteMetadata { path, names, pushed } => {
+            Step::WriteMetadata { path, names, pushed, platforms } if !platforms.is_empty() => {
+                lines.push(format!("write {} (atomically) after a successful run", path.display()));
+                lines.push(format!("image.name {}", names.join(",")));
+                lines.push(if *pushed {
+                    "containerimage.digest: the image index's digest".to_string()
+                } else {
+                    "no containerimage.digest: nothing is pushed".to_string()
+                });
+                lines.push(format!(
+                    "agent.platforms: for each of {}, its host, manifest digest, image id and steps",
+                    platforms.join(", ")
+                ));
+            }
+            Step::WriteMetadata { path, names, pushed, .. } => {
                 lines.push(format!("write {} (atomically) after a successful run", path.display()));
                 lines.push(format!("image.name {}", names.join(",")));
                 lines.push(if *pushed {

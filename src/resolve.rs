@@ -30,6 +30,20 @@ pub struct Resolved {
     pub registry_login: Option<Login>,
     /// The values of the `--secret`s, by id.
     pub build_secrets: BTreeMap<String, SecretBytes>,
+    /// Each platform of a multi-platform run with its own host, if it has one (empty otherwise).
+    pub platforms: Vec<PlatformLogin>,
+}
+
+/// One platform of a multi-platform run: its own daemon (`DOCKER_HOST_<ARCH>`) and the SSH login
+/// for it (`JETS_SSH_KEY_<ARCH>` / `JETS_SSH_KNOWN_<ARCH>`, else the unsuffixed ones).
+#[derive(Debug, Clone)]
+pub struct PlatformLogin {
+    /// `linux/arm64`.
+    pub platform: String,
+    /// `None`: the platform builds on the default host.
+    pub host: Option<DockerHost>,
+    pub ssh_key: Option<Arc<SshKey>>,
+    pub known_hosts: Option<String>,
 }
 
 /// A registry login with a user and a password.
@@ -91,6 +105,31 @@ impl Resolved {
                 build_secrets.insert(secret.id.clone(), value);
             }
         }
+        let mut platforms = Vec::new();
+        for each in &config.build.platform_hosts {
+            let host = each.host.as_ref().map(|host| {
+                fields.resolve(host, |text| {
+                    DockerHost::parse(text, tls).map_err(|error| (error.message, Some(error.hint.to_string())))
+                })
+            });
+            let key = each.ssh_key.as_ref().map(|key| {
+                fields.resolve(key, |text| {
+                    let text = Secret::new(text);
+                    SshKey::parse(text.expose(), passphrase)
+                        .map(Arc::new)
+                        .map_err(|error| (error.to_string(), Some(error.hint().to_string())))
+                })
+            });
+            let known = each.known_hosts.as_ref().map(|known| {
+                let subject = fields.subject(known);
+                fields.resolve(known, |text| {
+                    check_known_hosts(text, &subject)
+                        .map(|()| text.to_string())
+                        .map_err(|problem| (problem.message, problem.hint))
+                })
+            });
+            platforms.push((each.platform.clone(), host, key, known));
+        }
         if !fields.problems.is_empty() {
             return Err(Error::Config(fields.problems));
         }
@@ -111,14 +150,25 @@ impl Resolved {
         if pool.is_empty() {
             return Err(missing());
         }
-        Ok(Resolved {
-            hosts: pool,
-            fallback_host: fallback_host.map(|host| host.ok_or_else(missing)).transpose()?,
-            ssh_key: ssh_key.map(|key| key.ok_or_else(missing)).transpose()?,
-            known_hosts: known_hosts.map(|known| known.ok_or_else(missing)).transpose()?,
-            registry_login,
-            build_secrets,
-        })
+        let fallback_host = fallback_host.map(|host| host.ok_or_else(missing)).transpose()?;
+        let ssh_key = ssh_key.map(|key| key.ok_or_else(missing)).transpose()?;
+        let known_hosts = known_hosts.map(|known| known.ok_or_else(missing)).transpose()?;
+        let platforms = platforms
+            .into_iter()
+            .map(|(platform, host, key, known)| {
+                Ok(PlatformLogin {
+                    platform,
+                    host: host.map(|host| host.ok_or_else(missing)).transpose()?,
+                    // The unsuffixed variables are the fallback of every arch.
+                    ssh_key: key.map(|key| key.ok_or_else(missing)).transpose()?.or_else(|| ssh_key.clone()),
+                    known_hosts: known
+                        .map(|known| known.ok_or_else(missing))
+                        .transpose()?
+                        .or_else(|| known_hosts.clone()),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Resolved { hosts: pool, fallback_host, ssh_key, known_hosts, registry_login, build_secrets, platforms })
     }
 }
 
@@ -241,5 +291,27 @@ mod tests {
         let resolved = Resolved::new(&config, &parameters(&[("/ci/npm", "resolve-test-npm-token-9a3c")])).unwrap();
         assert_eq!(resolved.build_secrets["npm"].expose(), b"resolve-test-npm-token-9a3c");
         assert_eq!(redact("resolve-test-npm-token-9a3c"), MASK);
+    }
+
+    #[test]
+    fn a_platform_with_its_own_host_takes_its_own_key_from_a_parameter_and_falls_back_to_the_unsuffixed_known_hosts() {
+        let dir = fixture();
+        let (key, _) = crate::ssh::key::tests::generated_key();
+        let known = "[arm.example]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let env = [
+            ("PLATFORMS", "linux/amd64,linux/arm64"),
+            ("DOCKER_HOST_ARM64", "SSM:/ci/arm-host"),
+            ("JETS_SSH_KEY_ARM64", "SSM:/ci/arm-key"),
+            ("JETS_SSH_KNOWN", known),
+        ];
+        let config = config(&["--image", "app", "--platform", "linux/amd64,linux/arm64"], &env, dir.path()).unwrap();
+        let values = parameters(&[("/ci/arm-host", "ssh://ci@arm.example"), ("/ci/arm-key", key.as_str())]);
+        let resolved = Resolved::new(&config, &values).unwrap();
+        let [amd64, arm64] = resolved.platforms.as_slice() else { panic!("two platforms: {:?}", resolved.platforms) };
+        assert_eq!((amd64.platform.as_str(), amd64.host.is_none()), ("linux/amd64", true));
+        assert!(matches!(&arm64.host, Some(DockerHost::Ssh { host, .. }) if host == "arm.example"));
+        assert_eq!(arm64.ssh_key.as_ref().map(|key| key.text.expose().to_string()), Some(key.clone()));
+        assert_eq!(arm64.known_hosts.as_deref(), Some(known), "JETS_SSH_KNOWN is the fallback");
+        assert_eq!(redact(key.lines().nth(1).unwrap()), MASK);
     }
 }

@@ -4,12 +4,15 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::FutureExt as _;
+
 use crate::aws::{self, EcrTokens};
 use crate::build_mounts::SessionMounts;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::hosts::{Access, Hosts, Slot, pool_candidates};
+use crate::hosts::{Access, Candidate, Hosts, Slot, pool_candidates};
 use crate::image::{self, BuildStep, metadata::Built};
+use crate::image_index::PlatformImage;
 use crate::plan::{Step, StepRunner};
 use crate::registry::{self, Credential};
 use crate::resolve::Resolved;
@@ -31,8 +34,12 @@ pub struct Runner<'a> {
     pub credentials: Vec<Credential>,
     /// What the build did, for the metadata file.
     built: Option<Built>,
-    /// The manifest digest of the first push, for the metadata file.
+    /// The manifest digest of the first push (of the index in a multi-platform run), for the metadata file.
     pushed_digest: Option<String>,
+    /// Each platform's pushed image, for the index (multi-platform runs).
+    platform_images: Vec<PlatformImage>,
+    /// What each platform's build did, for the metadata file (multi-platform runs).
+    platform_builds: Vec<crate::image::metadata::PlatformBuilt>,
 }
 
 impl<'a> Runner<'a> {
@@ -46,6 +53,8 @@ impl<'a> Runner<'a> {
             credentials: Vec::new(),
             built: None,
             pushed_digest: None,
+            platform_images: Vec::new(),
+            platform_builds: Vec::new(),
         }
     }
 
@@ -104,11 +113,12 @@ impl<'a> Runner<'a> {
             ssh_key_passphrase: config.ssh_key_passphrase.as_ref(),
             known_hosts_file: &config.known_hosts_file.value,
         };
-        let candidates = pool_candidates(resolved, &config.image.value.to_string());
-        let slot = Slot { name: String::new(), candidates };
-        let hosts = Hosts::connect_with_failover(&[slot], &access, config.failover_timeout).await?;
+        let repository = config.image.value.to_string();
+        let hosts =
+            Hosts::connect_with_failover(&slots(resolved, &repository), &access, config.failover_timeout).await?;
+        let single = resolved.platforms.is_empty();
         let target = &hosts.for_slot(0)?.target;
-        if !hosts.failed().is_empty() {
+        if single && !hosts.failed().is_empty() {
             let failed: Vec<String> =
                 hosts.failed().iter().map(|host| format!("{} ({})", host.target, host.class)).collect();
             if resolved.fallback_host.as_ref() == Some(target) && !resolved.hosts.contains(target) {
@@ -122,7 +132,7 @@ impl<'a> Runner<'a> {
         }
         let transports: Vec<&str> = hosts.iter().map(|host| host.target.transport()).collect();
         let mut outcome = format!("connected over {}", transports.join(", "));
-        if resolved.hosts.len() > 1 || resolved.fallback_host.is_some() {
+        if single && (resolved.hosts.len() > 1 || resolved.fallback_host.is_some()) {
             outcome.push_str(&format!(" to {target}"));
         }
         self.hosts = Some(hosts);
@@ -136,7 +146,151 @@ impl<'a> Runner<'a> {
         for facts in hosts.iter().filter_map(|host| host.facts.as_ref()) {
             crate::build_mounts::check_builder_offers_mounts(&self.config.build, facts)?;
         }
-        Ok(hosts.summary())
+        let summary = hosts.summary();
+        self.warn_of_emulation()?;
+        Ok(summary)
+    }
+
+    /// A warning for each platform that its host runs under emulation (QEMU): much slower.
+    fn warn_of_emulation(&self) -> Result<()> {
+        let hosts = self.hosts()?;
+        for (slot, each) in self.config.build.platform_hosts.iter().enumerate() {
+            let host = hosts.for_slot(slot)?;
+            let Some(facts) = &host.facts else { continue };
+            let arch = each.arch();
+            if same_arch(&facts.arch, arch) {
+                continue;
+            }
+            match &each.host {
+                None => tracing::warn!(
+                    "{} builds emulated on {} ({} host): no DOCKER_HOST_{} is set; emulation is often 10-20x slower",
+                    each.platform,
+                    host.target,
+                    facts.arch,
+                    arch.to_ascii_uppercase()
+                ),
+                Some(given) => tracing::warn!(
+                    "{} builds emulated on {} (from {}): its daemon is {}",
+                    each.platform,
+                    host.target,
+                    given.origin,
+                    facts.arch
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds every platform at once, each on its slot's host, and tags and pushes it from there
+    /// as `TAG-<arch>`; the first failure ends the others and is the outcome, naming its platform.
+    async fn build_platforms(
+        &mut self,
+        build: &crate::config::Build,
+        image: &crate::image_ref::Repository,
+        tags: &[String],
+        platforms: &[String],
+        push: bool,
+    ) -> Result<String> {
+        use tracing::Instrument as _;
+        self.resolved()?;
+        let hosts = self.hosts()?;
+        let resolved = self.resolved.as_ref();
+        let registry = image.registry().to_string();
+        let cache_wait = self.config.connect_timeout * 3;
+        let credentials = &self.credentials;
+        let jobs = platforms.iter().enumerate().map(|(slot, platform)| {
+            let registry = registry.clone();
+            let span = tracing::info_span!(crate::output::PLATFORM_SPAN, platform = %platform);
+            async move {
+                let host = hosts.for_slot(slot)?;
+                let suffix = crate::platforms::tag_suffix(platform);
+                let mut build = build.clone();
+                build.platform = Some(platform.clone());
+                let classic = match build.builder.value {
+                    crate::cli::Builder::Classic => true,
+                    crate::cli::Builder::Buildkit => false,
+                    crate::cli::Builder::Auto => {
+                        !host.facts.as_ref().is_some_and(crate::daemon::Facts::offers_buildkit)
+                    }
+                };
+                if classic {
+                    add_platform_args(&mut build, platform);
+                }
+                let mounts = match resolved {
+                    Some(resolved) => SessionMounts::new(&build, resolved)?,
+                    None => return Err(Error::Internal("the builds ran before the configuration was resolved".into())),
+                };
+                let references: Vec<String> =
+                    tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
+                let cache_image = image.with_tag(&format!("{}-{suffix}", crate::image_ref::LATEST));
+                let request = BuildStep {
+                    build: &build,
+                    reference: &references[0],
+                    cache_image: push.then_some(cache_image.as_str()),
+                    registry: &registry,
+                    mounts,
+                    cache_wait,
+                };
+                let built = image::build_on(host, request, credentials).await?;
+                tracing::info!(
+                    "built on {}: {} steps, {} CACHED",
+                    host.target,
+                    built.summary.steps.len(),
+                    built.summary.cached()
+                );
+                for reference in &references[1..] {
+                    image::tag(&host.daemon, &references[0], reference).await?;
+                }
+                let mut digest = None;
+                if push {
+                    for reference in &references {
+                        let pushed = image::push(&host.daemon, reference, &registry, credentials).await?;
+                        tracing::info!("pushed {reference}: {pushed}");
+                        digest = digest.or(pushed.digest);
+                    }
+                }
+                Ok((built, digest, host.target.to_string(), references))
+            }
+            .instrument(span)
+            .map(move |result: Result<_>| {
+                result.map_err(|error| Error::Platform { platform: platform.clone(), source: Box::new(error) })
+            })
+        });
+        let done = futures_util::future::try_join_all(jobs).await?;
+        let mut images = Vec::new();
+        let mut outcome = Vec::new();
+        for (platform, (built, digest, host, names)) in platforms.iter().zip(done) {
+            outcome.push(format!("{platform} {} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
+            if push {
+                let digest = digest.ok_or_else(|| Error::Push {
+                    reference: image.with_tag(&format!("{}-{}", tags[0], crate::platforms::tag_suffix(platform))),
+                    registry: registry.clone(),
+                    message: "the daemon reported no digest for the push, so no index can name it".to_string(),
+                })?;
+                let parsed = crate::image_index::Platform::parse(platform).map_err(Error::Internal)?;
+                images.push(PlatformImage { platform: parsed, digest });
+            }
+            let digest = images.last().filter(|_| push).map(|image| image.digest.clone());
+            self.platform_builds.push(crate::image::metadata::PlatformBuilt {
+                platform: platform.clone(),
+                host,
+                names,
+                built,
+                digest,
+            });
+        }
+        self.platform_images = images;
+        Ok(outcome.join("; "))
+    }
+
+    /// Pushes the index of every platform's image under each tag.
+    async fn push_index(&mut self, image: &crate::image_ref::Repository, tags: &[String]) -> Result<String> {
+        let credential = self.credentials.iter().find(|credential| credential.registry == image.registry());
+        let pushed =
+            crate::image_index::push_index(image, credential, tags, &self.platform_images, self.config.connect_timeout)
+                .await?;
+        self.pushed_digest = Some(pushed.digest.clone());
+        Ok(format!("pushed {} ({}) under {}", pushed.digest, pushed.media_type, pushed.tags.join(", ")))
     }
 
     async fn login(&mut self, password_origin: &Origin) -> Result<String> {
@@ -144,9 +298,9 @@ impl<'a> Runner<'a> {
         let login = login.ok_or_else(|| Error::Internal("a login step without a login".to_string()))?;
         let credential = Credential::new(login.registry.clone(), login.user.clone(), login.password);
         let hint = format!("check the user and the password (from {password_origin}) for {}", login.registry);
-        for host in self.hosts()?.iter() {
-            registry::log_in(&host.daemon, &credential, &hint).await?;
-        }
+        // Every host at once (the hosts of a multi-platform run).
+        let checks = self.hosts()?.iter().map(|host| registry::log_in(&host.daemon, &credential, &hint));
+        futures_util::future::try_join_all(checks).await?;
         self.credentials.push(credential);
         Ok(format!("logged in as {}", login.user))
     }
@@ -156,9 +310,8 @@ impl<'a> Runner<'a> {
         let password = self.ecr_tokens.password(&config, region, registry).await?;
         let credential = Credential::new(registry, "AWS", password);
         let hint = "check that the registry belongs to the account and region of the build's AWS credentials";
-        for host in self.hosts()?.iter() {
-            registry::log_in(&host.daemon, &credential, hint).await?;
-        }
+        let checks = self.hosts()?.iter().map(|host| registry::log_in(&host.daemon, &credential, hint));
+        futures_util::future::try_join_all(checks).await?;
         self.credentials.push(credential);
         Ok("logged in with an ECR token".to_string())
     }
@@ -227,6 +380,10 @@ impl StepRunner for Runner<'_> {
                 self.built = Some(built);
                 outcome
             }
+            Step::BuildPlatforms { build, image, tags, platforms, push } => {
+                self.build_platforms(build, image, tags, platforms, *push).await?
+            }
+            Step::PushIndex { image, tags, .. } => self.push_index(image, tags).await?,
             Step::Tag { source, target } => {
                 image::tag(&self.hosts()?.for_slot(0)?.daemon, source, target).await?;
                 return Ok(None);
@@ -243,7 +400,12 @@ impl StepRunner for Runner<'_> {
                 crate::image_definitions::write(path, container, image_uri)?;
                 format!("wrote {}", path.display())
             }
-            Step::WriteMetadata { path, names, pushed } => {
+            Step::WriteMetadata { path, names, pushed, .. } if !self.platform_builds.is_empty() => {
+                let digest = self.pushed_digest.as_deref().filter(|_| *pushed);
+                image::metadata::write_platforms(path, names, digest, &self.platform_builds)?;
+                format!("wrote {}", path.display())
+            }
+            Step::WriteMetadata { path, names, pushed, .. } => {
                 let placement = self.placement()?;
                 let built = self
                     .built
@@ -258,5 +420,93 @@ impl StepRunner for Runner<'_> {
             }
         };
         Ok(Some(outcome))
+    }
+}
+
+/// The candidates of a build without a host of its own, in the order they are tried: the pool
+/// (`--host`, `AGENT_HOSTS` or `DOCKER_HOST`, with `JETS_SSH_KEY` / `JETS_SSH_KNOWN`) in the order
+/// `repository` hashes to, then the fallback — the one place that says where such a build goes.
+pub fn default_candidates(resolved: &Resolved, repository: &str) -> Vec<Candidate> {
+    pool_candidates(resolved, repository)
+}
+
+/// The run's slots: one for a single-platform run; one per platform (named by it) otherwise, on
+/// the platform's own host when it has one, else on the default host.
+fn slots(resolved: &Resolved, repository: &str) -> Vec<Slot> {
+    if resolved.platforms.is_empty() {
+        return vec![Slot { name: String::new(), candidates: default_candidates(resolved, repository) }];
+    }
+    resolved
+        .platforms
+        .iter()
+        .map(|each| {
+            let candidates = match &each.host {
+                Some(host) => vec![Candidate {
+                    target: host.clone(),
+                    ssh_key: each.ssh_key.clone(),
+                    known_hosts: each.known_hosts.clone(),
+                }],
+                None => default_candidates(resolved, repository),
+            };
+            Slot { name: each.platform.clone(), candidates }
+        })
+        .collect()
+}
+
+/// BuildKit sets `TARGETPLATFORM`, `TARGETOS`, `TARGETARCH` and `TARGETVARIANT` for a build's
+/// platform; the classic builder does not, so a multi-platform Dockerfile (`COPY app-${TARGETARCH}`)
+/// gets them as build arguments there, unless the user gave them.
+fn add_platform_args(build: &mut crate::config::Build, platform: &str) {
+    let mut parts = platform.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    let args = [("TARGETPLATFORM", Some(platform)), ("TARGETOS", os), ("TARGETARCH", arch), ("TARGETVARIANT", variant)];
+    for (key, value) in args {
+        if !build.build_args.iter().any(|arg| arg.key == key) {
+            let value = Some(value.unwrap_or_default().to_string());
+            build.build_args.push(crate::config::BuildArg { key: key.to_string(), value, from_env: false });
+        }
+    }
+}
+
+/// Whether a daemon's architecture (`docker version`'s, Go's names) is `arch` (a platform's).
+fn same_arch(daemon: &str, arch: &str) -> bool {
+    fn canonical(name: &str) -> &str {
+        match name {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        }
+    }
+    canonical(daemon) == canonical(arch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{config, fixture};
+
+    #[test]
+    fn the_classic_builder_gets_the_platform_args_buildkit_sets_but_not_over_the_users() {
+        let dir = fixture();
+        let argv = ["--image", "app", "--build-arg", "TARGETOS=mine", "--platform", "linux/amd64,linux/arm/v7"];
+        let mut build = config(&argv, &[], dir.path()).unwrap().build;
+        add_platform_args(&mut build, "linux/arm/v7");
+        let args: Vec<(&str, Option<&str>)> =
+            build.build_args.iter().map(|arg| (arg.key.as_str(), arg.value.as_deref())).collect();
+        assert_eq!(
+            args,
+            [
+                ("TARGETOS", Some("mine")),
+                ("TARGETPLATFORM", Some("linux/arm/v7")),
+                ("TARGETARCH", Some("arm")),
+                ("TARGETVARIANT", Some("v7")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_daemons_arch_matches_a_platforms_by_either_name() {
+        assert!(same_arch("amd64", "amd64") && same_arch("x86_64", "amd64") && same_arch("aarch64", "arm64"));
+        assert!(!same_arch("amd64", "arm64"));
     }
 }

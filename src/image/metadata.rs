@@ -51,6 +51,57 @@ pub fn write(
     crate::ssh::files::write_atomically(path, metadata.to_text().as_bytes(), 0o644, true)
 }
 
+/// One platform's build in a multi-platform run, as the metadata file describes it.
+pub struct PlatformBuilt {
+    /// `linux/arm64`.
+    pub platform: String,
+    /// The daemon it was built on.
+    pub host: String,
+    /// Its own tags (`TAG-<arch>`).
+    pub names: Vec<String>,
+    pub built: Built,
+    /// Its pushed manifest's digest, which the index names.
+    pub digest: Option<String>,
+}
+
+/// Writes the metadata file of a multi-platform run (atomically): buildx's keys for the index
+/// (`containerimage.digest` is the index's digest; there is no one config, so no
+/// `containerimage.config.digest`), and under `agent.platforms` each platform's own keys, as the
+/// single-platform file has them, with the host it was built on.
+pub fn write_platforms(
+    path: &std::path::Path,
+    names: &[String],
+    index_digest: Option<&str>,
+    platforms: &[PlatformBuilt],
+) -> crate::error::Result<()> {
+    let mut object = Map::new();
+    if let Some(digest) = index_digest {
+        object.insert(DIGEST.to_string(), json!(digest));
+    }
+    object.insert(NAMES.to_string(), json!(names.join(",")));
+    let mut each = Map::new();
+    for platform in platforms {
+        let metadata = BuildMetadata {
+            names: &platform.names,
+            digest: platform.digest.as_deref(),
+            engine: platform.built.engine,
+            summary: &platform.built.summary,
+            context_files: platform.built.context_files,
+            context_bytes: platform.built.context_bytes,
+            placement: None,
+        };
+        let mut fields = metadata.to_json();
+        if let Value::Object(fields) = &mut fields {
+            fields.insert("agent.host".to_string(), json!(platform.host));
+        }
+        each.insert(platform.platform.clone(), fields);
+    }
+    object.insert("agent.platforms".to_string(), Value::Object(each));
+    let mut text = serde_json::to_string_pretty(&Value::Object(object)).unwrap_or_else(|_| "{}".to_string());
+    text.push('\n');
+    crate::ssh::files::write_atomically(path, text.as_bytes(), 0o644, true)
+}
+
 /// What a successful run built and pushed.
 pub struct BuildMetadata<'a> {
     /// Every tag built, `repository:tag`.

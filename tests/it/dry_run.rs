@@ -231,3 +231,87 @@ fn a_bad_pool_entry_or_fallback_is_a_config_error_listing_each() {
         assert!(outcome.stderr.contains(subject), "{subject}:\n{}", outcome.stderr);
     }
 }
+
+#[test]
+fn dry_run_shows_the_host_of_each_platform_and_which_spelling_won() {
+    let outcome = Agent::new()
+        .env("PLATFORMS", "linux/amd64,linux/arm64,linux/riscv64")
+        .env("DOCKER_HOST_X86_64", "ssh://ci@amd.example:2201")
+        .env("DOCKER_HOST_ARM64", "ssh://ci@arm.example:2202")
+        .env("DOCKER_HOST_AARCH64", "ssh://ci@other.example:2203")
+        .args(["run", "--dry", "--image", "app"])
+        .run();
+    outcome.expect_code(0);
+    let plan = &outcome.stdout;
+    for line in [
+        "platform linux/amd64 on ssh://ci@amd.example:2201/var/run/docker.sock (from env DOCKER_HOST_X86_64), pushed as TAG-amd64",
+        "platform linux/arm64 on ssh://ci@arm.example:2202/var/run/docker.sock (from env DOCKER_HOST_ARM64), pushed as TAG-arm64",
+        "platform linux/arm64: DOCKER_HOST_ARM64 wins over DOCKER_HOST_AARCH64 (both are set)",
+        "platform linux/riscv64 on the DOCKER_HOST daemon, emulated",
+    ] {
+        assert!(plan.contains(line), "missing {line:?} in\n{plan}");
+    }
+}
+
+#[test]
+fn dry_run_of_two_platforms_plans_their_builds_at_once_then_one_index_and_names_each_ssh_login() {
+    let outcome = Agent::new()
+        .env("PLATFORMS", "linux/amd64,linux/arm64")
+        .env("DOCKER_HOST_AMD64", "ssh://ci@amd.example:2201")
+        .env("JETS_SSH_KNOWN_AMD64", "SSM:/ci/amd-known")
+        .env("DOCKER_HOST_AARCH64", "ssh://ci@arm.example:2202")
+        .env("JETS_SSH_KEY_AARCH64", "SSM:/ci/arm-key")
+        .env("AWS_REGION", "eu-west-1")
+        .args(["run", "--dry", "--image", "registry.example/app", "--tag", "v1"])
+        .run();
+    outcome.expect_code(0);
+    let plan = &outcome.stdout;
+    for line in [
+        "resolve 2 SSM parameters",
+        "connect to the hosts of linux/amd64, linux/arm64",
+        "linux/amd64: daemon ssh://ci@amd.example:2201/var/run/docker.sock (from env DOCKER_HOST_AMD64)",
+        "linux/amd64: SSH key from JETS_SSH_KEY (the fallback), host keys from env JETS_SSH_KNOWN_AMD64",
+        "linux/arm64: SSH key from env JETS_SSH_KEY_AARCH64, host keys from JETS_SSH_KNOWN (the fallback)",
+        "build registry.example/app:v1 for linux/amd64, linux/arm64",
+        "linux/arm64: build and tag registry.example/app:v1-arm64",
+        "push the image index registry.example/app (1 tag)",
+    ] {
+        assert!(plan.contains(line), "missing {line:?} in\n{plan}");
+    }
+    assert!(!plan.contains("connect to unix://"), "{plan}");
+}
+
+#[test]
+fn a_platform_list_with_a_bad_or_repeated_entry_is_a_config_error() {
+    let outcome = Agent::new().args(["run", "--dry", "--image", "app", "--platform", "linux/amd64,linux/amd64"]).run();
+    outcome.expect_code(3);
+    assert!(outcome.stderr.contains("given twice"), "{}", outcome.stderr);
+}
+
+/// The whole plan of a two-platform run, reviewed as a snapshot: each platform's host and SSH
+/// login, the builds at once with their own tags and cache images, the index, the outputs.
+#[test]
+fn two_platform_plan() {
+    let agent = Agent::new()
+        .env("PLATFORMS", "linux/amd64,linux/arm64")
+        .env("DOCKER_HOST", "ssh://ci@build.example")
+        .env("DOCKER_HOST_AARCH64", "ssh://ci@arm.example:2202")
+        .env("JETS_SSH_KEY_AARCH64", "SSM:/ci/arm-key")
+        .env("JETS_SSH_KNOWN_ARM64", "SSM:/ci/arm-known")
+        .env("AWS_REGION", "eu-west-1")
+        .env("AGENT_CONTEXT_KEY", "web")
+        .env("CODEBUILD_RESOLVED_SOURCE_VERSION", "0123456789abcdef")
+        .args(["run", "--dry", "--image", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web"])
+        .args(["--image-definitions", "web", "--metadata-file", "build.json"]);
+    let outcome = agent.run();
+    outcome.expect_code(0);
+    let home = agent.home.path().display().to_string();
+    let work = agent.work.path().display().to_string();
+    insta::with_settings!({filters => vec![
+        (home.as_str(), "[HOME]"),
+        (work.as_str(), "[WORK]"),
+        (r"agent \d+\.\d+\.\d+", "agent [VERSION]"),
+    ]}, {
+        insta::assert_snapshot!("two_platform_plan", outcome.stdout);
+    });
+}

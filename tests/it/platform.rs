@@ -316,3 +316,263 @@ fn an_index_with_a_wrong_platform_or_a_wrong_login_is_a_push_error_and_nothing_i
     let (status, _, _) = world.registry_get(Api::Hub, &name, "manifests/bad", DOCKER_MANIFEST_LIST);
     assert_eq!(status, 404, "no index may be pushed under the tag");
 }
+
+/// A context for a multi-platform run: both busyboxes, and a RUN step that records `uname -m`
+/// and fails unless it matches the platform built (`TARGETARCH`), or, with `fail_on`, fails on
+/// that machine only.
+fn per_platform_app(dir: &Path, world: &World, fail_on: Option<&str>) -> PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::copy("/bin/busybox", app.join("busybox-amd64")).expect("busybox (from busybox-static)");
+    std::fs::copy(world.arm64("TW_BUSYBOX_ARM64"), app.join("busybox-arm64")).expect("the arm64 busybox");
+    // a file of this run's own before the RUN step, so that it runs rather than being CACHED
+    std::fs::write(app.join("run-id"), unique("run")).unwrap();
+    let fail = match fail_on {
+        Some(machine) => format!(" && if [ $(uname -m) = {machine} ]; then echo only {machine} fails; exit 7; fi"),
+        None => String::new(),
+    };
+    std::fs::write(
+        app.join("Dockerfile"),
+        format!(
+            "FROM scratch\nARG TARGETARCH\nCOPY busybox-${{TARGETARCH}} /bin/busybox\nCOPY run-id /\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox --install -s /bin && uname -m >/machine && \
+             echo machine=$(uname -m) && case $TARGETARCH/$(uname -m) in amd64/x86_64|arm64/aarch64) ;; *) exit 9;; esac{fail}\"]\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+impl World {
+    /// A run whose amd64 builds on the world's daemon over the world's sshd and whose arm64 builds
+    /// on the arm64 host over its own sshd, each with its own key and known_hosts given by the
+    /// per-arch variables; `DOCKER_HOST` and the unsuffixed SSH variables are not set.
+    fn on_two_hosts(&self) -> Agent {
+        Agent::new()
+            .env("DOCKER_HOST_X86_64", self.ssh_url())
+            .env("JETS_SSH_KEY_X86_64", read(&self.key_ed25519))
+            .env("JETS_SSH_KNOWN_X86_64", read(&self.known_hosts_hashed))
+            .env("DOCKER_HOST_ARM64", self.arm64("TW_ARM64_DOCKER_HOST"))
+            .env("JETS_SSH_KEY_ARM64", read(Path::new(&self.arm64("TW_ARM64_KEY"))))
+            .env("JETS_SSH_KNOWN_ARM64", read(Path::new(&self.arm64("TW_ARM64_KNOWN_HOSTS"))))
+    }
+
+    /// Checks through the registry API that every tag names one index of the two platforms, whose
+    /// manifests' configs carry their architecture, and that it is `digest`.
+    fn expect_index_of_both_platforms(&self, api: Api, name: &str, tags: &[&str], digest: &str) {
+        for tag in tags {
+            let (index, index_digest) = self.manifest(api, name, tag, &format!("{DOCKER_MANIFEST_LIST}, {OCI_INDEX}"));
+            assert_eq!(index_digest, digest, "{tag}: {index}");
+            let manifests = index["manifests"].as_array().expect("manifests");
+            let architectures: Vec<&str> =
+                manifests.iter().map(|entry| entry["platform"]["architecture"].as_str().unwrap_or("")).collect();
+            assert_eq!(architectures, ["amd64", "arm64"], "{tag}: {index}");
+            for entry in manifests {
+                let config = self.image_config(api, name, entry["digest"].as_str().expect("a digest"));
+                assert_eq!(config["architecture"], entry["platform"]["architecture"], "{tag}: {config}");
+                assert_eq!(config["os"], "linux", "{tag}: {config}");
+            }
+        }
+    }
+}
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Issue 15 end to end: `--platform linux/amd64,linux/arm64` with a host per arch builds both at
+/// once, each on its own host over its own SSH login, pushes each as `TAG-<arch>` from its host
+/// and then one index under every tag; the log names the platform of each build line, and the
+/// metadata file and imagedefinitions.json name the index.
+#[test]
+fn two_platforms_on_two_hosts_push_an_index_for_every_tag_whose_manifests_carry_their_architecture() {
+    let world = World::shared();
+    let name = unique("two-hosts");
+    let image = format!("{}/{name}", world.hub_registry);
+    let agent = world.login(Api::Hub, world.on_two_hosts());
+    let app = per_platform_app(agent.work.path(), world, None);
+    let metadata = agent.work.path().join("metadata.json");
+    let agent = agent
+        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1", "--tag", "t2"])
+        .args(["--platform", "linux/amd64,linux/arm64", "--image-definitions", "app", "--metadata-file"])
+        .args([metadata.to_str().unwrap()]);
+    let outcome = agent.run();
+    outcome.expect_code(0);
+    let log = &outcome.stderr;
+    assert!(log.contains("connect to the hosts of linux/amd64, linux/arm64"), "{log}");
+    assert!(log.contains(&format!("[linux/amd64] built on {}", world.ssh_url())), "{log}");
+    assert!(log.contains(&format!("[linux/arm64] built on {}", world.arm64("TW_ARM64_DOCKER_HOST"))), "{log}");
+    assert!(log.lines().any(|line| line.contains("[linux/arm64]") && line.contains("machine=aarch64")), "{log}");
+    assert!(log.lines().any(|line| line.contains("[linux/amd64]") && line.contains("machine=x86_64")), "{log}");
+    assert!(!log.contains("no DOCKER_HOST_ARM64"), "{log}");
+
+    let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
+    let digest = metadata["containerimage.digest"].as_str().expect("the index digest").to_string();
+    world.expect_index_of_both_platforms(Api::Hub, &name, &["t1", "t2"], &digest);
+    assert!(metadata.get("containerimage.config.digest").is_none(), "no one config: {metadata}");
+    let (index, _) = world.manifest(Api::Hub, &name, "t1", DOCKER_MANIFEST_LIST);
+    for (entry, host) in
+        index["manifests"].as_array().unwrap().iter().zip([world.ssh_url(), world.arm64("TW_ARM64_DOCKER_HOST")])
+    {
+        let platform = format!("linux/{}", entry["platform"]["architecture"].as_str().unwrap());
+        let each = &metadata["agent.platforms"][&platform];
+        assert_eq!(each["containerimage.digest"], entry["digest"], "{metadata}");
+        assert!(each["agent.host"].as_str().unwrap_or_default().starts_with(&host), "{metadata}");
+        assert_eq!(each["agent.steps"].as_array().map(Vec::len), Some(3), "{metadata}");
+    }
+    // each platform's own tags, pushed from its host
+    for (tag, architecture) in
+        [("t1-amd64", "amd64"), ("t2-amd64", "amd64"), ("t1-arm64", "arm64"), ("t2-arm64", "arm64")]
+    {
+        let (_, digest) = world.manifest(Api::Hub, &name, tag, DOCKER_MANIFEST);
+        assert_eq!(world.image_config(Api::Hub, &name, &digest)["architecture"], architecture, "{tag}");
+    }
+    let definitions = read(&agent.work.path().join("imagedefinitions.json"));
+    assert!(definitions.contains(&format!("{image}:t2")), "{definitions}");
+}
+
+/// A RUN step that fails only on arm64 fails the run with the build's class (50), naming the
+/// platform and the step; no index is pushed under any tag.
+#[test]
+fn a_step_failing_only_on_arm64_fails_the_run_naming_the_platform_and_pushes_no_index() {
+    let world = World::shared();
+    let name = unique("arm64-fails");
+    let image = format!("{}/{name}", world.hub_registry);
+    let agent = world.login(Api::Hub, world.on_two_hosts());
+    let app = per_platform_app(agent.work.path(), world, Some("aarch64"));
+    let agent = agent
+        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1"])
+        .args(["--platform", "linux/amd64,linux/arm64"]);
+    let outcome = agent.run();
+    outcome.expect_code(50);
+    let error = outcome.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
+    assert!(error.starts_with("error: linux/arm64: the build failed at"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("only aarch64 fails"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("hint: "), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("push the image index"), "{}", outcome.stderr);
+    for tag in ["t1", "latest"] {
+        let (status, _, _) = world.registry_get(
+            Api::Hub,
+            &name,
+            &format!("manifests/{tag}"),
+            &format!("{DOCKER_MANIFEST_LIST}, {OCI_INDEX}"),
+        );
+        assert_eq!(status, 404, "no index may be pushed under {tag}");
+    }
+}
+
+/// Without an arm64 host, linux/arm64 builds on `DOCKER_HOST` (here the world's daemon, amd64)
+/// under emulation, with a warning that says so; the index goes to the registry with Docker Hub's
+/// bearer-token flow (tokenhub), logged into with the run's own login.
+#[test]
+fn without_an_arm64_host_arm64_is_emulated_on_docker_host_with_a_warning_and_the_index_goes_through_a_bearer_token() {
+    let world = World::shared();
+    let name = unique("emulated");
+    let image = format!("{}/{name}", world.registry(Api::TokenHub));
+    let agent = world.login(Api::TokenHub, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+    let app = per_platform_app(agent.work.path(), world, None);
+    let metadata = agent.work.path().join("metadata.json");
+    let agent = agent.args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1"]).args([
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--metadata-file",
+        metadata.to_str().unwrap(),
+    ]);
+    let outcome = agent.run();
+    outcome.expect_code(0);
+    let warning = outcome
+        .stderr
+        .lines()
+        .find(|line| line.contains("WARN") && line.contains("linux/arm64 builds emulated"))
+        .unwrap_or_else(|| panic!("no emulation warning in\n{}", outcome.stderr));
+    assert!(warning.contains(&world.docker_tcp_url()) && warning.contains("no DOCKER_HOST_ARM64"), "{warning}");
+    assert!(!outcome.stderr.contains("linux/amd64 builds emulated"), "{}", outcome.stderr);
+    let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
+    let digest = metadata["containerimage.digest"].as_str().expect("the index digest");
+    world.expect_index_of_both_platforms(Api::TokenHub, &name, &["t1"], digest);
+}
+
+/// The cold-host pull works per platform: a host that has never built the app pulls each
+/// platform's `latest-<arch>` (pushed by an earlier run on another host) and builds every step of
+/// each platform from it, CACHED. Here the earlier run is on the world's daemon, the new host the
+/// arm64 host, which takes both platforms (its `DOCKER_HOST`, no per-arch host).
+#[test]
+fn a_new_host_pulls_each_platforms_latest_tag_and_builds_from_it_as_cache() {
+    let world = World::shared();
+    let name = unique("platform-cache");
+    let image = format!("{}/{name}", world.hub_registry);
+    let first = world.login(Api::Hub, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+    let app = per_platform_app(first.work.path(), world, None);
+    let first = first
+        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "latest"])
+        .args(["--platform", "linux/amd64,linux/arm64"]);
+    first.run().expect_code(0);
+
+    let second = world.login(Api::Hub, world.on_arm64_host());
+    let outcome = second
+        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "second"])
+        .args(["--platform", "linux/amd64,linux/arm64"])
+        .run();
+    outcome.expect_code(0);
+    let log = &outcome.stderr;
+    for arch in ["amd64", "arm64"] {
+        let pulled = format!("[linux/{arch}] pulled {image}:latest-{arch} as cache for a cold host");
+        assert!(log.contains(&pulled), "missing {pulled:?} in\n{log}");
+        let steps: Vec<&str> = log.lines().filter(|line| line.contains(&format!("[linux/{arch}]   step "))).collect();
+        assert_eq!(steps.len(), 3, "{log}");
+        assert!(steps.iter().all(|line| line.contains(": CACHED")), "{arch}: not built from the pulled cache\n{log}");
+    }
+}
+
+/// Every per-arch variable may be `SSM:/path`: the arm64 host, its key and its known_hosts and the
+/// amd64 key come from Parameter Store in the run's one batch; `--check` then reaches both hosts,
+/// each over its own SSH login, and no key appears in any output.
+#[test]
+fn per_arch_hosts_and_ssh_logins_from_parameter_store_are_resolved_in_one_batch_and_checked() {
+    let world = World::shared();
+    let prefix = format!("/agent-tests/per-arch/{}", std::process::id());
+    let arm64_key = read(Path::new(&world.arm64("TW_ARM64_KEY")));
+    let amd64_key = read(&world.key_ed25519);
+    for (name, value, secure) in [
+        ("arm64-host", world.arm64("TW_ARM64_DOCKER_HOST"), false),
+        ("arm64-key", arm64_key.clone(), true),
+        ("arm64-known", read(Path::new(&world.arm64("TW_ARM64_KNOWN_HOSTS"))), false),
+        ("amd64-key", amd64_key.clone(), true),
+    ] {
+        crate::logins::put_parameter(world, &format!("{prefix}/{name}"), &value, secure);
+    }
+    let outcome = crate::logins::with_aws(world)
+        .env("DOCKER_HOST_AARCH64", format!("SSM:{prefix}/arm64-host"))
+        .env("JETS_SSH_KEY_AARCH64", format!("SSM:{prefix}/arm64-key"))
+        .env("JETS_SSH_KNOWN_AARCH64", format!("SSM:{prefix}/arm64-known"))
+        .env("DOCKER_HOST_AMD64", world.ssh_url())
+        .env("JETS_SSH_KEY_AMD64", format!("SSM:{prefix}/amd64-key"))
+        .env("JETS_SSH_KNOWN", read(&world.known_hosts_hashed))
+        .args(["run", "--check", "--image", "app", "--platform", "linux/amd64,linux/arm64"])
+        .run();
+    outcome.expect_code(0);
+    let log = &outcome.stderr;
+    assert!(log.contains("resolve 4 SSM parameters: 4 values"), "{log}");
+    assert!(log.contains("connected over ssh, ssh"), "{log}");
+    assert!(log.contains(&world.arm64("TW_ARM64_DOCKER_HOST")) && log.contains(&world.ssh_url()), "{log}");
+    for key in [&arm64_key, &amd64_key] {
+        let body = key.lines().nth(1).expect("a key body line");
+        assert!(!outcome.all_output().contains(body), "a key leaked:\n{}", outcome.all_output());
+    }
+}
+
+/// The per-arch key is the one used for its host, not the unsuffixed one: the arm64 host accepts
+/// only its own key, so `JETS_SSH_KEY_ARM64` holding the world's other key is refused (ssh-auth,
+/// 25), naming that host, even though `JETS_SSH_KEY` holds the right one.
+#[test]
+fn the_arm64_host_is_reached_with_the_per_arch_key_and_a_wrong_one_is_refused_as_ssh_auth() {
+    let world = World::shared();
+    let arm64_key = read(Path::new(&world.arm64("TW_ARM64_KEY")));
+    let outcome = world
+        .on_two_hosts()
+        .env("JETS_SSH_KEY", &arm64_key)
+        .env("JETS_SSH_KEY_ARM64", read(&world.key_ed25519))
+        .args(["run", "--check", "--image", "app", "--platform", "linux/amd64,linux/arm64"])
+        .run();
+    outcome.expect_code(25);
+    let port = world.arm64("TW_ARM64_SSH_PORT");
+    assert!(outcome.stderr.contains(&format!("127.0.0.1:{port} refused the SSH key")), "{}", outcome.stderr);
+}
