@@ -86,9 +86,16 @@ pub struct RunArgs {
     pub check: bool,
 
     /// The Docker daemon: ssh://[user@]host[:port][/socket], tcp://host[:port] or unix:///path;
-    /// may be SSM:/parameter [default: the local socket]
+    /// may be SSM:/parameter. Repeat for a pool: each image builds on the host its repository
+    /// hashes to, the next by the same hash taking over when it does not answer (--host wins over
+    /// AGENT_HOSTS, which wins over DOCKER_HOST) [default: the local socket]
     #[arg(long = "host", short = 'H', env = "DOCKER_HOST", hide_env_values = true, value_name = "URL")]
-    pub host: Option<String>,
+    pub host: Vec<String>,
+
+    /// The daemon to build on when no host of the pool answers (cold, but the build is done), e.g.
+    /// unix:///var/run/docker.sock; may be SSM:/parameter
+    #[arg(long, env = "AGENT_FALLBACK_HOST", hide_env_values = true, value_name = "URL")]
+    pub fallback_host: Option<String>,
 
     /// The image repository to build and push, without tag (e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app)
     #[arg(long, env = "REPOSITORY_URI", hide_env_values = true, value_name = "REPO")]
@@ -201,6 +208,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 20, env = "AGENT_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub connect_timeout: u64,
 
+    /// Seconds a host of a pool (or the fallback) has to answer before the next one is tried; the
+    /// last one tried has the whole --connect-timeout
+    #[arg(long, default_value_t = 5, env = "AGENT_FAILOVER_TIMEOUT", value_name = "SECONDS")]
+    pub failover_timeout: u64,
+
     /// Seconds the SSH connection may go unanswered before the run fails as a dropped connection
     /// (a keepalive is sent every third of it; a build step may be silent for longer)
     #[arg(long, default_value_t = 45, env = "AGENT_READ_TIMEOUT", value_name = "SECONDS")]
@@ -227,6 +239,10 @@ pub const ENV_ONLY: &[(&str, &str)] = &[
     ("JETS_SSH_KEY", "the SSH private key for the Docker host (secret; may be SSM:/parameter)"),
     ("JETS_SSH_KEY_PASSPHRASE", "the passphrase of an encrypted JETS_SSH_KEY (secret)"),
     ("JETS_SSH_KNOWN", "known_hosts line(s) for the Docker host (may be SSM:/parameter)"),
+    (
+        "AGENT_HOSTS",
+        "a pool of Docker hosts, comma-separated, each may be SSM:/parameter (used instead of DOCKER_HOST; --host wins)",
+    ),
     ("DOCKER_PASS", "the password or token for DOCKER_USER (secret; may be SSM:/parameter)"),
     ("IMAGE_TAG", "a tag added to `latest` when no --tag is given"),
     ("CODEBUILD_RESOLVED_SOURCE_VERSION", "the commit; its first 7 characters tag the image when IMAGE_TAG is unset"),

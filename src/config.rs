@@ -36,8 +36,13 @@ pub struct Sourced<T> {
 /// Everything a run needs, checked.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The daemon to build on.
-    pub host: Sourced<Value<DockerHost>>,
+    /// The pool of daemons to build on, in the order given, without duplicates; never empty (one for
+    /// DOCKER_HOST or the local socket, the common case).
+    pub hosts: Vec<Sourced<Value<DockerHost>>>,
+    /// The daemon to build on when no host of the pool answers.
+    pub fallback_host: Option<Sourced<Value<DockerHost>>>,
+    /// How long a host that has a next one to fail over to may take to answer.
+    pub failover_timeout: Duration,
     /// HTTPS with client certificates for `tcp://` daemons (`DOCKER_TLS_VERIFY`).
     pub tls: Option<Tls>,
     /// How long to wait for a connection.
@@ -148,6 +153,8 @@ pub struct BuildArg {
 /// The names of flags and variables, as messages and the plan show them.
 mod names {
     pub const DOCKER_HOST: &str = "DOCKER_HOST";
+    pub const AGENT_HOSTS: &str = "AGENT_HOSTS";
+    pub const AGENT_FALLBACK_HOST: &str = "AGENT_FALLBACK_HOST";
     pub const JETS_SSH_KEY: &str = "JETS_SSH_KEY";
     pub const JETS_SSH_KEY_PASSPHRASE: &str = "JETS_SSH_KEY_PASSPHRASE";
     pub const JETS_SSH_KNOWN: &str = "JETS_SSH_KNOWN";
@@ -199,25 +206,47 @@ impl Config {
                 .or_else(|| home.as_ref().map(|home| home.join(".docker")))
                 .unwrap_or_else(|| PathBuf::from(".docker")),
         });
-        let host_text = args.host.as_deref().filter(|text| !text.trim().is_empty());
-        let host = match host_text {
-            None => Some(Value::Known(DockerHost::parse("", false).expect("the default host is valid"))),
-            Some(text) => match SsmRef::parse(text) {
-                Ok(Some(reference)) => Some(Value::Ssm(reference)),
-                Ok(None) => match DockerHost::parse(text, tls.is_some()) {
-                    Ok(host) => Some(Value::Known(host)),
-                    Err(error) => {
-                        problems.push(Problem::new(host_origin.subject(), error.message).hint(error.hint));
-                        None
-                    }
-                },
-                Err(message) => {
-                    problems.push(Problem::new(host_origin.subject(), message).hint(SSM_HINT));
-                    None
-                }
-            },
+        // The pool: every --host given, else AGENT_HOSTS, else DOCKER_HOST (a pool of one), else the
+        // local socket.
+        let given: Vec<&str> = args.host.iter().map(|text| text.trim()).filter(|text| !text.is_empty()).collect();
+        let agent_hosts: Vec<&str> = env
+            .get(names::AGENT_HOSTS)
+            .map(|text| text.split(',').map(str::trim).filter(|entry| !entry.is_empty()).collect())
+            .unwrap_or_default();
+        let (entries, pool_origin) = match host_origin {
+            Origin::Flag(_) if !given.is_empty() => (given, host_origin),
+            _ if !agent_hosts.is_empty() => (agent_hosts, Origin::Env(names::AGENT_HOSTS)),
+            _ if !given.is_empty() => (given, host_origin),
+            _ => (Vec::new(), Origin::Default),
         };
-        let host_origin = if host_text.is_none() { Origin::Default } else { host_origin };
+        let problems_before_hosts = problems.len();
+        let mut hosts = Vec::new();
+        for text in &entries {
+            if let Some(value) = host_value(text, tls.is_some(), &pool_origin, &mut problems) {
+                if !hosts.iter().any(|seen: &Sourced<Value<DockerHost>>| seen.value == value) {
+                    hosts.push(Sourced { value, origin: pool_origin.clone() });
+                }
+            }
+        }
+        if entries.is_empty() {
+            let local = DockerHost::parse("", false).expect("the default host is valid");
+            hosts.push(Sourced { value: Value::Known(local), origin: Origin::Default });
+        }
+        let hosts = (problems.len() == problems_before_hosts).then_some(hosts);
+        let fallback_origin = origins.origin("fallback_host", "--fallback-host", Some(names::AGENT_FALLBACK_HOST));
+        let fallback_host = args
+            .fallback_host
+            .as_deref()
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+            .and_then(|text| host_value(text, tls.is_some(), &fallback_origin, &mut problems))
+            .map(|value| Sourced { value, origin: fallback_origin });
+        if args.failover_timeout == 0 {
+            problems.push(
+                Problem::new("--failover-timeout", "the timeout is 0 seconds")
+                    .hint("give a number of seconds above 0, e.g. 5"),
+            );
+        }
         if args.read_timeout < 3 {
             problems.push(
                 Problem::new("--read-timeout", format!("{} seconds is too short", args.read_timeout))
@@ -444,12 +473,14 @@ impl Config {
             .or_else(|| home.as_ref().map(|home| home.join(".docker")))
             .unwrap_or_else(|| PathBuf::from("/root/.docker"));
 
-        match (host, ssh_key_file, known_hosts_file, image, tags, build) {
-            (Some(host), Some(ssh_key_file), Some(known_hosts_file), Some(image), Some(tags), Some(build))
+        match (hosts, ssh_key_file, known_hosts_file, image, tags, build) {
+            (Some(hosts), Some(ssh_key_file), Some(known_hosts_file), Some(image), Some(tags), Some(build))
                 if problems.is_empty() =>
             {
                 Ok(Config {
-                    host: Sourced { value: host, origin: host_origin },
+                    hosts,
+                    fallback_host,
+                    failover_timeout: Duration::from_secs(args.failover_timeout.min(args.connect_timeout)),
                     tls,
                     connect_timeout: Duration::from_secs(args.connect_timeout),
                     read_timeout: Duration::from_secs(args.read_timeout),
@@ -484,8 +515,10 @@ impl Config {
     /// Every `SSM:` reference in the configuration, with the variable that holds it, in a stable order.
     pub fn ssm_references(&self) -> Vec<(&Origin, &SsmRef)> {
         let mut references = Vec::new();
-        if let Value::Ssm(reference) = &self.host.value {
-            references.push((&self.host.origin, reference));
+        for host in self.hosts.iter().chain(&self.fallback_host) {
+            if let Value::Ssm(reference) = &host.value {
+                references.push((&host.origin, reference));
+            }
         }
         if let Some(Sourced { value: Value::Ssm(reference), origin }) = &self.ssh_key {
             references.push((origin, reference));
@@ -551,6 +584,25 @@ const REGISTRY_HINT: &str =
 /// into Parameter Store or a file often carries (`\n`, `\r\n`), which a registry would refuse.
 pub fn password_text(text: &str) -> &str {
     text.trim_end_matches(['\r', '\n'])
+}
+
+/// One daemon address as given: an `SSM:` reference kept for later, or a parsed address; `None` with
+/// the problem recorded.
+fn host_value(text: &str, tls: bool, origin: &Origin, problems: &mut Vec<Problem>) -> Option<Value<DockerHost>> {
+    match SsmRef::parse(text) {
+        Ok(Some(reference)) => Some(Value::Ssm(reference)),
+        Ok(None) => match DockerHost::parse(text, tls) {
+            Ok(host) => Some(Value::Known(host)),
+            Err(error) => {
+                problems.push(Problem::new(origin.subject(), error.message).hint(error.hint));
+                None
+            }
+        },
+        Err(message) => {
+            problems.push(Problem::new(origin.subject(), message).hint(SSM_HINT));
+            None
+        }
+    }
 }
 
 fn secret_value(text: &str, name: &'static str, problems: &mut Vec<Problem>) -> Option<Value<Secret>> {
@@ -919,13 +971,58 @@ pub(crate) mod tests {
     fn minimal_config_has_defaults() {
         let dir = fixture();
         let config = config(&["--image", "app"], &[], dir.path()).unwrap();
-        assert_eq!(config.host.value, Value::Known(DockerHost::Unix { path: "/var/run/docker.sock".into() }));
-        assert_eq!(config.host.origin, Origin::Default);
+        assert_eq!(config.hosts.len(), 1);
+        assert_eq!(config.hosts[0].value, Value::Known(DockerHost::Unix { path: "/var/run/docker.sock".into() }));
+        assert_eq!(config.hosts[0].origin, Origin::Default);
+        assert!(config.fallback_host.is_none());
         assert_eq!(config.tags.value, ["latest"]);
         assert_eq!(config.ssh_key_file.value, PathBuf::from("/home/ci/.ssh/id_rsa"));
         assert_eq!(config.build.dockerfile, dir.path().join("Dockerfile"));
         assert!(config.registry_login.is_none() && config.ecr_logins.is_empty());
         assert!(config.push);
+    }
+
+    #[test]
+    fn the_pool_comes_from_the_flags_then_agent_hosts_then_docker_host() {
+        let dir = fixture();
+        let pool = |argv: &[&str], env: &[(&str, &str)]| {
+            let mut all = vec!["--image", "app"];
+            all.extend_from_slice(argv);
+            let config = config(&all, env, dir.path()).unwrap();
+            let hosts: Vec<String> = config.hosts.iter().map(|host| show(&host.value)).collect();
+            (hosts, config.hosts[0].origin.clone())
+        };
+        let env = [("AGENT_HOSTS", " ssh://a.example.com , SSM:/ci/b,,ssh://a.example.com")];
+        assert_eq!(
+            pool(&[], &env),
+            (vec!["ssh://a.example.com:22/var/run/docker.sock".into(), "SSM:/ci/b".into()], Origin::Env("AGENT_HOSTS"))
+        );
+        assert_eq!(
+            pool(&["--host", "tcp://h1:2375", "--host", "tcp://h2:2375"], &env),
+            (vec!["tcp://h1:2375".into(), "tcp://h2:2375".into()], Origin::Flag("--host"))
+        );
+        assert_eq!(pool(&[], &[]), (vec!["unix:///var/run/docker.sock".into()], Origin::Default));
+        let config = config(
+            &["--image", "app", "--fallback-host", "unix:///var/run/docker.sock", "--failover-timeout", "60"],
+            &[],
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.fallback_host.unwrap().value,
+            Value::Known(DockerHost::Unix { path: crate::docker_host::DEFAULT_SOCKET.into() })
+        );
+        assert_eq!(config.failover_timeout, Duration::from_secs(20), "at most the connect timeout");
+        let found = problems(&["--image", "app", "--failover-timeout", "0"], &[("AGENT_HOSTS", "ssh://ok,ftp://no")]);
+        let subjects: Vec<&str> = found.iter().map(|(subject, _)| subject.as_str()).collect();
+        assert_eq!(subjects, ["AGENT_HOSTS", "--failover-timeout"]);
+    }
+
+    fn show(value: &Value<DockerHost>) -> String {
+        match value {
+            Value::Known(host) => host.to_string(),
+            Value::Ssm(reference) => reference.to_string(),
+        }
     }
 
     #[test]

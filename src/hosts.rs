@@ -1,14 +1,16 @@
 //! The hosts a run builds on: one or more Docker daemons, each with its target, its connection
 //! and what its check learnt (like buildx's nodes). A run has one [`Slot`] per build (one per
 //! platform; one for a single-platform run), each with the targets that may take it, in the order
-//! they are tried. The connect step fills every slot at once, one SSH connection per distinct
-//! target; one host, the common case, is one slot of one candidate and costs nothing extra.
+//! they are tried ([`pool_candidates`]: the pool in the order the image hashes to, then the
+//! fallback). The connect step fills every slot at once, one SSH connection per distinct target,
+//! passing over a candidate that does not answer to the next ([`Hosts::connect_with_failover`]);
+//! one host, the common case, is one slot of one candidate and costs nothing extra.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 
 use crate::account;
 use crate::config::Tls;
@@ -16,6 +18,7 @@ use crate::daemon::{Daemon, Facts};
 use crate::disk::DiskUseWatch;
 use crate::docker_host::DockerHost;
 use crate::error::{ConnectClass, Error, Problem, Result};
+use crate::resolve::Resolved;
 use crate::secrets::Secret;
 use crate::ssh::key::SshKey;
 use crate::ssh::login::{login_keys, trusted_hosts};
@@ -75,31 +78,164 @@ pub struct Hosts {
     slots: Vec<usize>,
     /// The disk use of each host, asked once its check passed, still to come.
     disk_use: Vec<DiskUseWatch>,
+    /// The candidates that did not answer, passed over for the next.
+    failed: Vec<FailedHost>,
+}
+
+/// A host of a slot that did not answer, and why; the next candidate took the slot.
+#[derive(Debug, Clone)]
+pub struct FailedHost {
+    pub target: DockerHost,
+    /// The error, as the log shows it (redacted like every output).
+    pub reason: String,
+    /// The error's exit class (`connection-refused`, `timeout`, …).
+    pub class: &'static str,
+}
+
+/// The candidates of a build without a host of its own: the pool's hosts in the order the image's
+/// repository hashes them to (see [`crate::affinity`]), then the fallback, if any and not in the
+/// pool already. Every one is reached with the shared JETS_SSH_KEY and JETS_SSH_KNOWN.
+pub fn pool_candidates(resolved: &Resolved, repository: &str) -> Vec<Candidate> {
+    let names: Vec<String> = resolved.hosts.iter().map(DockerHost::to_string).collect();
+    let candidate = |target: &DockerHost| Candidate {
+        target: target.clone(),
+        ssh_key: resolved.ssh_key.clone(),
+        known_hosts: resolved.known_hosts.clone(),
+    };
+    let mut candidates: Vec<Candidate> =
+        crate::affinity::order(&names, repository).into_iter().map(|index| candidate(&resolved.hosts[index])).collect();
+    if let Some(fallback) = resolved.fallback_host.as_ref().filter(|fallback| !resolved.hosts.contains(fallback)) {
+        candidates.push(candidate(fallback));
+    }
+    candidates
+}
+
+/// Whether an error means that the host does not answer (down, unreachable, not serving the daemon),
+/// so that the next candidate may take its build. A host-key failure never is: a changed key stops the
+/// run. Neither is a refused SSH key, a TLS failure or a daemon that is too old: those are the
+/// configuration's, the same on every try, and failing over would hide them behind a slower, colder
+/// build.
+pub fn is_not_answering(error: &Error) -> bool {
+    match error {
+        Error::Connect { class, .. } => !matches!(class, ConnectClass::Tls),
+        Error::Ssh { .. } | Error::RemoteSocket { .. } | Error::Daemon { .. } => true,
+        _ => false,
+    }
 }
 
 impl Hosts {
-    /// Fills every slot at once with its first candidate (slots naming the same target share its
-    /// connection); the first failure is the outcome.
+    /// Fills every slot at once, each with its first candidate that answers within the connect
+    /// timeout; see [`Hosts::connect_with_failover`].
     pub async fn connect(slots: &[Slot], access: &Access<'_>) -> Result<Hosts> {
-        let mut distinct: Vec<&Candidate> = Vec::new();
-        let mut chosen = Vec::with_capacity(slots.len());
-        for slot in slots {
-            let candidate =
-                slot.candidates.first().ok_or_else(|| Error::Internal(format!("slot {:?} has no host", slot.name)))?;
-            let index = match distinct.iter().position(|seen| seen.target == candidate.target) {
-                Some(index) => index,
-                None => {
-                    distinct.push(candidate);
-                    distinct.len() - 1
-                }
-            };
-            chosen.push(index);
-        }
-        if distinct.is_empty() {
+        Hosts::connect_with_failover(slots, access, access.connect_timeout).await
+    }
+
+    /// Fills every slot at once, trying its candidates in order: a candidate with a next one has
+    /// `failover_timeout` to connect (its daemon is checked too, so that a host whose sshd answers
+    /// but whose daemon does not is passed over), the last one the whole connect timeout. A candidate
+    /// that does not answer ([`is_not_answering`]) is recorded and the next one takes the slot, with a
+    /// warning; any other failure is the outcome. Slots naming the same target share its connection,
+    /// and a target that failed for one slot is not tried again for another. A slot whose every
+    /// candidate failed fails the run with its first candidate's error (a pool of one: as ever).
+    pub async fn connect_with_failover(
+        slots: &[Slot],
+        access: &Access<'_>,
+        failover_timeout: Duration,
+    ) -> Result<Hosts> {
+        if slots.is_empty() {
             return Err(Error::Internal("a run without a host".to_string()));
         }
-        let hosts = try_join_all(distinct.iter().map(|candidate| connect(candidate, access))).await?;
-        Ok(Hosts { hosts, slots: chosen, disk_use: Vec::new() })
+        let mut hosts: Vec<Host> = Vec::new();
+        let mut failed: Vec<(FailedHost, Error)> = Vec::new();
+        // For each slot, the index of the candidate being tried.
+        let mut next = vec![0usize; slots.len()];
+        let mut chosen: Vec<Option<usize>> = vec![None; slots.len()];
+        loop {
+            let mut attempts: Vec<(&Candidate, Duration, bool)> = Vec::new();
+            for (index, slot) in slots.iter().enumerate() {
+                while chosen[index].is_none() {
+                    let Some(candidate) = slot.candidates.get(next[index]) else {
+                        let first = slot
+                            .candidates
+                            .first()
+                            .ok_or_else(|| Error::Internal(format!("slot {:?} has no host", slot.name)))?;
+                        let position = failed.iter().position(|(host, _)| host.target == first.target);
+                        let error = match position {
+                            Some(position) => failed.swap_remove(position).1,
+                            None => Error::Internal(format!("slot {:?} failed without an error", slot.name)),
+                        };
+                        return Err(error);
+                    };
+                    if let Some(host) = hosts.iter().position(|host| host.target == candidate.target) {
+                        chosen[index] = Some(host);
+                    } else if failed.iter().any(|(host, _)| host.target == candidate.target) {
+                        next[index] += 1;
+                    } else {
+                        let last = next[index] + 1 == slot.candidates.len();
+                        if !attempts.iter().any(|(seen, ..)| seen.target == candidate.target) {
+                            let timeout = if last { access.connect_timeout } else { failover_timeout };
+                            attempts.push((candidate, timeout, !last));
+                        }
+                        break;
+                    }
+                }
+            }
+            if attempts.is_empty() {
+                break;
+            }
+            let outcomes = join_all(
+                attempts.iter().map(|(candidate, timeout, check)| attempt(candidate, access, *timeout, *check)),
+            )
+            .await;
+            for ((candidate, ..), outcome) in attempts.iter().zip(outcomes) {
+                match outcome {
+                    Ok(host) => hosts.push(host),
+                    Err(error) if is_not_answering(&error) => {
+                        let reason = crate::secrets::redact(&error.to_string());
+                        let code = error.exit_code();
+                        let class =
+                            crate::error::exit::TABLE.iter().find(|row| row.0 == code).map_or("error", |row| row.1);
+                        let host = FailedHost { target: candidate.target.clone(), reason, class };
+                        failed.push((host, error));
+                    }
+                    Err(error) => {
+                        // The hosts connected so far are dropped with their connections.
+                        return Err(error);
+                    }
+                }
+            }
+            // Say who took each slot whose candidate failed in this round.
+            for (index, slot) in slots.iter().enumerate() {
+                if chosen[index].is_none() {
+                    if let Some(candidate) = slot.candidates.get(next[index]) {
+                        if let Some((host, _)) = failed.iter().find(|(host, _)| host.target == candidate.target) {
+                            let after = slot.candidates[next[index] + 1..]
+                                .iter()
+                                .find(|next| !failed.iter().any(|(host, _)| host.target == next.target))
+                                .map(|next| format!("{} takes the build", next.target))
+                                .unwrap_or_else(|| "no other host is left to take the build".to_string());
+                            let what = if slot.name.is_empty() { String::new() } else { format!(" ({})", slot.name) };
+                            tracing::warn!(
+                                "{} did not answer{what}: {} [{}]; {after}",
+                                host.target,
+                                host.reason,
+                                host.class
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let slots = chosen
+            .into_iter()
+            .map(|host| host.ok_or_else(|| Error::Internal("a slot was left without a host".to_string())))
+            .collect::<Result<Vec<usize>>>()?;
+        Ok(Hosts { hosts, slots, failed: failed.into_iter().map(|(host, _)| host).collect(), disk_use: Vec::new() })
+    }
+
+    /// The hosts that did not answer, in the order they were tried.
+    pub fn failed(&self) -> &[FailedHost] {
+        &self.failed
     }
 
     /// The host slot `slot` builds on.
@@ -112,9 +248,10 @@ impl Hosts {
         self.hosts.iter()
     }
 
-    /// Checks every daemon at once, keeping what each check learnt.
+    /// Checks every daemon at once, keeping what each check learnt (a host checked while it was
+    /// connected, to fail over past it, is not asked again).
     pub async fn check(&mut self) -> Result<()> {
-        try_join_all(self.hosts.iter_mut().map(|host| async move {
+        try_join_all(self.hosts.iter_mut().filter(|host| host.facts.is_none()).map(|host| async move {
             host.facts = Some(host.daemon.check().await?);
             Ok::<_, Error>(())
         }))
@@ -167,14 +304,22 @@ impl Hosts {
     }
 }
 
-/// One connection to one target.
-async fn connect(candidate: &Candidate, access: &Access<'_>) -> Result<Host> {
+/// One candidate tried: connected within `timeout`, and its daemon checked when `check`.
+async fn attempt(candidate: &Candidate, access: &Access<'_>, timeout: Duration, check: bool) -> Result<Host> {
+    let mut host = connect(candidate, access, timeout).await?;
+    if check {
+        host.facts = Some(host.daemon.check().await?);
+    }
+    Ok(host)
+}
+
+/// One connection to one target, within `timeout` (its daemon's requests get the connect timeout).
+async fn connect(candidate: &Candidate, access: &Access<'_>, timeout: Duration) -> Result<Host> {
     let target = &candidate.target;
-    let timeout = access.connect_timeout;
     let daemon = match target {
-        DockerHost::Unix { path } => Daemon::unix(path, timeout)?,
+        DockerHost::Unix { path } => Daemon::unix(path, access.connect_timeout)?,
         DockerHost::Tcp { host: name, port } => {
-            let daemon = Daemon::tcp(name, *port, access.tls, timeout)?;
+            let daemon = Daemon::tcp(name, *port, access.tls, access.connect_timeout)?;
             // A first connection of our own, so that an unknown name, a refusal or a timeout is
             // reported as such (bollard's errors do not tell them apart).
             match tokio::time::timeout(timeout, connect_tcp("tcp", name, *port)).await {
@@ -204,7 +349,7 @@ async fn connect(candidate: &Candidate, access: &Access<'_>) -> Result<Host> {
             let ssh = SshTarget { host: name.clone(), port: *port, user, socket: socket.clone() };
             let timeouts = Timeouts { connect: timeout, keepalive: access.read_timeout / 3 };
             let session = SshSession::connect(ssh, &keys, known, timeouts).await?;
-            Daemon::over_ssh(Arc::new(session), target.to_string(), timeout)?
+            Daemon::over_ssh(Arc::new(session), target.to_string(), access.connect_timeout)?
         }
     };
     Ok(Host { target: target.clone(), daemon, facts: None })

@@ -9,7 +9,8 @@
 //!   [`resolve::Resolved`] the steps read;
 //! - [`plan`]: the ordered steps a run consists of, printed by `--dry`, executed by `run`;
 //! - [`runner`]: the run-state, and each step handed to the module that does its work;
-//! - [`hosts`]: the daemons a run builds on, connected and checked together;
+//! - [`hosts`]: the daemons a run builds on, connected and checked together, failing over along each
+//!   slot's candidates; [`affinity`]: the order of a pool's hosts for an image (rendezvous hashing);
 //!
 //! then the domain modules the steps call:
 //!
@@ -46,6 +47,8 @@ pub mod plan;
 pub mod runner;
 
 pub mod hosts;
+
+pub mod affinity;
 
 // The domain modules the steps call.
 pub mod ssh;

@@ -25,10 +25,13 @@ pub enum Step {
     InstallKnownHosts { origin: Origin, path: PathBuf, entries: Vec<String> },
     /// Open the connection to the daemon (to each platform's, in a multi-platform run).
     Connect {
+        /// The daemon to build on; with a pool, the host the image hashes to, else the pool's first.
         host: Sourced<Value<DockerHost>>,
         timeout: Duration,
         read_timeout: Duration,
         tls: Option<PathBuf>,
+        /// With a pool or a fallback: how the host is chosen and what takes over.
+        pool: Option<Box<Pool>>,
         /// The platforms of a multi-platform run, each with its own host if it has one; else empty.
         platforms: Vec<crate::platforms::PlatformHost>,
     },
@@ -81,6 +84,21 @@ pub enum Step {
     PruneCache { budget: Sourced<Budget> },
 }
 
+/// A pool of hosts (or one host with a fallback), as the connect step tries them.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// The pool's hosts, in the order given.
+    pub hosts: Vec<Sourced<Value<DockerHost>>>,
+    /// The order in which they are tried for this image (indexes into `hosts`), when every address
+    /// is known before the run (an `SSM:` one is known after step 1).
+    pub order: Option<Vec<usize>>,
+    /// The image repository the order is hashed from.
+    pub repository: String,
+    pub fallback: Option<Sourced<Value<DockerHost>>>,
+    /// How long a host with a next one has to answer.
+    pub failover_timeout: Duration,
+}
+
 /// The steps of a run, in order.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -125,8 +143,29 @@ impl Plan {
                 entries,
             });
         }
+        let repository = config.image.value.to_string();
+        let known: Option<Vec<String>> = config
+            .hosts
+            .iter()
+            .map(|host| match &host.value {
+                Value::Known(host) => Some(host.to_string()),
+                Value::Ssm(_) => None,
+            })
+            .collect();
+        let order = known.map(|names| crate::affinity::order(&names, &repository));
+        let first = order.as_ref().and_then(|order| order.first().copied()).unwrap_or(0);
+        let pool = (config.hosts.len() > 1 || config.fallback_host.is_some()).then(|| {
+            Box::new(Pool {
+                hosts: config.hosts.clone(),
+                order,
+                repository,
+                fallback: config.fallback_host.clone(),
+                failover_timeout: config.failover_timeout,
+            })
+        });
         steps.push(Step::Connect {
-            host: config.host.clone(),
+            pool,
+            host: config.hosts[first].clone(),
             timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             tls: config.tls.as_ref().map(|tls| tls.cert_dir.clone()),
@@ -232,9 +271,15 @@ impl Step {
                 let names: Vec<&str> = platforms.iter().map(|each| each.platform.as_str()).collect();
                 format!("connect to the hosts of {}", names.join(", "))
             }
-            Step::Connect { host, .. } => match &host.value {
-                Value::Known(host) => format!("connect to {host}"),
-                Value::Ssm(reference) => format!("connect to the daemon in {reference}"),
+            Step::Connect { host, pool, .. } => match (&host.value, pool) {
+                (_, Some(pool)) if pool.hosts.len() > 1 && pool.order.is_none() => {
+                    format!("connect to a host of the pool of {}", pool.hosts.len())
+                }
+                (Value::Known(host), Some(pool)) if pool.hosts.len() > 1 => {
+                    format!("connect to {host} (of a pool of {})", pool.hosts.len())
+                }
+                (Value::Known(host), _) => format!("connect to {host}"),
+                (Value::Ssm(reference), _) => format!("connect to the daemon in {reference}"),
             },
             Step::CheckDaemon => "check daemon".to_string(),
             Step::Login { registry, .. } => format!("log in to {}", show(&registry.value)),
@@ -313,7 +358,7 @@ impl Step {
                     path.display()
                 ));
             }
-            Step::Connect { host, timeout, read_timeout, tls, platforms } => {
+            Step::Connect { host, timeout, read_timeout, tls, platforms, pool } => {
                 for each in platforms {
                     let Some(own) = &each.host else {
                         lines.push(format!(
@@ -338,6 +383,13 @@ impl Step {
                 if !platforms.is_empty() && platforms.iter().all(|each| each.host.is_some()) {
                     lines.push(format!("connect timeout {}s", timeout.as_secs()));
                     return lines;
+                }
+                if let Some(pool) = pool {
+                    lines.extend(pool.describe(timeout));
+                    if pool.hosts.len() > 1 && pool.order.is_none() {
+                        lines.push(format!("connect timeout {}s", timeout.as_secs()));
+                        return lines;
+                    }
                 }
                 match &host.value {
                     Value::Known(DockerHost::Ssh { user, host: name, port, socket }) => {
@@ -601,6 +653,52 @@ impl Step {
 impl Sourced<Value<DockerHost>> {
     fn value_text(&self) -> String {
         show(&self.value)
+    }
+}
+
+impl Pool {
+    /// The pool's lines of the plan: its hosts, the order for this image, the fallback.
+    fn describe(&self, connect_timeout: &Duration) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.hosts.len() > 1 {
+            let origin = &self.hosts[0].origin;
+            let names: Vec<String> = self.hosts.iter().map(Sourced::value_text).collect();
+            lines.push(format!("pool of {} hosts (from {origin}): {}", self.hosts.len(), names.join(", ")));
+            match &self.order {
+                Some(order) => {
+                    let ordered: Vec<String> = order.iter().map(|&index| self.hosts[index].value_text()).collect();
+                    lines.push(format!(
+                        "{} hashes to {} (rendezvous hashing of the repository); failover order: {}",
+                        self.repository,
+                        ordered[0],
+                        ordered.join(", ")
+                    ));
+                }
+                None => lines.push(format!(
+                    "the host {} hashes to, and the failover order, are known once step 1 has resolved the addresses",
+                    self.repository
+                )),
+            }
+            lines.push(format!(
+                "a host that does not answer (refused, unreachable, no answer within {}s, its daemon down) passes \
+                 the build to the next; a changed host key, a refused SSH key or a TLS failure stop the run",
+                self.failover_timeout.as_secs()
+            ));
+        }
+        lines.push(match &self.fallback {
+            Some(fallback) => format!(
+                "fallback {} (from {}): when no host of the pool answers, build there (cold cache), with a warning",
+                fallback.value_text(),
+                fallback.origin
+            ),
+            None => "no fallback host: when no host of the pool answers, the run fails".to_string(),
+        });
+        lines.push(format!(
+            "each host but the last tried has {}s to answer, the last {}s",
+            self.failover_timeout.as_secs(),
+            connect_timeout.as_secs()
+        ));
+        lines
     }
 }
 

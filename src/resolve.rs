@@ -18,8 +18,10 @@ use crate::ssh::key::SshKey;
 /// The configuration's values with every `SSM:` reference replaced by what it holds, parsed.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    /// Where the daemon is.
-    pub host: DockerHost,
+    /// The pool of daemons, in the order given, without duplicates; never empty.
+    pub hosts: Vec<DockerHost>,
+    /// The daemon to build on when no host of the pool answers.
+    pub fallback_host: Option<DockerHost>,
     /// JETS_SSH_KEY, parsed (once).
     pub ssh_key: Option<Arc<SshKey>>,
     /// JETS_SSH_KNOWN, checked to hold only known_hosts entries.
@@ -59,9 +61,10 @@ impl Resolved {
     pub fn new(config: &Config, parameters: &BTreeMap<SsmRef, String>) -> Result<Resolved, Error> {
         let mut fields = Fields { parameters, problems: Vec::new() };
         let tls = config.tls.is_some();
-        let host = fields.resolve(&config.host, |text| {
-            DockerHost::parse(text, tls).map_err(|error| (error.message, Some(error.hint.to_string())))
-        });
+        let parse_host =
+            |text: &str| DockerHost::parse(text, tls).map_err(|error| (error.message, Some(error.hint.to_string())));
+        let hosts: Vec<Option<DockerHost>> = config.hosts.iter().map(|host| fields.resolve(host, parse_host)).collect();
+        let fallback_host = config.fallback_host.as_ref().map(|host| fields.resolve(host, parse_host));
         let passphrase = config.ssh_key_passphrase.as_ref();
         let ssh_key = config.ssh_key.as_ref().map(|key| {
             fields.resolve(key, |text| {
@@ -136,6 +139,18 @@ impl Resolved {
             Some((Some(registry), Some(user), Some(password))) => Some(Login { registry, user, password }),
             Some(_) => return Err(missing()),
         };
+        let mut pool: Vec<DockerHost> = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let host = host.ok_or_else(missing)?;
+            // Two parameters may name the same host: it is one host of the pool.
+            if !pool.contains(&host) {
+                pool.push(host);
+            }
+        }
+        if pool.is_empty() {
+            return Err(missing());
+        }
+        let fallback_host = fallback_host.map(|host| host.ok_or_else(missing)).transpose()?;
         let ssh_key = ssh_key.map(|key| key.ok_or_else(missing)).transpose()?;
         let known_hosts = known_hosts.map(|known| known.ok_or_else(missing)).transpose()?;
         let platforms = platforms
@@ -153,7 +168,7 @@ impl Resolved {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        Ok(Resolved { host: host.ok_or_else(missing)?, ssh_key, known_hosts, registry_login, build_secrets, platforms })
+        Ok(Resolved { hosts: pool, fallback_host, ssh_key, known_hosts, registry_login, build_secrets, platforms })
     }
 }
 
@@ -220,7 +235,7 @@ mod tests {
         let dir = fixture();
         let config = config(&["--image", "app", "--host", "tcp://127.0.0.1:2375"], &[], dir.path()).unwrap();
         let resolved = Resolved::new(&config, &BTreeMap::new()).unwrap();
-        assert_eq!(resolved.host, DockerHost::Tcp { host: "127.0.0.1".into(), port: 2375 });
+        assert_eq!(resolved.hosts, [DockerHost::Tcp { host: "127.0.0.1".into(), port: 2375 }]);
         assert!(resolved.ssh_key.is_none() && resolved.known_hosts.is_none() && resolved.registry_login.is_none());
     }
 

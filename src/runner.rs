@@ -12,7 +12,7 @@ use crate::budget::{self, Budget, Pruned};
 use crate::build_mounts::SessionMounts;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::hosts::{Access, Candidate, Hosts, Slot};
+use crate::hosts::{Access, Candidate, Hosts, Slot, pool_candidates};
 use crate::image::{self, BuildStep, metadata::Built};
 use crate::image_index::PlatformImage;
 use crate::plan::{Mode, Step, StepRunner};
@@ -127,10 +127,30 @@ impl<'a> Runner<'a> {
             ssh_key_passphrase: config.ssh_key_passphrase.as_ref(),
             known_hosts_file: &config.known_hosts_file.value,
         };
-        let hosts = Hosts::connect(&slots(resolved), &access).await?;
+        let repository = config.image.value.to_string();
+        let hosts =
+            Hosts::connect_with_failover(&slots(resolved, &repository), &access, config.failover_timeout).await?;
+        let single = resolved.platforms.is_empty();
+        let target = &hosts.for_slot(0)?.target;
+        if single && !hosts.failed().is_empty() {
+            let failed: Vec<String> =
+                hosts.failed().iter().map(|host| format!("{} ({})", host.target, host.class)).collect();
+            if resolved.fallback_host.as_ref() == Some(target) && !resolved.hosts.contains(target) {
+                tracing::warn!(
+                    "no host of the pool answered ({}): building on the fallback {target}, whose cache may be cold",
+                    failed.join(", ")
+                );
+            } else {
+                tracing::warn!("building on {target}, failed over from {}", failed.join(", "));
+            }
+        }
         let transports: Vec<&str> = hosts.iter().map(|host| host.target.transport()).collect();
+        let mut outcome = format!("connected over {}", transports.join(", "));
+        if single && (resolved.hosts.len() > 1 || resolved.fallback_host.is_some()) {
+            outcome.push_str(&format!(" to {target}"));
+        }
         self.hosts = Some(hosts);
-        Ok(format!("connected over {}", transports.join(", ")))
+        Ok(outcome)
     }
 
     async fn check_hosts(&mut self) -> Result<String> {
@@ -358,6 +378,31 @@ impl<'a> Runner<'a> {
         lines.join("; ")
     }
 
+    /// Where the build ran, for the metadata file: `agent.host`, and when a host did not answer,
+    /// `agent.failed_hosts` (each with why) and `agent.fallback` (whether the fallback built it).
+    fn placement(&mut self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        use serde_json::json;
+        let fallback_host = self.resolved()?.fallback_host.clone();
+        let in_pool = |target| self.resolved.as_ref().is_some_and(|resolved| resolved.hosts.contains(target));
+        let hosts = self.hosts()?;
+        let target = &hosts.for_slot(0)?.target;
+        let mut placement = serde_json::Map::new();
+        placement.insert("agent.host".to_string(), json!(target.to_string()));
+        if !hosts.failed().is_empty() {
+            let failed: Vec<serde_json::Value> = hosts
+                .failed()
+                .iter()
+                .map(|host| json!({ "host": host.target.to_string(), "class": host.class, "error": host.reason }))
+                .collect();
+            placement.insert("agent.failed_hosts".to_string(), json!(failed));
+        }
+        if fallback_host.is_some() {
+            let used = fallback_host.as_ref() == Some(target) && !in_pool(target);
+            placement.insert("agent.fallback".to_string(), json!(used));
+        }
+        Ok(placement)
+    }
+
     /// Closes what the run opened.
     pub async fn finish(&mut self) {
         if let Some(mut hosts) = self.hosts.take() {
@@ -423,11 +468,12 @@ impl StepRunner for Runner<'_> {
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, .. } => {
+                let placement = self.placement()?;
                 let built = self
                     .built
                     .as_ref()
                     .ok_or_else(|| Error::Internal("the metadata step ran before the build".into()))?;
-                image::metadata::write(path, names, *pushed, built, self.pushed_digest.as_deref())?;
+                image::metadata::write(path, names, *pushed, built, self.pushed_digest.as_deref(), &placement)?;
                 format!("wrote {}", path.display())
             }
             Step::PruneCache { budget } => self.prune_cache(&budget.value).await,
@@ -453,21 +499,18 @@ impl StepRunner for Runner<'_> {
     }
 }
 
-/// The candidates of the default host (`DOCKER_HOST` with `JETS_SSH_KEY` / `JETS_SSH_KNOWN`), in
-/// the order they are tried: the one place that says where a build without a host of its own goes.
-pub fn default_candidates(resolved: &Resolved) -> Vec<Candidate> {
-    vec![Candidate {
-        target: resolved.host.clone(),
-        ssh_key: resolved.ssh_key.clone(),
-        known_hosts: resolved.known_hosts.clone(),
-    }]
+/// The candidates of a build without a host of its own, in the order they are tried: the pool
+/// (`--host`, `AGENT_HOSTS` or `DOCKER_HOST`, with `JETS_SSH_KEY` / `JETS_SSH_KNOWN`) in the order
+/// `repository` hashes to, then the fallback — the one place that says where such a build goes.
+pub fn default_candidates(resolved: &Resolved, repository: &str) -> Vec<Candidate> {
+    pool_candidates(resolved, repository)
 }
 
 /// The run's slots: one for a single-platform run; one per platform (named by it) otherwise, on
 /// the platform's own host when it has one, else on the default host.
-fn slots(resolved: &Resolved) -> Vec<Slot> {
+fn slots(resolved: &Resolved, repository: &str) -> Vec<Slot> {
     if resolved.platforms.is_empty() {
-        return vec![Slot { name: String::new(), candidates: default_candidates(resolved) }];
+        return vec![Slot { name: String::new(), candidates: default_candidates(resolved, repository) }];
     }
     resolved
         .platforms
@@ -479,7 +522,7 @@ fn slots(resolved: &Resolved) -> Vec<Slot> {
                     ssh_key: each.ssh_key.clone(),
                     known_hosts: each.known_hosts.clone(),
                 }],
-                None => default_candidates(resolved),
+                None => default_candidates(resolved, repository),
             };
             Slot { name: each.platform.clone(), candidates }
         })

@@ -29,6 +29,7 @@ pub fn write(
     pushed: bool,
     built: &Built,
     digest: Option<&str>,
+    placement: &Map<String, Value>,
 ) -> crate::error::Result<()> {
     let digest = match (pushed, digest) {
         (true, Some(digest)) => Some(digest),
@@ -45,6 +46,7 @@ pub fn write(
         summary: &built.summary,
         context_files: built.context_files,
         context_bytes: built.context_bytes,
+        placement: Some(placement),
     };
     crate::ssh::files::write_atomically(path, metadata.to_text().as_bytes(), 0o644, true)
 }
@@ -86,6 +88,7 @@ pub fn write_platforms(
             summary: &platform.built.summary,
             context_files: platform.built.context_files,
             context_bytes: platform.built.context_bytes,
+            placement: None,
         };
         let mut fields = metadata.to_json();
         if let Value::Object(fields) = &mut fields {
@@ -110,6 +113,8 @@ pub struct BuildMetadata<'a> {
     /// The context after .dockerignore: files and bytes.
     pub context_files: u64,
     pub context_bytes: u64,
+    /// Where the build ran, under `agent.` keys (`agent.host`, `agent.failed_hosts`, `agent.fallback`).
+    pub placement: Option<&'a Map<String, Value>>,
 }
 
 impl BuildMetadata<'_> {
@@ -155,6 +160,9 @@ impl BuildMetadata<'_> {
                 "sent_bytes": self.summary.context.map_or(self.context_bytes, |sent| sent.bytes),
             }),
         );
+        if let Some(placement) = self.placement {
+            object.extend(placement.iter().map(|(key, value)| (key.clone(), value.clone())));
+        }
         Value::Object(object)
     }
 
@@ -192,6 +200,7 @@ mod tests {
             engine: Engine::BuildKit,
             summary: &summary,
             context_files: 3,
+            placement: None,
             context_bytes: 2048,
         };
         assert_eq!(
@@ -222,6 +231,7 @@ mod tests {
             engine: Engine::Classic,
             summary: &summary,
             context_files: 1,
+            placement: None,
             context_bytes: 20,
         };
         let json = metadata.to_json();

@@ -169,6 +169,69 @@ fn dry_run_uses_the_local_socket_by_default() {
     assert!(outcome.stdout.contains("(from default)"), "{}", outcome.stdout);
 }
 
+/// Issue 16: with a pool, the plan shows the pool, the host this image hashes to and the failover
+/// order (the same as the agent computes), and the fallback; `--host` repeated wins over
+/// AGENT_HOSTS, which wins over DOCKER_HOST; an `SSM:` entry leaves the order to the run.
+#[test]
+fn dry_run_shows_the_pool_the_chosen_host_the_failover_order_and_the_fallback() {
+    let (first, second) = (listener(), listener());
+    let hosts = [first.local_addr().unwrap().port(), second.local_addr().unwrap().port()]
+        .map(|port| format!("ssh://ec2-user@127.0.0.1:{port}/var/run/docker.sock"));
+    let image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web";
+    let order = agent::affinity::order(&hosts, image);
+    let outcome = Agent::new()
+        .env("DOCKER_HOST", "ssh://ignored@127.0.0.1:9")
+        .env("AGENT_HOSTS", hosts.join(", "))
+        .env("AGENT_FALLBACK_HOST", "unix:///var/run/docker.sock")
+        .args(["run", "--dry", "--image", image])
+        .run();
+    outcome.expect_code(0);
+    let plan = &outcome.stdout;
+    assert!(plan.contains(&format!("connect to {} (of a pool of 2)", hosts[order[0]])), "{plan}");
+    assert!(plan.contains(&format!("pool of 2 hosts (from env AGENT_HOSTS): {}, {}", hosts[0], hosts[1])), "{plan}");
+    let failover = format!("failover order: {}, {}", hosts[order[0]], hosts[order[1]]);
+    assert!(plan.contains(&format!("{image} hashes to {} ", hosts[order[0]])), "{plan}");
+    assert!(plan.contains(&failover), "{plan}");
+    assert!(plan.contains("fallback unix:///var/run/docker.sock (from env AGENT_FALLBACK_HOST)"), "{plan}");
+    assert!(plan.contains("each host but the last tried has 5s to answer, the last 20s"), "{plan}");
+    assert!(!plan.contains("ignored@"), "DOCKER_HOST is not part of the pool when AGENT_HOSTS is set:\n{plan}");
+    assert_no_connection(&first);
+    assert_no_connection(&second);
+
+    // --host repeated wins over AGENT_HOSTS.
+    let outcome = Agent::new()
+        .env("AGENT_HOSTS", hosts.join(","))
+        .args(["run", "--dry", "--image", image, "--host", "tcp://127.0.0.1:1", "-H", "tcp://127.0.0.1:2"])
+        .run();
+    outcome.expect_code(0);
+    assert!(outcome.stdout.contains("pool of 2 hosts (from flag --host): tcp://127.0.0.1:1, tcp://127.0.0.1:2"));
+    assert!(outcome.stdout.contains("no fallback host: when no host of the pool answers, the run fails"));
+
+    // An address from Parameter Store is known after step 1 only.
+    let outcome = Agent::new()
+        .env("AGENT_HOSTS", format!("{},SSM:/ci/second-host", hosts[0]))
+        .env("AWS_REGION", "eu-west-1")
+        .args(["run", "--dry", "--image", image])
+        .run();
+    outcome.expect_code(0);
+    assert!(outcome.stdout.contains("are known once step 1 has resolved the addresses"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("connect to a host of the pool of 2"), "{}", outcome.stdout);
+}
+
+/// A bad entry of AGENT_HOSTS, a bad fallback and a zero failover timeout are configuration errors.
+#[test]
+fn a_bad_pool_entry_or_fallback_is_a_config_error_listing_each() {
+    let outcome = Agent::new()
+        .env("AGENT_HOSTS", "ssh://a.example.com,ftp://nowhere")
+        .env("AGENT_FALLBACK_HOST", "gopher://x")
+        .args(["run", "--dry", "--image", "app", "--failover-timeout", "0"])
+        .run();
+    outcome.expect_code(3);
+    for subject in ["AGENT_HOSTS", "AGENT_FALLBACK_HOST", "--failover-timeout"] {
+        assert!(outcome.stderr.contains(subject), "{subject}:\n{}", outcome.stderr);
+    }
+}
+
 #[test]
 fn dry_run_shows_the_host_of_each_platform_and_which_spelling_won() {
     let outcome = Agent::new()

@@ -86,3 +86,50 @@ fn slots_naming_the_same_target_share_one_connection() {
     assert_eq!(facts.len(), 2, "two distinct targets, two hosts: {facts:?}");
     assert!(!summary.is_empty());
 }
+
+/// Issue 16: slots whose first candidate is down fail over to their next; a target tried once is
+/// not tried again for another slot, and slots that land on the same target share its connection.
+#[test]
+fn slots_fail_over_past_a_dead_candidate_tried_once_and_share_the_next() {
+    let world = World::shared();
+    let key = std::sync::Arc::new(SshKey::parse(&std::fs::read_to_string(&world.key_ed25519).unwrap(), None).unwrap());
+    let known = std::fs::read_to_string(&world.known_hosts_plain).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let access = Access {
+        connect_timeout: Duration::from_secs(20),
+        read_timeout: Duration::from_secs(45),
+        tls: None,
+        ssh_key_file: &home.path().join(".ssh/id_rsa"),
+        ssh_key_passphrase: None,
+        known_hosts_file: &home.path().join(".ssh/known_hosts"),
+    };
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = DockerHost::parse(&format!("ssh://{}@127.0.0.1:{refused}", world.ssh_user), false).unwrap();
+    let alive = DockerHost::parse(&format!("ssh://{}@127.0.0.1:{}", world.ssh_user, world.ssh_port), false).unwrap();
+    let candidate = |target: &DockerHost| Candidate {
+        target: target.clone(),
+        ssh_key: Some(key.clone()),
+        known_hosts: Some(known.clone()),
+    };
+    let slots: Vec<Slot> = ["linux/amd64", "linux/arm64"]
+        .iter()
+        .map(|name| Slot { name: name.to_string(), candidates: vec![candidate(&dead), candidate(&alive)] })
+        .collect();
+    runtime().block_on(async {
+        let mut hosts = Hosts::connect_with_failover(&slots, &access, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(hosts.iter().count(), 1, "one connection for both slots");
+        assert_eq!(hosts.for_slot(0).unwrap().target, alive);
+        assert_eq!(hosts.for_slot(1).unwrap().target, alive);
+        let failed: Vec<(&DockerHost, &str)> = hosts.failed().iter().map(|host| (&host.target, host.class)).collect();
+        assert_eq!(failed, [(&dead, "connection-refused")], "the dead target is tried once");
+        hosts.check().await.unwrap();
+        hosts.close().await;
+
+        // Every candidate down: the first one's error, as with one host.
+        let slot = Slot { name: String::new(), candidates: vec![candidate(&dead)] };
+        let Err(error) = Hosts::connect_with_failover(&[slot], &access, Duration::from_secs(2)).await else {
+            panic!("connected to a refused port")
+        };
+        assert_eq!(error.exit_code(), 21, "{error}");
+    });
+}

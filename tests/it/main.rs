@@ -16,6 +16,7 @@ mod image;
 mod logins;
 mod parsers;
 mod platform;
+mod pool;
 mod progress;
 mod redaction;
 mod session;

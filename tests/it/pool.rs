@@ -1,0 +1,522 @@
+//! Issue 16: a pool of hosts. Two daemons behind two sshds of the test world (the world's daemon
+//! over the world's sshd, and the "arm64 host", an amd64-native daemon behind its own sshd): each
+//! image lands on the host its repository hashes to, the next by the same hash takes the build
+//! when that host does not answer, and the local daemon is the fallback when none does. A stopped
+//! host is a relay this test starts in front of a world sshd and stops; a dead host is a port with
+//! nothing listening, or a listener that accepts and never speaks. The world's own servers are
+//! never stopped.
+//!
+//! The two sshds accept different client keys, so the runs get no JETS_SSH_KEY: the agent offers
+//! the `~/.ssh/id_*` files, here the world's key as `id_ed25519` and the arm64 host's as `id_ecdsa`
+//! (a key file is read by its content, not its name). JETS_SSH_KNOWN holds both hosts' lines.
+
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent::docker_host::DockerHost;
+
+use crate::agent::{Agent, Outcome};
+use crate::world::{World, read};
+
+/// A TCP relay this test owns, in front of a world sshd: stopping it closes its port and cuts
+/// every connection through it, as a host that goes down.
+struct Relay {
+    port: u16,
+    stopped: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(upstream: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let acceptor = {
+            let (stopped, accepted, streams) = (stopped.clone(), accepted.clone(), streams.clone());
+            std::thread::spawn(move || {
+                while !stopped.load(Ordering::SeqCst) {
+                    let client = match listener.accept() {
+                        Ok((client, _)) => client,
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                        Err(_) => break,
+                    };
+                    client.set_nonblocking(false).unwrap();
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let mut kept = streams.lock().unwrap();
+                    kept.push(client.try_clone().unwrap());
+                    kept.push(server.try_clone().unwrap());
+                    drop(kept);
+                    for (mut from, mut to) in
+                        [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                    {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Write);
+                        });
+                    }
+                }
+                // The listener is dropped here: the port refuses from now on.
+            })
+        };
+        Relay { port, stopped, accepted, streams, acceptor: Some(acceptor) }
+    }
+
+    /// Closes the port and cuts every connection through it.
+    fn stop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.join().unwrap();
+        }
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Connections relayed so far.
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The test world's two SSH hosts as a pool, and how to reach them.
+struct Pool {
+    world: &'static World,
+    /// known_hosts lines for every host of the pool (and its relays).
+    known: String,
+}
+
+impl Pool {
+    fn new() -> Pool {
+        let world = World::shared();
+        assert!(world.var("TW_ARM64_DOCKER_HOST").is_some(), "the arm64 host is missing from the world");
+        let known = format!(
+            "{}{}",
+            read(&world.known_hosts_plain),
+            read(Path::new(&self_arm64(world, "TW_ARM64_KNOWN_HOSTS_PLAIN")))
+        );
+        Pool { world, known }
+    }
+
+    /// The world's daemon over the world's sshd, reached at `port` (its own, or a relay's).
+    fn world_host(&self, port: u16) -> String {
+        format!("ssh://{}@127.0.0.1:{port}/var/run/docker.sock", self.world.ssh_user)
+    }
+
+    fn arm64_host(&self) -> String {
+        self_arm64(self.world, "TW_ARM64_DOCKER_HOST")
+    }
+
+    fn arm64_port(&self) -> u16 {
+        self_arm64(self.world, "TW_ARM64_SSH_PORT").parse().unwrap()
+    }
+
+    /// Trust the world sshd's keys at a relay's port too.
+    fn trust_relay(&mut self, relay: &Relay) {
+        let lines = read(&self.world.known_hosts_plain)
+            .replace(&format!("[127.0.0.1]:{}", self.world.ssh_port), &format!("[127.0.0.1]:{}", relay.port));
+        self.known.push_str(&lines);
+    }
+
+    /// A run with both hosts' keys in `~/.ssh` and the pool's known_hosts.
+    fn agent(&self, hosts: &[String]) -> Agent {
+        let agent = Agent::new().env("JETS_SSH_KNOWN", &self.known).env("AGENT_HOSTS", hosts.join(","));
+        let ssh = agent.home.path().join(".ssh");
+        std::fs::create_dir_all(&ssh).unwrap();
+        for (name, key) in [
+            ("id_ed25519", self.world.key_ed25519.clone()),
+            ("id_ecdsa", PathBuf::from(self_arm64(self.world, "TW_ARM64_KEY"))),
+        ] {
+            std::fs::write(ssh.join(name), read(&key)).unwrap();
+            std::fs::set_permissions(ssh.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        }
+        agent
+    }
+
+    /// The daemon socket behind a host of the pool, to look for images.
+    fn socket_of(&self, host: &str) -> PathBuf {
+        if host.contains(&format!(":{}/", self.arm64_port())) {
+            PathBuf::from(self_arm64(self.world, "TW_ARM64_DOCKER_SOCK"))
+        } else {
+            self.world.docker_sock.clone()
+        }
+    }
+}
+
+fn self_arm64(world: &World, key: &str) -> String {
+    world.var(key).unwrap_or_else(|| panic!("{key} missing from the world's env file")).to_string()
+}
+
+/// A host as the agent names it (the address normalised: port and socket written out).
+fn canonical(host: &str) -> String {
+    DockerHost::parse(host, false).unwrap().to_string()
+}
+
+/// `count` image repositories whose chosen host in `pool` is `pool[host]`.
+fn images_hashing_to(pool: &[String], host: usize, count: usize, prefix: &str) -> Vec<String> {
+    let names: Vec<String> = pool.iter().map(|host| canonical(host)).collect();
+    (0..)
+        .map(|n| format!("agent-it/{prefix}-{n}"))
+        .filter(|image| agent::affinity::order(&names, image)[0] == host)
+        .take(count)
+        .collect()
+}
+
+fn nonce() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    )
+}
+
+/// Builds `image` (not pushed) with a metadata file; returns the outcome and the metadata.
+fn build(agent: Agent, image: &str, extra: &[&str]) -> (Outcome, Option<serde_json::Value>) {
+    let metadata = agent.work.path().join("metadata.json");
+    let mut args = vec!["run", "--image", image, "--no-push", "--metadata-file", metadata.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let agent = agent.args(args);
+    let outcome = agent.run();
+    let json = std::fs::read_to_string(&metadata).ok().map(|text| serde_json::from_str(&text).unwrap());
+    (outcome, json)
+}
+
+/// Whether the daemon behind `socket` has `image:latest`.
+fn has_image(socket: &Path, image: &str) -> bool {
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20", "--unix-socket"])
+        .arg(socket)
+        .arg(format!("http://localhost/images/{image}:latest/json"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout) == "200"
+}
+
+fn remove_image(socket: &Path, image: &str) {
+    let _ = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-X", "DELETE", "--max-time", "20", "--unix-socket"])
+        .arg(socket)
+        .arg(format!("http://localhost/images/{image}:latest?force=1"))
+        .output();
+}
+
+/// A context of its own (so the build is the image's, not a cache hit of another test's), with a
+/// RUN step that sleeps `seconds` when given.
+fn app(dir: &Path, nonce: &str, sleep: Option<u32>) -> PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("nonce.txt"), nonce).unwrap();
+    let mut dockerfile = String::from("FROM scratch\n");
+    if let Some(seconds) = sleep {
+        std::fs::copy("/bin/busybox", app.join("busybox")).unwrap();
+        dockerfile.push_str("COPY busybox /bin/busybox\nCOPY nonce.txt /nonce.txt\n");
+        dockerfile.push_str(&format!("RUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"));
+    } else {
+        dockerfile.push_str("COPY nonce.txt /nonce.txt\n");
+    }
+    std::fs::write(app.join("Dockerfile"), dockerfile).unwrap();
+    app
+}
+
+fn built_on(metadata: &Option<serde_json::Value>) -> String {
+    metadata.as_ref().expect("a metadata file")["agent.host"].as_str().expect("agent.host").to_string()
+}
+
+#[test]
+fn the_same_image_lands_on_the_same_host_every_time_and_images_spread_over_both() {
+    let pool = Pool::new();
+    let hosts = [pool.world_host(pool.world.ssh_port), pool.arm64_host()];
+    let run = nonce();
+    let mut landed = Vec::new();
+    for (host, images) in [0, 1].map(|host| (host, images_hashing_to(&hosts, host, 2, &format!("pool-affinity-{run}"))))
+    {
+        for image in images {
+            for attempt in 0..2 {
+                let agent = pool.agent(&hosts);
+                let context = app(agent.work.path(), &format!("{image}-{attempt}"), None);
+                let (outcome, metadata) = build(agent, &image, &["--context", context.to_str().unwrap()]);
+                outcome.expect_code(0);
+                assert_eq!(built_on(&metadata), canonical(&hosts[host]), "{image}, run {attempt}\n{}", outcome.stderr);
+                assert!(metadata.as_ref().unwrap().get("agent.failed_hosts").is_none(), "{metadata:?}");
+                assert!(!outcome.stderr.contains("did not answer"), "{}", outcome.stderr);
+            }
+            let (here, there) = (pool.socket_of(&hosts[host]), pool.socket_of(&hosts[1 - host]));
+            assert!(has_image(&here, &image), "{image} is not on {}", hosts[host]);
+            assert!(!has_image(&there, &image), "{image} is also on {}", hosts[1 - host]);
+            landed.push((here, image));
+        }
+    }
+    for (socket, image) in landed {
+        remove_image(&socket, &image);
+    }
+}
+
+#[test]
+fn when_the_chosen_host_is_stopped_the_next_takes_the_build_and_the_log_and_metadata_say_so() {
+    let mut pool = Pool::new();
+    let mut relay = Relay::start(pool.world.ssh_port);
+    pool.trust_relay(&relay);
+    let hosts = [pool.world_host(relay.port), pool.arm64_host()];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-failover-{}", nonce()))[0];
+
+    // Up: it builds on its own host, through the relay.
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap()]);
+    outcome.expect_code(0);
+    assert_eq!(built_on(&metadata), canonical(&hosts[0]));
+    assert!(relay.accepted() >= 1);
+
+    // Stopped: the next host by the same hash takes it.
+    relay.stop();
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap()]);
+    outcome.expect_code(0);
+    assert_eq!(built_on(&metadata), canonical(&hosts[1]));
+    let failed = &metadata.as_ref().unwrap()["agent.failed_hosts"];
+    assert_eq!(failed[0]["host"], canonical(&hosts[0]), "{failed}");
+    assert_eq!(failed[0]["class"], "connection-refused", "{failed}");
+    let warning = format!("{} did not answer", canonical(&hosts[0]));
+    assert!(outcome.stderr.contains(&warning), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains(&format!("{} takes the build", canonical(&hosts[1]))), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("refused"), "{}", outcome.stderr);
+    assert!(has_image(&pool.socket_of(&hosts[1]), image));
+    remove_image(&pool.world.docker_sock, image);
+    remove_image(&pool.socket_of(&hosts[1]), image);
+}
+
+#[test]
+fn a_host_that_accepts_but_never_speaks_costs_the_failover_timeout_and_no_more() {
+    let pool = Pool::new();
+    // Accepted by the kernel, never read: the SSH handshake gets no banner.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_host = pool.world_host(silent.local_addr().unwrap().port());
+    let hosts = [silent_host, pool.world_host(pool.world.ssh_port)];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-silent-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap(), "--failover-timeout", "2"]);
+    outcome.expect_code(0);
+    assert_eq!(built_on(&metadata), canonical(&hosts[1]));
+    assert_eq!(metadata.as_ref().unwrap()["agent.failed_hosts"][0]["class"], "timeout");
+    assert!(outcome.stderr.contains("no answer within 2s"), "{}", outcome.stderr);
+    // 2 s for the silent host, then a normal run (about a second here).
+    assert!(outcome.elapsed < Duration::from_secs(12), "took {:?}", outcome.elapsed);
+    remove_image(&pool.world.docker_sock, image);
+}
+
+#[test]
+fn when_no_host_of_the_pool_answers_the_fallback_builds_with_a_warning_naming_them() {
+    let pool = Pool::new();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hosts = [pool.world_host(refused), pool.world_host(silent.local_addr().unwrap().port())];
+    let image = format!("agent-it/pool-fallback-{}", nonce());
+    let agent = pool.agent(&hosts).env("AGENT_FALLBACK_HOST", format!("unix://{}", pool.world.docker_sock.display()));
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) =
+        build(agent, &image, &["--context", context.to_str().unwrap(), "--failover-timeout", "2"]);
+    outcome.expect_code(0);
+    let metadata = metadata.unwrap();
+    assert_eq!(metadata["agent.host"], format!("unix://{}", pool.world.docker_sock.display()));
+    assert_eq!(metadata["agent.fallback"], true);
+    let failed: Vec<&str> =
+        metadata["agent.failed_hosts"].as_array().unwrap().iter().map(|host| host["host"].as_str().unwrap()).collect();
+    let mut expected: Vec<String> = hosts.iter().map(|host| canonical(host)).collect();
+    let mut found: Vec<String> = failed.iter().map(|host| host.to_string()).collect();
+    expected.sort();
+    found.sort();
+    assert_eq!(found, expected);
+    assert!(outcome.stderr.contains("no host of the pool answered"), "{}", outcome.stderr);
+    for host in &hosts {
+        assert!(outcome.stderr.contains(&canonical(host)), "{}", outcome.stderr);
+    }
+    assert!(has_image(&pool.world.docker_sock, &image));
+    remove_image(&pool.world.docker_sock, &image);
+
+    // Without the fallback the run fails as a pool of one would: with the chosen host's class.
+    let agent = pool.agent(&hosts);
+    let (outcome, _) = build(agent, &image, &["--failover-timeout", "2", "--connect-timeout", "3"]);
+    let names: Vec<String> = hosts.iter().map(|host| canonical(host)).collect();
+    let chosen = agent::affinity::order(&names, &image)[0];
+    outcome.expect_code(if chosen == 0 { 21 } else { 22 });
+    assert!(outcome.stderr.contains("error: failed to connect to ssh://127.0.0.1"), "{}", outcome.stderr);
+}
+
+#[test]
+fn a_changed_host_key_on_the_chosen_host_stops_the_run_and_does_not_fail_over() {
+    let mut pool = Pool::new();
+    // The arm64 host's port with the world sshd's keys: the arm64 sshd presents another key.
+    let arm64 = format!("[127.0.0.1]:{}", pool.arm64_port());
+    let world = format!("[127.0.0.1]:{}", pool.world.ssh_port);
+    pool.known = format!(
+        "{}{}",
+        read(&pool.world.known_hosts_plain),
+        read(&pool.world.known_hosts_plain).replace(&world, &arm64)
+    );
+    let hosts = [pool.world_host(pool.world.ssh_port), pool.arm64_host()];
+    let image = &images_hashing_to(&hosts, 1, 1, &format!("pool-key-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    let (outcome, metadata) = build(agent, image, &[]);
+    outcome.expect_code(24);
+    assert!(outcome.stderr.contains("has changed"), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("did not answer"), "{}", outcome.stderr);
+    assert!(metadata.is_none());
+    assert!(!has_image(&pool.world.docker_sock, image));
+}
+
+#[test]
+fn eight_concurrent_runs_land_on_their_hosts_and_with_one_host_stopped_mid_way_the_rest_fail_over() {
+    let mut pool = Pool::new();
+    let mut relay = Relay::start(pool.world.ssh_port);
+    pool.trust_relay(&relay);
+    let hosts = [pool.world_host(relay.port), pool.arm64_host()];
+    let run = nonce();
+    let on_world = images_hashing_to(&hosts, 0, 4, &format!("pool-eight-{run}"));
+    let on_arm64 = images_hashing_to(&hosts, 1, 4, &format!("pool-eight-{run}"));
+    let all: Vec<(usize, &String)> =
+        on_world.iter().map(|image| (0, image)).chain(on_arm64.iter().map(|image| (1, image))).collect();
+
+    // Eight agent processes at once, different apps: each lands on its hash's host.
+    let outcomes: Vec<(usize, &String, Outcome, Option<serde_json::Value>)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = all
+            .iter()
+            .map(|&(host, image)| {
+                let agent = pool.agent(&hosts);
+                let context = app(agent.work.path(), &format!("{image}-first"), None);
+                scope.spawn(move || {
+                    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap()]);
+                    (host, image, outcome, metadata)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    for (host, image, outcome, metadata) in &outcomes {
+        outcome.expect_code(0);
+        assert_eq!(built_on(metadata), canonical(&hosts[*host]), "{image}");
+    }
+
+    // Again, and the world host goes down while two of its builds run: those fail with the
+    // connection's class, the runs that start after it fail over, the arm64 host's runs go on.
+    let started = relay.accepted();
+    let slow = 20;
+    let (cut, later) = std::thread::scope(|scope| {
+        let cut: Vec<_> = on_world[..2]
+            .iter()
+            .map(|image| {
+                let agent = pool.agent(&hosts);
+                let context = app(agent.work.path(), &format!("{image}-slow-{}", nonce()), Some(slow));
+                scope.spawn(move || build(agent, image, &["--context", context.to_str().unwrap()]))
+            })
+            .collect();
+        let steady: Vec<_> = on_arm64[..2]
+            .iter()
+            .map(|image| {
+                let agent = pool.agent(&hosts);
+                let context = app(agent.work.path(), &format!("{image}-second"), None);
+                scope.spawn(move || build(agent, image, &["--context", context.to_str().unwrap()]))
+            })
+            .collect();
+        // Both slow runs connected through the relay; give them time to reach their RUN step.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while relay.accepted() < started + 2 {
+            assert!(Instant::now() < deadline, "the slow runs did not connect");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(6));
+        relay.stop();
+        let later: Vec<_> = on_world[2..]
+            .iter()
+            .chain(&on_arm64[2..])
+            .map(|image| {
+                let agent = pool.agent(&hosts);
+                let context = app(agent.work.path(), &format!("{image}-second"), None);
+                scope.spawn(move || build(agent, image, &["--context", context.to_str().unwrap()]))
+            })
+            .collect();
+        let cut: Vec<_> = cut.into_iter().map(|run| run.join().unwrap()).collect();
+        let mut later: Vec<_> = later.into_iter().map(|run| run.join().unwrap()).collect();
+        later.extend(steady.into_iter().map(|run| run.join().unwrap()));
+        (cut, later)
+    });
+    for (outcome, metadata) in &cut {
+        outcome.expect_code(27);
+        assert!(outcome.stderr.contains("the SSH connection to"), "{}", outcome.stderr);
+        assert!(outcome.elapsed < Duration::from_secs(slow as u64 + 30), "took {:?}", outcome.elapsed);
+        assert!(metadata.is_none());
+    }
+    for (outcome, metadata) in &later {
+        outcome.expect_code(0);
+        assert_eq!(built_on(metadata), canonical(&hosts[1]), "{}", outcome.stderr);
+    }
+    let failed_over: Vec<_> =
+        later.iter().filter(|(_, metadata)| metadata.as_ref().unwrap().get("agent.failed_hosts").is_some()).collect();
+    assert_eq!(failed_over.len(), 2, "the two world-host runs that started after it stopped fail over");
+
+    // A rerun of a cut build lands on the next host.
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &format!("{}-rerun", on_world[0]), None);
+    let (outcome, metadata) = build(agent, &on_world[0], &["--context", context.to_str().unwrap()]);
+    outcome.expect_code(0);
+    assert_eq!(built_on(&metadata), canonical(&hosts[1]));
+
+    for image in on_world.iter().chain(&on_arm64) {
+        remove_image(&pool.world.docker_sock, image);
+        remove_image(&pool.socket_of(&hosts[1]), image);
+    }
+}
+
+#[test]
+fn a_host_whose_sshd_answers_but_whose_daemon_is_down_is_passed_over() {
+    let pool = Pool::new();
+    // The world's sshd, a socket where no daemon listens: the candidate's check fails (exit 26 alone).
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let down = format!("ssh://{}@127.0.0.1:{}{}", pool.world.ssh_user, pool.world.ssh_port, socket.display());
+    let hosts = [down, pool.arm64_host()];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-daemon-down-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap()]);
+    outcome.expect_code(0);
+    assert_eq!(built_on(&metadata), canonical(&hosts[1]));
+    assert_eq!(metadata.as_ref().unwrap()["agent.failed_hosts"][0]["class"], "remote-socket", "{metadata:?}");
+    remove_image(&pool.socket_of(&hosts[1]), image);
+}
+
+/// A refused SSH key is the configuration's, the same on every try: the run stops (exit 25) rather
+/// than building elsewhere and hiding it.
+#[test]
+fn a_refused_ssh_key_stops_the_run_and_does_not_fail_over() {
+    let pool = Pool::new();
+    let hosts = [pool.world_host(pool.world.ssh_port), pool.arm64_host()];
+    let image = &images_hashing_to(&hosts, 1, 1, &format!("pool-auth-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    // Only the world's key: the arm64 host refuses it.
+    std::fs::remove_file(agent.home.path().join(".ssh/id_ecdsa")).unwrap();
+    let (outcome, metadata) = build(agent, image, &[]);
+    outcome.expect_code(25);
+    assert!(!outcome.stderr.contains("did not answer"), "{}", outcome.stderr);
+    assert!(metadata.is_none());
+}
