@@ -66,8 +66,8 @@ pub enum Step {
     },
     /// One image index naming every platform's pushed image, under each tag.
     PushIndex { image: crate::image_ref::Repository, tags: Vec<String>, platforms: Vec<String> },
-    /// Push one tag.
-    Push { reference: String, registry: String },
+    /// Push the tags of the image, all at once (the daemon uploads the layers they share once).
+    Push { references: Vec<String>, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
     WriteImageDefinitions { path: PathBuf, container: String, image_uri: String },
     /// Write the build's metadata as JSON with buildx's keys (`--metadata-file`).
@@ -225,9 +225,8 @@ impl Plan {
             steps.push(Step::Tag { source: first.clone(), target: image.with_tag(tag) });
         }
         if config.push {
-            for tag in tags {
-                steps.push(Step::Push { reference: image.with_tag(tag), registry: image.registry().to_string() });
-            }
+            let references = tags.iter().map(|tag| image.with_tag(tag)).collect();
+            steps.push(Step::Push { references, registry: image.registry().to_string() });
         }
     }
 
@@ -293,7 +292,7 @@ impl Step {
             Step::PushIndex { image, tags, .. } => {
                 format!("push the image index {image} ({} tag{})", tags.len(), if tags.len() == 1 { "" } else { "s" })
             }
-            Step::Push { reference, .. } => format!("push {reference}"),
+            Step::Push { references, .. } => format!("push {}", references.join(", ")),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
             Step::WriteMetadata { .. } => "write build metadata".to_string(),
             Step::PruneCache { budget } => format!("keep the build cache within {}", budget.value.text),
@@ -599,7 +598,15 @@ impl Step {
                 lines.push(format!("pushed by the agent to {} under {}", image.registry(), tags.join(", ")));
                 lines.push("with the run's login for that registry (basic auth, or the bearer-token flow)".to_string());
             }
-            Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
+            Step::Push { references, registry } => {
+                lines.push(format!("to registry {registry}"));
+                if references.len() > 1 {
+                    lines.push(format!(
+                        "the {} tags at once, one push each; the daemon uploads the layers they share once",
+                        references.len()
+                    ));
+                }
+            }
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 lines.push(format!("write {} (atomically)", path.display()));
                 lines.push(crate::image_definitions::render(container, image_uri));

@@ -143,6 +143,21 @@ enum Fault {
     Unavailable,
     /// The connection closed without an answer: the registry went away.
     Dropped,
+    /// Not a fault: each picked request is held until this many picked requests are in flight
+    /// together (or [`GATHER_WAIT`] has passed), then passed through; shows what comes at once.
+    Gather(usize),
+}
+
+/// How long [`Fault::Gather`] holds a request for the others.
+const GATHER_WAIT: Duration = Duration::from_secs(10);
+
+/// The picked requests [`Fault::Gather`] has seen, and the most that were in flight together.
+#[derive(Default)]
+struct Gathering {
+    /// Picked requests: (arrived so far, in flight now).
+    counts: std::sync::Mutex<(usize, usize)>,
+    all_there: std::sync::Condvar,
+    most_together: std::sync::atomic::AtomicUsize,
 }
 
 /// A loopback proxy in front of a registry that answers the requests `picks` chooses with a
@@ -151,6 +166,9 @@ enum Fault {
 struct FaultProxy {
     port: u16,
     remaining: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    gathering: std::sync::Arc<Gathering>,
+    /// Every request's method and path, in the order they came.
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 impl FaultProxy {
@@ -160,20 +178,33 @@ impl FaultProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let remaining = Arc::new(AtomicUsize::new(count));
-        let faults = remaining.clone();
+        let gathering = Arc::new(Gathering::default());
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (faults, gather, seen) = (remaining.clone(), gathering.clone(), requests.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let faults = faults.clone();
+                let (faults, gather, seen) = (faults.clone(), gather.clone(), seen.clone());
                 std::thread::spawn(move || {
                     let pick = |method: &str, path: &str| {
+                        seen.lock().unwrap().push((method.to_string(), path.to_string()));
                         picks(method, path)
                             && faults.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
                     };
-                    let _ = proxy_one(client, upstream, fault, pick);
+                    let _ = proxy_one(client, upstream, fault, pick, &gather);
                 });
             }
         });
-        FaultProxy { port, remaining }
+        FaultProxy { port, remaining, gathering, requests }
+    }
+
+    /// The most picked requests that were in flight together ([`Fault::Gather`]).
+    fn most_together(&self) -> usize {
+        self.gathering.most_together.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every request's method and path, in the order they came.
+    fn requests(&self) -> Vec<(String, String)> {
+        self.requests.lock().unwrap().clone()
     }
 
     /// No more faults: everything passes through.
@@ -187,6 +218,7 @@ fn proxy_one(
     upstream: u16,
     fault: Fault,
     pick: impl Fn(&str, &str) -> bool,
+    gathering: &Gathering,
 ) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let mut buffer = Vec::new();
@@ -210,10 +242,15 @@ fn proxy_one(
     let mut words = head.split_whitespace();
     let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     if pick(method, path) {
-        if let Fault::Unavailable = fault {
-            client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        match fault {
+            Fault::Unavailable => {
+                client
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+                return client.shutdown(std::net::Shutdown::Both);
+            }
+            Fault::Dropped => return client.shutdown(std::net::Shutdown::Both),
+            Fault::Gather(count) => gathering.gather(count),
         }
-        return client.shutdown(std::net::Shutdown::Both);
     }
     let mut request: String = head
         .split("\r\n")
@@ -231,6 +268,20 @@ fn proxy_one(
     });
     std::io::copy(&mut server, &mut client)?;
     client.shutdown(std::net::Shutdown::Both)
+}
+
+impl Gathering {
+    /// Waits until `count` requests have arrived, or [`GATHER_WAIT`] has passed.
+    fn gather(&self, count: usize) {
+        let mut counts = self.counts.lock().unwrap();
+        counts.0 += 1;
+        counts.1 += 1;
+        self.most_together.fetch_max(counts.1, std::sync::atomic::Ordering::SeqCst);
+        self.all_there.notify_all();
+        let (mut counts, _) =
+            self.all_there.wait_timeout_while(counts, GATHER_WAIT, |counts| counts.0 < count).unwrap();
+        counts.1 -= 1;
+    }
 }
 
 /// Whether a request uploads a manifest: the last request of a push, after its layers.
@@ -437,4 +488,48 @@ fn an_ssh_host_that_stops_answering_mid_build_fails_after_the_read_timeout_and_a
         .args(["run", "--image", "agent-it/fault-silent", "--no-push", "--context", app.to_str().unwrap()])
         .run()
         .expect_code(0);
+}
+
+/// The tags of one build are pushed at once: the three manifests reach the registry together
+/// (a proxy holds each until the others come), and every layer the tags share is uploaded once.
+#[test]
+fn the_tags_of_one_build_are_pushed_at_once_and_their_shared_layers_uploaded_once() {
+    let registry = own_registry();
+    let proxy = FaultProxy::start(registry.port, Fault::Gather(3), usize::MAX, manifest_upload);
+    let repository = format!("127.0.0.1:{}/agent-it/pushed-together", proxy.port);
+    let agent = Agent::new().env("DOCKER_HOST", "unix:///var/run/docker.sock");
+    let app = slow_app(agent.work.path(), 0, &nonce());
+    let metadata = agent.work.path().join("build.json");
+    let agent = agent.args(["run", "--image", &repository, "--tag", "a", "--tag", "b", "--tag", "c"]).args([
+        "--context",
+        app.to_str().unwrap(),
+        "--metadata-file",
+        metadata.to_str().unwrap(),
+    ]);
+    let outcome = agent.run();
+    outcome.expect_code(0);
+    crate::world::remove_images_after_the_run(&[
+        &format!("{repository}:a"),
+        &format!("{repository}:b"),
+        &format!("{repository}:c"),
+    ]);
+    assert_eq!(proxy.most_together(), 3, "the manifests came one by one:\n{}", outcome.stderr);
+    assert_eq!(registry_tags(registry.port, "agent-it/pushed-together"), ["a", "b", "c"]);
+    let step = format!("push {repository}:a, {repository}:b, {repository}:c: pushed sha256:");
+    assert!(outcome.stderr.contains(&step), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains(" as a, b, c ("), "{}", outcome.stderr);
+
+    // Each blob's upload ends with a PUT naming its digest; only the image config (a few hundred
+    // bytes, the daemon's push sends it per tag) may go up more than once.
+    let metadata: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metadata).unwrap()).unwrap();
+    let config = metadata["containerimage.config.digest"].as_str().unwrap().to_string();
+    let mut uploads: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (method, path) in proxy.requests() {
+        if let Some((_, digest)) = path.split_once("digest=").filter(|_| method == "PUT") {
+            *uploads.entry(digest.replace("%3A", ":")).or_default() += 1;
+        }
+    }
+    uploads.remove(&config);
+    assert!(!uploads.is_empty(), "no layer was uploaded: {:?}", proxy.requests());
+    assert!(uploads.values().all(|count| *count == 1), "a layer went up twice: {uploads:?}");
 }
