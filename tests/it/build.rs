@@ -144,15 +144,21 @@ fn private_base_image(builder: &str) {
             .env("DOCKER_USER", &world.hub_user)
             .env("DOCKER_PASS", world.hub_pass())
     };
-    // The base image, pushed by the agent, then removed from the daemon so that a build pulls it.
-    let agent = hub_login(Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+    // The base image, built and pushed by the agent on another daemon (the world's arm64 host, a
+    // native amd64 dockerd), so that the build here must pull it. Not built here and removed: an
+    // image removed from the shared daemon fails a classic build running beside it (see
+    // crate::world::remove_images_after_the_run).
+    let arm64 = format!("unix://{}", world.var("TW_ARM64_DOCKER_SOCK").expect("TW_ARM64_DOCKER_SOCK"));
+    let agent = hub_login(Agent::new().env("DOCKER_HOST", &arm64));
     let app = example_app(agent.work.path());
     std::fs::write(app.join("Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").unwrap();
     agent.args(["run", "--context", app.to_str().unwrap(), "--image", &base, "--tag", "1"]).run().expect_code(0);
+    // The arm64 host builds with BuildKit only: removing there is safe now.
     let _ = Command::new("docker")
         .args(["rmi", "--no-prune", &format!("{base}:1"), &format!("{base}:latest")])
-        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+        .env("DOCKER_HOST", &arm64)
         .output();
+    crate::world::remove_images_after_the_run(&[&format!("{base}:1")]);
 
     let child = |agent: Agent| {
         let dir = agent.work.path().join("child");
@@ -179,6 +185,7 @@ fn private_base_image(builder: &str) {
     refused.expect_code(50);
     assert!(refused.stderr.contains("hint: log in to the base image's registry"), "{}", refused.stderr);
     let built = child(hub_login(over_ssh(world)));
+    crate::world::remove_images_after_the_run(&[&format!("agent-it/child:{}", std::process::id())]);
     built.expect_code(0);
     assert!(built.stderr.contains(&format!("FROM {base}:1")), "{}", built.stderr);
 }

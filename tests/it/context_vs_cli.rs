@@ -2,6 +2,12 @@
 //! Dockerfile places, the files a `COPY . /ctx/` image holds when the real docker CLI builds it
 //! (`/usr/bin/docker`, classic builder) and when the agent does (`--builder classic`) must be
 //! the same. The CLI is the reference, not our own expectations.
+//!
+//! Every build here is `--no-cache`: the comparison needs no cache, and Docker 20.10's classic
+//! builder, looking for a cached `FROM scratch` step, reads every image without a parent on the
+//! daemon (thousands on the shared one: every BuildKit image is one) and fails the build with
+//! `unable to find image sha256:…` when one of them is removed meanwhile — by another test, or
+//! another test run on the same daemon. Without the lookup the race cannot happen.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -87,10 +93,10 @@ fn lay_out(dir: &Path, case: &Case, nonce: &str) -> (std::path::PathBuf, std::pa
     (context, dockerfile)
 }
 
-/// The paths under /ctx/ of an image, directories with a trailing `/`.
-fn files_of(image: &str) -> BTreeSet<String> {
+/// The paths under /ctx/ of an image on the daemon at `socket`, directories with a trailing `/`.
+fn files_of(socket: &str, image: &str) -> BTreeSet<String> {
     let docker = |args: &[&str]| {
-        let output = Command::new("docker").env("DOCKER_HOST", SOCKET).args(args).output().expect("docker");
+        let output = Command::new("docker").env("DOCKER_HOST", socket).args(args).output().expect("docker");
         assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
@@ -98,11 +104,15 @@ fn files_of(image: &str) -> BTreeSet<String> {
     let export = Command::new("sh")
         .arg("-c")
         .arg(format!("docker export {container} | tar -t"))
-        .env("DOCKER_HOST", SOCKET)
+        .env("DOCKER_HOST", socket)
         .output()
         .expect("docker export");
     docker(&["rm", &container]);
-    crate::world::remove_images_after_the_run(&[image]);
+    if socket == SOCKET {
+        crate::world::remove_images_after_the_run(&[image]);
+    } else {
+        docker(&["rmi", image]);
+    }
     String::from_utf8(export.stdout)
         .unwrap()
         .lines()
@@ -116,42 +126,50 @@ fn files_of(image: &str) -> BTreeSet<String> {
 /// current one on PATH (28.x), both with the classic builder.
 const CLIS: &[&str] = &["/usr/bin/docker", "/usr/local/bin/docker"];
 
-/// What a docker CLI's `COPY . /ctx/` image holds for the case.
-fn built_by_the_cli(cli: &str, case: &Case, context: &Path, dockerfile: &Path, nonce: &str) -> BTreeSet<String> {
+/// What a docker CLI's `COPY . /ctx/` image holds for the case, built on the daemon at `socket`.
+fn built_by_the_cli(
+    socket: &str,
+    cli: &str,
+    case: &Case,
+    context: &Path,
+    dockerfile: &Path,
+    nonce: &str,
+) -> BTreeSet<String> {
     let image = format!("agent-it/context-cli-{}:{nonce}", case.name);
     let home = tempfile::tempdir().unwrap();
     let built = Command::new(cli)
-        .env("DOCKER_HOST", SOCKET)
+        .env("DOCKER_HOST", socket)
         .env("DOCKER_BUILDKIT", "0")
         .env("HOME", home.path())
-        .args(["build", "-q", "-t", &image, "-f"])
+        .args(["build", "--no-cache", "-q", "-t", &image, "-f"])
         .arg(dockerfile)
         .arg(context)
         .output()
         .expect("docker build");
     assert!(built.status.success(), "{}: {cli} build: {}", case.name, String::from_utf8_lossy(&built.stderr));
-    files_of(&image)
+    files_of(socket, &image)
 }
 
-#[test]
-fn the_context_matches_what_the_docker_cli_sends_for_a_corpus_of_ignore_files() {
+/// Builds each case with the agent and with each docker CLI on the daemon at `socket`; the
+/// differences between the images, one line each.
+fn compare(socket: &str, cases: &[Case]) -> Vec<String> {
     let nonce = format!("{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
     let clis: Vec<&str> = CLIS.iter().copied().filter(|cli| Path::new(cli).exists()).collect();
     assert!(!clis.is_empty(), "no docker CLI in {CLIS:?}");
     let mut differences = Vec::new();
-    for case in CASES {
+    for case in cases {
         let dir = tempfile::tempdir().unwrap();
         let (context, dockerfile) = lay_out(dir.path(), case, &nonce);
         let repository = format!("agent-it/context-agent-{}", case.name);
         Agent::new()
-            .env("DOCKER_HOST", SOCKET)
-            .args(["run", "--image", &repository, "--tag", &nonce, "--no-push", "--builder", "classic"])
+            .env("DOCKER_HOST", socket)
+            .args(["run", "--image", &repository, "--tag", &nonce, "--no-push", "--builder", "classic", "--no-cache"])
             .args(["--context", context.to_str().unwrap(), "--file", dockerfile.to_str().unwrap()])
             .run()
             .expect_code(0);
-        let sent = files_of(&format!("{repository}:{nonce}"));
+        let sent = files_of(socket, &format!("{repository}:{nonce}"));
         for cli in &clis {
-            let expected = built_by_the_cli(cli, case, &context, &dockerfile, &nonce);
+            let expected = built_by_the_cli(socket, cli, case, &context, &dockerfile, &nonce);
             if sent != expected {
                 differences.push(format!(
                     "{} ({cli}): only the docker CLI's image has {:?}; only the agent's has {:?}",
@@ -161,6 +179,57 @@ fn the_context_matches_what_the_docker_cli_sends_for_a_corpus_of_ignore_files() 
                 ));
             }
         }
+    }
+    differences
+}
+
+#[test]
+fn the_context_matches_what_the_docker_cli_sends_for_a_corpus_of_ignore_files() {
+    let differences = compare(SOCKET, CASES);
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// The comparison once failed under load with `unable to find image sha256:…`: another test
+/// removed an image while a classic build looked for its cache among every parentless image.
+/// Here images without a parent are removed all through the comparison's builds, on the world's
+/// arm64 daemon (its other builds are BuildKit's, which the removals do not touch); with the
+/// cache lookup, most of these builds failed (23 of 28 in a trial); without it, none may.
+#[test]
+fn the_context_comparison_holds_while_images_are_removed_beside_its_builds() {
+    let world = crate::world::World::shared();
+    let socket = format!("unix://{}", world.var("TW_ARM64_DOCKER_SOCK").expect("TW_ARM64_DOCKER_SOCK"));
+    let dir = tempfile::tempdir().unwrap();
+    let docker =
+        |args: &[&str]| Command::new("docker").env("DOCKER_HOST", &socket).args(args).output().expect("docker");
+    // Images without a parent, as `docker import` makes them, each of its own content.
+    let repository = format!("agent-it/parentless-{}", std::process::id());
+    let count = 60;
+    for index in 0..count {
+        let file = dir.path().join("file.txt");
+        std::fs::write(&file, format!("{repository} {index}")).unwrap();
+        let tar = dir.path().join("root.tar");
+        let packed = Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(dir.path()).arg("file.txt").status();
+        assert!(packed.unwrap().success());
+        let imported = docker(&["import", tar.to_str().unwrap(), &format!("{repository}:{index}")]);
+        assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let differences = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for index in 0..count {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                docker(&["rmi", &format!("{repository}:{index}")]);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let differences = compare(&socket, &CASES[..2]);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        differences
+    });
+    for index in 0..count {
+        docker(&["rmi", &format!("{repository}:{index}")]);
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }

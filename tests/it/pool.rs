@@ -209,7 +209,14 @@ fn has_image(socket: &Path, image: &str) -> bool {
     String::from_utf8_lossy(&output.stdout) == "200"
 }
 
+/// Removes `image:latest` from the daemon behind `socket`: from the world's shared daemon only
+/// once the whole run is over (see [`crate::world::remove_images_after_the_run`]: removing an image
+/// there fails a classic build running beside it), from the arm64 host (BuildKit builds only) now.
 fn remove_image(socket: &Path, image: &str) {
+    if socket == World::shared().docker_sock {
+        crate::world::remove_images_after_the_run(&[&format!("{image}:latest")]);
+        return;
+    }
     let _ = std::process::Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-X", "DELETE", "--max-time", "20", "--unix-socket"])
         .arg(socket)

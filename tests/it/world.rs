@@ -327,6 +327,7 @@ impl World {
 /// classic build runs beside it breaks that build: Docker 20.10's classic builder looks for a cached
 /// step among every image with the same parent (every `FROM scratch` image here), and one that
 /// vanishes between the listing and the lookup fails it with `unable to find image sha256:…`.
+/// So no test removes an image from the shared daemon while the run goes on: it calls this.
 pub fn remove_images_after_the_run(images: &[&str]) {
     use std::io::Write as _;
     let path = World::shared().state_dir.join("removed-images");
