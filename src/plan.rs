@@ -66,7 +66,7 @@ pub enum Step {
     },
     /// One image index naming every platform's pushed image, under each tag.
     PushIndex { image: crate::image_ref::Repository, tags: Vec<String>, platforms: Vec<String> },
-    /// Push the tags of the image, all at once (the daemon uploads the layers they share once).
+    /// Push the tags of the image: the first, then the others at once.
     Push { references: Vec<String>, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
     WriteImageDefinitions { path: PathBuf, container: String, image_uri: String },
@@ -600,11 +600,13 @@ impl Step {
             }
             Step::Push { references, registry } => {
                 lines.push(format!("to registry {registry}"));
-                if references.len() > 1 {
-                    lines.push(format!(
-                        "the {} tags at once, one push each; the daemon uploads the layers they share once",
-                        references.len()
-                    ));
+                match references.len() {
+                    0 | 1 => {}
+                    2 => lines.push("the first tag, then the second (it finds every blob there)".to_string()),
+                    count => lines.push(format!(
+                        "the first tag, then the other {} at once (one push each: they find every blob there)",
+                        count - 1
+                    )),
                 }
             }
             Step::WriteImageDefinitions { path, container, image_uri } => {
