@@ -66,8 +66,8 @@ pub enum Step {
     },
     /// One image index naming every platform's pushed image, under each tag.
     PushIndex { image: crate::image_ref::Repository, tags: Vec<String>, platforms: Vec<String> },
-    /// Push the tags of the image: the first, then the others at once.
-    Push { references: Vec<String>, registry: String },
+    /// Push one tag.
+    Push { reference: String, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
     WriteImageDefinitions { path: PathBuf, container: String, image_uri: String },
     /// Write the build's metadata as JSON with buildx's keys (`--metadata-file`).
@@ -225,8 +225,9 @@ impl Plan {
             steps.push(Step::Tag { source: first.clone(), target: image.with_tag(tag) });
         }
         if config.push {
-            let references = tags.iter().map(|tag| image.with_tag(tag)).collect();
-            steps.push(Step::Push { references, registry: image.registry().to_string() });
+            for tag in tags {
+                steps.push(Step::Push { reference: image.with_tag(tag), registry: image.registry().to_string() });
+            }
         }
     }
 
@@ -292,7 +293,7 @@ impl Step {
             Step::PushIndex { image, tags, .. } => {
                 format!("push the image index {image} ({} tag{})", tags.len(), if tags.len() == 1 { "" } else { "s" })
             }
-            Step::Push { references, .. } => format!("push {}", references.join(", ")),
+            Step::Push { reference, .. } => format!("push {reference}"),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
             Step::WriteMetadata { .. } => "write build metadata".to_string(),
             Step::PruneCache { budget } => format!("keep the build cache within {}", budget.value.text),
@@ -598,17 +599,7 @@ impl Step {
                 lines.push(format!("pushed by the agent to {} under {}", image.registry(), tags.join(", ")));
                 lines.push("with the run's login for that registry (basic auth, or the bearer-token flow)".to_string());
             }
-            Step::Push { references, registry } => {
-                lines.push(format!("to registry {registry}"));
-                match references.len() {
-                    0 | 1 => {}
-                    2 => lines.push("the first tag, then the second (it finds every blob there)".to_string()),
-                    count => lines.push(format!(
-                        "the first tag, then the other {} at once (one push each: they find every blob there)",
-                        count - 1
-                    )),
-                }
-            }
+            Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 lines.push(format!("write {} (atomically)", path.display()));
                 lines.push(crate::image_definitions::render(container, image_uri));

@@ -258,8 +258,8 @@ impl<'a> Runner<'a> {
                 }
                 let mut digest = None;
                 if push {
-                    let pushed = image::push_tags(&host.daemon, &references, &registry, credentials).await?;
-                    for (reference, pushed) in references.iter().zip(pushed) {
+                    for reference in &references {
+                        let pushed = image::push(&host.daemon, reference, &registry, credentials).await?;
                         tracing::info!("pushed {reference}: {pushed}");
                         digest = digest.or(pushed.digest);
                     }
@@ -450,13 +450,13 @@ impl StepRunner for Runner<'_> {
                 image::tag(&self.hosts()?.for_slot(0)?.daemon, source, target).await?;
                 return Ok(None);
             }
-            Step::Push { references, registry } => {
-                let daemon = &self.hosts()?.for_slot(0)?.daemon;
-                let pushed = image::push_tags(daemon, references, registry, &self.credentials).await?;
+            Step::Push { reference, registry } => {
+                let pushed =
+                    image::push(&self.hosts()?.for_slot(0)?.daemon, reference, registry, &self.credentials).await?;
                 if self.pushed_digest.is_none() {
-                    self.pushed_digest = pushed.first().and_then(|first| first.digest.clone());
+                    self.pushed_digest = pushed.digest.clone();
                 }
-                image::describe_pushes(references, &pushed)
+                format!("pushed {pushed}")
             }
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 crate::image_definitions::write(path, container, image_uri)?;

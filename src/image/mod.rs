@@ -468,59 +468,6 @@ impl std::fmt::Display for Pushed {
     }
 }
 
-/// Pushes every tag of one image: the first tag alone, then the others at once (one daemon push
-/// per tag, each on a connection of its own over the one SSH session).
-///
-/// Not all at once: the daemon's pushes of a new image each upload its config blob (only a layer
-/// is one shared transfer), and the registry's filesystem storage (distribution 2.x, the world's
-/// registries) answers a push's check of that blob `500 invalid checksum digest format` while
-/// another push writes it — measured on warm runs of the example app with two tags pushed at
-/// once: 3 of about 55 runs, each retried a second later. Once the first push is done every blob
-/// is there, and the other tags' pushes only check blobs and put their manifests.
-///
-/// Every push runs to its end; the results are in the order of `references`, and the failure
-/// is the first tag's that failed (the others' are logged), so the log says the same thing
-/// whichever push finished first.
-pub async fn push_tags(
-    daemon: &Daemon,
-    references: &[String],
-    registry: &str,
-    credentials: &[Credential],
-) -> Result<Vec<Pushed>, Error> {
-    let Some((first, others)) = references.split_first() else { return Ok(Vec::new()) };
-    let mut pushed = vec![push(daemon, first, registry, credentials).await?];
-    let pushes = others.iter().map(|reference| push(daemon, reference, registry, credentials));
-    let mut failure = None;
-    for result in futures_util::future::join_all(pushes).await {
-        match result {
-            Ok(each) => pushed.push(each),
-            Err(error) if failure.is_none() => failure = Some(error),
-            Err(error) => tracing::warn!("{error}"),
-        }
-    }
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(pushed),
-    }
-}
-
-/// One line for the pushes of an image's tags: the digest once when every tag has the same one
-/// (the usual case), with the most layers any push uploaded (the first push uploads what the
-/// registry lacks; the others find it there).
-pub fn describe_pushes(references: &[String], pushed: &[Pushed]) -> String {
-    let Some(first) = pushed.first() else { return "nothing pushed".to_string() };
-    if pushed.len() == 1 {
-        return format!("pushed {first}");
-    }
-    let tags: Vec<&str> = references.iter().map(|reference| split_reference(reference).1).collect();
-    if pushed.iter().all(|each| each.digest == first.digest) {
-        let most = pushed.iter().max_by_key(|each| each.layers_pushed).unwrap_or(first);
-        return format!("pushed {most} as {}", tags.join(", "));
-    }
-    let each: Vec<String> = tags.iter().zip(pushed).map(|(tag, pushed)| format!("{tag} {pushed}")).collect();
-    format!("pushed {}", each.join("; "))
-}
-
 /// Pushes one tag with the registry's credentials, retrying transient failures with backoff.
 pub async fn push(
     daemon: &Daemon,
@@ -663,33 +610,6 @@ mod tests {
         assert!(!is_transient("manifest invalid: layer 1500 of 2500 is malformed"));
         assert!(!is_transient("tag v500 is immutable"));
         assert!(!is_transient("invalid reference: geofence-app"));
-    }
-
-    #[test]
-    fn the_pushes_of_several_tags_read_as_one_digest_with_the_most_layers_any_push_uploaded() {
-        let references = ["r/app:latest".to_string(), "r/app:0123456".to_string()];
-        let pushed = |digest: &str, layers_pushed, layers_existing| Pushed {
-            digest: Some(digest.to_string()),
-            layers_pushed,
-            layers_existing,
-        };
-        assert_eq!(
-            describe_pushes(&references[..1], &[pushed("sha256:a", 0, 6)]),
-            "pushed sha256:a (0 layers pushed, 6 already there)"
-        );
-        // Whichever push watched the shared upload, the line is the same.
-        for order in
-            [[pushed("sha256:a", 2, 4), pushed("sha256:a", 0, 6)], [pushed("sha256:a", 0, 6), pushed("sha256:a", 2, 4)]]
-        {
-            assert_eq!(
-                describe_pushes(&references, &order),
-                "pushed sha256:a (2 layers pushed, 4 already there) as latest, 0123456"
-            );
-        }
-        assert_eq!(
-            describe_pushes(&references, &[pushed("sha256:a", 1, 0), pushed("sha256:b", 0, 1)]),
-            "pushed latest sha256:a (1 layer pushed, 0 already there); 0123456 sha256:b (0 layers pushed, 1 already there)"
-        );
     }
 
     #[test]

@@ -94,7 +94,8 @@ fn dry_run_prints_every_step_masks_secrets_writes_nothing_and_connects_nowhere()
         "write docker config",
         "build 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:latest",
         "tag 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:0123456",
-        "push 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:latest, 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:0123456",
+        "push 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:latest",
+        "push 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:0123456",
         "write imagedefinitions.json",
     ] {
         assert!(outcome.stdout.contains(step), "the plan lacks {step:?}:\n{}", outcome.stdout);

@@ -143,21 +143,6 @@ enum Fault {
     Unavailable,
     /// The connection closed without an answer: the registry went away.
     Dropped,
-    /// Not a fault: each picked request is held until this many picked requests are in flight
-    /// together (or [`GATHER_WAIT`] has passed), then passed through; shows what comes at once.
-    Gather(usize),
-}
-
-/// How long [`Fault::Gather`] holds a request for the others.
-const GATHER_WAIT: Duration = Duration::from_secs(10);
-
-/// The picked requests [`Fault::Gather`] has seen, and the most that were in flight together.
-#[derive(Default)]
-struct Gathering {
-    /// Picked requests: (arrived so far, in flight now).
-    counts: std::sync::Mutex<(usize, usize)>,
-    all_there: std::sync::Condvar,
-    most_together: std::sync::atomic::AtomicUsize,
 }
 
 /// A loopback proxy in front of a registry that answers the requests `picks` chooses with a
@@ -166,9 +151,6 @@ struct Gathering {
 struct FaultProxy {
     port: u16,
     remaining: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    gathering: std::sync::Arc<Gathering>,
-    /// Every request's method and path, in the order they came.
-    requests: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 impl FaultProxy {
@@ -178,33 +160,20 @@ impl FaultProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let remaining = Arc::new(AtomicUsize::new(count));
-        let gathering = Arc::new(Gathering::default());
-        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (faults, gather, seen) = (remaining.clone(), gathering.clone(), requests.clone());
+        let faults = remaining.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (faults, gather, seen) = (faults.clone(), gather.clone(), seen.clone());
+                let faults = faults.clone();
                 std::thread::spawn(move || {
                     let pick = |method: &str, path: &str| {
-                        seen.lock().unwrap().push((method.to_string(), path.to_string()));
                         picks(method, path)
                             && faults.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
                     };
-                    let _ = proxy_one(client, upstream, fault, pick, &gather);
+                    let _ = proxy_one(client, upstream, fault, pick);
                 });
             }
         });
-        FaultProxy { port, remaining, gathering, requests }
-    }
-
-    /// The most picked requests that were in flight together ([`Fault::Gather`]).
-    fn most_together(&self) -> usize {
-        self.gathering.most_together.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Every request's method and path, in the order they came.
-    fn requests(&self) -> Vec<(String, String)> {
-        self.requests.lock().unwrap().clone()
+        FaultProxy { port, remaining }
     }
 
     /// No more faults: everything passes through.
@@ -218,7 +187,6 @@ fn proxy_one(
     upstream: u16,
     fault: Fault,
     pick: impl Fn(&str, &str) -> bool,
-    gathering: &Gathering,
 ) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let mut buffer = Vec::new();
@@ -242,15 +210,10 @@ fn proxy_one(
     let mut words = head.split_whitespace();
     let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     if pick(method, path) {
-        match fault {
-            Fault::Unavailable => {
-                client
-                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
-                return client.shutdown(std::net::Shutdown::Both);
-            }
-            Fault::Dropped => return client.shutdown(std::net::Shutdown::Both),
-            Fault::Gather(count) => gathering.gather(count),
+        if let Fault::Unavailable = fault {
+            client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
         }
+        return client.shutdown(std::net::Shutdown::Both);
     }
     let mut request: String = head
         .split("\r\n")
@@ -268,20 +231,6 @@ fn proxy_one(
     });
     std::io::copy(&mut server, &mut client)?;
     client.shutdown(std::net::Shutdown::Both)
-}
-
-impl Gathering {
-    /// Waits until `count` requests have arrived, or [`GATHER_WAIT`] has passed.
-    fn gather(&self, count: usize) {
-        let mut counts = self.counts.lock().unwrap();
-        counts.0 += 1;
-        counts.1 += 1;
-        self.most_together.fetch_max(counts.1, std::sync::atomic::Ordering::SeqCst);
-        self.all_there.notify_all();
-        let (mut counts, _) =
-            self.all_there.wait_timeout_while(counts, GATHER_WAIT, |counts| counts.0 < count).unwrap();
-        counts.1 -= 1;
-    }
 }
 
 /// Whether a request uploads a manifest: the last request of a push, after its layers.
@@ -488,48 +437,4 @@ fn an_ssh_host_that_stops_answering_mid_build_fails_after_the_read_timeout_and_a
         .args(["run", "--image", "agent-it/fault-silent", "--no-push", "--context", app.to_str().unwrap()])
         .run()
         .expect_code(0);
-}
-
-/// The tags of one build: the first pushed alone, then the others at once — their two manifests
-/// reach the registry together (a proxy holds each until the other comes), after the first's —
-/// and no blob is uploaded twice (pushed together, a new image's config went up once per push,
-/// and the registry's filesystem storage answered 500 to a check of it while it was written).
-#[test]
-fn the_first_tag_is_pushed_alone_then_the_others_at_once_and_no_blob_is_uploaded_twice() {
-    let registry = own_registry();
-    let later_manifests = |method: &str, path: &str| {
-        method == "PUT" && (path.ends_with("/manifests/b") || path.ends_with("/manifests/c"))
-    };
-    let proxy = FaultProxy::start(registry.port, Fault::Gather(2), usize::MAX, later_manifests);
-    let repository = format!("127.0.0.1:{}/agent-it/pushed-together", proxy.port);
-    let agent = Agent::new().env("DOCKER_HOST", "unix:///var/run/docker.sock");
-    let app = slow_app(agent.work.path(), 0, &nonce());
-    let agent = agent
-        .args(["run", "--image", &repository, "--tag", "a", "--tag", "b", "--tag", "c"])
-        .args(["--context", app.to_str().unwrap()]);
-    let outcome = agent.run();
-    outcome.expect_code(0);
-    let tags = ["a", "b", "c"].map(|tag| format!("{repository}:{tag}"));
-    crate::world::remove_images_after_the_run(&tags.each_ref().map(String::as_str));
-    assert_eq!(proxy.most_together(), 2, "the later tags' manifests came one by one:\n{}", outcome.stderr);
-    assert_eq!(registry_tags(registry.port, "agent-it/pushed-together"), ["a", "b", "c"]);
-    let step = format!("push {}: pushed sha256:", tags.join(", "));
-    assert!(outcome.stderr.contains(&step), "{}", outcome.stderr);
-    assert!(outcome.stderr.contains(" as a, b, c ("), "{}", outcome.stderr);
-
-    let requests = proxy.requests();
-    let manifest = |tag: &str| {
-        let path = format!("/v2/agent-it/pushed-together/manifests/{tag}");
-        requests.iter().position(|(method, each)| method == "PUT" && *each == path).expect("a manifest PUT")
-    };
-    assert!(manifest("a") < manifest("b") && manifest("a") < manifest("c"), "{requests:?}");
-    // Each blob's upload ends with a PUT naming its digest.
-    let mut uploads: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for (method, path) in &requests {
-        if let Some((_, digest)) = path.split_once("digest=").filter(|_| method == "PUT") {
-            *uploads.entry(digest.replace("%3A", ":")).or_default() += 1;
-        }
-    }
-    assert!(!uploads.is_empty(), "no blob was uploaded: {requests:?}");
-    assert!(uploads.values().all(|count| *count == 1), "a blob went up twice: {uploads:?}");
 }

@@ -204,7 +204,8 @@ fn image_rehearses_a_jets_style_run_without_showing_the_key() {
         "context /work: 1 file",
         "build 123456789012.dkr.ecr.us-east-1.amazonaws.com/app:latest",
         "tag 123456789012.dkr.ecr.us-east-1.amazonaws.com/app:89abcde",
-        "push 123456789012.dkr.ecr.us-east-1.amazonaws.com/app:latest, 123456789012.dkr.ecr.us-east-1.amazonaws.com/app:89abcde",
+        "push 123456789012.dkr.ecr.us-east-1.amazonaws.com/app:latest",
+        "push 123456789012.dkr.ecr.us-east-1.amazonaws.com/app:89abcde",
     ] {
         assert!(stdout.contains(step), "the plan lacks {step:?}:\n{stdout}");
     }
