@@ -250,6 +250,75 @@ impl IndexPusher {
     }
 }
 
+/// A tag's manifest as the registry serves it: its bytes (to put under another tag unchanged),
+/// digest and media type.
+#[derive(Debug, Clone)]
+pub struct TagManifest {
+    pub bytes: bytes::Bytes,
+    pub digest: String,
+    /// `mediaType` of the body; an OCI manifest may leave it out (then the OCI type).
+    pub media_type: String,
+}
+
+impl IndexPusher {
+    /// The repository as the errors name it.
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    /// The manifest `tag` points at, asked for as a single-platform manifest (Docker v2 schema 2 or
+    /// OCI); `Ok(None)` when the registry has no such tag (or no such repository) yet. A registry
+    /// may answer with a manifest list anyway: the media type says so.
+    pub async fn tag_manifest(&self, tag: &str) -> Result<Option<TagManifest>, OciDistributionError> {
+        let reference = self.reference_by_tag(tag);
+        let (bytes, digest) = match self.client.pull_manifest_raw(&reference, &self.auth, MANIFEST_MEDIA_TYPES).await {
+            Ok(pulled) => pulled,
+            Err(error) if is_not_found(&error) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let fields: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let media_type = match fields["mediaType"].as_str() {
+            Some(media_type) => media_type.to_string(),
+            None if fields["config"].is_object() => OCI_IMAGE_MEDIA_TYPE.to_string(),
+            None => String::new(),
+        };
+        Ok(Some(TagManifest { bytes, digest, media_type }))
+    }
+
+    /// A blob of the repository (an image's config), whole.
+    pub async fn blob(
+        &self,
+        descriptor: &oci_client::manifest::OciDescriptor,
+    ) -> Result<Vec<u8>, OciDistributionError> {
+        let mut out = Vec::new();
+        self.client.pull_blob(&self.reference_by_tag(crate::image_ref::LATEST), descriptor, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Puts `manifest` (bytes as the registry served them) under `tag`: a registry-side tag, no
+    /// layer moves.
+    pub async fn put_manifest(&self, tag: &str, manifest: &TagManifest) -> Result<(), OciDistributionError> {
+        let content_type = http::HeaderValue::from_str(&manifest.media_type)
+            .map_err(|_| OciDistributionError::GenericError(Some("an unreadable media type".to_string())))?;
+        self.client.store_auth_if_needed(self.reference_by_tag(tag).resolve_registry(), &self.auth).await;
+        self.client.push_manifest_raw(&self.reference_by_tag(tag), manifest.bytes.clone(), content_type).await.map(drop)
+    }
+}
+
+/// Whether a registry's answer means "no such manifest" (the tag or the repository is not there).
+fn is_not_found(error: &OciDistributionError) -> bool {
+    use oci_client::errors::OciErrorCode;
+    match error {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|each| matches!(each.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
+        _ => false,
+    }
+}
+
 /// An index, serialised: the bytes pushed, their digest and media type.
 #[derive(Debug, Clone)]
 pub struct IndexBody {

@@ -54,6 +54,9 @@ pub struct Runner<'a> {
     platform_images: Vec<PlatformImage>,
     /// What each platform's build did, for the metadata file (multi-platform runs).
     platform_builds: Vec<crate::image::metadata::PlatformBuilt>,
+    /// The registry's image kept instead of pushing this build's (the same image): its tags are
+    /// not pushed.
+    kept: Option<(crate::image_ref::Repository, crate::unchanged::Kept)>,
 }
 
 impl<'a> Runner<'a> {
@@ -69,6 +72,7 @@ impl<'a> Runner<'a> {
             pushed_digest: None,
             platform_images: Vec::new(),
             platform_builds: Vec::new(),
+            kept: None,
         }
     }
 
@@ -298,6 +302,47 @@ impl<'a> Runner<'a> {
         Ok(outcome.join("; "))
     }
 
+    /// Before the pushes of a BuildKit build: whether a tag of the registry already holds this same
+    /// image; if so it is kept (the other tags get its manifest) and the pushes are skipped. The
+    /// metadata file then names the registry's manifest and config.
+    async fn keep_unchanged(&mut self, image: &crate::image_ref::Repository, tags: &[String]) -> Result<String> {
+        let built = self.built.as_ref().ok_or_else(|| Error::Internal("the comparison ran before the build".into()))?;
+        if built.engine != image::Engine::BuildKit {
+            return Ok("built with the classic builder: every tag is pushed".to_string());
+        }
+        let credential = self.credentials.iter().find(|credential| credential.registry == image.registry());
+        let host = self.hosts()?.for_slot(0)?;
+        let local = image.with_tag(&tags[0]);
+        let verdict = crate::unchanged::keep_if_unchanged(
+            &host.daemon,
+            &local,
+            image,
+            tags,
+            credential,
+            self.config.connect_timeout,
+        )
+        .await;
+        match verdict {
+            crate::unchanged::Verdict::Changed(reason) => Ok(format!("changed ({reason}): every tag is pushed")),
+            crate::unchanged::Verdict::Unchanged(kept) => {
+                let outcome = format!("the registry's {} is this image: kept, nothing pushed", kept.digest);
+                self.pushed_digest = Some(kept.digest.clone());
+                if let Some(built) = self.built.as_mut() {
+                    built.summary.image_id = Some(kept.config_digest.clone());
+                }
+                self.kept = Some((image.clone(), kept));
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// The push step's line for a tag whose image the registry already holds (nothing to push).
+    fn kept_line(&self, reference: &str) -> Option<String> {
+        let (image, kept) = self.kept.as_ref()?;
+        let tag = kept.already.iter().chain(&kept.tagged).find(|tag| image.with_tag(tag) == reference)?;
+        Some(kept.line(tag))
+    }
+
     /// Pushes the index of every platform's image under each tag.
     async fn push_index(&mut self, image: &crate::image_ref::Repository, tags: &[String]) -> Result<String> {
         let credential = self.credentials.iter().find(|credential| credential.registry == image.registry());
@@ -450,7 +495,11 @@ impl StepRunner for Runner<'_> {
                 image::tag(&self.hosts()?.for_slot(0)?.daemon, source, target).await?;
                 return Ok(None);
             }
+            Step::KeepUnchanged { image, tags } => self.keep_unchanged(image, tags).await?,
             Step::Push { reference, registry } => {
+                if let Some(line) = self.kept_line(reference) {
+                    return Ok(Some(line));
+                }
                 let pushed =
                     image::push(&self.hosts()?.for_slot(0)?.daemon, reference, registry, &self.credentials).await?;
                 if self.pushed_digest.is_none() {
