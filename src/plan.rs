@@ -595,6 +595,13 @@ impl Step {
                         ));
                     }
                 }
+                if *push {
+                    lines.push(
+                        "with BuildKit, a platform whose TAG-<arch> in the registry is the same image keeps it, unpushed \
+                         (unless --always-push), so the index of unchanged platforms keeps its digest too"
+                            .to_string(),
+                    );
+                }
                 lines.push("the first failure fails the run, naming its platform; no index is pushed then".to_string());
                 // The common build's lines, but for its tag: each platform has its own (above).
                 lines.extend(build_step.details().into_iter().filter(|line| !line.starts_with("tag ")));

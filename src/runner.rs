@@ -217,6 +217,7 @@ impl<'a> Runner<'a> {
         let registry = image.registry().to_string();
         let cache_wait = self.config.connect_timeout * 3;
         let credentials = &self.credentials;
+        let (always_push, timeout) = (self.config.always_push, self.config.connect_timeout);
         let jobs = platforms.iter().enumerate().map(|(slot, platform)| {
             let registry = registry.clone();
             let span = tracing::info_span!(crate::output::PLATFORM_SPAN, platform = %platform);
@@ -250,7 +251,7 @@ impl<'a> Runner<'a> {
                     mounts,
                     cache_wait,
                 };
-                let built = image::build_on(host, request, credentials).await?;
+                let mut built = image::build_on(host, request, credentials).await?;
                 tracing::info!(
                     "built on {}: {} steps, {} CACHED",
                     host.target,
@@ -261,7 +262,34 @@ impl<'a> Runner<'a> {
                     image::tag(&host.daemon, &references[0], reference).await?;
                 }
                 let mut digest = None;
-                if push {
+                // The same decision as a single platform's, on this platform's own tags: an
+                // unchanged platform keeps its manifest, so the index of unchanged platforms is too.
+                if push && !always_push && built.engine == image::Engine::BuildKit {
+                    let own_tags: Vec<String> = tags.iter().map(|tag| format!("{tag}-{suffix}")).collect();
+                    let credential = credentials.iter().find(|credential| credential.registry == registry);
+                    let verdict = crate::unchanged::keep_if_unchanged(
+                        &host.daemon,
+                        &references[0],
+                        image,
+                        &own_tags,
+                        credential,
+                        timeout,
+                    )
+                    .await;
+                    match verdict {
+                        crate::unchanged::Verdict::Unchanged(kept) => {
+                            for (reference, tag) in references.iter().zip(&own_tags) {
+                                tracing::info!("{reference}: {}", kept.line(tag));
+                            }
+                            built.summary.image_id = Some(kept.config_digest.clone());
+                            digest = Some(kept.digest);
+                        }
+                        crate::unchanged::Verdict::Changed(reason) => {
+                            tracing::info!("changed ({reason}): its tags are pushed");
+                        }
+                    }
+                }
+                if push && digest.is_none() {
                     for reference in &references {
                         let pushed = image::push(&host.daemon, reference, &registry, credentials).await?;
                         tracing::info!("pushed {reference}: {pushed}");
