@@ -388,7 +388,9 @@ mod tests {
 
     #[test]
     fn any_compared_field_that_differs_is_a_change() {
-        let changes: [(&str, fn(&mut Value, &mut Value, &mut Value)); 9] = [
+        /// A change to the daemon's inspect, its history or the registry's config.
+        type Change = fn(&mut Value, &mut Value, &mut Value);
+        let changes: [(&str, Change); 9] = [
             ("label", |_, _, config| config["config"]["Labels"] = json!({"a": "b"})),
             ("env", |inspect, _, _| inspect["Config"]["Env"] = json!(["PATH=/bin", "X=1"])),
             ("port", |_, _, config| config["config"]["ExposedPorts"] = json!({"81/tcp": {}})),
