@@ -57,7 +57,12 @@ pub struct Runner<'a> {
     /// The registry's image kept instead of pushing this build's (the same image): its tags are
     /// not pushed.
     kept: Option<(crate::image_ref::Repository, crate::unchanged::Kept)>,
+    /// What the registry holds under the tags, asked for while the image builds (for the
+    /// comparison before the pushes).
+    registry_images: Option<tokio::task::JoinHandle<RegistryImagesResult>>,
 }
+
+type RegistryImagesResult = std::result::Result<crate::unchanged::RegistryImages, String>;
 
 impl<'a> Runner<'a> {
     pub fn new(config: &'a Config) -> Self {
@@ -73,6 +78,7 @@ impl<'a> Runner<'a> {
             platform_images: Vec::new(),
             platform_builds: Vec::new(),
             kept: None,
+            registry_images: None,
         }
     }
 
@@ -251,7 +257,19 @@ impl<'a> Runner<'a> {
                     mounts,
                     cache_wait,
                 };
-                let mut built = image::build_on(host, request, credentials).await?;
+                let own_tags: Vec<String> = tags.iter().map(|tag| format!("{tag}-{suffix}")).collect();
+                let credential = credentials.iter().find(|credential| credential.registry == registry);
+                // What the registry holds under this platform's tags, asked while it builds.
+                let compare = push && !always_push && build.builder.value != crate::cli::Builder::Classic;
+                let registry_images = async {
+                    match compare {
+                        true => Some(crate::unchanged::registry_images(image, &own_tags, credential, timeout).await),
+                        false => None,
+                    }
+                };
+                let (built, registry_images) =
+                    futures_util::future::join(image::build_on(host, request, credentials), registry_images).await;
+                let mut built = built?;
                 tracing::info!(
                     "built on {}: {} steps, {} CACHED",
                     host.target,
@@ -264,18 +282,9 @@ impl<'a> Runner<'a> {
                 let mut digest = None;
                 // The same decision as a single platform's, on this platform's own tags: an
                 // unchanged platform keeps its manifest, so the index of unchanged platforms is too.
-                if push && !always_push && built.engine == image::Engine::BuildKit {
-                    let own_tags: Vec<String> = tags.iter().map(|tag| format!("{tag}-{suffix}")).collect();
-                    let credential = credentials.iter().find(|credential| credential.registry == registry);
-                    let verdict = crate::unchanged::keep_if_unchanged(
-                        &host.daemon,
-                        &references[0],
-                        image,
-                        &own_tags,
-                        credential,
-                        timeout,
-                    )
-                    .await;
+                if let Some(registry_images) = registry_images.filter(|_| built.engine == image::Engine::BuildKit) {
+                    let verdict =
+                        crate::unchanged::keep_if_unchanged(&host.daemon, &references[0], registry_images).await;
                     match verdict {
                         crate::unchanged::Verdict::Unchanged(kept) => {
                             for (reference, tag) in references.iter().zip(&own_tags) {
@@ -338,18 +347,13 @@ impl<'a> Runner<'a> {
         if built.engine != image::Engine::BuildKit {
             return Ok("built with the classic builder: every tag is pushed".to_string());
         }
-        let credential = self.credentials.iter().find(|credential| credential.registry == image.registry());
+        let registry_images = match self.registry_images.take() {
+            Some(asked) => asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}"))),
+            None => self.ask_registry(image, tags).await,
+        };
         let host = self.hosts()?.for_slot(0)?;
         let local = image.with_tag(&tags[0]);
-        let verdict = crate::unchanged::keep_if_unchanged(
-            &host.daemon,
-            &local,
-            image,
-            tags,
-            credential,
-            self.config.connect_timeout,
-        )
-        .await;
+        let verdict = crate::unchanged::keep_if_unchanged(&host.daemon, &local, registry_images).await;
         match verdict {
             crate::unchanged::Verdict::Changed(reason) => Ok(format!("changed ({reason}): every tag is pushed")),
             crate::unchanged::Verdict::Unchanged(kept) => {
@@ -362,6 +366,17 @@ impl<'a> Runner<'a> {
                 Ok(outcome)
             }
         }
+    }
+
+    /// What the registry holds under `tags` of `image`, asked with the run's login for it.
+    fn ask_registry(
+        &self,
+        image: &crate::image_ref::Repository,
+        tags: &[String],
+    ) -> impl Future<Output = RegistryImagesResult> + Send + 'static {
+        let credential = self.credentials.iter().find(|credential| credential.registry == image.registry()).cloned();
+        let (image, tags, timeout) = (image.clone(), tags.to_vec(), self.config.connect_timeout);
+        async move { crate::unchanged::registry_images(&image, &tags, credential.as_ref(), timeout).await }
     }
 
     /// The push step's line for a tag whose image the registry already holds (nothing to push).
@@ -501,6 +516,13 @@ impl StepRunner for Runner<'_> {
             Step::Login { password, .. } => self.login(password).await?,
             Step::EcrLogin { registry, region, .. } => self.ecr_login(registry, region.as_deref()).await?,
             Step::Build { build, reference, cache_image, registry } => {
+                // The registry is asked what it holds under the tags while the image builds, for
+                // the comparison before the pushes.
+                let config = self.config;
+                if config.push && !config.always_push && build.builder.value != crate::cli::Builder::Classic {
+                    let asked = self.ask_registry(&config.image.value, &config.tags.value);
+                    self.registry_images = Some(tokio::spawn(asked));
+                }
                 let mounts = SessionMounts::new(build, self.resolved()?)?;
                 let request = BuildStep {
                     build,

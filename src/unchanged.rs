@@ -67,107 +67,140 @@ pub enum Verdict {
     Changed(String),
 }
 
-/// Compares the image `local` (a reference the daemon knows) with what the registry holds under
-/// `tags` of `repository`, and when one is the same image puts it under the tags that lack it.
-/// Never fails: whatever goes wrong is [`Verdict::Changed`] with the reason.
-pub async fn keep_if_unchanged(
-    daemon: &Daemon,
-    local: &str,
-    repository: &Repository,
-    tags: &[String],
-    credential: Option<&Credential>,
-    timeout: Duration,
-) -> Verdict {
-    match compare(daemon, local, repository, tags, credential, timeout).await {
-        Ok(verdict) => verdict,
-        Err(reason) => Verdict::Changed(reason),
-    }
+/// What the registry holds under the tags: each tag's manifest (or none), and the config of each
+/// distinct single-image manifest. Asked for before the comparison needs it — while the image
+/// builds — since it does not depend on the build.
+pub struct RegistryImages {
+    registry: IndexPusher,
+    tags: Vec<String>,
+    /// Per tag, in the order of `tags`.
+    manifests: Vec<Option<TagManifest>>,
+    /// Per distinct manifest digest, in the order of the tags: its config's digest and the config.
+    configs: Vec<(String, String, Value)>,
 }
 
-async fn compare(
-    daemon: &Daemon,
-    local: &str,
+/// Asks the registry for the manifest of each of `tags` of `repository` and for the config of each
+/// manifest they point at. An `Err` is the reason the image is to be pushed (a registry error, a
+/// manifest list, another media type).
+pub async fn registry_images(
     repository: &Repository,
     tags: &[String],
     credential: Option<&Credential>,
     timeout: Duration,
-) -> Result<Verdict, String> {
-    let Some(first_tag) = tags.first() else { return Ok(Verdict::Changed("no tag".to_string())) };
+) -> Result<RegistryImages, String> {
+    let first_tag = tags.first().ok_or_else(|| "no tag".to_string())?;
     let registry = IndexPusher::new(repository, credential, timeout);
-    let registry_side = async {
-        registry.authorize(first_tag, oci_client::RegistryOperation::Pull).await.map_err(|error| error.to_string())?;
-        let manifests =
-            futures_util::future::join_all(tags.iter().map(|tag| registry.tag_manifest(tag))).await.into_iter();
-        manifests
-            .zip(tags)
-            .map(|(manifest, tag)| manifest.map_err(|error| format!("the registry's {tag}: {error}")))
-            .collect::<Result<Vec<Option<TagManifest>>, String>>()
-    };
-    let local_side = async {
-        let (inspect_path, history_path) = (format!("/images/{local}/json"), format!("/images/{local}/history"));
-        futures_util::future::try_join(get_json(daemon, &inspect_path), get_json(daemon, &history_path))
-            .await
-            .map_err(|error| error.to_string())
-    };
-    let (manifests, (inspect, history)) = futures_util::future::try_join(registry_side, local_side).await?;
-    let local_id = inspect["Id"].as_str().unwrap_or_default().to_string();
-
-    // Each manifest the tags point at, in the order of the tags, compared until one is the same.
-    let mut seen: Vec<&str> = Vec::new();
-    let mut first_difference = None;
-    let mut chosen: Option<(&TagManifest, String, String)> = None;
+    registry.authorize(first_tag, oci_client::RegistryOperation::Pull).await.map_err(|error| error.to_string())?;
+    let manifests = futures_util::future::join_all(tags.iter().map(|tag| registry.tag_manifest(tag))).await;
+    let manifests = manifests
+        .into_iter()
+        .zip(tags)
+        .map(|(manifest, tag)| manifest.map_err(|error| format!("the registry's {tag}: {error}")))
+        .collect::<Result<Vec<Option<TagManifest>>, String>>()?;
+    let mut distinct: Vec<(&TagManifest, oci_client::manifest::OciImageManifest)> = Vec::new();
     for manifest in manifests.iter().flatten() {
-        if seen.contains(&manifest.digest.as_str()) {
+        if distinct.iter().any(|(seen, _)| seen.digest == manifest.digest) {
             continue;
         }
-        seen.push(&manifest.digest);
         if !SINGLE_IMAGE_TYPES.contains(&manifest.media_type.as_str()) {
-            return Ok(Verdict::Changed(format!(
+            return Err(format!(
                 "the registry's {} is {}, not one image's manifest",
                 manifest.digest,
                 if manifest.media_type.is_empty() { "of no known media type" } else { &manifest.media_type }
-            )));
+            ));
         }
-        let parsed: oci_client::manifest::OciImageManifest = serde_json::from_slice(&manifest.bytes)
+        let parsed = serde_json::from_slice(&manifest.bytes)
             .map_err(|error| format!("the registry's {}: {error}", manifest.digest))?;
-        let config_bytes = registry
-            .blob(&parsed.config)
+        distinct.push((manifest, parsed));
+    }
+    let configs = distinct.iter().map(|(manifest, parsed)| async {
+        let context =
+            |error: &dyn std::fmt::Display| format!("the config of the registry's {}: {error}", manifest.digest);
+        let bytes = registry.blob(&parsed.config).await.map_err(|error| context(&error))?;
+        let config: Value = serde_json::from_slice(&bytes).map_err(|error| context(&error))?;
+        Ok::<_, String>((manifest.digest.clone(), parsed.config.digest.clone(), config))
+    });
+    let configs = futures_util::future::try_join_all(configs).await?;
+    Ok(RegistryImages { registry, tags: tags.to_vec(), manifests, configs })
+}
+
+/// Compares the image `local` (a reference the daemon knows) with what the registry holds (as
+/// [`registry_images`] found it), and when one is the same image puts it under the tags that lack
+/// it. Never fails: whatever goes wrong is [`Verdict::Changed`] with the reason.
+pub async fn keep_if_unchanged(
+    daemon: &Daemon,
+    local: &str,
+    registry_images: Result<RegistryImages, String>,
+) -> Verdict {
+    let compared = match registry_images {
+        Ok(images) => compare(daemon, local, &images).await,
+        Err(reason) => Err(reason),
+    };
+    compared.unwrap_or_else(Verdict::Changed)
+}
+
+async fn compare(daemon: &Daemon, local: &str, images: &RegistryImages) -> Result<Verdict, String> {
+    if images.configs.is_empty() {
+        return Ok(Verdict::Changed("no tag is in the registry yet".to_string()));
+    }
+    let (inspect_path, history_path) = (format!("/images/{local}/json"), format!("/images/{local}/history"));
+    let (inspect, history) =
+        futures_util::future::try_join(get_json(daemon, &inspect_path), get_json(daemon, &history_path))
             .await
-            .map_err(|error| format!("the config of the registry's {}: {error}", manifest.digest))?;
-        let config: Value = serde_json::from_slice(&config_bytes)
-            .map_err(|error| format!("the config of the registry's {}: {error}", manifest.digest))?;
-        let difference = if parsed.config.digest == local_id { None } else { differences(&inspect, &history, &config) };
+            .map_err(|error| error.to_string())?;
+    let local_id = inspect["Id"].as_str().unwrap_or_default();
+
+    // The manifests the tags point at, in the order of the tags: the first that is the same image.
+    let mut first_difference = None;
+    let mut chosen = None;
+    for (digest, config_digest, config) in &images.configs {
+        let difference = if config_digest == local_id { None } else { differences(&inspect, &history, config) };
         match difference {
             None => {
                 let created = config["created"].as_str().unwrap_or("an unknown time").to_string();
-                chosen = Some((manifest, parsed.config.digest.clone(), created));
+                chosen = Some((digest, config_digest, created));
                 break;
             }
             Some(difference) => {
-                first_difference
-                    .get_or_insert(format!("{} differs from the registry's {}", difference, manifest.digest));
+                first_difference.get_or_insert(format!("{difference} differs from the registry's {digest}"));
             }
         }
     }
-    let Some((manifest, config_digest, created)) = chosen else {
-        return Ok(Verdict::Changed(first_difference.unwrap_or_else(|| "no tag is in the registry yet".to_string())));
+    let Some((digest, config_digest, created)) = chosen else {
+        return Ok(Verdict::Changed(first_difference.unwrap_or_default()));
     };
+    let manifest = images
+        .manifests
+        .iter()
+        .flatten()
+        .find(|manifest| &manifest.digest == digest)
+        .ok_or_else(|| format!("the registry's {digest} went missing"))?;
     let (mut already, mut missing) = (Vec::new(), Vec::new());
-    for (tag, each) in tags.iter().zip(&manifests) {
-        if each.as_ref().is_some_and(|each| each.digest == manifest.digest) {
+    for (tag, each) in images.tags.iter().zip(&images.manifests) {
+        if each.as_ref().is_some_and(|each| &each.digest == digest) {
             already.push(tag.clone());
         } else {
             missing.push(tag.clone());
         }
     }
-    if !missing.is_empty() {
-        registry.authorize(first_tag, oci_client::RegistryOperation::Push).await.map_err(|error| error.to_string())?;
+    if let Some(first_missing) = missing.first() {
+        let registry = &images.registry;
+        registry
+            .authorize(first_missing, oci_client::RegistryOperation::Push)
+            .await
+            .map_err(|error| error.to_string())?;
         let puts = missing.iter().map(|tag| registry.put_manifest(tag, manifest));
         for (result, tag) in futures_util::future::join_all(puts).await.into_iter().zip(&missing) {
-            result.map_err(|error| format!("putting the registry's {} under {tag}: {error}", manifest.digest))?;
+            result.map_err(|error| format!("putting the registry's {digest} under {tag}: {error}"))?;
         }
     }
-    Ok(Verdict::Unchanged(Kept { digest: manifest.digest.clone(), config_digest, created, already, tagged: missing }))
+    Ok(Verdict::Unchanged(Kept {
+        digest: digest.clone(),
+        config_digest: config_digest.clone(),
+        created,
+        already,
+        tagged: missing,
+    }))
 }
 
 /// `GET` of a Docker API path, its JSON body.
