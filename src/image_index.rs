@@ -266,12 +266,14 @@ impl IndexPusher {
         &self.repository
     }
 
-    /// The manifest `tag` points at, asked for as a single-platform manifest (Docker v2 schema 2 or
-    /// OCI); `Ok(None)` when the registry has no such tag (or no such repository) yet. A registry
-    /// may answer with a manifest list anyway: the media type says so.
+    /// The manifest `tag` points at, as it is: an image's manifest (Docker v2 schema 2 or OCI) or an
+    /// index (the media type says which); `Ok(None)` when the registry has no such tag (or no such
+    /// repository) yet. Indexes are accepted so that the registry serves what the tag holds: asked
+    /// for image manifests only, a registry may answer with one platform's manifest out of an index.
     pub async fn tag_manifest(&self, tag: &str) -> Result<Option<TagManifest>, OciDistributionError> {
         let reference = self.reference_by_tag(tag);
-        let (bytes, digest) = match self.client.pull_manifest_raw(&reference, &self.auth, MANIFEST_MEDIA_TYPES).await {
+        let accepted = [MANIFEST_MEDIA_TYPES, &[IMAGE_MANIFEST_LIST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE]].concat();
+        let (bytes, digest) = match self.client.pull_manifest_raw(&reference, &self.auth, &accepted).await {
             Ok(pulled) => pulled,
             Err(error) if is_not_found(&error) => return Ok(None),
             Err(error) => return Err(error),

@@ -613,3 +613,29 @@ fn an_unchanged_two_platform_image_keeps_each_platforms_manifest_and_the_index_d
     assert!(!second.stderr.contains("] pushed "), "{}", second.stderr);
     world.expect_index_of_both_platforms(Api::TokenHub, &name, &["t1", "t2"], &first);
 }
+
+/// Any doubt is a push: a tag that holds an image index (here from a two-platform run) is not
+/// compared with a single-platform build, which is pushed over it as before.
+#[test]
+fn a_tag_holding_an_image_index_is_pushed_over_as_before() {
+    let world = World::shared();
+    let name = unique("stable-index");
+    let image = format!("{}/{name}", world.registry(Api::TokenHub));
+    let dir = tempfile::tempdir().unwrap();
+    let app = per_platform_app(dir.path(), world, None);
+    let run = |platforms: &str| {
+        let agent = world.login(Api::TokenHub, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+        let outcome = agent
+            .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1"])
+            .args(["--platform", platforms])
+            .run();
+        outcome.expect_code(0);
+        outcome
+    };
+    run("linux/amd64,linux/arm64");
+    let single = run("linux/amd64");
+    assert!(single.stderr.contains("manifest.list.v2+json, not one image's manifest"), "{}", single.stderr);
+    assert!(single.stderr.contains("pushed sha256:"), "{}", single.stderr);
+    let (manifest, _) = world.manifest(Api::TokenHub, &name, "t1", &format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}"));
+    assert_eq!(manifest["mediaType"], DOCKER_MANIFEST, "{manifest}");
+}
