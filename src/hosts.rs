@@ -235,9 +235,10 @@ impl Hosts {
                     }
                 }
             }
-            // Say who took each slot whose candidate failed in this round.
+            // Say who took each slot whose candidate failed in this round (a slot of one candidate
+            // fails with its error, which says it all).
             for (index, slot) in slots.iter().enumerate() {
-                if chosen[index].is_none() {
+                if chosen[index].is_none() && slot.candidates.len() > 1 {
                     if let Some(candidate) = slot.candidates.get(next[index]) {
                         if let Some((host, _)) = failed.iter().find(|(host, _)| host.target == candidate.target) {
                             let after = slot.candidates[next[index] + 1..]
