@@ -236,26 +236,32 @@ impl Hosts {
                 }
             }
             // Say who took each slot whose candidate failed in this round (a slot of one candidate
-            // fails with its error, which says it all).
+            // fails with its error, which says it all); slots that shared the host (platforms on the
+            // same pool) in one warning.
+            let mut warnings: Vec<(String, String, Vec<&str>)> = Vec::new();
             for (index, slot) in slots.iter().enumerate() {
-                if chosen[index].is_none() && slot.candidates.len() > 1 {
-                    if let Some(candidate) = slot.candidates.get(next[index]) {
-                        if let Some((host, _)) = failed.iter().find(|(host, _)| host.target == candidate.target) {
-                            let after = slot.candidates[next[index] + 1..]
-                                .iter()
-                                .find(|next| !failed.iter().any(|(host, _)| host.target == next.target))
-                                .map(|next| format!("{} takes the build", next.target))
-                                .unwrap_or_else(|| "no other host is left to take the build".to_string());
-                            let what = if slot.name.is_empty() { String::new() } else { format!(" ({})", slot.name) };
-                            tracing::warn!(
-                                "{} did not answer{what}: {} [{}]; {after}",
-                                host.target,
-                                host.reason,
-                                host.class
-                            );
-                        }
-                    }
+                if chosen[index].is_some() || slot.candidates.len() < 2 {
+                    continue;
                 }
+                let Some(candidate) = slot.candidates.get(next[index]) else { continue };
+                let Some((host, _)) = failed.iter().find(|(host, _)| host.target == candidate.target) else {
+                    continue;
+                };
+                let after = slot.candidates[next[index] + 1..]
+                    .iter()
+                    .find(|next| !failed.iter().any(|(host, _)| host.target == next.target))
+                    .map(|next| format!("{} takes the build", next.target))
+                    .unwrap_or_else(|| "no other host is left to take the build".to_string());
+                let (target, why) = (host.target.to_string(), format!("{} [{}]; {after}", host.reason, host.class));
+                match warnings.iter_mut().find(|(seen, same, _)| *seen == target && *same == why) {
+                    Some((.., names)) => names.push(&slot.name),
+                    None => warnings.push((target, why, vec![&slot.name])),
+                }
+            }
+            for (target, why, names) in warnings {
+                let names: Vec<&str> = names.into_iter().filter(|name| !name.is_empty()).collect();
+                let what = if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) };
+                tracing::warn!("{target} did not answer{what}: {why}");
             }
         }
         // A slot's host is its candidate `next`: those before it were passed over.

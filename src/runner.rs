@@ -132,7 +132,9 @@ impl<'a> Runner<'a> {
         let hosts = Hosts::connect_with_failover(&slots, &access, config.failover_timeout).await?;
         let single = resolved.platforms.is_empty();
         let target = &hosts.for_slot(0)?.target;
-        // Where each build goes when its chosen host did not answer (a platform's own host has no next).
+        // Where each build goes when its chosen host did not answer (a platform's own host has no
+        // next); platforms that went the same way (the same pool) in one line.
+        let mut moves: Vec<(&crate::docker_host::DockerHost, Vec<String>, Vec<&str>)> = Vec::new();
         for (index, slot) in slots.iter().enumerate() {
             let failed = hosts.failed_for_slot(index);
             if failed.is_empty() {
@@ -140,7 +142,14 @@ impl<'a> Runner<'a> {
             }
             let target = &hosts.for_slot(index)?.target;
             let failed: Vec<String> = failed.iter().map(|host| format!("{} ({})", host.target, host.class)).collect();
-            let what = if slot.name.is_empty() { String::new() } else { format!("{}: ", slot.name) };
+            match moves.iter_mut().find(|(seen, same, _)| *seen == target && *same == failed) {
+                Some((.., names)) => names.push(&slot.name),
+                None => moves.push((target, failed, vec![&slot.name])),
+            }
+        }
+        for (target, failed, names) in moves {
+            let names: Vec<&str> = names.into_iter().filter(|name| !name.is_empty()).collect();
+            let what = if names.is_empty() { String::new() } else { format!("{}: ", names.join(", ")) };
             if on_fallback(resolved, target) {
                 tracing::warn!(
                     "{what}no host of the pool answered ({}): building on the fallback {target}, whose cache may be \

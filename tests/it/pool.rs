@@ -217,6 +217,17 @@ fn remove_image(socket: &Path, image: &str) {
         .output();
 }
 
+/// Removes the `latest-<arch>` tags a multi-platform run without a push leaves on a host.
+fn remove_platform_images(socket: &Path, image: &str) {
+    for arch in ["amd64", "arm64"] {
+        let _ = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-X", "DELETE", "--max-time", "20", "--unix-socket"])
+            .arg(socket)
+            .arg(format!("http://localhost/images/{image}:latest-{arch}?force=1"))
+            .output();
+    }
+}
+
 /// A context of its own (so the build is the image's, not a cache hit of another test's), with a
 /// RUN step that sleeps `seconds` when given.
 fn app(dir: &Path, nonce: &str, sleep: Option<u32>) -> PathBuf {
@@ -635,6 +646,8 @@ fn a_platform_on_the_pool_fails_over_beside_a_platform_on_its_own_host_and_the_m
     let arm64 = &metadata["agent.platforms"]["linux/arm64"];
     assert_eq!(arm64["agent.host"], canonical(&pool.arm64_host()), "{metadata}");
     assert!(arm64.get("agent.failed_hosts").is_none() && arm64.get("agent.fallback").is_none(), "{metadata}");
+    remove_platform_images(&pool.world.docker_sock, image);
+    remove_platform_images(&pool.socket_of(&pool.arm64_host()), image);
 }
 
 /// Regression (issue 15 follow-up): a platform's own host that did not answer failed the run with
@@ -656,4 +669,43 @@ fn a_platforms_own_host_that_does_not_answer_fails_the_run_naming_the_platform_w
     // A host with no next one: its error says it all, no warning repeats it first.
     assert!(!outcome.stderr.contains("did not answer"), "{}", outcome.stderr);
     assert!(metadata.is_none());
+}
+
+/// Two platforms without hosts of their own share the pool: its host that does not answer is tried
+/// once and warned of once, naming both platforms, and both go to the next host in one line. When
+/// no host of the pool answers, the error names both platforms, with the chosen host's class.
+#[test]
+fn platforms_sharing_the_pool_fail_over_together_with_one_warning_and_fail_together_naming_both() {
+    let pool = Pool::new();
+    let refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hosts = [pool.world_host(refused), pool.world_host(pool.world.ssh_port)];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-shared-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) =
+        build(agent, image, &["--context", context.to_str().unwrap(), "--platform", "linux/amd64,linux/arm64"]);
+    outcome.expect_code(0);
+    let log = &outcome.stderr;
+    let (down, next) = (canonical(&hosts[0]), canonical(&hosts[1]));
+    let warned = format!("{down} did not answer (linux/amd64, linux/arm64): ");
+    assert_eq!(log.matches(&format!("{down} did not answer")).count(), 1, "{log}");
+    assert!(log.contains(&warned) && log.contains(&format!("; {next} takes the build")), "{log}");
+    let moved = format!("linux/amd64, linux/arm64: building on {next}, failed over from {down} (connection-refused)");
+    assert!(log.contains(&moved), "missing {moved:?} in\n{log}");
+    let metadata = metadata.expect("a metadata file");
+    assert_eq!(metadata["agent.failed_hosts"].as_array().map(Vec::len), Some(1), "{metadata}");
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let each = &metadata["agent.platforms"][platform];
+        assert_eq!(each["agent.host"], next, "{metadata}");
+        assert_eq!(each["agent.failed_hosts"][0]["host"], down, "{metadata}");
+    }
+    remove_platform_images(&pool.world.docker_sock, image);
+
+    // No host of the pool answers: the error names both platforms, with the chosen host's class.
+    let also_refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hosts = [pool.world_host(refused), pool.world_host(also_refused)];
+    let (outcome, _) = build(pool.agent(&hosts), image, &["--platform", "linux/amd64,linux/arm64"]);
+    outcome.expect_code(21);
+    let error = outcome.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
+    assert!(error.starts_with("error: linux/amd64, linux/arm64: failed to connect to ssh://127.0.0.1:"), "{error}");
 }
