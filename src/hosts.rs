@@ -76,6 +76,8 @@ pub struct Hosts {
     hosts: Vec<Host>,
     /// For each slot, in the order given, the index of its host in `hosts`.
     slots: Vec<usize>,
+    /// Each slot's name (its platform; empty for a single-platform run), for errors.
+    slot_names: Vec<String>,
     /// The disk use of each host, asked once its check passed, still to come.
     disk_use: Vec<DiskUseWatch>,
     /// The candidates that did not answer, passed over for the next.
@@ -275,12 +277,14 @@ impl Hosts {
                     .collect()
             })
             .collect();
+        let slots_given = slots;
         let slots = chosen
             .into_iter()
             .map(|host| host.ok_or_else(|| Error::Internal("a slot was left without a host".to_string())))
             .collect::<Result<Vec<usize>>>()?;
         let failed = failed.into_iter().map(|(host, _)| host).collect();
-        Ok(Hosts { hosts, slots, failed, slot_failed, disk_use: Vec::new() })
+        let slot_names = slots_given.iter().map(|slot| slot.name.clone()).collect();
+        Ok(Hosts { hosts, slots, slot_names, failed, slot_failed, disk_use: Vec::new() })
     }
 
     /// The candidates of slot `slot` that did not answer before its host took it, in the order tried.
@@ -306,12 +310,27 @@ impl Hosts {
 
     /// Checks every daemon at once, keeping what each check learnt (a host checked while it was
     /// connected, to fail over past it, is not asked again).
+    /// A failure names the platforms that build on the host, as a failure to connect does.
     pub async fn check(&mut self) -> Result<()> {
-        try_join_all(self.hosts.iter_mut().filter(|host| host.facts.is_none()).map(|host| async move {
-            host.facts = Some(host.daemon.check().await?);
-            Ok::<_, Error>(())
-        }))
-        .await?;
+        let (slots, names) = (&self.slots, &self.slot_names);
+        let checks = self.hosts.iter_mut().enumerate().filter(|(_, host)| host.facts.is_none()).map(
+            |(index, host)| async move {
+                match host.daemon.check().await {
+                    Ok(facts) => host.facts = Some(facts),
+                    Err(error) => {
+                        let on_it: Vec<&str> = slots
+                            .iter()
+                            .zip(names)
+                            .filter(|(slot, _)| **slot == index)
+                            .map(|(_, name)| name.as_str())
+                            .collect();
+                        return Err(for_platforms(error, &on_it));
+                    }
+                }
+                Ok::<_, Error>(())
+            },
+        );
+        try_join_all(checks).await?;
         Ok(())
     }
 

@@ -709,3 +709,22 @@ fn platforms_sharing_the_pool_fail_over_together_with_one_warning_and_fail_toget
     let error = outcome.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
     assert!(error.starts_with("error: linux/amd64, linux/arm64: failed to connect to ssh://127.0.0.1:"), "{error}");
 }
+
+/// Regression (issue 15 follow-up): a platform's own host whose sshd answers but whose daemon does
+/// not failed the check naming neither the platform nor, in the line, what it was for. The error
+/// names the platform, with the remote socket's class (26).
+#[test]
+fn a_platforms_own_host_whose_daemon_is_down_fails_the_check_naming_the_platform() {
+    let pool = Pool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let down = format!("ssh://{}@127.0.0.1:{}{}", pool.world.ssh_user, pool.world.ssh_port, socket.display());
+    let hosts = [pool.arm64_host()];
+    let agent = pool.agent(&hosts).env("DOCKER_HOST_ARM64", &down);
+    let (outcome, _) = build(agent, "agent-it/pool-own-daemon-down", &["--platform", "linux/amd64,linux/arm64"]);
+    outcome.expect_code(26);
+    let error = outcome.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
+    assert!(error.starts_with("error: linux/arm64: "), "{}", outcome.stderr);
+}
