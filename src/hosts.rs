@@ -399,7 +399,14 @@ async fn attempt(
 ) -> Result<Host> {
     let mut host = connect(candidate, access, trusted, timeout).await?;
     if check {
-        host.facts = Some(host.daemon.check().await?);
+        // Within the failover timeout too: a daemon that hangs behind a live sshd must not cost
+        // the whole connect timeout before the next host is tried.
+        let checked = tokio::time::timeout(timeout, host.daemon.check()).await.map_err(|_| Error::Connect {
+            target: candidate.target.to_string(),
+            class: ConnectClass::Timeout,
+            detail: format!("the daemon did not answer its check within {}s", timeout.as_secs()),
+        })?;
+        host.facts = Some(checked?);
     }
     Ok(host)
 }

@@ -728,3 +728,30 @@ fn a_platforms_own_host_whose_daemon_is_down_fails_the_check_naming_the_platform
     let error = outcome.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
     assert!(error.starts_with("error: linux/arm64: "), "{}", outcome.stderr);
 }
+
+/// Regression: a host whose sshd answers but whose daemon never does (a socket that accepts and
+/// never replies) was checked within the whole connect timeout (20 s) before the next host took
+/// the build; its check now has the failover timeout, as its connection has.
+#[test]
+fn a_host_whose_daemon_hangs_behind_a_live_sshd_costs_the_failover_timeout_and_no_more() {
+    let pool = Pool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    // Bound and kept, never accepted from: a connection waits in the backlog with no answer.
+    let _hung = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let hung = format!("ssh://{}@127.0.0.1:{}{}", pool.world.ssh_user, pool.world.ssh_port, socket.display());
+    let hosts = [hung, pool.arm64_host()];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-daemon-hung-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap(), "--failover-timeout", "2"]);
+    outcome.expect_code(0);
+    assert_eq!(built_on(&metadata), canonical(&hosts[1]));
+    assert_eq!(metadata.as_ref().unwrap()["agent.failed_hosts"][0]["class"], "timeout", "{metadata:?}");
+    assert!(outcome.stderr.contains("did not answer its check within 2s"), "{}", outcome.stderr);
+    // 2 s for the hung daemon, then a normal run (about a second here), far from the 20 s.
+    assert!(outcome.elapsed < Duration::from_secs(12), "took {:?}", outcome.elapsed);
+    remove_image(&pool.socket_of(&hosts[1]), image);
+}
