@@ -162,8 +162,18 @@ impl<'a> Runner<'a> {
         }
         let transports: Vec<&str> = hosts.iter().map(|host| host.target.transport()).collect();
         let mut outcome = format!("connected over {}", transports.join(", "));
-        if single && (resolved.hosts.len() > 1 || resolved.fallback_host.is_some()) {
-            outcome.push_str(&format!(" to {target}"));
+        if resolved.hosts.len() > 1 || resolved.fallback_host.is_some() {
+            if single {
+                outcome.push_str(&format!(" to {target}"));
+            } else {
+                // Where the pool put each platform (a platform's own host is in the plan).
+                let placed = slots
+                    .iter()
+                    .enumerate()
+                    .map(|(index, slot)| Ok(format!("{} on {}", slot.name, hosts.for_slot(index)?.target)))
+                    .collect::<Result<Vec<String>>>()?;
+                outcome.push_str(&format!(" ({})", placed.join(", ")));
+            }
         }
         self.hosts = Some(hosts);
         Ok(outcome)

@@ -631,6 +631,12 @@ fn a_platform_on_the_pool_fails_over_beside_a_platform_on_its_own_host_and_the_m
         canonical(&hosts[0])
     );
     assert!(log.contains(&failed_over), "missing {failed_over:?} in\n{log}");
+    let connected = format!(
+        "connected over ssh, ssh (linux/amd64 on {}, linux/arm64 on {})",
+        canonical(&hosts[1]),
+        canonical(&pool.arm64_host())
+    );
+    assert!(log.contains(&connected), "missing {connected:?} in\n{log}");
     assert!(log.contains(&format!("[linux/amd64] built on {}", canonical(&hosts[1]))), "{log}");
     assert!(log.contains(&format!("[linux/arm64] built on {}", canonical(&pool.arm64_host()))), "{log}");
     assert!(!log.contains("linux/arm64: building on"), "{log}");
