@@ -125,3 +125,39 @@ fn warn_of_cert_authorities(known: &KnownHosts, warned: &mut HashSet<String>) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASTED: &str =
+        "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy";
+    const LINE: &str =
+        "build.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy";
+
+    #[test]
+    fn the_file_is_read_once_and_each_pasted_text_parsed_once_for_every_host_of_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, format!("{LINE}\n")).unwrap();
+        let trusted = TrustedHosts::new(&file);
+        let first = trusted.for_host(Some(PASTED)).unwrap();
+        assert_eq!(first.hosts.len(), 2);
+        assert_eq!(first.hosts[0].source, "JETS_SSH_KNOWN", "the pasted lines come first");
+        // Gone after the first read: the run goes on with what it read.
+        std::fs::remove_file(&file).unwrap();
+        let again = trusted.for_host(Some(PASTED)).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let without = trusted.for_host(None).unwrap();
+        assert_eq!(without.hosts.len(), 1, "the file's entry, read once");
+        assert!(!Arc::ptr_eq(&first, &without));
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: reading it fails (not "not found").
+        let error = TrustedHosts::new(dir.path()).for_host(None).unwrap_err();
+        assert!(error.to_string().contains(&dir.path().display().to_string()), "{error}");
+    }
+}
