@@ -367,12 +367,16 @@ impl Step {
                 ));
             }
             Step::Connect { host, timeout, read_timeout, tls, platforms, pool } => {
+                let default_host = match pool {
+                    Some(pool) if pool.hosts.len() > 1 => {
+                        "the pool's host for the image below, or the next that answers"
+                    }
+                    Some(_) => "the DOCKER_HOST daemon below, or the fallback",
+                    None => "the DOCKER_HOST daemon below",
+                };
                 for each in platforms {
                     let Some(own) = &each.host else {
-                        lines.push(format!(
-                            "{}: on the DOCKER_HOST daemon below (emulated if it is of another arch)",
-                            each.platform
-                        ));
+                        lines.push(format!("{}: on {default_host} (emulated if it is of another arch)", each.platform));
                         continue;
                     };
                     let key = match &each.ssh_key {
@@ -511,7 +515,7 @@ impl Step {
                             host.origin
                         ),
                         None => format!(
-                            "platform {} on the DOCKER_HOST daemon, emulated if its arch differs (no DOCKER_HOST_<ARCH> for it), pushed as TAG-{suffix}",
+                            "platform {} on the run's default host (DOCKER_HOST, or the pool's: see the connect step), emulated if its arch differs (no DOCKER_HOST_<ARCH> for it), pushed as TAG-{suffix}",
                             each.platform
                         ),
                     });
