@@ -444,6 +444,22 @@ mod tests {
     }
 
     #[test]
+    fn only_an_unknown_manifest_or_repository_is_a_missing_tag() {
+        use oci_client::errors::{OciEnvelope, OciError, OciErrorCode};
+        let envelope = |code| OciDistributionError::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError { code, message: String::new(), detail: serde_json::Value::Null }],
+            },
+            url: "http://127.0.0.1:5000/v2/app/manifests/latest".to_string(),
+        };
+        assert!(is_not_found(&envelope(OciErrorCode::ManifestUnknown)));
+        assert!(is_not_found(&envelope(OciErrorCode::NameUnknown)));
+        assert!(!is_not_found(&envelope(OciErrorCode::Denied)));
+        assert!(!is_not_found(&envelope(OciErrorCode::Unauthorized)));
+        assert!(!is_not_found(&OciDistributionError::GenericError(Some("connection reset".to_string()))));
+    }
+
+    #[test]
     fn docker_hub_official_images_get_the_library_prefix() {
         let official = IndexPusher::new(&Repository::parse("alpine").unwrap(), None, Duration::from_secs(5));
         assert_eq!((official.registry.as_str(), official.path.as_str()), ("docker.io", "library/alpine"));
