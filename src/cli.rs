@@ -170,6 +170,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_push: bool,
 
+    /// Push every tag even when the registry already holds the same image (by default a BuildKit
+    /// build that is the same image as a tag's in the registry keeps that image's digest)
+    #[arg(long, env = "AGENT_ALWAYS_PUSH", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true", value_name = "BOOL")]
+    pub always_push: Option<bool>,
+
     /// Write imagedefinitions.json (CodePipeline's ECS format) for this container name, in the working directory
     #[arg(long, value_name = "CONTAINER_NAME")]
     pub image_definitions: Option<String>,

@@ -73,6 +73,8 @@ pub struct Config {
     pub build: Build,
     /// Whether to push the tags.
     pub push: bool,
+    /// `--always-push`: push even when the registry holds the same image (no comparison first).
+    pub always_push: bool,
     /// The container name for imagedefinitions.json.
     pub image_definitions: Option<String>,
     /// Where to write the build's metadata (buildx's `--metadata-file`), absolute.
@@ -496,6 +498,7 @@ impl Config {
                     tags,
                     build,
                     push: !args.no_push,
+                    always_push: args.always_push.unwrap_or(false),
                     image_definitions: args.image_definitions.as_ref().map(|name| name.trim().to_string()),
                     metadata_file: args.metadata_file.as_ref().map(|path| absolute(path, cwd)),
                     keep_storage,

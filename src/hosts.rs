@@ -21,7 +21,7 @@ use crate::error::{ConnectClass, Error, Problem, Result};
 use crate::resolve::Resolved;
 use crate::secrets::Secret;
 use crate::ssh::key::SshKey;
-use crate::ssh::login::{login_keys, trusted_hosts};
+use crate::ssh::login::{TrustedHosts, login_keys};
 use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
 
 /// What every host is reached with: timeouts, TLS, and the SSH files.
@@ -76,10 +76,14 @@ pub struct Hosts {
     hosts: Vec<Host>,
     /// For each slot, in the order given, the index of its host in `hosts`.
     slots: Vec<usize>,
+    /// Each slot's name (its platform; empty for a single-platform run), for errors.
+    slot_names: Vec<String>,
     /// The disk use of each host, asked once its check passed, still to come.
     disk_use: Vec<DiskUseWatch>,
     /// The candidates that did not answer, passed over for the next.
     failed: Vec<FailedHost>,
+    /// For each slot, the indexes in `failed` of its candidates passed over, in the order tried.
+    slot_failed: Vec<Vec<usize>>,
 }
 
 /// A host of a slot that did not answer, and why; the next candidate took the slot.
@@ -145,6 +149,8 @@ impl Hosts {
         if slots.is_empty() {
             return Err(Error::Internal("a run without a host".to_string()));
         }
+        // Read once for every SSH candidate, not once per host.
+        let trusted = TrustedHosts::new(access.known_hosts_file);
         let mut hosts: Vec<Host> = Vec::new();
         let mut failed: Vec<(FailedHost, Error)> = Vec::new();
         // For each slot, the index of the candidate being tried.
@@ -164,7 +170,20 @@ impl Hosts {
                             Some(position) => failed.swap_remove(position).1,
                             None => Error::Internal(format!("slot {:?} failed without an error", slot.name)),
                         };
-                        return Err(error);
+                        // Every slot left without a host by the same failures (a pool shared by platforms).
+                        let left: Vec<&str> = slots
+                            .iter()
+                            .zip(&chosen)
+                            .filter(|(slot, chosen)| {
+                                chosen.is_none()
+                                    && slot.candidates.iter().all(|candidate| {
+                                        candidate.target == first.target
+                                            || failed.iter().any(|(host, _)| host.target == candidate.target)
+                                    })
+                            })
+                            .map(|(slot, _)| slot.name.as_str())
+                            .collect();
+                        return Err(for_platforms(error, &left));
                     };
                     if let Some(host) = hosts.iter().position(|host| host.target == candidate.target) {
                         chosen[index] = Some(host);
@@ -184,7 +203,9 @@ impl Hosts {
                 break;
             }
             let outcomes = join_all(
-                attempts.iter().map(|(candidate, timeout, check)| attempt(candidate, access, *timeout, *check)),
+                attempts
+                    .iter()
+                    .map(|(candidate, timeout, check)| attempt(candidate, access, &trusted, *timeout, *check)),
             )
             .await;
             for ((candidate, ..), outcome) in attempts.iter().zip(outcomes) {
@@ -200,37 +221,76 @@ impl Hosts {
                     }
                     Err(error) => {
                         // The hosts connected so far are dropped with their connections.
-                        return Err(error);
+                        let trying: Vec<&str> = slots
+                            .iter()
+                            .enumerate()
+                            .filter(|(index, slot)| {
+                                chosen[*index].is_none()
+                                    && slot
+                                        .candidates
+                                        .get(next[*index])
+                                        .is_some_and(|next| next.target == candidate.target)
+                            })
+                            .map(|(_, slot)| slot.name.as_str())
+                            .collect();
+                        return Err(for_platforms(error, &trying));
                     }
                 }
             }
-            // Say who took each slot whose candidate failed in this round.
+            // Say who took each slot whose candidate failed in this round (a slot of one candidate
+            // fails with its error, which says it all); slots that shared the host (platforms on the
+            // same pool) in one warning.
+            let mut warnings: Vec<(String, String, Vec<&str>)> = Vec::new();
             for (index, slot) in slots.iter().enumerate() {
-                if chosen[index].is_none() {
-                    if let Some(candidate) = slot.candidates.get(next[index]) {
-                        if let Some((host, _)) = failed.iter().find(|(host, _)| host.target == candidate.target) {
-                            let after = slot.candidates[next[index] + 1..]
-                                .iter()
-                                .find(|next| !failed.iter().any(|(host, _)| host.target == next.target))
-                                .map(|next| format!("{} takes the build", next.target))
-                                .unwrap_or_else(|| "no other host is left to take the build".to_string());
-                            let what = if slot.name.is_empty() { String::new() } else { format!(" ({})", slot.name) };
-                            tracing::warn!(
-                                "{} did not answer{what}: {} [{}]; {after}",
-                                host.target,
-                                host.reason,
-                                host.class
-                            );
-                        }
-                    }
+                if chosen[index].is_some() || slot.candidates.len() < 2 {
+                    continue;
                 }
+                let Some(candidate) = slot.candidates.get(next[index]) else { continue };
+                let Some((host, _)) = failed.iter().find(|(host, _)| host.target == candidate.target) else {
+                    continue;
+                };
+                let after = slot.candidates[next[index] + 1..]
+                    .iter()
+                    .find(|next| !failed.iter().any(|(host, _)| host.target == next.target))
+                    .map(|next| format!("{} takes the build", next.target))
+                    .unwrap_or_else(|| "no other host is left to take the build".to_string());
+                let (target, why) = (host.target.to_string(), format!("{} [{}]; {after}", host.reason, host.class));
+                match warnings.iter_mut().find(|(seen, same, _)| *seen == target && *same == why) {
+                    Some((.., names)) => names.push(&slot.name),
+                    None => warnings.push((target, why, vec![&slot.name])),
+                }
+            }
+            for (target, why, names) in warnings {
+                let names: Vec<&str> = names.into_iter().filter(|name| !name.is_empty()).collect();
+                let what = if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) };
+                tracing::warn!("{target} did not answer{what}: {why}");
             }
         }
+        // A slot's host is its candidate `next`: those before it were passed over.
+        let slot_failed = slots
+            .iter()
+            .zip(&next)
+            .map(|(slot, next)| {
+                slot.candidates[..*next]
+                    .iter()
+                    .filter_map(|candidate| failed.iter().position(|(host, _)| host.target == candidate.target))
+                    .collect()
+            })
+            .collect();
+        let slots_given = slots;
         let slots = chosen
             .into_iter()
             .map(|host| host.ok_or_else(|| Error::Internal("a slot was left without a host".to_string())))
             .collect::<Result<Vec<usize>>>()?;
-        Ok(Hosts { hosts, slots, failed: failed.into_iter().map(|(host, _)| host).collect(), disk_use: Vec::new() })
+        let failed = failed.into_iter().map(|(host, _)| host).collect();
+        let slot_names = slots_given.iter().map(|slot| slot.name.clone()).collect();
+        Ok(Hosts { hosts, slots, slot_names, failed, slot_failed, disk_use: Vec::new() })
+    }
+
+    /// The candidates of slot `slot` that did not answer before its host took it, in the order tried.
+    pub fn failed_for_slot(&self, slot: usize) -> Vec<&FailedHost> {
+        let indexes = self.slot_failed.get(slot).map(Vec::as_slice).unwrap_or_default();
+        indexes.iter().filter_map(|index| self.failed.get(*index)).collect()
     }
 
     /// The hosts that did not answer, in the order they were tried.
@@ -250,12 +310,27 @@ impl Hosts {
 
     /// Checks every daemon at once, keeping what each check learnt (a host checked while it was
     /// connected, to fail over past it, is not asked again).
+    /// A failure names the platforms that build on the host, as a failure to connect does.
     pub async fn check(&mut self) -> Result<()> {
-        try_join_all(self.hosts.iter_mut().filter(|host| host.facts.is_none()).map(|host| async move {
-            host.facts = Some(host.daemon.check().await?);
-            Ok::<_, Error>(())
-        }))
-        .await?;
+        let (slots, names) = (&self.slots, &self.slot_names);
+        let checks = self.hosts.iter_mut().enumerate().filter(|(_, host)| host.facts.is_none()).map(
+            |(index, host)| async move {
+                match host.daemon.check().await {
+                    Ok(facts) => host.facts = Some(facts),
+                    Err(error) => {
+                        let on_it: Vec<&str> = slots
+                            .iter()
+                            .zip(names)
+                            .filter(|(slot, _)| **slot == index)
+                            .map(|(_, name)| name.as_str())
+                            .collect();
+                        return Err(for_platforms(error, &on_it));
+                    }
+                }
+                Ok::<_, Error>(())
+            },
+        );
+        try_join_all(checks).await?;
         Ok(())
     }
 
@@ -304,17 +379,45 @@ impl Hosts {
     }
 }
 
+/// The error that leaves the slots `names` without a host: in a multi-platform run it names their
+/// platforms, as a build's failure does (the exit class is the cause's).
+fn for_platforms(error: Error, names: &[&str]) -> Error {
+    let names: Vec<&str> = names.iter().copied().filter(|name| !name.is_empty()).collect();
+    if names.is_empty() {
+        return error;
+    }
+    Error::Platform { platform: names.join(", "), source: Box::new(error) }
+}
+
 /// One candidate tried: connected within `timeout`, and its daemon checked when `check`.
-async fn attempt(candidate: &Candidate, access: &Access<'_>, timeout: Duration, check: bool) -> Result<Host> {
-    let mut host = connect(candidate, access, timeout).await?;
+async fn attempt(
+    candidate: &Candidate,
+    access: &Access<'_>,
+    trusted: &TrustedHosts,
+    timeout: Duration,
+    check: bool,
+) -> Result<Host> {
+    let mut host = connect(candidate, access, trusted, timeout).await?;
     if check {
-        host.facts = Some(host.daemon.check().await?);
+        // Within the failover timeout too: a daemon that hangs behind a live sshd must not cost
+        // the whole connect timeout before the next host is tried.
+        let checked = tokio::time::timeout(timeout, host.daemon.check()).await.map_err(|_| Error::Connect {
+            target: candidate.target.to_string(),
+            class: ConnectClass::Timeout,
+            detail: format!("the daemon did not answer its check within {}s", timeout.as_secs()),
+        })?;
+        host.facts = Some(checked?);
     }
     Ok(host)
 }
 
 /// One connection to one target, within `timeout` (its daemon's requests get the connect timeout).
-async fn connect(candidate: &Candidate, access: &Access<'_>, timeout: Duration) -> Result<Host> {
+async fn connect(
+    candidate: &Candidate,
+    access: &Access<'_>,
+    trusted: &TrustedHosts,
+    timeout: Duration,
+) -> Result<Host> {
     let target = &candidate.target;
     let daemon = match target {
         DockerHost::Unix { path } => Daemon::unix(path, access.connect_timeout)?,
@@ -345,7 +448,7 @@ async fn connect(candidate: &Candidate, access: &Access<'_>, timeout: Duration) 
                 ]));
             };
             let keys = login_keys(name, candidate.ssh_key.as_deref(), access.ssh_key_file, access.ssh_key_passphrase)?;
-            let known = Arc::new(trusted_hosts(candidate.known_hosts.as_deref(), access.known_hosts_file)?);
+            let known = trusted.for_host(candidate.known_hosts.as_deref())?;
             let ssh = SshTarget { host: name.clone(), port: *port, user, socket: socket.clone() };
             let timeouts = Timeouts { connect: timeout, keepalive: access.read_timeout / 3 };
             let session = SshSession::connect(ssh, &keys, known, timeouts).await?;

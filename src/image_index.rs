@@ -250,6 +250,77 @@ impl IndexPusher {
     }
 }
 
+/// A tag's manifest as the registry serves it: its bytes (to put under another tag unchanged),
+/// digest and media type.
+#[derive(Debug, Clone)]
+pub struct TagManifest {
+    pub bytes: bytes::Bytes,
+    pub digest: String,
+    /// `mediaType` of the body; an OCI manifest may leave it out (then the OCI type).
+    pub media_type: String,
+}
+
+impl IndexPusher {
+    /// The repository as the errors name it.
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    /// The manifest `tag` points at, as it is: an image's manifest (Docker v2 schema 2 or OCI) or an
+    /// index (the media type says which); `Ok(None)` when the registry has no such tag (or no such
+    /// repository) yet. Indexes are accepted so that the registry serves what the tag holds: asked
+    /// for image manifests only, a registry may answer with one platform's manifest out of an index.
+    pub async fn tag_manifest(&self, tag: &str) -> Result<Option<TagManifest>, OciDistributionError> {
+        let reference = self.reference_by_tag(tag);
+        let accepted = [MANIFEST_MEDIA_TYPES, &[IMAGE_MANIFEST_LIST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE]].concat();
+        let (bytes, digest) = match self.client.pull_manifest_raw(&reference, &self.auth, &accepted).await {
+            Ok(pulled) => pulled,
+            Err(error) if is_not_found(&error) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let fields: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let media_type = match fields["mediaType"].as_str() {
+            Some(media_type) => media_type.to_string(),
+            None if fields["config"].is_object() => OCI_IMAGE_MEDIA_TYPE.to_string(),
+            None => String::new(),
+        };
+        Ok(Some(TagManifest { bytes, digest, media_type }))
+    }
+
+    /// A blob of the repository (an image's config), whole.
+    pub async fn blob(
+        &self,
+        descriptor: &oci_client::manifest::OciDescriptor,
+    ) -> Result<Vec<u8>, OciDistributionError> {
+        let mut out = Vec::new();
+        self.client.pull_blob(&self.reference_by_tag(crate::image_ref::LATEST), descriptor, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Puts `manifest` (bytes as the registry served them) under `tag`: a registry-side tag, no
+    /// layer moves.
+    pub async fn put_manifest(&self, tag: &str, manifest: &TagManifest) -> Result<(), OciDistributionError> {
+        let content_type = http::HeaderValue::from_str(&manifest.media_type)
+            .map_err(|_| OciDistributionError::GenericError(Some("an unreadable media type".to_string())))?;
+        self.client.store_auth_if_needed(self.reference_by_tag(tag).resolve_registry(), &self.auth).await;
+        self.client.push_manifest_raw(&self.reference_by_tag(tag), manifest.bytes.clone(), content_type).await.map(drop)
+    }
+}
+
+/// Whether a registry's answer means "no such manifest" (the tag or the repository is not there).
+fn is_not_found(error: &OciDistributionError) -> bool {
+    use oci_client::errors::OciErrorCode;
+    match error {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|each| matches!(each.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
+        _ => false,
+    }
+}
+
 /// An index, serialised: the bytes pushed, their digest and media type.
 #[derive(Debug, Clone)]
 pub struct IndexBody {
@@ -370,6 +441,22 @@ mod tests {
         assert!(docker.digest.starts_with("sha256:") && docker.digest.len() == 7 + 64, "{}", docker.digest);
         let mixed = IndexBody::new(vec![entry(IMAGE_MANIFEST_MEDIA_TYPE), entry(OCI_IMAGE_MEDIA_TYPE)]);
         assert_eq!(mixed.media_type, OCI_IMAGE_INDEX_MEDIA_TYPE);
+    }
+
+    #[test]
+    fn only_an_unknown_manifest_or_repository_is_a_missing_tag() {
+        use oci_client::errors::{OciEnvelope, OciError, OciErrorCode};
+        let envelope = |code| OciDistributionError::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError { code, message: String::new(), detail: serde_json::Value::Null }],
+            },
+            url: "http://127.0.0.1:5000/v2/app/manifests/latest".to_string(),
+        };
+        assert!(is_not_found(&envelope(OciErrorCode::ManifestUnknown)));
+        assert!(is_not_found(&envelope(OciErrorCode::NameUnknown)));
+        assert!(!is_not_found(&envelope(OciErrorCode::Denied)));
+        assert!(!is_not_found(&envelope(OciErrorCode::Unauthorized)));
+        assert!(!is_not_found(&OciDistributionError::GenericError(Some("connection reset".to_string()))));
     }
 
     #[test]

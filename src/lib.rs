@@ -77,6 +77,7 @@ pub mod session;
 
 pub mod image_index;
 pub mod platforms;
+pub mod unchanged;
 
 pub mod image_definitions;
 

@@ -66,6 +66,9 @@ pub enum Step {
     },
     /// One image index naming every platform's pushed image, under each tag.
     PushIndex { image: crate::image_ref::Repository, tags: Vec<String>, platforms: Vec<String> },
+    /// Ask the registry whether a tag already holds the image just built (see [`crate::unchanged`]);
+    /// if so, keep its digest: the tags without it get its manifest, and no tag is pushed.
+    KeepUnchanged { image: crate::image_ref::Repository, tags: Vec<String> },
     /// Push one tag.
     Push { reference: String, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
@@ -224,6 +227,9 @@ impl Plan {
         for tag in &tags[1..] {
             steps.push(Step::Tag { source: first.clone(), target: image.with_tag(tag) });
         }
+        if config.push && !config.always_push {
+            steps.push(Step::KeepUnchanged { image: image.clone(), tags: tags.clone() });
+        }
         if config.push {
             for tag in tags {
                 steps.push(Step::Push { reference: image.with_tag(tag), registry: image.registry().to_string() });
@@ -293,6 +299,7 @@ impl Step {
             Step::PushIndex { image, tags, .. } => {
                 format!("push the image index {image} ({} tag{})", tags.len(), if tags.len() == 1 { "" } else { "s" })
             }
+            Step::KeepUnchanged { .. } => "compare with the registry".to_string(),
             Step::Push { reference, .. } => format!("push {reference}"),
             Step::WriteImageDefinitions { .. } => "write imagedefinitions.json".to_string(),
             Step::WriteMetadata { .. } => "write build metadata".to_string(),
@@ -315,6 +322,7 @@ impl Step {
             | Step::Tag { .. }
             | Step::BuildPlatforms { .. }
             | Step::PushIndex { .. }
+            | Step::KeepUnchanged { .. }
             | Step::Push { .. }
             | Step::WriteImageDefinitions { .. }
             | Step::WriteMetadata { .. }
@@ -359,12 +367,16 @@ impl Step {
                 ));
             }
             Step::Connect { host, timeout, read_timeout, tls, platforms, pool } => {
+                let default_host = match pool {
+                    Some(pool) if pool.hosts.len() > 1 => {
+                        "the pool's host for the image below, or the next that answers"
+                    }
+                    Some(_) => "the DOCKER_HOST daemon below, or the fallback",
+                    None => "the DOCKER_HOST daemon below",
+                };
                 for each in platforms {
                     let Some(own) = &each.host else {
-                        lines.push(format!(
-                            "{}: on the DOCKER_HOST daemon below (emulated if it is of another arch)",
-                            each.platform
-                        ));
+                        lines.push(format!("{}: on {default_host} (emulated if it is of another arch)", each.platform));
                         continue;
                     };
                     let key = match &each.ssh_key {
@@ -503,7 +515,7 @@ impl Step {
                             host.origin
                         ),
                         None => format!(
-                            "platform {} on the DOCKER_HOST daemon, emulated if its arch differs (no DOCKER_HOST_<ARCH> for it), pushed as TAG-{suffix}",
+                            "platform {} on the run's default host (DOCKER_HOST, or the pool's: see the connect step), emulated if its arch differs (no DOCKER_HOST_<ARCH> for it), pushed as TAG-{suffix}",
                             each.platform
                         ),
                     });
@@ -587,6 +599,13 @@ impl Step {
                         ));
                     }
                 }
+                if *push {
+                    lines.push(
+                        "with BuildKit, a platform whose TAG-<arch> in the registry is the same image keeps it, unpushed \
+                         (unless --always-push), so the index of unchanged platforms keeps its digest too"
+                            .to_string(),
+                    );
+                }
                 lines.push("the first failure fails the run, naming its platform; no index is pushed then".to_string());
                 // The common build's lines, but for its tag: each platform has its own (above).
                 lines.extend(build_step.details().into_iter().filter(|line| !line.starts_with("tag ")));
@@ -598,6 +617,19 @@ impl Step {
                 ));
                 lines.push(format!("pushed by the agent to {} under {}", image.registry(), tags.join(", ")));
                 lines.push("with the run's login for that registry (basic auth, or the bearer-token flow)".to_string());
+            }
+            Step::KeepUnchanged { image, tags } => {
+                lines.push(format!(
+                    "with BuildKit: ask {} for the manifest and config under {}",
+                    image.registry(),
+                    tags.join(", ")
+                ));
+                lines.push(
+                    "the same image (layers, config, platform, created, history; BuildKit's cache record aside): \
+                     keep its digest, put it under the tags that lack it, push nothing"
+                        .to_string(),
+                );
+                lines.push("else, or on any doubt, push every tag (--always-push: always)".to_string());
             }
             Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
             Step::WriteImageDefinitions { path, container, image_uri } => {

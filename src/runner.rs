@@ -54,7 +54,15 @@ pub struct Runner<'a> {
     platform_images: Vec<PlatformImage>,
     /// What each platform's build did, for the metadata file (multi-platform runs).
     platform_builds: Vec<crate::image::metadata::PlatformBuilt>,
+    /// The registry's image kept instead of pushing this build's (the same image): its tags are
+    /// not pushed.
+    kept: Option<(crate::image_ref::Repository, crate::unchanged::Kept)>,
+    /// What the registry holds under the tags, asked for while the image builds (for the
+    /// comparison before the pushes).
+    registry_images: Option<tokio::task::JoinHandle<RegistryImagesResult>>,
 }
+
+type RegistryImagesResult = std::result::Result<crate::unchanged::RegistryImages, String>;
 
 impl<'a> Runner<'a> {
     pub fn new(config: &'a Config) -> Self {
@@ -69,6 +77,8 @@ impl<'a> Runner<'a> {
             pushed_digest: None,
             platform_images: Vec::new(),
             platform_builds: Vec::new(),
+            kept: None,
+            registry_images: None,
         }
     }
 
@@ -128,26 +138,52 @@ impl<'a> Runner<'a> {
             known_hosts_file: &config.known_hosts_file.value,
         };
         let repository = config.image.value.to_string();
-        let hosts =
-            Hosts::connect_with_failover(&slots(resolved, &repository), &access, config.failover_timeout).await?;
+        let slots = slots(resolved, &repository);
+        let hosts = Hosts::connect_with_failover(&slots, &access, config.failover_timeout).await?;
         let single = resolved.platforms.is_empty();
         let target = &hosts.for_slot(0)?.target;
-        if single && !hosts.failed().is_empty() {
-            let failed: Vec<String> =
-                hosts.failed().iter().map(|host| format!("{} ({})", host.target, host.class)).collect();
-            if resolved.fallback_host.as_ref() == Some(target) && !resolved.hosts.contains(target) {
+        // Where each build goes when its chosen host did not answer (a platform's own host has no
+        // next); platforms that went the same way (the same pool) in one line.
+        let mut moves: Vec<(&crate::docker_host::DockerHost, Vec<String>, Vec<&str>)> = Vec::new();
+        for (index, slot) in slots.iter().enumerate() {
+            let failed = hosts.failed_for_slot(index);
+            if failed.is_empty() {
+                continue;
+            }
+            let target = &hosts.for_slot(index)?.target;
+            let failed: Vec<String> = failed.iter().map(|host| format!("{} ({})", host.target, host.class)).collect();
+            match moves.iter_mut().find(|(seen, same, _)| *seen == target && *same == failed) {
+                Some((.., names)) => names.push(&slot.name),
+                None => moves.push((target, failed, vec![&slot.name])),
+            }
+        }
+        for (target, failed, names) in moves {
+            let names: Vec<&str> = names.into_iter().filter(|name| !name.is_empty()).collect();
+            let what = if names.is_empty() { String::new() } else { format!("{}: ", names.join(", ")) };
+            if on_fallback(resolved, target) {
                 tracing::warn!(
-                    "no host of the pool answered ({}): building on the fallback {target}, whose cache may be cold",
+                    "{what}no host of the pool answered ({}): building on the fallback {target}, whose cache may be \
+                     cold",
                     failed.join(", ")
                 );
             } else {
-                tracing::warn!("building on {target}, failed over from {}", failed.join(", "));
+                tracing::warn!("{what}building on {target}, failed over from {}", failed.join(", "));
             }
         }
         let transports: Vec<&str> = hosts.iter().map(|host| host.target.transport()).collect();
         let mut outcome = format!("connected over {}", transports.join(", "));
-        if single && (resolved.hosts.len() > 1 || resolved.fallback_host.is_some()) {
-            outcome.push_str(&format!(" to {target}"));
+        if resolved.hosts.len() > 1 || resolved.fallback_host.is_some() {
+            if single {
+                outcome.push_str(&format!(" to {target}"));
+            } else {
+                // Where the pool put each platform (a platform's own host is in the plan).
+                let placed = slots
+                    .iter()
+                    .enumerate()
+                    .map(|(index, slot)| Ok(format!("{} on {}", slot.name, hosts.for_slot(index)?.target)))
+                    .collect::<Result<Vec<String>>>()?;
+                outcome.push_str(&format!(" ({})", placed.join(", ")));
+            }
         }
         self.hosts = Some(hosts);
         Ok(outcome)
@@ -213,6 +249,7 @@ impl<'a> Runner<'a> {
         let registry = image.registry().to_string();
         let cache_wait = self.config.connect_timeout * 3;
         let credentials = &self.credentials;
+        let (always_push, timeout) = (self.config.always_push, self.config.connect_timeout);
         let jobs = platforms.iter().enumerate().map(|(slot, platform)| {
             let registry = registry.clone();
             let span = tracing::info_span!(crate::output::PLATFORM_SPAN, platform = %platform);
@@ -246,7 +283,19 @@ impl<'a> Runner<'a> {
                     mounts,
                     cache_wait,
                 };
-                let built = image::build_on(host, request, credentials).await?;
+                let own_tags: Vec<String> = tags.iter().map(|tag| format!("{tag}-{suffix}")).collect();
+                let credential = credentials.iter().find(|credential| credential.registry == registry);
+                // What the registry holds under this platform's tags, asked while it builds.
+                let compare = push && !always_push && build.builder.value != crate::cli::Builder::Classic;
+                let registry_images = async {
+                    match compare {
+                        true => Some(crate::unchanged::registry_images(image, &own_tags, credential, timeout).await),
+                        false => None,
+                    }
+                };
+                let (built, registry_images) =
+                    futures_util::future::join(image::build_on(host, request, credentials), registry_images).await;
+                let mut built = built?;
                 tracing::info!(
                     "built on {}: {} steps, {} CACHED",
                     host.target,
@@ -257,7 +306,25 @@ impl<'a> Runner<'a> {
                     image::tag(&host.daemon, &references[0], reference).await?;
                 }
                 let mut digest = None;
-                if push {
+                // The same decision as a single platform's, on this platform's own tags: an
+                // unchanged platform keeps its manifest, so the index of unchanged platforms is too.
+                if let Some(registry_images) = registry_images.filter(|_| built.engine == image::Engine::BuildKit) {
+                    let verdict =
+                        crate::unchanged::keep_if_unchanged(&host.daemon, &references[0], registry_images).await;
+                    match verdict {
+                        crate::unchanged::Verdict::Unchanged(kept) => {
+                            for (reference, tag) in references.iter().zip(&own_tags) {
+                                tracing::info!("{reference}: {}", kept.line(tag));
+                            }
+                            built.summary.image_id = Some(kept.config_digest.clone());
+                            digest = Some(kept.digest);
+                        }
+                        crate::unchanged::Verdict::Changed(reason) => {
+                            tracing::info!("changed ({reason}): its tags are pushed");
+                        }
+                    }
+                }
+                if push && digest.is_none() {
                     for reference in &references {
                         let pushed = image::push(&host.daemon, reference, &registry, credentials).await?;
                         tracing::info!("pushed {reference}: {pushed}");
@@ -274,7 +341,7 @@ impl<'a> Runner<'a> {
         let done = futures_util::future::try_join_all(jobs).await?;
         let mut images = Vec::new();
         let mut outcome = Vec::new();
-        for (platform, (built, digest, host, names)) in platforms.iter().zip(done) {
+        for (slot, (platform, (built, digest, host, names))) in platforms.iter().zip(done).enumerate() {
             outcome.push(format!("{platform} {} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
             if push {
                 let digest = digest.ok_or_else(|| Error::Push {
@@ -286,16 +353,66 @@ impl<'a> Runner<'a> {
                 images.push(PlatformImage { platform: parsed, digest });
             }
             let digest = images.last().filter(|_| push).map(|image| image.digest.clone());
+            let resolved = self.resolved.as_ref().ok_or_else(|| Error::Internal("resolved above".into()))?;
+            let placement = placement(resolved, self.hosts()?, slot)?;
             self.platform_builds.push(crate::image::metadata::PlatformBuilt {
                 platform: platform.clone(),
                 host,
                 names,
                 built,
                 digest,
+                placement,
             });
         }
         self.platform_images = images;
         Ok(outcome.join("; "))
+    }
+
+    /// Before the pushes of a BuildKit build: whether a tag of the registry already holds this same
+    /// image; if so it is kept (the other tags get its manifest) and the pushes are skipped. The
+    /// metadata file then names the registry's manifest and config.
+    async fn keep_unchanged(&mut self, image: &crate::image_ref::Repository, tags: &[String]) -> Result<String> {
+        let built = self.built.as_ref().ok_or_else(|| Error::Internal("the comparison ran before the build".into()))?;
+        if built.engine != image::Engine::BuildKit {
+            return Ok("built with the classic builder: every tag is pushed".to_string());
+        }
+        let registry_images = match self.registry_images.take() {
+            Some(asked) => asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}"))),
+            None => self.ask_registry(image, tags).await,
+        };
+        let host = self.hosts()?.for_slot(0)?;
+        let local = image.with_tag(&tags[0]);
+        let verdict = crate::unchanged::keep_if_unchanged(&host.daemon, &local, registry_images).await;
+        match verdict {
+            crate::unchanged::Verdict::Changed(reason) => Ok(format!("changed ({reason}): every tag is pushed")),
+            crate::unchanged::Verdict::Unchanged(kept) => {
+                let outcome = format!("the registry's {} is this image: kept, nothing pushed", kept.digest);
+                self.pushed_digest = Some(kept.digest.clone());
+                if let Some(built) = self.built.as_mut() {
+                    built.summary.image_id = Some(kept.config_digest.clone());
+                }
+                self.kept = Some((image.clone(), kept));
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// What the registry holds under `tags` of `image`, asked with the run's login for it.
+    fn ask_registry(
+        &self,
+        image: &crate::image_ref::Repository,
+        tags: &[String],
+    ) -> impl Future<Output = RegistryImagesResult> + Send + 'static {
+        let credential = self.credentials.iter().find(|credential| credential.registry == image.registry()).cloned();
+        let (image, tags, timeout) = (image.clone(), tags.to_vec(), self.config.connect_timeout);
+        async move { crate::unchanged::registry_images(&image, &tags, credential.as_ref(), timeout).await }
+    }
+
+    /// The push step's line for a tag whose image the registry already holds (nothing to push).
+    fn kept_line(&self, reference: &str) -> Option<String> {
+        let (image, kept) = self.kept.as_ref()?;
+        let tag = kept.already.iter().chain(&kept.tagged).find(|tag| image.with_tag(tag) == reference)?;
+        Some(kept.line(tag))
     }
 
     /// Pushes the index of every platform's image under each tag.
@@ -378,31 +495,6 @@ impl<'a> Runner<'a> {
         lines.join("; ")
     }
 
-    /// Where the build ran, for the metadata file: `agent.host`, and when a host did not answer,
-    /// `agent.failed_hosts` (each with why) and `agent.fallback` (whether the fallback built it).
-    fn placement(&mut self) -> Result<serde_json::Map<String, serde_json::Value>> {
-        use serde_json::json;
-        let fallback_host = self.resolved()?.fallback_host.clone();
-        let in_pool = |target| self.resolved.as_ref().is_some_and(|resolved| resolved.hosts.contains(target));
-        let hosts = self.hosts()?;
-        let target = &hosts.for_slot(0)?.target;
-        let mut placement = serde_json::Map::new();
-        placement.insert("agent.host".to_string(), json!(target.to_string()));
-        if !hosts.failed().is_empty() {
-            let failed: Vec<serde_json::Value> = hosts
-                .failed()
-                .iter()
-                .map(|host| json!({ "host": host.target.to_string(), "class": host.class, "error": host.reason }))
-                .collect();
-            placement.insert("agent.failed_hosts".to_string(), json!(failed));
-        }
-        if fallback_host.is_some() {
-            let used = fallback_host.as_ref() == Some(target) && !in_pool(target);
-            placement.insert("agent.fallback".to_string(), json!(used));
-        }
-        Ok(placement)
-    }
-
     /// Closes what the run opened.
     pub async fn finish(&mut self) {
         if let Some(mut hosts) = self.hosts.take() {
@@ -428,6 +520,13 @@ impl StepRunner for Runner<'_> {
             Step::Login { password, .. } => self.login(password).await?,
             Step::EcrLogin { registry, region, .. } => self.ecr_login(registry, region.as_deref()).await?,
             Step::Build { build, reference, cache_image, registry } => {
+                // The registry is asked what it holds under the tags while the image builds, for
+                // the comparison before the pushes.
+                let config = self.config;
+                if config.push && !config.always_push && build.builder.value != crate::cli::Builder::Classic {
+                    let asked = self.ask_registry(&config.image.value, &config.tags.value);
+                    self.registry_images = Some(tokio::spawn(asked));
+                }
                 let mounts = SessionMounts::new(build, self.resolved()?)?;
                 let request = BuildStep {
                     build,
@@ -450,7 +549,11 @@ impl StepRunner for Runner<'_> {
                 image::tag(&self.hosts()?.for_slot(0)?.daemon, source, target).await?;
                 return Ok(None);
             }
+            Step::KeepUnchanged { image, tags } => self.keep_unchanged(image, tags).await?,
             Step::Push { reference, registry } => {
+                if let Some(line) = self.kept_line(reference) {
+                    return Ok(Some(line));
+                }
                 let pushed =
                     image::push(&self.hosts()?.for_slot(0)?.daemon, reference, registry, &self.credentials).await?;
                 if self.pushed_digest.is_none() {
@@ -463,12 +566,17 @@ impl StepRunner for Runner<'_> {
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, .. } if !self.platform_builds.is_empty() => {
+                self.resolved()?;
+                let resolved = self.resolved.as_ref().ok_or_else(|| Error::Internal("resolved above".into()))?;
+                let placement = run_placement(resolved, self.hosts()?)?;
                 let digest = self.pushed_digest.as_deref().filter(|_| *pushed);
-                image::metadata::write_platforms(path, names, digest, &self.platform_builds)?;
+                image::metadata::write_platforms(path, names, digest, &self.platform_builds, &placement)?;
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, .. } => {
-                let placement = self.placement()?;
+                self.resolved()?;
+                let resolved = self.resolved.as_ref().ok_or_else(|| Error::Internal("resolved above".into()))?;
+                let placement = placement(resolved, self.hosts()?, 0)?;
                 let built = self
                     .built
                     .as_ref()
@@ -527,6 +635,61 @@ fn slots(resolved: &Resolved, repository: &str) -> Vec<Slot> {
             Slot { name: each.platform.clone(), candidates }
         })
         .collect()
+}
+
+/// Whether `target` is the fallback host, not one of the pool (a build there found no host of the
+/// pool answering).
+fn on_fallback(resolved: &Resolved, target: &crate::docker_host::DockerHost) -> bool {
+    resolved.fallback_host.as_ref() == Some(target) && !resolved.hosts.contains(target)
+}
+
+/// Where slot `slot`'s build ran, for the metadata file: `agent.host`, and when a host did not
+/// answer, `agent.failed_hosts` (each with why); `agent.fallback` (whether the fallback built it)
+/// when the slot may go to a fallback (it uses the pool and there is one).
+fn placement(resolved: &Resolved, hosts: &Hosts, slot: usize) -> Result<serde_json::Map<String, serde_json::Value>> {
+    use serde_json::json;
+    let target = &hosts.for_slot(slot)?.target;
+    let mut placement = serde_json::Map::new();
+    placement.insert("agent.host".to_string(), json!(target.to_string()));
+    let failed = hosts.failed_for_slot(slot);
+    if !failed.is_empty() {
+        placement.insert("agent.failed_hosts".to_string(), failed_hosts_json(&failed));
+    }
+    let uses_pool = resolved.platforms.get(slot).is_none_or(|each| each.host.is_none());
+    if uses_pool && resolved.fallback_host.is_some() {
+        placement.insert("agent.fallback".to_string(), json!(on_fallback(resolved, target)));
+    }
+    Ok(placement)
+}
+
+/// The metadata file's `agent.failed_hosts`: each host passed over, with its error's class and text.
+fn failed_hosts_json(failed: &[&crate::hosts::FailedHost]) -> serde_json::Value {
+    let failed: Vec<serde_json::Value> = failed
+        .iter()
+        .map(|host| serde_json::json!({ "host": host.target.to_string(), "class": host.class, "error": host.reason }))
+        .collect();
+    serde_json::Value::Array(failed)
+}
+
+/// Where a multi-platform run's builds ran, for the top of its metadata file: `agent.failed_hosts`
+/// (every host passed over, for any platform) and `agent.fallback` (whether any platform built on
+/// the fallback), as a single-platform run has them; each platform's own are under `agent.platforms`.
+fn run_placement(resolved: &Resolved, hosts: &Hosts) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut placement = serde_json::Map::new();
+    let failed: Vec<&crate::hosts::FailedHost> = hosts.failed().iter().collect();
+    if !failed.is_empty() {
+        placement.insert("agent.failed_hosts".to_string(), failed_hosts_json(&failed));
+    }
+    let pooled: Vec<usize> =
+        (0..resolved.platforms.len()).filter(|slot| resolved.platforms[*slot].host.is_none()).collect();
+    if resolved.fallback_host.is_some() && !pooled.is_empty() {
+        let mut used = false;
+        for slot in pooled {
+            used |= on_fallback(resolved, &hosts.for_slot(slot)?.target);
+        }
+        placement.insert("agent.fallback".to_string(), serde_json::json!(used));
+    }
+    Ok(placement)
 }
 
 /// BuildKit sets `TARGETPLATFORM`, `TARGETOS`, `TARGETARCH` and `TARGETVARIANT` for a build's

@@ -62,17 +62,22 @@ pub struct PlatformBuilt {
     pub built: Built,
     /// Its pushed manifest's digest, which the index names.
     pub digest: Option<String>,
+    /// Where it ran: `agent.host`, and `agent.failed_hosts` / `agent.fallback` as a single-platform
+    /// run has them (see `placement` in the runner).
+    pub placement: Map<String, Value>,
 }
 
 /// Writes the metadata file of a multi-platform run (atomically): buildx's keys for the index
 /// (`containerimage.digest` is the index's digest; there is no one config, so no
 /// `containerimage.config.digest`), and under `agent.platforms` each platform's own keys, as the
-/// single-platform file has them, with the host it was built on.
+/// single-platform file has them, with the host it was built on (and the hosts passed over). The
+/// run's `placement` (every host passed over, whether the fallback built any) goes at the top.
 pub fn write_platforms(
     path: &std::path::Path,
     names: &[String],
     index_digest: Option<&str>,
     platforms: &[PlatformBuilt],
+    placement: &Map<String, Value>,
 ) -> crate::error::Result<()> {
     let mut object = Map::new();
     if let Some(digest) = index_digest {
@@ -88,15 +93,12 @@ pub fn write_platforms(
             summary: &platform.built.summary,
             context_files: platform.built.context_files,
             context_bytes: platform.built.context_bytes,
-            placement: None,
+            placement: Some(&platform.placement),
         };
-        let mut fields = metadata.to_json();
-        if let Value::Object(fields) = &mut fields {
-            fields.insert("agent.host".to_string(), json!(platform.host));
-        }
-        each.insert(platform.platform.clone(), fields);
+        each.insert(platform.platform.clone(), metadata.to_json());
     }
     object.insert("agent.platforms".to_string(), Value::Object(each));
+    object.extend(placement.iter().map(|(key, value)| (key.clone(), value.clone())));
     let mut text = serde_json::to_string_pretty(&Value::Object(object)).unwrap_or_else(|_| "{}".to_string());
     text.push('\n');
     crate::ssh::files::write_atomically(path, text.as_bytes(), 0o644, true)

@@ -163,6 +163,16 @@ impl KnownHosts {
             .collect()
     }
 
+    /// The `@cert-authority` entries as text, in the order of [`KnownHosts::cert_authority_lines`]:
+    /// the same line from two sources is the same text.
+    pub fn cert_authority_entries(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|known| known.entry.marker() == Some(&Marker::CertAuthority))
+            .map(|known| known.entry.to_string())
+            .collect()
+    }
+
     /// The `@cert-authority` lines that name this host.
     pub fn cert_authority_lines_for(&self, host: &str, port: u16) -> Vec<String> {
         self.matching(host, port)

@@ -8,7 +8,7 @@ use crate::agent::{Agent, Outcome};
 use crate::world::{World, read};
 
 /// A copy of the example app (with busybox) in a temporary directory.
-fn example_app(dir: &Path) -> PathBuf {
+pub(crate) fn example_app(dir: &Path) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/app");
     let app = dir.join("app");
     copy_tree(&source, &app);
@@ -31,7 +31,7 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// A run over ssh, Jets-style.
-fn over_ssh(world: &World) -> Agent {
+pub(crate) fn over_ssh(world: &World) -> Agent {
     Agent::new()
         .env("DOCKER_HOST", world.ssh_url())
         .env("JETS_SSH_KEY", read(&world.key_ed25519))
@@ -39,7 +39,7 @@ fn over_ssh(world: &World) -> Agent {
 }
 
 /// A run over ssh that pushes to the ECR stand-in with moto's token.
-fn full_run(world: &World, repository: &str) -> Agent {
+pub(crate) fn full_run(world: &World, repository: &str) -> Agent {
     over_ssh(world)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")
@@ -49,7 +49,7 @@ fn full_run(world: &World, repository: &str) -> Agent {
         .env("REPOSITORY_URI", format!("{}/{repository}", world.ecr_registry))
 }
 
-fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("it/{name}-{}-{nanos}", std::process::id())
 }
@@ -80,7 +80,8 @@ fn a_full_run_builds_pushes_both_tags_and_writes_imagedefinitions() {
         definitions,
         serde_json::json!([{ "name": "web", "imageUri": format!("{}/{repository}:0123456", world.ecr_registry) }])
     );
-    assert!(outcome.stderr.contains("done: 11 steps"), "{}", outcome.stderr);
+    // Eleven steps and the comparison with the registry before the pushes.
+    assert!(outcome.stderr.contains("done: 12 steps"), "{}", outcome.stderr);
 }
 
 /// Runs the example app three times with `builder`: cold, unchanged (every step CACHED), and with

@@ -247,7 +247,7 @@ fn dry_run_shows_the_host_of_each_platform_and_which_spelling_won() {
         "platform linux/amd64 on ssh://ci@amd.example:2201/var/run/docker.sock (from env DOCKER_HOST_X86_64), pushed as TAG-amd64",
         "platform linux/arm64 on ssh://ci@arm.example:2202/var/run/docker.sock (from env DOCKER_HOST_ARM64), pushed as TAG-arm64",
         "platform linux/arm64: DOCKER_HOST_ARM64 wins over DOCKER_HOST_AARCH64 (both are set)",
-        "platform linux/riscv64 on the DOCKER_HOST daemon, emulated",
+        "platform linux/riscv64 on the run's default host (DOCKER_HOST, or the pool's: see the connect step), emulated",
     ] {
         assert!(plan.contains(line), "missing {line:?} in\n{plan}");
     }

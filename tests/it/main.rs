@@ -21,5 +21,6 @@ mod progress;
 mod redaction;
 mod session;
 mod ssh;
+mod stable_digest;
 mod world;
 mod world_answers;

@@ -576,3 +576,66 @@ fn the_arm64_host_is_reached_with_the_per_arch_key_and_a_wrong_one_is_refused_as
     let port = world.arm64("TW_ARM64_SSH_PORT");
     assert!(outcome.stderr.contains(&format!("127.0.0.1:{port} refused the SSH key")), "{}", outcome.stderr);
 }
+
+/// Nothing changed, nothing new in the registry, per platform: built again unchanged, each
+/// platform keeps its `TAG-<arch>` manifest, so the index under the tag keeps its digest; the
+/// registry is the token-auth one (the comparison and the registry-side tag use the bearer flow).
+#[test]
+fn an_unchanged_two_platform_image_keeps_each_platforms_manifest_and_the_index_digest() {
+    let world = World::shared();
+    let name = unique("stable-platforms");
+    let image = format!("{}/{name}", world.registry(Api::TokenHub));
+    let dir = tempfile::tempdir().unwrap();
+    let app = per_platform_app(dir.path(), world, None);
+    let run = |tags: &[&str]| {
+        let agent = world.login(Api::TokenHub, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+        let metadata = dir.path().join("metadata.json");
+        let mut args = vec!["run", "--context", app.to_str().unwrap(), "--image", &image];
+        for tag in tags {
+            args.extend(["--tag", tag]);
+        }
+        let agent = agent.args(args).args(["--platform", "linux/amd64,linux/arm64", "--metadata-file"]);
+        let outcome = agent.args([metadata.to_str().unwrap()]).run();
+        outcome.expect_code(0);
+        let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
+        (outcome, metadata["containerimage.digest"].as_str().expect("the index digest").to_string())
+    };
+    let (_, first) = run(&["t1"]);
+    let (second, digest) = run(&["t1", "t2"]);
+    assert_eq!(digest, first, "{}", second.stderr);
+    for arch in ["amd64", "arm64"] {
+        let kept = format!("[linux/{arch}] {image}:t1-{arch}: unchanged since ");
+        assert!(second.stderr.contains(&kept), "missing {kept:?} in\n{}", second.stderr);
+        let tagged = format!("{image}:t2-{arch}: unchanged since ");
+        assert!(second.stderr.contains(&tagged), "missing {tagged:?} in\n{}", second.stderr);
+    }
+    // No platform's image is pushed (the index is, with the same bytes: the same digest).
+    assert!(!second.stderr.contains("] pushed "), "{}", second.stderr);
+    world.expect_index_of_both_platforms(Api::TokenHub, &name, &["t1", "t2"], &first);
+}
+
+/// Any doubt is a push: a tag that holds an image index (here from a two-platform run) is not
+/// compared with a single-platform build, which is pushed over it as before.
+#[test]
+fn a_tag_holding_an_image_index_is_pushed_over_as_before() {
+    let world = World::shared();
+    let name = unique("stable-index");
+    let image = format!("{}/{name}", world.registry(Api::TokenHub));
+    let dir = tempfile::tempdir().unwrap();
+    let app = per_platform_app(dir.path(), world, None);
+    let run = |platforms: &str| {
+        let agent = world.login(Api::TokenHub, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
+        let outcome = agent
+            .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1"])
+            .args(["--platform", platforms])
+            .run();
+        outcome.expect_code(0);
+        outcome
+    };
+    run("linux/amd64,linux/arm64");
+    let single = run("linux/amd64");
+    assert!(single.stderr.contains("manifest.list.v2+json, not one image's manifest"), "{}", single.stderr);
+    assert!(single.stderr.contains("pushed sha256:"), "{}", single.stderr);
+    let (manifest, _) = world.manifest(Api::TokenHub, &name, "t1", &format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}"));
+    assert_eq!(manifest["mediaType"], DOCKER_MANIFEST, "{manifest}");
+}

@@ -224,6 +224,17 @@ fn remove_image(socket: &Path, image: &str) {
         .output();
 }
 
+/// Removes the `latest-<arch>` tags a multi-platform run without a push leaves on a host.
+fn remove_platform_images(socket: &Path, image: &str) {
+    for arch in ["amd64", "arm64"] {
+        let _ = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-X", "DELETE", "--max-time", "20", "--unix-socket"])
+            .arg(socket)
+            .arg(format!("http://localhost/images/{image}:latest-{arch}?force=1"))
+            .output();
+    }
+}
+
 /// A context of its own (so the build is the image's, not a cache hit of another test's), with a
 /// RUN step that sleeps `seconds` when given.
 fn app(dir: &Path, nonce: &str, sleep: Option<u32>) -> PathBuf {
@@ -526,4 +537,234 @@ fn a_refused_ssh_key_stops_the_run_and_does_not_fail_over() {
     outcome.expect_code(25);
     assert!(!outcome.stderr.contains("did not answer"), "{}", outcome.stderr);
     assert!(metadata.is_none());
+}
+
+/// A `@cert-authority` line: host certificates are not supported, so it lets no host in.
+fn cert_authority_line(patterns: &str) -> String {
+    format!(
+        "@cert-authority {patterns} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEkvi7q87GfREbYKvyG0k1d9H6j3l1JFp0cjgeLiPwsy"
+    )
+}
+
+/// The warnings about `@cert-authority` lines in a run's log.
+fn cert_authority_warnings(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("@cert-authority lines are not supported"))
+        .collect()
+}
+
+/// Regression (issue 16 follow-up): each SSH host of a run read the known_hosts file and warned of
+/// its `@cert-authority` lines again, so a pool whose chosen host failed over warned twice (and a
+/// line of JETS_SSH_KNOWN, installed into the file by the run, once more). The file is read once
+/// per run, and each such line is warned of once.
+#[test]
+fn known_hosts_is_read_and_each_cert_authority_line_warned_of_once_when_the_pool_fails_over() {
+    let mut pool = Pool::new();
+    let refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hosts = [pool.world_host(refused), pool.world_host(pool.world.ssh_port)];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-known-once-{}", nonce()))[0];
+    pool.known.push_str(&format!("{}\n", cert_authority_line("*.pasted.example")));
+    let agent = pool.agent(&hosts).env("RUST_LOG", "info,agent=debug");
+    let known_hosts = agent.home.path().join(".ssh/known_hosts");
+    std::fs::write(&known_hosts, format!("{}\n", cert_authority_line("*.file.example"))).unwrap();
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap()]);
+    outcome.expect_code(0);
+    assert_eq!(built_on(&metadata), canonical(&hosts[1]), "{}", outcome.stderr);
+    assert_eq!(metadata.as_ref().unwrap()["agent.failed_hosts"][0]["host"], canonical(&hosts[0]));
+
+    let warnings = cert_authority_warnings(&outcome.stderr);
+    assert_eq!(warnings.len(), 2, "one warning per line, not per host:\n{}", outcome.stderr);
+    assert_eq!(warnings.iter().filter(|line| line.contains("JETS_SSH_KNOWN line ")).count(), 1, "{warnings:#?}");
+    let file_line = format!("{} line 1: @cert-authority", known_hosts.display());
+    assert_eq!(warnings.iter().filter(|line| line.contains(&file_line)).count(), 1, "{warnings:#?}");
+    let reads = format!("read {}: ", known_hosts.display());
+    assert_eq!(outcome.stderr.matches(&reads).count(), 1, "the file is read once:\n{}", outcome.stderr);
+    remove_image(&pool.world.docker_sock, image);
+}
+
+/// `--platform linux/amd64,linux/arm64` with a pool and the arm64 host as linux/arm64's own host:
+/// linux/amd64 goes to the pool.
+fn pool_and_own_host_args<'a>(image: &'a str, context: &'a str, metadata: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run", "--image", image, "--no-push", "--platform", "linux/amd64,linux/arm64"];
+    args.extend(["--context", context, "--metadata-file", metadata]);
+    args
+}
+
+/// Issues 15 and 16 together: with a pool, a platform without a host of its own builds on the
+/// pool's host for the image, failing over like a single-platform run, beside a platform on its
+/// own host. Regression: such a run's metadata had no `agent.failed_hosts` / `agent.fallback`
+/// and its log no "failed over" line. Its plan (`--dry`) shows both placements.
+#[test]
+fn a_platform_on_the_pool_fails_over_beside_a_platform_on_its_own_host_and_the_metadata_and_log_say_so() {
+    let pool = Pool::new();
+    let refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hosts = [pool.world_host(refused), pool.world_host(pool.world.ssh_port)];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-platforms-{}", nonce()))[0];
+    let fallback = format!("unix://{}", pool.world.docker_sock.display());
+    let with_hosts =
+        |agent: Agent| agent.env("DOCKER_HOST_ARM64", pool.arm64_host()).env("AGENT_FALLBACK_HOST", &fallback);
+
+    // The plan: linux/amd64 on the pool, linux/arm64 on its own host.
+    let agent = with_hosts(pool.agent(&hosts));
+    let context = app(agent.work.path(), &nonce(), None);
+    let kept = tempfile::tempdir().unwrap(); // the run's own directories go with it
+    let metadata_path = kept.path().join("metadata.json");
+    let (context, metadata_path) = (context.to_str().unwrap().to_string(), metadata_path.to_str().unwrap().to_string());
+    let mut dry = pool_and_own_host_args(image, &context, &metadata_path);
+    dry.push("--dry");
+    let plan = with_hosts(pool.agent(&hosts)).args(dry).run();
+    plan.expect_code(0);
+    for line in [
+        "connect to the hosts of linux/amd64, linux/arm64".to_string(),
+        "linux/amd64: on the pool's host for the image below, or the next that answers".to_string(),
+        format!("linux/arm64: daemon {} (from env DOCKER_HOST_ARM64)", canonical(&pool.arm64_host())),
+        "pool of 2 hosts (from env AGENT_HOSTS)".to_string(),
+        format!("{image} hashes to {}", canonical(&hosts[0])),
+        format!("failover order: {}, {}", canonical(&hosts[0]), canonical(&hosts[1])),
+        format!("fallback {fallback} (from env AGENT_FALLBACK_HOST)"),
+    ] {
+        assert!(plan.stdout.contains(&line), "missing {line:?} in\n{}", plan.stdout);
+    }
+
+    // The run: linux/amd64 fails over to the pool's next host, linux/arm64 builds on its own.
+    let outcome = agent.args(pool_and_own_host_args(image, &context, &metadata_path)).run();
+    outcome.expect_code(0);
+    let log = &outcome.stderr;
+    let failed_over = format!(
+        "linux/amd64: building on {}, failed over from {} (connection-refused)",
+        canonical(&hosts[1]),
+        canonical(&hosts[0])
+    );
+    assert!(log.contains(&failed_over), "missing {failed_over:?} in\n{log}");
+    let connected = format!(
+        "connected over ssh, ssh (linux/amd64 on {}, linux/arm64 on {})",
+        canonical(&hosts[1]),
+        canonical(&pool.arm64_host())
+    );
+    assert!(log.contains(&connected), "missing {connected:?} in\n{log}");
+    assert!(log.contains(&format!("[linux/amd64] built on {}", canonical(&hosts[1]))), "{log}");
+    assert!(log.contains(&format!("[linux/arm64] built on {}", canonical(&pool.arm64_host()))), "{log}");
+    assert!(!log.contains("linux/arm64: building on"), "{log}");
+
+    let metadata: serde_json::Value = serde_json::from_str(&read(Path::new(&metadata_path))).unwrap();
+    assert_eq!(metadata["agent.failed_hosts"][0]["host"], canonical(&hosts[0]), "{metadata}");
+    assert_eq!(metadata["agent.failed_hosts"][0]["class"], "connection-refused", "{metadata}");
+    assert_eq!(metadata["agent.fallback"], false, "{metadata}");
+    let amd64 = &metadata["agent.platforms"]["linux/amd64"];
+    assert_eq!(amd64["agent.host"], canonical(&hosts[1]), "{metadata}");
+    assert_eq!(amd64["agent.failed_hosts"][0]["host"], canonical(&hosts[0]), "{metadata}");
+    assert_eq!(amd64["agent.fallback"], false, "{metadata}");
+    let arm64 = &metadata["agent.platforms"]["linux/arm64"];
+    assert_eq!(arm64["agent.host"], canonical(&pool.arm64_host()), "{metadata}");
+    assert!(arm64.get("agent.failed_hosts").is_none() && arm64.get("agent.fallback").is_none(), "{metadata}");
+    remove_platform_images(&pool.world.docker_sock, image);
+    remove_platform_images(&pool.socket_of(&pool.arm64_host()), image);
+}
+
+/// Regression (issue 15 follow-up): a platform's own host that did not answer failed the run with
+/// an error naming the host but not the platform, unlike a failed build. It is wrapped like a
+/// build's failure, naming the platform, with the connection's class (21, refused).
+#[test]
+fn a_platforms_own_host_that_does_not_answer_fails_the_run_naming_the_platform_with_the_connect_class() {
+    let pool = Pool::new();
+    let refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hosts = [pool.world_host(pool.world.ssh_port), pool.arm64_host()];
+    let image = format!("agent-it/pool-own-down-{}", nonce());
+    let agent = pool.agent(&hosts).env("DOCKER_HOST_ARM64", pool.world_host(refused));
+    let (outcome, metadata) = build(agent, &image, &["--platform", "linux/amd64,linux/arm64"]);
+    outcome.expect_code(21);
+    let error = outcome.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
+    let expected = format!("error: linux/arm64: failed to connect to ssh://127.0.0.1:{refused}");
+    assert!(error.starts_with(&expected), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("hint: "), "{}", outcome.stderr);
+    // A host with no next one: its error says it all, no warning repeats it first.
+    assert!(!outcome.stderr.contains("did not answer"), "{}", outcome.stderr);
+    assert!(metadata.is_none());
+}
+
+/// Two platforms without hosts of their own share the pool: its host that does not answer is tried
+/// once and warned of once, naming both platforms, and both go to the next host in one line. When
+/// no host of the pool answers, the error names both platforms, with the chosen host's class.
+#[test]
+fn platforms_sharing_the_pool_fail_over_together_with_one_warning_and_fail_together_naming_both() {
+    let pool = Pool::new();
+    let refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hosts = [pool.world_host(refused), pool.world_host(pool.world.ssh_port)];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-shared-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) =
+        build(agent, image, &["--context", context.to_str().unwrap(), "--platform", "linux/amd64,linux/arm64"]);
+    outcome.expect_code(0);
+    let log = &outcome.stderr;
+    let (down, next) = (canonical(&hosts[0]), canonical(&hosts[1]));
+    let warned = format!("{down} did not answer (linux/amd64, linux/arm64): ");
+    assert_eq!(log.matches(&format!("{down} did not answer")).count(), 1, "{log}");
+    assert!(log.contains(&warned) && log.contains(&format!("; {next} takes the build")), "{log}");
+    let moved = format!("linux/amd64, linux/arm64: building on {next}, failed over from {down} (connection-refused)");
+    assert!(log.contains(&moved), "missing {moved:?} in\n{log}");
+    let metadata = metadata.expect("a metadata file");
+    assert_eq!(metadata["agent.failed_hosts"].as_array().map(Vec::len), Some(1), "{metadata}");
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let each = &metadata["agent.platforms"][platform];
+        assert_eq!(each["agent.host"], next, "{metadata}");
+        assert_eq!(each["agent.failed_hosts"][0]["host"], down, "{metadata}");
+    }
+    remove_platform_images(&pool.world.docker_sock, image);
+
+    // No host of the pool answers: the error names both platforms, with the chosen host's class.
+    let also_refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hosts = [pool.world_host(refused), pool.world_host(also_refused)];
+    let (outcome, _) = build(pool.agent(&hosts), image, &["--platform", "linux/amd64,linux/arm64"]);
+    outcome.expect_code(21);
+    let error = outcome.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
+    assert!(error.starts_with("error: linux/amd64, linux/arm64: failed to connect to ssh://127.0.0.1:"), "{error}");
+}
+
+/// Regression (issue 15 follow-up): a platform's own host whose sshd answers but whose daemon does
+/// not failed the check naming neither the platform nor, in the line, what it was for. The error
+/// names the platform, with the remote socket's class (26).
+#[test]
+fn a_platforms_own_host_whose_daemon_is_down_fails_the_check_naming_the_platform() {
+    let pool = Pool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let down = format!("ssh://{}@127.0.0.1:{}{}", pool.world.ssh_user, pool.world.ssh_port, socket.display());
+    let hosts = [pool.arm64_host()];
+    let agent = pool.agent(&hosts).env("DOCKER_HOST_ARM64", &down);
+    let (outcome, _) = build(agent, "agent-it/pool-own-daemon-down", &["--platform", "linux/amd64,linux/arm64"]);
+    outcome.expect_code(26);
+    let error = outcome.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
+    assert!(error.starts_with("error: linux/arm64: "), "{}", outcome.stderr);
+}
+
+/// Regression: a host whose sshd answers but whose daemon never does (a socket that accepts and
+/// never replies) was checked within the whole connect timeout (20 s) before the next host took
+/// the build; its check now has the failover timeout, as its connection has.
+#[test]
+fn a_host_whose_daemon_hangs_behind_a_live_sshd_costs_the_failover_timeout_and_no_more() {
+    let pool = Pool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    // Bound and kept, never accepted from: a connection waits in the backlog with no answer.
+    let _hung = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let hung = format!("ssh://{}@127.0.0.1:{}{}", pool.world.ssh_user, pool.world.ssh_port, socket.display());
+    let hosts = [hung, pool.arm64_host()];
+    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-daemon-hung-{}", nonce()))[0];
+    let agent = pool.agent(&hosts);
+    let context = app(agent.work.path(), &nonce(), None);
+    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap(), "--failover-timeout", "2"]);
+    outcome.expect_code(0);
+    assert_eq!(built_on(&metadata), canonical(&hosts[1]));
+    assert_eq!(metadata.as_ref().unwrap()["agent.failed_hosts"][0]["class"], "timeout", "{metadata:?}");
+    assert!(outcome.stderr.contains("did not answer its check within 2s"), "{}", outcome.stderr);
+    // 2 s for the hung daemon, then a normal run (about a second here), far from the 20 s.
+    assert!(outcome.elapsed < Duration::from_secs(12), "took {:?}", outcome.elapsed);
+    remove_image(&pool.socket_of(&hosts[1]), image);
 }
