@@ -524,7 +524,7 @@ async fn push_once(
         }
         match info.status.as_deref() {
             Some("Pushed") => pushed += 1,
-            Some("Layer already exists") | Some("Mounted from") => existed += 1,
+            Some(status) if layer_was_there(status) => existed += 1,
             Some(status) if status.contains("digest: ") => {
                 digest =
                     status.split("digest: ").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_string);
@@ -533,6 +533,12 @@ async fn push_once(
         }
     }
     Ok(Pushed { digest, layers_pushed: pushed, layers_existing: existed })
+}
+
+/// Whether a layer's push status says the registry had it already: as it is, or mounted from
+/// another repository of the registry (`Mounted from 127.0.0.1:5000/other`, the repository named).
+fn layer_was_there(status: &str) -> bool {
+    status == "Layer already exists" || status.starts_with("Mounted from ")
 }
 
 /// Whether a push error is worth another attempt: the network or the registry's server side,
@@ -616,5 +622,16 @@ mod tests {
     fn sizes_read_well() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(300_000_000), "300.0 MB");
+    }
+
+    /// Regression: a layer mounted from another repository was counted as neither pushed nor there
+    /// (the daemon names the repository after "Mounted from"), so a push read "0 layers pushed, 0
+    /// already there".
+    #[test]
+    fn a_layer_mounted_from_another_repository_counts_as_already_there() {
+        assert!(layer_was_there("Mounted from 127.0.0.1:49153/hand/c"));
+        assert!(layer_was_there("Layer already exists"));
+        assert!(!layer_was_there("Pushed"));
+        assert!(!layer_was_there("Mounted"));
     }
 }

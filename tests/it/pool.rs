@@ -224,8 +224,14 @@ fn remove_image(socket: &Path, image: &str) {
         .output();
 }
 
-/// Removes the `latest-<arch>` tags a multi-platform run without a push leaves on a host.
+/// Removes the `latest-<arch>` tags a multi-platform run without a push leaves on a host (on the
+/// shared daemon once the run is over, as [`remove_image`] does).
 fn remove_platform_images(socket: &Path, image: &str) {
+    if socket == World::shared().docker_sock {
+        let tags: Vec<String> = ["amd64", "arm64"].iter().map(|arch| format!("{image}:latest-{arch}")).collect();
+        crate::world::remove_images_after_the_run(&tags.iter().map(String::as_str).collect::<Vec<_>>());
+        return;
+    }
     for arch in ["amd64", "arm64"] {
         let _ = std::process::Command::new("curl")
             .args(["-sS", "-o", "/dev/null", "-X", "DELETE", "--max-time", "20", "--unix-socket"])
