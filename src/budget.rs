@@ -164,7 +164,9 @@ struct CacheUsage {
 async fn build_cache(daemon: &Daemon) -> Result<(u64, Option<Vec<CacheRecord>>), Error> {
     // `type=` (API 1.42) spares a newer daemon sizing images, containers and volumes; `verbose`
     // (API 1.52) lists the records. A 20.10 daemon ignores both and sizes everything.
-    let body = call(daemon, http::Method::GET, "/system/df?type=build-cache&verbose=1", "the disk use").await?;
+    let body = daemon
+        .call(http::Method::GET, &daemon.api_path("/system/df?type=build-cache&verbose=1"), "the disk use")
+        .await?;
     read_build_cache(&body).map_err(|error| Error::Daemon {
         target: daemon.target.clone(),
         detail: format!("answered /system/df with what the agent cannot read: {error}"),
@@ -199,29 +201,6 @@ struct BuildPruned {
     caches_deleted: Option<Vec<String>>,
 }
 
-/// One request on a stream of its own; the body of a successful answer.
-async fn call(daemon: &Daemon, method: http::Method, path: &str, what: &str) -> Result<bytes::Bytes, Error> {
-    let request = http::Request::builder()
-        .method(method)
-        .uri(daemon.api_path(path))
-        .header(http::header::HOST, "docker")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|error| Error::Internal(format!("failed to build the {what} request: {error}")))?;
-    let response = daemon.raw_request(request).await?;
-    let status = response.status();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .map_err(|error| daemon.broke_off(what, &error))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(Error::Daemon {
-            target: daemon.target.clone(),
-            detail: format!("refused {what} ({status}): {}", String::from_utf8_lossy(&body).trim()),
-        });
-    }
-    Ok(body)
-}
-
 /// Prunes BuildKit's cache on `daemon` down to `budget`, if it is over it. What it took and what
 /// was freed are `/system/df`'s figures (records shared with images counted once, as `docker system
 /// df` does: the prune's own `SpaceReclaimed` counts them too, though their layers stay on disk).
@@ -232,7 +211,7 @@ pub async fn prune_build_cache(daemon: &Daemon, budget: &Budget, pruned: &mut Pr
         return Ok(());
     }
     let path = format!("/build/prune?keep-storage={0}&reserved-space={0}", budget.bytes);
-    let body = call(daemon, http::Method::POST, &path, "the build cache prune").await?;
+    let body = daemon.call(http::Method::POST, &daemon.api_path(&path), "the build cache prune").await?;
     let answer: BuildPruned = serde_json::from_slice(&body).map_err(|error| Error::Daemon {
         target: daemon.target.clone(),
         detail: format!("answered the build cache prune with what the agent cannot read: {error}"),

@@ -357,6 +357,31 @@ impl Daemon {
         self.send_on_own_stream(request, false).await
     }
 
+    /// One bodiless request on a stream of its own (beside the run's other requests), its answer's
+    /// body; an answer that is not a success is the daemon's error, naming `what` and quoting the
+    /// daemon. `path` goes as given: [`Daemon::api_path`] versions it.
+    pub async fn call(&self, method: http::Method, path: &str, what: &str) -> Result<bytes::Bytes, Error> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "docker")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|error| Error::Internal(format!("failed to make the request for {what}: {error}")))?;
+        let response = self.raw_request(request).await?;
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map_err(|error| self.broke_off(what, &error))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(Error::Daemon {
+                target: self.target.clone(),
+                detail: format!("refused {what} ({status}): {}", String::from_utf8_lossy(&body).trim()),
+            });
+        }
+        Ok(body)
+    }
+
     /// One HTTP/1 connection on a new stream of the daemon's transport, for one request; with
     /// `upgrades` it stays open for the protocol switch the request asks for.
     async fn send_on_own_stream<B>(

@@ -86,20 +86,7 @@ impl DiskUse {
 /// an older one ignores it.
 pub async fn disk_use(daemon: &Daemon) -> Result<DiskUse, Error> {
     // Unversioned: the daemon reads it in its own API version, so one that knows `type=` honours it.
-    let request = http::Request::get("/system/df?type=image&type=build-cache")
-        .header(http::header::HOST, "docker")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|error| Error::Internal(format!("failed to build the /system/df request: {error}")))?;
-    let response = daemon.raw_request(request).await?;
-    let status = response.status();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .map_err(|error| Error::Internal(format!("/system/df broke off: {error}")))?
-        .to_bytes();
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
-        return Err(Error::Internal(format!("/system/df answered {status}: {}", text.trim())));
-    }
+    let body = daemon.call(http::Method::GET, "/system/df?type=image&type=build-cache", "the disk use").await?;
     DiskUse::from_json(&body).map_err(|error| Error::Internal(format!("/system/df answered what it cannot: {error}")))
 }
 

@@ -205,22 +205,7 @@ async fn compare(daemon: &Daemon, local: &str, images: &RegistryImages) -> Resul
 
 /// `GET` of a Docker API path, its JSON body.
 async fn get_json(daemon: &Daemon, path: &str) -> Result<Value, Error> {
-    let request = http::Request::get(daemon.api_path(path))
-        .header(http::header::HOST, "docker")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|error| Error::Internal(format!("failed to make the request {path}: {error}")))?;
-    let response = daemon.raw_request(request).await?;
-    let status = response.status();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .map_err(|error| daemon.broke_off("an image's inspect", &error))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(Error::Daemon {
-            target: daemon.target.clone(),
-            detail: format!("answered {status} to {path}: {}", String::from_utf8_lossy(&body).trim()),
-        });
-    }
+    let body = daemon.call(http::Method::GET, &daemon.api_path(path), path).await?;
     serde_json::from_slice(&body).map_err(|error| Error::Daemon {
         target: daemon.target.clone(),
         detail: format!("answered {path} with JSON the agent cannot read: {error}"),
