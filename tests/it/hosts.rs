@@ -14,20 +14,26 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
+/// How the tests reach the world's hosts: its timeouts, no TLS, a fresh home's SSH files.
+fn access<'a>(key_file: &'a std::path::Path, known_hosts_file: &'a std::path::Path) -> Access<'a> {
+    Access {
+        connect_timeout: Duration::from_secs(20),
+        read_timeout: Duration::from_secs(45),
+        tls: None,
+        ssh_key_file: key_file,
+        ssh_key_passphrase: None,
+        known_hosts_file,
+    }
+}
+
 /// Connects to `targets` with the world's key and known_hosts, checks them, and returns each
 /// host's target and OS, and the check's summary line.
 fn connect_and_check(world: &World, targets: &[DockerHost]) -> (Vec<(String, String)>, String) {
     let key = SshKey::parse(&std::fs::read_to_string(&world.key_ed25519).unwrap(), None).unwrap();
     let known = std::fs::read_to_string(&world.known_hosts_plain).unwrap();
     let home = tempfile::tempdir().unwrap();
-    let access = Access {
-        connect_timeout: Duration::from_secs(20),
-        read_timeout: Duration::from_secs(45),
-        tls: None,
-        ssh_key_file: &home.path().join(".ssh/id_rsa"),
-        ssh_key_passphrase: None,
-        known_hosts_file: &home.path().join(".ssh/known_hosts"),
-    };
+    let (key_file, known_hosts_file) = (home.path().join(".ssh/id_rsa"), home.path().join(".ssh/known_hosts"));
+    let access = access(&key_file, &known_hosts_file);
     runtime().block_on(async {
         let key = std::sync::Arc::new(key);
         let slots: Vec<Slot> = targets
@@ -95,14 +101,8 @@ fn slots_fail_over_past_a_dead_candidate_tried_once_and_share_the_next() {
     let key = std::sync::Arc::new(SshKey::parse(&std::fs::read_to_string(&world.key_ed25519).unwrap(), None).unwrap());
     let known = std::fs::read_to_string(&world.known_hosts_plain).unwrap();
     let home = tempfile::tempdir().unwrap();
-    let access = Access {
-        connect_timeout: Duration::from_secs(20),
-        read_timeout: Duration::from_secs(45),
-        tls: None,
-        ssh_key_file: &home.path().join(".ssh/id_rsa"),
-        ssh_key_passphrase: None,
-        known_hosts_file: &home.path().join(".ssh/known_hosts"),
-    };
+    let (key_file, known_hosts_file) = (home.path().join(".ssh/id_rsa"), home.path().join(".ssh/known_hosts"));
+    let access = access(&key_file, &known_hosts_file);
     let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dead = DockerHost::parse(&format!("ssh://{}@127.0.0.1:{refused}", world.ssh_user), false).unwrap();
     let alive = DockerHost::parse(&format!("ssh://{}@127.0.0.1:{}", world.ssh_user, world.ssh_port), false).unwrap();

@@ -15,15 +15,16 @@ use agent::secrets::Secret;
 use crate::agent::{Agent, Outcome};
 use crate::world::{NOT_UP, World, read};
 
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// Where the registry API is asked: the htpasswd hub (basic auth), or the token-auth "tokenhub"
-/// (a bearer token from its token server first, with the same login).
+/// Where the registry API is asked: the htpasswd hub or the ECR stand-in (basic auth), or the
+/// token-auth "tokenhub" (a bearer token from its token server first, with the hub's login).
 #[derive(Clone, Copy)]
-enum Api {
+pub(crate) enum Api {
     Hub,
+    Ecr,
     TokenHub,
 }
 
@@ -45,6 +46,7 @@ impl World {
     fn registry(&self, api: Api) -> String {
         match api {
             Api::Hub => self.hub_registry.clone(),
+            Api::Ecr => self.ecr_registry.clone(),
             Api::TokenHub => self.arm64("TW_TOKENHUB_REGISTRY"),
         }
     }
@@ -59,10 +61,14 @@ impl World {
     /// `GET http://REGISTRY/v2/NAME/WHAT` with the login (given to curl on stdin, never on its
     /// command line) and an Accept header: the status, the response headers and the body.
     fn registry_get(&self, api: Api, name: &str, what: &str, accept: &str) -> (u16, String, Vec<u8>) {
-        let credentials = format!("{}:{}", self.hub_user, self.hub_pass()).replace('\\', "\\\\").replace('"', "\\\"");
+        let (user, password) = match api {
+            Api::Ecr => (&self.ecr_user, self.ecr_pass()),
+            Api::Hub | Api::TokenHub => (&self.hub_user, self.hub_pass()),
+        };
+        let credentials = format!("{user}:{password}").replace('\\', "\\\\").replace('"', "\\\"");
         let basic = format!("user = \"{credentials}\"\n");
         let authorization = match api {
-            Api::Hub => basic,
+            Api::Hub | Api::Ecr => basic,
             Api::TokenHub => {
                 let url = format!(
                     "{}?service=agent-testworld-tokenhub&scope=repository:{name}:pull",
@@ -78,7 +84,7 @@ impl World {
     }
 
     /// The manifest (as JSON) of `name` at `reference`, with its digest.
-    fn manifest(&self, api: Api, name: &str, reference: &str, accept: &str) -> (serde_json::Value, String) {
+    pub(crate) fn manifest(&self, api: Api, name: &str, reference: &str, accept: &str) -> (serde_json::Value, String) {
         let (status, headers, body) = self.registry_get(api, name, &format!("manifests/{reference}"), accept);
         assert_eq!(status, 200, "GET manifest {name}:{reference}: {}", String::from_utf8_lossy(&body));
         let digest = headers

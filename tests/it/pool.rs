@@ -104,6 +104,17 @@ struct Pool {
 }
 
 impl Pool {
+    /// The world's sshd with a socket path where no daemon listens (kept while the directory is):
+    /// its connection works, its daemon check fails (exit 26 alone).
+    fn sshd_without_a_daemon(&self) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let down = format!("ssh://{}@127.0.0.1:{}{}", self.world.ssh_user, self.world.ssh_port, socket.display());
+        (dir, down)
+    }
+
     fn new() -> Pool {
         let world = World::shared();
         assert!(world.var("TW_ARM64_DOCKER_HOST").is_some(), "the arm64 host is missing from the world");
@@ -513,11 +524,7 @@ fn eight_concurrent_runs_land_on_their_hosts_and_with_one_host_stopped_mid_way_t
 fn a_host_whose_sshd_answers_but_whose_daemon_is_down_is_passed_over() {
     let pool = Pool::new();
     // The world's sshd, a socket where no daemon listens: the candidate's check fails (exit 26 alone).
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("docker.sock");
-    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let down = format!("ssh://{}@127.0.0.1:{}{}", pool.world.ssh_user, pool.world.ssh_port, socket.display());
+    let (_dir, down) = pool.sshd_without_a_daemon();
     let hosts = [down, pool.arm64_host()];
     let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-daemon-down-{}", nonce()))[0];
     let agent = pool.agent(&hosts);
@@ -735,11 +742,7 @@ fn platforms_sharing_the_pool_fail_over_together_with_one_warning_and_fail_toget
 #[test]
 fn a_platforms_own_host_whose_daemon_is_down_fails_the_check_naming_the_platform() {
     let pool = Pool::new();
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("docker.sock");
-    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let down = format!("ssh://{}@127.0.0.1:{}{}", pool.world.ssh_user, pool.world.ssh_port, socket.display());
+    let (_dir, down) = pool.sshd_without_a_daemon();
     let hosts = [pool.arm64_host()];
     let agent = pool.agent(&hosts).env("DOCKER_HOST_ARM64", &down);
     let (outcome, _) = build(agent, "agent-it/pool-own-daemon-down", &["--platform", "linux/amd64,linux/arm64"]);

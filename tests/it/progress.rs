@@ -3,7 +3,7 @@
 //! registry's own digest.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::agent::{Agent, Outcome};
 use crate::world::World;
@@ -126,28 +126,8 @@ fn buildkit_progress_quiet_means_steps_and_a_bad_value_is_a_config_error() {
 
 /// The digest of `name:tag` as the Docker Hub stand-in serves it (`Docker-Content-Digest`).
 fn registry_digest(world: &World, name: &str, tag: &str) -> String {
-    use std::io::Write as _;
-    let url = format!("http://{}/v2/{name}/manifests/{tag}", world.hub_registry);
-    let mut child = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-I", "-K", "-"])
-        .args(["-H", "Accept: application/vnd.docker.distribution.manifest.v2+json"])
-        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-        .arg(&url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
-    let credentials = format!("{}:{}", world.hub_user, world.hub_pass()).replace('\\', "\\\\").replace('"', "\\\"");
-    child.stdin.take().unwrap().write_all(format!("user = \"{credentials}\"\n").as_bytes()).unwrap();
-    let output = child.wait_with_output().expect("curl output");
-    let headers = String::from_utf8_lossy(&output.stdout).into_owned();
-    headers
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("docker-content-digest").then(|| value.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no Docker-Content-Digest for {url}:\n{headers}"))
+    let accept = format!("{}, {}", crate::platform::DOCKER_MANIFEST, crate::platform::OCI_MANIFEST);
+    world.manifest(crate::platform::Api::Hub, name, tag, &accept).1
 }
 
 #[test]

@@ -3,12 +3,11 @@
 //! one is pushed. Real runs over SSH against the ECR stand-in; the registry asked through its API,
 //! and its storage counted for the manifests it holds.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use crate::agent::Outcome;
 use crate::build::{example_app, full_run, unique};
+use crate::platform::{Api, DOCKER_MANIFEST, OCI_MANIFEST};
 use crate::world::World;
 
 /// One run of the example app at `app` into the ECR stand-in's `repository`, with `extra` args.
@@ -26,29 +25,8 @@ fn digest_of(world: &World, repository: &str, tag: &str) -> String {
 
 /// The digest and the manifest a tag points at, through the registry API.
 fn manifest_of(world: &World, repository: &str, tag: &str) -> (String, serde_json::Value) {
-    let url = format!("http://{}/v2/{repository}/manifests/{tag}", world.ecr_registry);
-    let mut child = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-i", "-K", "-"])
-        .args(["-H", "Accept: application/vnd.docker.distribution.manifest.v2+json"])
-        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-        .arg(&url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
-    let credentials = format!("{}:{}", world.ecr_user, world.ecr_pass());
-    child.stdin.take().unwrap().write_all(format!("user = \"{credentials}\"\n").as_bytes()).unwrap();
-    let output = child.wait_with_output().expect("curl output");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let digest = headers
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("docker-content-digest").then(|| value.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no digest for {repository}:{tag}: {text}"));
-    (digest, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    let (manifest, digest) = world.manifest(Api::Ecr, repository, tag, &format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}"));
+    (digest, manifest)
 }
 
 /// How many manifests the registry holds for the repository (tagged or not): the revisions in its
