@@ -66,22 +66,8 @@ impl Resolved {
         let hosts: Vec<Option<DockerHost>> = config.hosts.iter().map(|host| fields.resolve(host, parse_host)).collect();
         let fallback_host = config.fallback_host.as_ref().map(|host| fields.resolve(host, parse_host));
         let passphrase = config.ssh_key_passphrase.as_ref();
-        let ssh_key = config.ssh_key.as_ref().map(|key| {
-            fields.resolve(key, |text| {
-                let text = Secret::new(text);
-                SshKey::parse(text.expose(), passphrase)
-                    .map(Arc::new)
-                    .map_err(|error| (error.to_string(), Some(error.hint().to_string())))
-            })
-        });
-        let known_hosts = config.known_hosts.as_ref().map(|known| {
-            let subject = fields.subject(known);
-            fields.resolve(known, |text| {
-                check_known_hosts(text, &subject)
-                    .map(|()| text.to_string())
-                    .map_err(|problem| (problem.message, problem.hint))
-            })
-        });
+        let ssh_key = config.ssh_key.as_ref().map(|key| fields.ssh_key(key, passphrase));
+        let known_hosts = config.known_hosts.as_ref().map(|known| fields.known_hosts(known));
         let registry_login = config.registry_login.as_ref().map(|login| {
             let registry =
                 fields.resolve(&login.registry, |text| normalise_registry(text).map_err(|message| (message, None)));
@@ -107,27 +93,9 @@ impl Resolved {
         }
         let mut platforms = Vec::new();
         for each in &config.build.platform_hosts {
-            let host = each.host.as_ref().map(|host| {
-                fields.resolve(host, |text| {
-                    DockerHost::parse(text, tls).map_err(|error| (error.message, Some(error.hint.to_string())))
-                })
-            });
-            let key = each.ssh_key.as_ref().map(|key| {
-                fields.resolve(key, |text| {
-                    let text = Secret::new(text);
-                    SshKey::parse(text.expose(), passphrase)
-                        .map(Arc::new)
-                        .map_err(|error| (error.to_string(), Some(error.hint().to_string())))
-                })
-            });
-            let known = each.known_hosts.as_ref().map(|known| {
-                let subject = fields.subject(known);
-                fields.resolve(known, |text| {
-                    check_known_hosts(text, &subject)
-                        .map(|()| text.to_string())
-                        .map_err(|problem| (problem.message, problem.hint))
-                })
-            });
+            let host = each.host.as_ref().map(|host| fields.resolve(host, parse_host));
+            let key = each.ssh_key.as_ref().map(|key| fields.ssh_key(key, passphrase));
+            let known = each.known_hosts.as_ref().map(|known| fields.known_hosts(known));
             platforms.push((each.platform.clone(), host, key, known));
         }
         if !fields.problems.is_empty() {
@@ -188,6 +156,27 @@ impl Fields<'_> {
             Value::Known(_) => sourced.origin.subject(),
             Value::Ssm(reference) => format!("{} ({reference})", sourced.origin.subject()),
         }
+    }
+
+    /// An SSH private key (JETS_SSH_KEY or an arch's), parsed once; a referenced one is registered
+    /// with the redactor before it is parsed.
+    fn ssh_key(&mut self, sourced: &Sourced<Value<Arc<SshKey>>>, passphrase: Option<&Secret>) -> Option<Arc<SshKey>> {
+        self.resolve(sourced, |text| {
+            let text = Secret::new(text);
+            SshKey::parse(text.expose(), passphrase)
+                .map(Arc::new)
+                .map_err(|error| (error.to_string(), Some(error.hint().to_string())))
+        })
+    }
+
+    /// known_hosts lines (JETS_SSH_KNOWN or an arch's), checked to hold only known_hosts entries.
+    fn known_hosts(&mut self, sourced: &Sourced<Value<String>>) -> Option<String> {
+        let subject = self.subject(sourced);
+        self.resolve(sourced, |text| {
+            check_known_hosts(text, &subject)
+                .map(|()| text.to_string())
+                .map_err(|problem| (problem.message, problem.hint))
+        })
     }
 
     /// A given value as it is; a referenced one parsed from what the parameter holds, or `None` with
