@@ -19,6 +19,7 @@
 use std::fmt;
 
 use crate::daemon::Daemon;
+use crate::disk::{CacheRecord, counted_size, read_build_cache};
 use crate::error::Error;
 use crate::image::human_bytes;
 
@@ -131,35 +132,6 @@ impl Pruned {
     }
 }
 
-/// One record of BuildKit's cache as `/system/df` lists it.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct CacheRecord {
-    #[serde(rename = "ID")]
-    id: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    shared: bool,
-}
-
-/// `/system/df`'s build cache: the list of API 1.25..1.51, or the totals of later ones (with the
-/// items when the daemon gives them).
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct CacheAnswer {
-    build_cache: Option<Vec<CacheRecord>>,
-    build_cache_usage: Option<CacheUsage>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct CacheUsage {
-    #[serde(default)]
-    total_size: u64,
-    items: Option<Vec<CacheRecord>>,
-}
-
 /// What the build cache takes, and its records when the daemon lists them.
 async fn build_cache(daemon: &Daemon) -> Result<(u64, Option<Vec<CacheRecord>>), Error> {
     // `type=` (API 1.42) spares a newer daemon sizing images, containers and volumes; `verbose`
@@ -171,26 +143,6 @@ async fn build_cache(daemon: &Daemon) -> Result<(u64, Option<Vec<CacheRecord>>),
         target: daemon.target.clone(),
         detail: format!("answered /system/df with what the agent cannot read: {error}"),
     })
-}
-
-/// Reads the build cache from `/system/df`'s JSON body.
-fn read_build_cache(body: &[u8]) -> Result<(u64, Option<Vec<CacheRecord>>), serde_json::Error> {
-    let answer: CacheAnswer = serde_json::from_slice(body)?;
-    Ok(match (answer.build_cache, answer.build_cache_usage) {
-        (Some(records), _) => (counted_size(&records, None), Some(records)),
-        (None, Some(CacheUsage { items: Some(records), .. })) => (counted_size(&records, None), Some(records)),
-        (None, Some(CacheUsage { total_size, items: None })) => (total_size, None),
-        (None, None) => (0, None),
-    })
-}
-
-/// The size of the records (of those in `only`, if given), shared ones not counted.
-fn counted_size(records: &[CacheRecord], only: Option<&std::collections::HashSet<String>>) -> u64 {
-    records
-        .iter()
-        .filter(|record| !record.shared && only.is_none_or(|only| only.contains(&record.id)))
-        .map(|record| record.size)
-        .sum()
 }
 
 /// `POST /build/prune`'s answer.

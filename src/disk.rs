@@ -31,18 +31,9 @@ pub struct DiskUse {
 struct Answer {
     layers_size: Option<u64>,
     images: Option<Vec<serde_json::Value>>,
-    build_cache: Option<Vec<CacheRecord>>,
     image_usage: Option<Totals>,
-    build_cache_usage: Option<Totals>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct CacheRecord {
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    shared: bool,
+    #[serde(flatten)]
+    build_cache: CacheAnswer,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +45,63 @@ struct Totals {
     total_count: usize,
 }
 
+/// One record of BuildKit's cache as `/system/df` lists it.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CacheRecord {
+    /// For the budget's "freed" (which records a prune deleted); the disk line needs none.
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    shared: bool,
+}
+
+/// `/system/df`'s build cache: the list of API 1.25..1.51, or the totals of later ones (with the
+/// items when the daemon gives them).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CacheAnswer {
+    build_cache: Option<Vec<CacheRecord>>,
+    build_cache_usage: Option<CacheUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CacheUsage {
+    #[serde(default)]
+    total_size: u64,
+    items: Option<Vec<CacheRecord>>,
+}
+
+impl CacheAnswer {
+    /// What the build cache takes (shared records counted once, in the record that owns them, as
+    /// `docker system df` does), and its records when the daemon lists them.
+    fn measured(self) -> (u64, Option<Vec<CacheRecord>>) {
+        match (self.build_cache, self.build_cache_usage) {
+            (Some(records), _) => (counted_size(&records, None), Some(records)),
+            (None, Some(CacheUsage { items: Some(records), .. })) => (counted_size(&records, None), Some(records)),
+            (None, Some(CacheUsage { total_size, items: None })) => (total_size, None),
+            (None, None) => (0, None),
+        }
+    }
+}
+
+/// Reads the build cache from `/system/df`'s JSON body: its size, and its records when listed.
+pub fn read_build_cache(body: &[u8]) -> Result<(u64, Option<Vec<CacheRecord>>), serde_json::Error> {
+    Ok(serde_json::from_slice::<CacheAnswer>(body)?.measured())
+}
+
+/// The size of the records (of those in `only`, if given), shared ones not counted.
+pub fn counted_size(records: &[CacheRecord], only: Option<&std::collections::HashSet<String>>) -> u64 {
+    records
+        .iter()
+        .filter(|record| !record.shared && only.is_none_or(|only| only.contains(&record.id)))
+        .map(|record| record.size)
+        .sum()
+}
+
 impl DiskUse {
     /// Reads `/system/df` from its JSON body.
     pub fn from_json(body: &[u8]) -> Result<DiskUse, serde_json::Error> {
@@ -62,11 +110,7 @@ impl DiskUse {
             Some(totals) => (totals.total_size, totals.total_count),
             None => (answer.layers_size.unwrap_or(0), answer.images.map_or(0, |images| images.len())),
         };
-        let build_cache = match answer.build_cache_usage {
-            Some(totals) => totals.total_size,
-            // Shared records are counted once, in the record that owns them (as `docker system df`).
-            None => answer.build_cache.unwrap_or_default().iter().filter(|record| !record.shared).map(|r| r.size).sum(),
-        };
+        let (build_cache, _) = answer.build_cache.measured();
         Ok(DiskUse { images, image_count, build_cache })
     }
 
