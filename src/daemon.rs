@@ -333,11 +333,6 @@ impl Daemon {
         Err(AuthError::Refused { status: status.as_u16(), message })
     }
 
-    /// How long a short request may take.
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
     /// The versioned path of an API call, e.g. `/v1.41/session`.
     pub fn api_path(&self, path: &str) -> String {
         format!("/v{}{path}", self.api)

@@ -261,11 +261,6 @@ pub struct TagManifest {
 }
 
 impl IndexPusher {
-    /// The repository as the errors name it.
-    pub fn repository(&self) -> &Repository {
-        &self.repository
-    }
-
     /// The manifest `tag` points at, as it is: an image's manifest (Docker v2 schema 2 or OCI) or an
     /// index (the media type says which); `Ok(None)` when the registry has no such tag (or no such
     /// repository) yet. Indexes are accepted so that the registry serves what the tag holds: asked
