@@ -194,6 +194,13 @@ impl ArgOrigins for AllFlags {
 }
 
 impl Config {
+    /// Whether the registry is asked, while the image builds, what its tags hold, so that an
+    /// unchanged image is not pushed again: pushing, without `--always-push`, with a builder that
+    /// may be BuildKit (the classic builder's images are pushed as before).
+    pub fn compares_with_registry(&self) -> bool {
+        self.push && !self.always_push && self.build.builder.value != crate::cli::Builder::Classic
+    }
+
     /// Builds the configuration, or reports every problem found.
     pub fn new(args: &RunArgs, origins: &impl ArgOrigins, env: &Environment, cwd: &Path) -> Result<Config, Error> {
         let mut problems = Vec::new();
@@ -579,7 +586,7 @@ pub fn check_known_hosts(text: &str, subject: &str) -> Result<(), Problem> {
     ))
 }
 
-const SSM_HINT: &str = "write SSM:/path/to/parameter, e.g. SSM:/codebuild/docker/host";
+pub const SSM_HINT: &str = "write SSM:/path/to/parameter, e.g. SSM:/codebuild/docker/host";
 const REGISTRY_HINT: &str =
     "write the registry's host name, with a port if it has one, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com";
 
@@ -591,7 +598,7 @@ pub fn password_text(text: &str) -> &str {
 
 /// One daemon address as given: an `SSM:` reference kept for later, or a parsed address; `None` with
 /// the problem recorded.
-fn host_value(text: &str, tls: bool, origin: &Origin, problems: &mut Vec<Problem>) -> Option<Value<DockerHost>> {
+pub fn host_value(text: &str, tls: bool, origin: &Origin, problems: &mut Vec<Problem>) -> Option<Value<DockerHost>> {
     match SsmRef::parse(text) {
         Ok(Some(reference)) => Some(Value::Ssm(reference)),
         Ok(None) => match DockerHost::parse(text, tls) {

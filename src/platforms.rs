@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::cli::Environment;
-use crate::config::{Sourced, Value, check_known_hosts};
+use crate::config::{SSM_HINT, Sourced, Value, check_known_hosts, host_value};
 use crate::docker_host::DockerHost;
 use crate::error::Problem;
 use crate::secrets::{Origin, Secret, SsmRef};
@@ -150,8 +150,11 @@ pub fn hosts_for(
             }
             let arch = platform.split('/').nth(1).unwrap_or_default();
             let mut chosen = Vec::new();
-            let host = per_arch(env, arch, PerArch::Host, &mut chosen)
-                .and_then(|(name, text)| host_value(name, text, tls, problems));
+            let host = per_arch(env, arch, PerArch::Host, &mut chosen).and_then(|(name, text)| {
+                let origin = Origin::Env(name);
+                let value = host_value(text, tls, &origin, problems)?;
+                Some(Sourced { value, origin })
+            });
             let ssh_key = per_arch(env, arch, PerArch::SshKey, &mut chosen)
                 .and_then(|(name, text)| key_value(name, text, passphrase, problems));
             let known_hosts = per_arch(env, arch, PerArch::KnownHosts, &mut chosen)
@@ -181,7 +184,7 @@ fn key_value(
             }
         }
         Err(message) => {
-            problems.push(Problem::new(name, message).hint("write SSM:/path/to/parameter"));
+            problems.push(Problem::new(name, message).hint(SSM_HINT));
             return None;
         }
     };
@@ -200,30 +203,7 @@ fn known_hosts_value(name: &'static str, text: &str, problems: &mut Vec<Problem>
             }
         },
         Err(message) => {
-            problems.push(Problem::new(name, message).hint("write SSM:/path/to/parameter"));
-            return None;
-        }
-    };
-    Some(Sourced { value, origin: Origin::Env(name) })
-}
-
-fn host_value(
-    name: &'static str,
-    text: &str,
-    tls: bool,
-    problems: &mut Vec<Problem>,
-) -> Option<Sourced<Value<DockerHost>>> {
-    let value = match SsmRef::parse(text) {
-        Ok(Some(reference)) => Value::Ssm(reference),
-        Ok(None) => match DockerHost::parse(text, tls) {
-            Ok(host) => Value::Known(host),
-            Err(error) => {
-                problems.push(Problem::new(name, error.message).hint(error.hint));
-                return None;
-            }
-        },
-        Err(message) => {
-            problems.push(Problem::new(name, message).hint("write SSM:/path/to/parameter"));
+            problems.push(Problem::new(name, message).hint(SSM_HINT));
             return None;
         }
     };

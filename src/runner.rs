@@ -249,7 +249,7 @@ impl<'a> Runner<'a> {
         let registry = image.registry().to_string();
         let cache_wait = self.config.connect_timeout * 3;
         let credentials = &self.credentials;
-        let (always_push, timeout) = (self.config.always_push, self.config.connect_timeout);
+        let (compares, timeout) = (self.config.compares_with_registry(), self.config.connect_timeout);
         let jobs = platforms.iter().enumerate().map(|(slot, platform)| {
             let registry = registry.clone();
             let span = tracing::info_span!(crate::output::PLATFORM_SPAN, platform = %platform);
@@ -258,14 +258,7 @@ impl<'a> Runner<'a> {
                 let suffix = crate::platforms::tag_suffix(platform);
                 let mut build = build.clone();
                 build.platform = Some(platform.clone());
-                let classic = match build.builder.value {
-                    crate::cli::Builder::Classic => true,
-                    crate::cli::Builder::Buildkit => false,
-                    crate::cli::Builder::Auto => {
-                        !host.facts.as_ref().is_some_and(crate::daemon::Facts::offers_buildkit)
-                    }
-                };
-                if classic {
+                if image::Engine::on(build.builder.value, host) == image::Engine::Classic {
                     add_platform_args(&mut build, platform);
                 }
                 let mounts = match resolved {
@@ -286,9 +279,8 @@ impl<'a> Runner<'a> {
                 let own_tags: Vec<String> = tags.iter().map(|tag| format!("{tag}-{suffix}")).collect();
                 let credential = credentials.iter().find(|credential| credential.registry == registry);
                 // What the registry holds under this platform's tags, asked while it builds.
-                let compare = push && !always_push && build.builder.value != crate::cli::Builder::Classic;
                 let registry_images = async {
-                    match compare {
+                    match push && compares {
                         true => Some(crate::unchanged::registry_images(image, &own_tags, credential, timeout).await),
                         false => None,
                     }
@@ -411,7 +403,7 @@ impl<'a> Runner<'a> {
     /// The push step's line for a tag whose image the registry already holds (nothing to push).
     fn kept_line(&self, reference: &str) -> Option<String> {
         let (image, kept) = self.kept.as_ref()?;
-        let tag = kept.already.iter().chain(&kept.tagged).find(|tag| image.with_tag(tag) == reference)?;
+        let tag = self.config.tags.value.iter().find(|tag| kept.holds(tag) && image.with_tag(tag) == reference)?;
         Some(kept.line(tag))
     }
 
@@ -523,7 +515,7 @@ impl StepRunner for Runner<'_> {
                 // The registry is asked what it holds under the tags while the image builds, for
                 // the comparison before the pushes.
                 let config = self.config;
-                if config.push && !config.always_push && build.builder.value != crate::cli::Builder::Classic {
+                if config.compares_with_registry() {
                     let asked = self.ask_registry(&config.image.value, &config.tags.value);
                     self.registry_images = Some(tokio::spawn(asked));
                 }
@@ -565,7 +557,7 @@ impl StepRunner for Runner<'_> {
                 crate::image_definitions::write(path, container, image_uri)?;
                 format!("wrote {}", path.display())
             }
-            Step::WriteMetadata { path, names, pushed, .. } if !self.platform_builds.is_empty() => {
+            Step::WriteMetadata { path, names, pushed, platforms } if !platforms.is_empty() => {
                 self.resolved()?;
                 let resolved = self.resolved.as_ref().ok_or_else(|| Error::Internal("resolved above".into()))?;
                 let placement = run_placement(resolved, self.hosts()?)?;
@@ -607,18 +599,12 @@ impl StepRunner for Runner<'_> {
     }
 }
 
-/// The candidates of a build without a host of its own, in the order they are tried: the pool
-/// (`--host`, `AGENT_HOSTS` or `DOCKER_HOST`, with `JETS_SSH_KEY` / `JETS_SSH_KNOWN`) in the order
-/// `repository` hashes to, then the fallback — the one place that says where such a build goes.
-pub fn default_candidates(resolved: &Resolved, repository: &str) -> Vec<Candidate> {
-    pool_candidates(resolved, repository)
-}
-
 /// The run's slots: one for a single-platform run; one per platform (named by it) otherwise, on
-/// the platform's own host when it has one, else on the default host.
+/// the platform's own host when it has one, else on the pool ([`pool_candidates`]: the one place
+/// that says where a build without a host of its own goes).
 fn slots(resolved: &Resolved, repository: &str) -> Vec<Slot> {
     if resolved.platforms.is_empty() {
-        return vec![Slot { name: String::new(), candidates: default_candidates(resolved, repository) }];
+        return vec![Slot { name: String::new(), candidates: pool_candidates(resolved, repository) }];
     }
     resolved
         .platforms
@@ -630,7 +616,7 @@ fn slots(resolved: &Resolved, repository: &str) -> Vec<Slot> {
                     ssh_key: each.ssh_key.clone(),
                     known_hosts: each.known_hosts.clone(),
                 }],
-                None => default_candidates(resolved, repository),
+                None => pool_candidates(resolved, repository),
             };
             Slot { name: each.platform.clone(), candidates }
         })

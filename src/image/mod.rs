@@ -70,12 +70,7 @@ pub async fn build_on(
         mounts,
         shared_key: crate::session::key::for_build(build, reference),
     };
-    let engine = match build.builder.value {
-        Builder::Buildkit => Engine::BuildKit,
-        Builder::Classic => Engine::Classic,
-        Builder::Auto if host.facts.as_ref().is_some_and(crate::daemon::Facts::offers_buildkit) => Engine::BuildKit,
-        Builder::Auto => Engine::Classic,
-    };
+    let engine = Engine::on(build.builder.value, host);
     let summary = self::build(&host.daemon, request, engine, credentials).await?;
     Ok(metadata::Built { engine, summary, context_files, context_bytes })
 }
@@ -154,6 +149,16 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// The builder `builder` asks for on `host`: `auto` is BuildKit where the daemon offers it.
+    pub fn on(builder: Builder, host: &crate::hosts::Host) -> Engine {
+        match builder {
+            Builder::Buildkit => Engine::BuildKit,
+            Builder::Classic => Engine::Classic,
+            Builder::Auto if host.facts.as_ref().is_some_and(crate::daemon::Facts::offers_buildkit) => Engine::BuildKit,
+            Builder::Auto => Engine::Classic,
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Engine::BuildKit => "BuildKit",
