@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::error::exit;
+use crate::image::spec::{Builder, ProgressMode};
+use crate::output::LogFormat;
 
 /// Builds Docker images on a remote Docker host that keeps its layer cache between builds.
 ///
@@ -35,35 +37,6 @@ pub struct Cli {
     /// Log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "AGENT_LOG_FORMAT", global = true)]
     pub log_format: LogFormat,
-}
-
-/// How log lines are written on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One human-readable line per event, for the CodeBuild log
-    Text,
-    /// One JSON object per line, for log processors
-    Json,
-}
-
-/// How much of the build the log shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProgressMode {
-    /// Every step with its time and CACHED, and the output of RUN steps, each line prefixed with its step
-    Plain,
-    /// The steps only; a RUN step's output only when it fails
-    Steps,
-}
-
-/// Which of the daemon's builders builds the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Builder {
-    /// BuildKit when the daemon offers it, else the classic builder
-    Auto,
-    /// BuildKit, with a session for the registry credentials
-    Buildkit,
-    /// The classic builder (DOCKER_BUILDKIT=0)
-    Classic,
 }
 
 #[derive(Debug, Subcommand)]

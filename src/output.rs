@@ -4,13 +4,23 @@
 
 use std::io::{self, Write};
 
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event, for the CodeBuild log
+    Text,
+    /// One JSON object per line, for log processors
+    Json,
+}
+
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::cli::LogFormat;
+use clap::ValueEnum;
+
 use crate::secrets::redact;
 
 /// Sets up logging. `RUST_LOG`, when set, decides the filter; else `-v`/`-q` do.
@@ -251,6 +261,18 @@ impl Drop for EventBuffer {
             eprint(&String::from_utf8_lossy(&self.0));
         }
     }
+}
+
+/// `1.2 MB`-style sizes for the log.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]

@@ -7,6 +7,20 @@
 use std::fmt;
 use std::sync::{OnceLock, RwLock};
 
+/// A value given directly, or a reference to an SSM parameter that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value<T> {
+    Known(T),
+    Ssm(SsmRef),
+}
+
+/// A value with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
 /// What a masked secret is printed as.
 pub const MASK: &str = "********";
 

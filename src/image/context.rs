@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::dockerignore::DockerIgnore;
 use crate::error::Error;
+use crate::session::dockerignore::DockerIgnore;
 
 /// The name under which a Dockerfile from outside the context travels in the tar.
 const OUTSIDE_DOCKERFILE: &str = ".dockerfile.agent";

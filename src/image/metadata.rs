@@ -48,7 +48,7 @@ pub fn write(
         context_bytes: built.context_bytes,
         placement: Some(placement),
     };
-    crate::ssh::files::write_atomically(path, metadata.to_text().as_bytes(), 0o644, true)
+    crate::files::write_atomically(path, metadata.to_text().as_bytes(), 0o644, true, "--metadata-file")
 }
 
 /// One platform's build in a multi-platform run, as the metadata file describes it.
@@ -101,7 +101,7 @@ pub fn write_platforms(
     object.extend(placement.iter().map(|(key, value)| (key.clone(), value.clone())));
     let mut text = serde_json::to_string_pretty(&Value::Object(object)).unwrap_or_else(|_| "{}".to_string());
     text.push('\n');
-    crate::ssh::files::write_atomically(path, text.as_bytes(), 0o644, true)
+    crate::files::write_atomically(path, text.as_bytes(), 0o644, true, "--metadata-file")
 }
 
 /// What a successful run built and pushed.

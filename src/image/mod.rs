@@ -1,12 +1,11 @@
 //! The image: the build context, the build on the daemon with its progress in the log, the tags,
 //! and the pushes with each registry's credentials.
 
-pub mod build_secrets;
 pub mod context;
-pub mod dockerignore;
+pub mod definitions;
 pub mod metadata;
 mod progress;
-pub mod ssh_forward;
+pub mod spec;
 
 pub use progress::{BuildSummary, StepRecord};
 
@@ -21,12 +20,12 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use crate::cli::Builder;
-use crate::config::Build;
-use crate::daemon::Daemon;
+use crate::docker::daemon::{Daemon, Facts};
 use crate::error::Error;
+use crate::output::human_bytes;
 use crate::registry::Credential;
 use progress::Progress;
+use spec::{BuildSpec, Builder};
 
 /// Attempts of a push before its failure is final.
 const PUSH_ATTEMPTS: u32 = 3;
@@ -36,11 +35,11 @@ pub struct BuildRequest<'a> {
     pub context: context::Context,
     pub reference: &'a str,
     /// The build's arguments, target, labels, platform, pull and cache flags.
-    pub build: &'a Build,
+    pub build: &'a BuildSpec,
     /// Images to use as cache sources (the pulled `latest` on a cold host).
     pub cache_from: Vec<String>,
     /// The secrets and ssh agents the session serves to `RUN --mount` (BuildKit only).
-    pub mounts: crate::build_mounts::SessionMounts,
+    pub mounts: crate::session::SessionMounts,
     /// The BuildKit session's shared key for the context.
     pub shared_key: crate::session::key::SharedKey,
 }
@@ -48,42 +47,37 @@ pub struct BuildRequest<'a> {
 /// The build step on one host: the cache image pulled if the host lacks it (given up after
 /// `cache_wait`), the context scanned, the engine chosen from the host's facts, the image built.
 pub async fn build_on(
-    host: &crate::hosts::Host,
+    daemon: &Daemon,
+    facts: Option<&Facts>,
     request: BuildStep<'_>,
     credentials: &[Credential],
 ) -> Result<metadata::Built, Error> {
     let BuildStep { build, reference, cache_image, registry, mounts, cache_wait } = request;
     let mut cache_from = Vec::new();
     if let Some(cache_image) = cache_image {
-        let pull = pull_for_cache(&host.daemon, cache_image, registry, credentials);
+        let pull = pull_for_cache(daemon, cache_image, registry, credentials);
         if let Ok(true) = tokio::time::timeout(cache_wait, pull).await {
             cache_from.push(cache_image.to_string());
         }
     }
     let context = context::Context::scan_off_runtime(&build.context, &build.dockerfile).await?;
     let (context_files, context_bytes) = (context.files as u64, context.bytes);
-    let request = BuildRequest {
-        context,
-        reference,
-        build,
-        cache_from,
-        mounts,
-        shared_key: crate::session::key::for_build(build, reference),
-    };
-    let engine = Engine::on(build.builder.value, host);
-    let summary = self::build(&host.daemon, request, engine, credentials).await?;
+    let request =
+        BuildRequest { context, reference, build, cache_from, mounts, shared_key: build.shared_key(reference) };
+    let engine = Engine::on(build.builder.value, facts);
+    let summary = self::build(daemon, request, engine, credentials).await?;
     Ok(metadata::Built { engine, summary, context_files, context_bytes })
 }
 
 /// What the build step hands to [`build_on`].
 pub struct BuildStep<'a> {
-    pub build: &'a Build,
+    pub build: &'a BuildSpec,
     pub reference: &'a str,
     /// The image to pull as cache when the host lacks it.
     pub cache_image: Option<&'a str>,
     /// The registry of the cache image, for its credentials.
     pub registry: &'a str,
-    pub mounts: crate::build_mounts::SessionMounts,
+    pub mounts: crate::session::SessionMounts,
     /// How long the cache pull may take before the build goes on without it.
     pub cache_wait: Duration,
 }
@@ -150,11 +144,11 @@ pub enum Engine {
 
 impl Engine {
     /// The builder `builder` asks for on `host`: `auto` is BuildKit where the daemon offers it.
-    pub fn on(builder: Builder, host: &crate::hosts::Host) -> Engine {
+    pub fn on(builder: Builder, facts: Option<&Facts>) -> Engine {
         match builder {
             Builder::Buildkit => Engine::BuildKit,
             Builder::Classic => Engine::Classic,
-            Builder::Auto if host.facts.as_ref().is_some_and(crate::daemon::Facts::offers_buildkit) => Engine::BuildKit,
+            Builder::Auto if facts.is_some_and(Facts::offers_buildkit) => Engine::BuildKit,
             Builder::Auto => Engine::Classic,
         }
     }
@@ -296,8 +290,9 @@ async fn build_with_session(
             agents.join(", ")
         );
     }
-    let agents =
-        ssh_forward::SshAgents::start(&mounts.ssh).await.map_err(|error| Error::Internal(error.to_string()))?;
+    let agents = crate::session::ssh_forward::SshAgents::start(&mounts.ssh)
+        .await
+        .map_err(|error| Error::Internal(error.to_string()))?;
     let (secrets, secrets_methods) = mounts.secrets.service();
     let (ssh, ssh_methods) = agents.service();
     let session = SessionBuilder::new(&name, &request.shared_key.key)
@@ -349,7 +344,7 @@ fn stable_mtimes(
 async fn run_session_build(
     daemon: &Daemon,
     options: &bollard::query_parameters::BuildImageOptions,
-    mode: crate::cli::ProgressMode,
+    mode: spec::ProgressMode,
 ) -> Result<BuildSummary, Error> {
     let query = serde_urlencoded::to_string(options)
         .map_err(|error| Error::Internal(format!("failed to encode the build's parameters: {error}")))?;
@@ -577,18 +572,6 @@ fn is_transient(message: &str) -> bool {
         *word == "eof"
             || (server_error(word) && at > 0 && matches!(words[at - 1], "status" | "code" | "http" | "https"))
     })
-}
-
-/// `1.2 MB`-style sizes for the log.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]

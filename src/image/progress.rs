@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use bollard::moby::buildkit::v1::StatusResponse;
 
-use crate::cli::ProgressMode;
 use crate::error::Error;
+use crate::image::spec::ProgressMode;
 
 /// Output lines of the failing step shown when a build fails.
 const TAIL: usize = 20;

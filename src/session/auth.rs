@@ -30,7 +30,7 @@ impl Logins {
         let mut by_host = HashMap::new();
         for credential in credentials {
             let login = (credential.user.clone(), credential.password.clone());
-            if credential.registry == crate::image_ref::DOCKER_HUB {
+            if credential.registry == crate::registry::reference::DOCKER_HUB {
                 by_host.insert("registry-1.docker.io".to_string(), login.clone());
                 by_host.insert("index.docker.io".to_string(), login.clone());
             }

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::git_times::GitIndex;
-use crate::image::dockerignore::DockerIgnore;
+use crate::session::dockerignore::DockerIgnore;
 
 /// Bytes of a file in one DATA packet (fsutil sends 32 KiB; fewer, larger messages cost less).
 const DATA_CHUNK: usize = 256 * 1024;
@@ -151,7 +151,9 @@ fn matches(pattern: &[String], path: &[&str]) -> bool {
         None => path.is_empty(),
         Some((first, rest)) if first == "**" => (0..=path.len()).any(|skip| matches(rest, &path[skip..])),
         Some((first, rest)) => match path.split_first() {
-            Some((segment, path_rest)) => crate::image::dockerignore::glob(first, segment) && matches(rest, path_rest),
+            Some((segment, path_rest)) => {
+                crate::session::dockerignore::glob(first, segment) && matches(rest, path_rest)
+            }
             None => false,
         },
     }
@@ -164,7 +166,7 @@ fn prefix_matches(pattern: &[String], dir: &[&str]) -> bool {
         (None, Some(_)) => false,
         (Some((first, _)), Some(_)) if first == "**" => true,
         (Some((first, rest)), Some((segment, dir_rest))) => {
-            crate::image::dockerignore::glob(first, segment) && prefix_matches(rest, dir_rest)
+            crate::session::dockerignore::glob(first, segment) && prefix_matches(rest, dir_rest)
         }
     }
 }

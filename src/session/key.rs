@@ -19,23 +19,6 @@ pub struct SharedKey {
 /// The source root CodeBuild checks out to.
 pub const CODEBUILD_SRC_DIR: &str = "CODEBUILD_SRC_DIR";
 
-/// The key of a build: the given one, else derived from the image repository and the context.
-pub fn for_build(build: &crate::config::Build, reference: &str) -> SharedKey {
-    if let Some(given_key) = &build.context_key {
-        return given(&given_key.value, &given_key.origin.to_string());
-    }
-    derive(repository_of(reference), &build.context, build.source_root.as_deref())
-}
-
-/// `registry/app:tag` (or `@digest`) without its tag: the repository.
-fn repository_of(reference: &str) -> &str {
-    let reference = reference.split('@').next().unwrap_or(reference);
-    match reference.rsplit_once(':') {
-        Some((repository, tag)) if !tag.contains('/') => repository,
-        _ => reference,
-    }
-}
-
 /// The key given by the user (`--context-key`, `AGENT_CONTEXT_KEY`), named by where it came from.
 pub fn given(key: &str, origin: &str) -> SharedKey {
     SharedKey { key: hash(&format!("given\0{key}")), source: format!("{origin} {key:?}") }

@@ -9,9 +9,12 @@
 //! shared key of its choosing, hence this module.
 
 pub mod auth;
+pub mod build_secrets;
+pub mod dockerignore;
 pub mod filesync;
 pub mod git_times;
 pub mod key;
+pub mod ssh_forward;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -27,7 +30,7 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
 
-use crate::daemon::Daemon;
+use crate::docker::daemon::Daemon;
 use crate::error::Error;
 
 /// The services of a session before it starts, and the gRPC methods they expose.
@@ -227,6 +230,14 @@ impl Health for Healthy {
             status: ServingStatus::Serving as i32,
         })))))
     }
+}
+
+/// What the build's session serves for the mounts, resolved: the secrets' values and each agent's
+/// keys. Made once the `SSM:` references are resolved.
+#[derive(Debug, Default)]
+pub struct SessionMounts {
+    pub secrets: build_secrets::BuildSecrets,
+    pub ssh: Vec<(String, Vec<std::sync::Arc<russh::keys::PrivateKey>>)>,
 }
 
 #[cfg(test)]

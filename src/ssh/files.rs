@@ -4,11 +4,11 @@
 //! directory, renamed into place, so a crash leaves the old file or the new one, never half.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::files::write_atomically;
 
 /// What installing a file did, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum Installed {
 /// mode tightened to 0600); one with other content is left untouched too, and reported as
 /// [`Installed::KeptDifferent`]: the run uses the key from memory.
 pub fn install_key(path: &Path, text: &str, same_key: impl Fn(&str) -> bool) -> Result<Installed, Error> {
-    let dir = parent(path)?;
+    let dir = crate::files::parent(path);
     ensure_private_dir(&dir)?;
     match fs::read_to_string(path) {
         Ok(existing) => {
@@ -36,7 +36,7 @@ pub fn install_key(path: &Path, text: &str, same_key: impl Fn(&str) -> bool) -> 
             Ok(Installed::KeptDifferent)
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            match write_atomically(path, text.as_bytes(), 0o600, false) {
+            match write_atomically(path, text.as_bytes(), 0o600, false, KEY_FILE_FLAGS) {
                 Ok(()) => Ok(Installed::Written),
                 // Someone wrote it between our read and our rename: theirs stays.
                 Err(Error::KeyFileExists { .. }) => Ok(Installed::KeptDifferent),
@@ -54,7 +54,7 @@ pub fn install_key(path: &Path, text: &str, same_key: impl Fn(&str) -> bool) -> 
 /// file it points to gets the lines.
 pub fn install_known_hosts(path: &Path, lines: &[String]) -> Result<Installed, Error> {
     let path = &symlink_target(path)?;
-    let dir = parent(path)?;
+    let dir = crate::files::parent(path);
     ensure_private_dir(&dir)?;
     let (existing, mode) = match fs::read(path) {
         Ok(bytes) => {
@@ -86,7 +86,7 @@ pub fn install_known_hosts(path: &Path, lines: &[String]) -> Result<Installed, E
     if added == 0 {
         return Ok(Installed::AlreadyThere);
     }
-    write_atomically(path, &content, mode, true)?;
+    write_atomically(path, &content, mode, true, KEY_FILE_FLAGS)?;
     Ok(Installed::Added(added))
 }
 
@@ -110,37 +110,6 @@ pub fn symlink_target(path: &Path) -> Result<PathBuf, Error> {
     Err(file_error("follow the links of", path, std::io::Error::other("too many levels of symbolic links")))
 }
 
-/// Writes a file through a temporary file in the same directory and a rename. With `replace`
-/// false, an existing file is never replaced (the rename fails instead).
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<(), Error> {
-    let dir = parent(path)?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(".agent-")
-        .permissions(fs::Permissions::from_mode(0o600))
-        .tempfile_in(&dir)
-        .map_err(|source| file_error("create a temporary file in", &dir, source))?;
-    temp.write_all(bytes)
-        .and_then(|()| temp.as_file().sync_all())
-        .map_err(|source| file_error("write", temp.path(), source))?;
-    fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode))
-        .map_err(|source| file_error("set the mode of", temp.path(), source))?;
-    let result = if replace { temp.persist(path).map(drop) } else { temp.persist_noclobber(path).map(drop) };
-    result.map_err(|error| {
-        if error.error.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::KeyFileExists { path: path.to_path_buf() }
-        } else {
-            file_error("write", path, error.error)
-        }
-    })
-}
-
-fn parent(path: &Path) -> Result<PathBuf, Error> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => Ok(dir.to_path_buf()),
-        _ => Ok(PathBuf::from(".")),
-    }
-}
-
 /// Creates the directory with mode 0700 if it is missing. An existing one keeps its mode.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
     if dir.is_dir() {
@@ -153,11 +122,13 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
         .map_err(|source| file_error("create the directory", dir, source))
 }
 
+/// The key and known_hosts files' error, with where to choose other paths.
 fn file_error(action: &'static str, path: &Path, source: std::io::Error) -> Error {
-    let hint = (source.kind() == std::io::ErrorKind::PermissionDenied)
-        .then(|| "check the owner and mode of the file and its directory, or choose another path with --ssh-key-file / --known-hosts-file".to_string());
-    Error::LocalFile { action, path: path.to_path_buf(), source, hint }
+    crate::files::file_error(action, path, source, KEY_FILE_FLAGS)
 }
+
+/// The flags that choose other paths for the files this module writes.
+const KEY_FILE_FLAGS: &str = "--ssh-key-file / --known-hosts-file";
 
 #[cfg(test)]
 mod tests {

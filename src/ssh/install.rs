@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use crate::account;
 use crate::error::Result;
 use crate::secrets::Secret;
+use crate::ssh::account;
 use crate::ssh::files::{self, Installed};
 use crate::ssh::key::SshKey;
 use crate::ssh::known_hosts::meaningful_lines;

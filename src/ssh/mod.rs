@@ -2,6 +2,7 @@
 //! the host-key check, and the russh transport that carries the Docker API to the remote daemon's
 //! socket.
 
+pub mod account;
 pub mod files;
 pub mod install;
 pub mod key;

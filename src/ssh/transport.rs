@@ -1,6 +1,6 @@
 //! The SSH transport: one russh connection for the whole run, and one `direct-streamlocal`
 //! channel to the remote Docker socket per HTTP connection, so the remote host needs sshd and
-//! nothing else. The daemon module (`crate::daemon`) opens its channels for bollard and for the
+//! nothing else. The daemon module (`crate::docker::daemon`) opens its channels for bollard and for the
 //! raw calls alike.
 //!
 //! Failures keep their class: the handshake's host-key verdict is recorded here, and a channel

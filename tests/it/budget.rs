@@ -191,7 +191,7 @@ fn the_dry_run_shows_the_budget() {
 
 /// Bytes as the agent logs them (docker's decimal units, one decimal).
 fn human_bytes(bytes: u64) -> String {
-    agent::image::human_bytes(bytes)
+    agent::output::human_bytes(bytes)
 }
 
 /// Issue 16: on a host of more than 300 images the line gives their count only (sizing them would

@@ -178,7 +178,7 @@ fn dry_run_shows_the_pool_the_chosen_host_the_failover_order_and_the_fallback() 
     let hosts = [first.local_addr().unwrap().port(), second.local_addr().unwrap().port()]
         .map(|port| format!("ssh://ec2-user@127.0.0.1:{port}/var/run/docker.sock"));
     let image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web";
-    let order = agent::affinity::order(&hosts, image);
+    let order = agent::nodes::affinity::order(&hosts, image);
     let outcome = Agent::new()
         .env("DOCKER_HOST", "ssh://ignored@127.0.0.1:9")
         .env("AGENT_HOSTS", hosts.join(", "))

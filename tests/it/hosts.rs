@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use agent::docker_host::DockerHost;
-use agent::hosts::{Access, Candidate, Hosts, Slot};
+use agent::docker::host::DockerHost;
+use agent::nodes::{Access, Candidate, Hosts, Slot};
 use agent::ssh::key::SshKey;
 
 use crate::world::World;

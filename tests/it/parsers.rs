@@ -1,10 +1,10 @@
 //! Bad input: property tests that feed the parsers arbitrary and near-valid text. None may panic;
 //! each either accepts or refuses with a message. (Bounded: proptest's default 256 cases each.)
 
-use agent::docker_host::DockerHost;
-use agent::image::dockerignore::DockerIgnore;
-use agent::image_ref::{EcrRegistry, Repository, check_tag};
+use agent::docker::host::DockerHost;
+use agent::registry::reference::{EcrRegistry, Repository, check_tag};
 use agent::secrets::SsmRef;
+use agent::session::dockerignore::DockerIgnore;
 use agent::ssh::key::repair;
 use agent::ssh::known_hosts::{KnownHosts, meaningful_lines};
 use proptest::prelude::*;
@@ -61,7 +61,7 @@ proptest! {
     fn dockerignore_never_panics(patterns in grammar_text(), path in "[a-z*?\\[\\]!./]{0,30}") {
         let ignore = DockerIgnore::parse(&patterns);
         let _ = ignore.excludes(&path);
-        let _ = agent::image::dockerignore::glob(&patterns, &path);
+        let _ = agent::session::dockerignore::glob(&patterns, &path);
     }
 }
 

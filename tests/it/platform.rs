@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use agent::image_index::{Platform, PlatformImage, push_index};
-use agent::image_ref::Repository;
 use agent::registry::Credential;
+use agent::registry::index::{Platform, PlatformImage, push_index};
+use agent::registry::reference::Repository;
 use agent::secrets::Secret;
 
 use crate::agent::{Agent, Outcome};

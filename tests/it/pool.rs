@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::docker_host::DockerHost;
+use agent::docker::host::DockerHost;
 
 use crate::agent::{Agent, Outcome};
 use crate::world::{World, read};
@@ -185,7 +185,7 @@ fn images_hashing_to(pool: &[String], host: usize, count: usize, prefix: &str) -
     let names: Vec<String> = pool.iter().map(|host| canonical(host)).collect();
     (0..)
         .map(|n| format!("agent-it/{prefix}-{n}"))
-        .filter(|image| agent::affinity::order(&names, image)[0] == host)
+        .filter(|image| agent::nodes::affinity::order(&names, image)[0] == host)
         .take(count)
         .collect()
 }
@@ -391,7 +391,7 @@ fn when_no_host_of_the_pool_answers_the_fallback_builds_with_a_warning_naming_th
     let agent = pool.agent(&hosts);
     let (outcome, _) = build(agent, &image, &["--failover-timeout", "2", "--connect-timeout", "3"]);
     let names: Vec<String> = hosts.iter().map(|host| canonical(host)).collect();
-    let chosen = agent::affinity::order(&names, &image)[0];
+    let chosen = agent::nodes::affinity::order(&names, &image)[0];
     outcome.expect_code(if chosen == 0 { 21 } else { 22 });
     assert!(outcome.stderr.contains("error: failed to connect to ssh://127.0.0.1"), "{}", outcome.stderr);
 }

@@ -512,7 +512,7 @@ fn a_daemon_that_never_answers_times_out() {
 fn a_swallowed_ssh_failure_does_not_colour_a_later_unrelated_error() {
     use std::sync::Arc;
 
-    use agent::daemon::Daemon;
+    use agent::docker::daemon::Daemon;
     use agent::error::Error;
     use agent::ssh::key::SshKey;
     use agent::ssh::known_hosts::KnownHosts;

@@ -4,34 +4,27 @@
 //! Values that may be `SSM:` references are kept as [`Value::Ssm`] until the plan's "resolve SSM
 //! parameters" step fetches them; everything else is checked here, before any step runs.
 
+pub mod mounts;
+pub mod platforms;
+pub mod resolve;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
 
-use crate::budget::Budget;
-use crate::cli::{Builder, Environment, ProgressMode, RunArgs};
-use crate::docker_host::DockerHost;
+use crate::cli::{Environment, RunArgs};
+use crate::docker::budget::Budget;
+use crate::docker::host::{DockerHost, Tls};
 use crate::error::{Error, Problem};
-use crate::image_ref::{self, EcrRegistry, Repository};
+use crate::image::spec::{BuildArg, BuildSpec, Builder, ProgressMode};
+use crate::registry::reference::{self as image_ref, EcrRegistry, Repository};
 use crate::secrets::{Origin, Secret, SsmRef};
 use crate::ssh::key::SshKey;
 use crate::ssh::known_hosts::KnownHosts;
 use std::sync::Arc;
 
-/// A value given directly, or a reference to an SSM parameter that holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value<T> {
-    Known(T),
-    Ssm(SsmRef),
-}
-
-/// A value with where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sourced<T> {
-    pub value: T,
-    pub origin: Origin,
-}
+pub use crate::secrets::{Sourced, Value};
 
 /// Everything a run needs, checked.
 #[derive(Debug, Clone)]
@@ -87,13 +80,6 @@ pub struct Config {
     pub docker_config_dir: PathBuf,
 }
 
-/// TLS settings for a `tcp://` daemon, as the docker CLI reads them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tls {
-    /// The directory holding `ca.pem`, `cert.pem` and `key.pem` (`DOCKER_CERT_PATH`, else `~/.docker`).
-    pub cert_dir: PathBuf,
-}
-
 /// The login with `DOCKER_USER`/`DOCKER_PASS`.
 #[derive(Debug, Clone)]
 pub struct RegistryLogin {
@@ -113,43 +99,17 @@ pub struct EcrLogin {
     pub origin: Origin,
 }
 
-/// What to build and how.
+/// What to build and how: what the image domain needs ([`BuildSpec`]), and what the run decides
+/// around it (the platforms' hosts, the secrets and SSH agents its session serves).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Build {
-    pub context: PathBuf,
-    pub dockerfile: PathBuf,
-    pub build_args: Vec<BuildArg>,
-    pub target: Option<String>,
-    pub labels: Vec<(String, String)>,
-    pub platform: Option<String>,
+    pub spec: BuildSpec,
     /// Two or more platforms (`--platform a,b`): each with its host; empty for one platform or none.
-    pub platform_hosts: Vec<crate::platforms::PlatformHost>,
-    pub pull: bool,
-    pub no_cache: bool,
-    pub builder: Sourced<Builder>,
+    pub platform_hosts: Vec<crate::config::platforms::PlatformHost>,
     /// `--secret`: the build's secrets, values read (and registered with the redactor).
-    pub secrets: Vec<crate::build_mounts::BuildSecret>,
+    pub secrets: Vec<crate::config::mounts::BuildSecret>,
     /// `--ssh`: the forwarded agents and their keys.
-    pub ssh: Vec<crate::build_mounts::SshForward>,
-    /// How much of the build the log shows.
-    pub progress: Sourced<ProgressMode>,
-    /// `--context-key` (`AGENT_CONTEXT_KEY`): BuildKit's shared key for the context, given.
-    pub context_key: Option<Sourced<String>>,
-    /// `CODEBUILD_SRC_DIR`: the source root the derived context key is relative to.
-    pub source_root: Option<PathBuf>,
-    /// `--stable-mtimes`: unchanged tracked files sent with mtimes made from their git blob ids.
-    pub stable_mtimes: bool,
-}
-
-/// One `--build-arg`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildArg {
-    pub key: String,
-    /// The value; `None` when `KEY` alone named an environment variable that is unset (the docker
-    /// CLI then leaves the argument out).
-    pub value: Option<String>,
-    /// Whether the value came from the environment variable `KEY` (the plan then does not print it).
-    pub from_env: bool,
+    pub ssh: Vec<crate::config::mounts::SshForward>,
 }
 
 /// The names of flags and variables, as messages and the plan show them.
@@ -198,7 +158,7 @@ impl Config {
     /// unchanged image is not pushed again: pushing, without `--always-push`, with a builder that
     /// may be BuildKit (the classic builder's images are pushed as before).
     pub fn compares_with_registry(&self) -> bool {
-        self.push && !self.always_push && self.build.builder.value != crate::cli::Builder::Classic
+        self.push && !self.always_push && self.build.spec.builder.value != Builder::Classic
     }
 
     /// Builds the configuration, or reports every problem found.
@@ -559,7 +519,8 @@ impl Config {
             }
         }
         for secret in &self.build.secrets {
-            if let crate::build_mounts::SecretSource::Env { value: Value::Ssm(reference), origin, .. } = &secret.source
+            if let crate::config::mounts::SecretSource::Env { value: Value::Ssm(reference), origin, .. } =
+                &secret.source
             {
                 references.push((origin, reference));
             }
@@ -837,7 +798,7 @@ fn check_build(
         }
     }
     let platforms = match &args.platform {
-        Some(text) => crate::platforms::parse_list(text, problems),
+        Some(text) => crate::config::platforms::parse_list(text, problems),
         None => Vec::new(),
     };
     let passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
@@ -845,12 +806,12 @@ fn check_build(
         0 | 1 => Vec::new(),
         _ => {
             let tls = env.get("DOCKER_TLS_VERIFY").is_some();
-            crate::platforms::hosts_for(&platforms, env, tls, passphrase.as_ref(), problems)
+            crate::config::platforms::hosts_for(&platforms, env, tls, passphrase.as_ref(), problems)
         }
     };
 
-    let secrets = crate::build_mounts::parse_secrets(&args.secrets, env, cwd, problems);
-    let ssh = crate::build_mounts::parse_ssh(
+    let secrets = crate::config::mounts::parse_secrets(&args.secrets, env, cwd, problems);
+    let ssh = crate::config::mounts::parse_ssh(
         &args.ssh,
         env.get(names::JETS_SSH_KEY).is_some(),
         passphrase.as_ref(),
@@ -890,24 +851,22 @@ fn check_build(
     };
     let source_root = env.get("CODEBUILD_SRC_DIR").filter(|dir| !dir.trim().is_empty()).map(PathBuf::from);
     let builder = builder.filter(|_| problems.len() == before)?;
-    Some(Build {
+    let spec = BuildSpec {
         context,
         dockerfile,
         build_args,
         target: args.target.clone(),
         labels,
         platform: platforms.first().filter(|_| platform_hosts.is_empty()).cloned(),
-        platform_hosts,
         pull: args.pull,
         no_cache: args.no_cache,
         builder,
-        secrets,
-        ssh,
         progress,
         context_key,
         source_root,
         stable_mtimes: args.stable_mtimes.unwrap_or(false),
-    })
+    };
+    Some(Build { spec, platform_hosts, secrets, ssh })
 }
 
 /// The build's log: `--progress` (or `AGENT_PROGRESS`), else `BUILDKIT_PROGRESS` with the docker
@@ -987,7 +946,7 @@ pub(crate) mod tests {
         assert!(config.fallback_host.is_none());
         assert_eq!(config.tags.value, ["latest"]);
         assert_eq!(config.ssh_key_file.value, PathBuf::from("/home/ci/.ssh/id_rsa"));
-        assert_eq!(config.build.dockerfile, dir.path().join("Dockerfile"));
+        assert_eq!(config.build.spec.dockerfile, dir.path().join("Dockerfile"));
         assert!(config.registry_login.is_none() && config.ecr_logins.is_empty());
         assert!(config.push);
     }
@@ -1020,7 +979,7 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(
             config.fallback_host.unwrap().value,
-            Value::Known(DockerHost::Unix { path: crate::docker_host::DEFAULT_SOCKET.into() })
+            Value::Known(DockerHost::Unix { path: crate::docker::host::DEFAULT_SOCKET.into() })
         );
         assert_eq!(config.failover_timeout, Duration::from_secs(20), "at most the connect timeout");
         let found = problems(&["--image", "app", "--failover-timeout", "0"], &[("AGENT_HOSTS", "ssh://ok,ftp://no")]);
@@ -1046,7 +1005,11 @@ pub(crate) mod tests {
         assert_eq!(config(&["--image", "app"], &env, dir.path()).unwrap().tags.value, ["latest", "v1"]);
         assert_eq!(config(&["--image", "app", "-t", "x", "-t", "x"], &env, dir.path()).unwrap().tags.value, ["x"]);
         assert!(
-            with_commit.build.labels.contains(&("org.opencontainers.image.revision".into(), "0123456789abcdef".into()))
+            with_commit
+                .build
+                .spec
+                .labels
+                .contains(&("org.opencontainers.image.revision".into(), "0123456789abcdef".into()))
         );
     }
 
@@ -1115,10 +1078,10 @@ pub(crate) mod tests {
         let build = config(&["--image", "app", "--context-key", "web"], &[("CODEBUILD_SRC_DIR", "/src")], dir.path())
             .unwrap()
             .build;
-        let key = build.context_key.unwrap();
+        let key = build.spec.context_key.unwrap();
         assert_eq!((key.value.as_str(), key.origin), ("web", Origin::Flag("--context-key")));
-        assert_eq!(build.source_root.as_deref(), Some(Path::new("/src")));
-        assert!(!build.stable_mtimes);
+        assert_eq!(build.spec.source_root.as_deref(), Some(Path::new("/src")));
+        assert!(!build.spec.stable_mtimes);
         let found = problems(&["--image", "app", "--context-key", " "], &[]);
         assert!(found.iter().any(|(subject, _)| subject == "--context-key"), "{found:?}");
     }
@@ -1144,7 +1107,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         let args: Vec<(&str, Option<&str>, bool)> =
-            config.build.build_args.iter().map(|a| (a.key.as_str(), a.value.as_deref(), a.from_env)).collect();
+            config.build.spec.build_args.iter().map(|a| (a.key.as_str(), a.value.as_deref(), a.from_env)).collect();
         assert_eq!(args, [("A", Some("1"), false), ("B", Some("from-env"), true), ("C", None, true)]);
     }
 
@@ -1154,7 +1117,7 @@ pub(crate) mod tests {
         let builder = |argv: &[&str], env: &[(&str, &str)]| {
             let mut all = vec!["--image", "app"];
             all.extend_from_slice(argv);
-            let builder = config(&all, env, dir.path()).unwrap().build.builder;
+            let builder = config(&all, env, dir.path()).unwrap().build.spec.builder;
             (builder.value, builder.origin)
         };
         assert_eq!(builder(&[], &[]), (Builder::Auto, Origin::Default));
@@ -1175,7 +1138,7 @@ pub(crate) mod tests {
         let progress = |argv: &[&str], env: &[(&str, &str)]| {
             let mut all = vec!["--image", "app"];
             all.extend_from_slice(argv);
-            let progress = config(&all, env, dir.path()).unwrap().build.progress;
+            let progress = config(&all, env, dir.path()).unwrap().build.spec.progress;
             (progress.value, progress.origin)
         };
         assert_eq!(progress(&[], &[]), (ProgressMode::Plain, Origin::Default));
@@ -1199,7 +1162,11 @@ pub(crate) mod tests {
         let dir = fixture();
         let config = config(&["--image", "app"], &[("SOURCE_DATE_EPOCH", "1700000000")], dir.path()).unwrap();
         assert!(
-            config.build.labels.contains(&("org.opencontainers.image.created".into(), "2023-11-14T22:13:20Z".into()))
+            config
+                .build
+                .spec
+                .labels
+                .contains(&("org.opencontainers.image.created".into(), "2023-11-14T22:13:20Z".into()))
         );
     }
 

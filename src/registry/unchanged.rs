@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::daemon::Daemon;
+use crate::docker::daemon::Daemon;
 use crate::error::Error;
-use crate::image_index::{IndexPusher, TagManifest};
-use crate::image_ref::Repository;
 use crate::registry::Credential;
+use crate::registry::index::{IndexPusher, TagManifest};
+use crate::registry::reference::Repository;
 
 /// The image config's field where BuildKit records its inline cache: the one field that differs
 /// between two fully cached builds, and that no container reads.

@@ -8,16 +8,15 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 
 use crate::aws::{self, EcrTokens};
-use crate::budget::{self, Budget, Pruned};
-use crate::build_mounts::SessionMounts;
 use crate::config::Config;
+use crate::config::resolve::Resolved;
+use crate::docker::budget::{self, Budget, Pruned};
 use crate::error::{Error, Result};
-use crate::hosts::{Access, Candidate, Hosts, Slot, pool_candidates};
 use crate::image::{self, BuildStep, metadata::Built};
-use crate::image_index::PlatformImage;
+use crate::nodes::{Access, Candidate, Hosts, Slot, pool_candidates};
 use crate::plan::{Mode, Step, StepRunner};
+use crate::registry::index::PlatformImage;
 use crate::registry::{self, Credential};
-use crate::resolve::Resolved;
 use crate::secrets::{Origin, SsmRef};
 use crate::ssh;
 
@@ -56,13 +55,13 @@ pub struct Runner<'a> {
     platform_builds: Vec<crate::image::metadata::PlatformBuilt>,
     /// The registry's image kept instead of pushing this build's (the same image): its tags are
     /// not pushed.
-    kept: Option<(crate::image_ref::Repository, crate::unchanged::Kept)>,
+    kept: Option<(crate::registry::reference::Repository, crate::registry::unchanged::Kept)>,
     /// What the registry holds under the tags, asked for while the image builds (for the
     /// comparison before the pushes).
     registry_images: Option<tokio::task::JoinHandle<RegistryImagesResult>>,
 }
 
-type RegistryImagesResult = std::result::Result<crate::unchanged::RegistryImages, String>;
+type RegistryImagesResult = std::result::Result<crate::registry::unchanged::RegistryImages, String>;
 
 impl<'a> Runner<'a> {
     pub fn new(config: &'a Config) -> Self {
@@ -144,7 +143,7 @@ impl<'a> Runner<'a> {
         let target = &hosts.for_slot(0)?.target;
         // Where each build goes when its chosen host did not answer (a platform's own host has no
         // next); platforms that went the same way (the same pool) in one line.
-        let mut moves: Vec<(&crate::docker_host::DockerHost, Vec<String>, Vec<&str>)> = Vec::new();
+        let mut moves: Vec<(&crate::docker::host::DockerHost, Vec<String>, Vec<&str>)> = Vec::new();
         for (index, slot) in slots.iter().enumerate() {
             let failed = hosts.failed_for_slot(index);
             if failed.is_empty() {
@@ -195,7 +194,7 @@ impl<'a> Runner<'a> {
         hosts.start_disk_use(DISK_USE_MAX_IMAGES);
         // Before any login or upload: --secret and --ssh cannot work on a daemon without BuildKit.
         for facts in hosts.iter().filter_map(|host| host.facts.as_ref()) {
-            crate::build_mounts::check_builder_offers_mounts(&self.config.build, facts)?;
+            crate::config::mounts::check_builder_offers_mounts(&self.config.build, facts)?;
         }
         let summary = hosts.summary();
         self.warn_of_emulation()?;
@@ -237,7 +236,7 @@ impl<'a> Runner<'a> {
     async fn build_platforms(
         &mut self,
         build: &crate::config::Build,
-        image: &crate::image_ref::Repository,
+        image: &crate::registry::reference::Repository,
         tags: &[String],
         platforms: &[String],
         push: bool,
@@ -255,21 +254,21 @@ impl<'a> Runner<'a> {
             let span = tracing::info_span!(crate::output::PLATFORM_SPAN, platform = %platform);
             async move {
                 let host = hosts.for_slot(slot)?;
-                let suffix = crate::platforms::tag_suffix(platform);
+                let suffix = crate::config::platforms::tag_suffix(platform);
                 let mut build = build.clone();
-                build.platform = Some(platform.clone());
-                if image::Engine::on(build.builder.value, host) == image::Engine::Classic {
+                build.spec.platform = Some(platform.clone());
+                if image::Engine::on(build.spec.builder.value, host.facts.as_ref()) == image::Engine::Classic {
                     add_platform_args(&mut build, platform);
                 }
                 let mounts = match resolved {
-                    Some(resolved) => SessionMounts::new(&build, resolved)?,
+                    Some(resolved) => crate::config::resolve::session_mounts(&build, resolved)?,
                     None => return Err(Error::Internal("the builds ran before the configuration was resolved".into())),
                 };
                 let references: Vec<String> =
                     tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
-                let cache_image = image.with_tag(&format!("{}-{suffix}", crate::image_ref::LATEST));
+                let cache_image = image.with_tag(&format!("{}-{suffix}", crate::registry::reference::LATEST));
                 let request = BuildStep {
-                    build: &build,
+                    build: &build.spec,
                     reference: &references[0],
                     cache_image: push.then_some(cache_image.as_str()),
                     registry: &registry,
@@ -281,12 +280,17 @@ impl<'a> Runner<'a> {
                 // What the registry holds under this platform's tags, asked while it builds.
                 let registry_images = async {
                     match push && compares {
-                        true => Some(crate::unchanged::registry_images(image, &own_tags, credential, timeout).await),
+                        true => Some(
+                            crate::registry::unchanged::registry_images(image, &own_tags, credential, timeout).await,
+                        ),
                         false => None,
                     }
                 };
-                let (built, registry_images) =
-                    futures_util::future::join(image::build_on(host, request, credentials), registry_images).await;
+                let (built, registry_images) = futures_util::future::join(
+                    image::build_on(&host.daemon, host.facts.as_ref(), request, credentials),
+                    registry_images,
+                )
+                .await;
                 let mut built = built?;
                 tracing::info!(
                     "built on {}: {} steps, {} CACHED",
@@ -302,16 +306,17 @@ impl<'a> Runner<'a> {
                 // unchanged platform keeps its manifest, so the index of unchanged platforms is too.
                 if let Some(registry_images) = registry_images.filter(|_| built.engine == image::Engine::BuildKit) {
                     let verdict =
-                        crate::unchanged::keep_if_unchanged(&host.daemon, &references[0], registry_images).await;
+                        crate::registry::unchanged::keep_if_unchanged(&host.daemon, &references[0], registry_images)
+                            .await;
                     match verdict {
-                        crate::unchanged::Verdict::Unchanged(kept) => {
+                        crate::registry::unchanged::Verdict::Unchanged(kept) => {
                             for (reference, tag) in references.iter().zip(&own_tags) {
                                 tracing::info!("{reference}: {}", kept.line(tag));
                             }
                             built.summary.image_id = Some(kept.config_digest.clone());
                             digest = Some(kept.digest);
                         }
-                        crate::unchanged::Verdict::Changed(reason) => {
+                        crate::registry::unchanged::Verdict::Changed(reason) => {
                             tracing::info!("changed ({reason}): its tags are pushed");
                         }
                     }
@@ -337,11 +342,15 @@ impl<'a> Runner<'a> {
             outcome.push(format!("{platform} {} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
             if push {
                 let digest = digest.ok_or_else(|| Error::Push {
-                    reference: image.with_tag(&format!("{}-{}", tags[0], crate::platforms::tag_suffix(platform))),
+                    reference: image.with_tag(&format!(
+                        "{}-{}",
+                        tags[0],
+                        crate::config::platforms::tag_suffix(platform)
+                    )),
                     registry: registry.clone(),
                     message: "the daemon reported no digest for the push, so no index can name it".to_string(),
                 })?;
-                let parsed = crate::image_index::Platform::parse(platform).map_err(Error::Internal)?;
+                let parsed = crate::registry::index::Platform::parse(platform).map_err(Error::Internal)?;
                 images.push(PlatformImage { platform: parsed, digest });
             }
             let digest = images.last().filter(|_| push).map(|image| image.digest.clone());
@@ -363,7 +372,11 @@ impl<'a> Runner<'a> {
     /// Before the pushes of a BuildKit build: whether a tag of the registry already holds this same
     /// image; if so it is kept (the other tags get its manifest) and the pushes are skipped. The
     /// metadata file then names the registry's manifest and config.
-    async fn keep_unchanged(&mut self, image: &crate::image_ref::Repository, tags: &[String]) -> Result<String> {
+    async fn keep_unchanged(
+        &mut self,
+        image: &crate::registry::reference::Repository,
+        tags: &[String],
+    ) -> Result<String> {
         let built = self.built.as_ref().ok_or_else(|| Error::Internal("the comparison ran before the build".into()))?;
         if built.engine != image::Engine::BuildKit {
             return Ok("built with the classic builder: every tag is pushed".to_string());
@@ -374,10 +387,12 @@ impl<'a> Runner<'a> {
         };
         let host = self.hosts()?.for_slot(0)?;
         let local = image.with_tag(&tags[0]);
-        let verdict = crate::unchanged::keep_if_unchanged(&host.daemon, &local, registry_images).await;
+        let verdict = crate::registry::unchanged::keep_if_unchanged(&host.daemon, &local, registry_images).await;
         match verdict {
-            crate::unchanged::Verdict::Changed(reason) => Ok(format!("changed ({reason}): every tag is pushed")),
-            crate::unchanged::Verdict::Unchanged(kept) => {
+            crate::registry::unchanged::Verdict::Changed(reason) => {
+                Ok(format!("changed ({reason}): every tag is pushed"))
+            }
+            crate::registry::unchanged::Verdict::Unchanged(kept) => {
                 let outcome = format!("the registry's {} is this image: kept, nothing pushed", kept.digest);
                 self.pushed_digest = Some(kept.digest.clone());
                 if let Some(built) = self.built.as_mut() {
@@ -392,12 +407,12 @@ impl<'a> Runner<'a> {
     /// What the registry holds under `tags` of `image`, asked with the run's login for it.
     fn ask_registry(
         &self,
-        image: &crate::image_ref::Repository,
+        image: &crate::registry::reference::Repository,
         tags: &[String],
     ) -> impl Future<Output = RegistryImagesResult> + Send + 'static {
         let credential = self.credentials.iter().find(|credential| credential.registry == image.registry()).cloned();
         let (image, tags, timeout) = (image.clone(), tags.to_vec(), self.config.connect_timeout);
-        async move { crate::unchanged::registry_images(&image, &tags, credential.as_ref(), timeout).await }
+        async move { crate::registry::unchanged::registry_images(&image, &tags, credential.as_ref(), timeout).await }
     }
 
     /// The push step's line for a tag whose image the registry already holds (nothing to push).
@@ -408,11 +423,16 @@ impl<'a> Runner<'a> {
     }
 
     /// Pushes the index of every platform's image under each tag.
-    async fn push_index(&mut self, image: &crate::image_ref::Repository, tags: &[String]) -> Result<String> {
+    async fn push_index(&mut self, image: &crate::registry::reference::Repository, tags: &[String]) -> Result<String> {
         let credential = self.credentials.iter().find(|credential| credential.registry == image.registry());
-        let pushed =
-            crate::image_index::push_index(image, credential, tags, &self.platform_images, self.config.connect_timeout)
-                .await?;
+        let pushed = crate::registry::index::push_index(
+            image,
+            credential,
+            tags,
+            &self.platform_images,
+            self.config.connect_timeout,
+        )
+        .await?;
         self.pushed_digest = Some(pushed.digest.clone());
         Ok(format!("pushed {} ({}) under {}", pushed.digest, pushed.media_type, pushed.tags.join(", ")))
     }
@@ -519,16 +539,17 @@ impl StepRunner for Runner<'_> {
                     let asked = self.ask_registry(&config.image.value, &config.tags.value);
                     self.registry_images = Some(tokio::spawn(asked));
                 }
-                let mounts = SessionMounts::new(build, self.resolved()?)?;
+                let mounts = crate::config::resolve::session_mounts(build, self.resolved()?)?;
                 let request = BuildStep {
-                    build,
+                    build: &build.spec,
                     reference,
                     cache_image: cache_image.as_deref(),
                     registry,
                     mounts,
                     cache_wait: self.config.connect_timeout * 3,
                 };
-                let built = image::build_on(self.hosts()?.for_slot(0)?, request, &self.credentials).await?;
+                let host = self.hosts()?.for_slot(0)?;
+                let built = image::build_on(&host.daemon, host.facts.as_ref(), request, &self.credentials).await?;
                 let outcome = format!("{} steps, {} CACHED", built.summary.steps.len(), built.summary.cached());
                 self.built = Some(built);
                 outcome
@@ -554,7 +575,7 @@ impl StepRunner for Runner<'_> {
                 format!("pushed {pushed}")
             }
             Step::WriteImageDefinitions { path, container, image_uri } => {
-                crate::image_definitions::write(path, container, image_uri)?;
+                crate::image::definitions::write(path, container, image_uri)?;
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, platforms } if !platforms.is_empty() => {
@@ -625,7 +646,7 @@ fn slots(resolved: &Resolved, repository: &str) -> Vec<Slot> {
 
 /// Whether `target` is the fallback host, not one of the pool (a build there found no host of the
 /// pool answering).
-fn on_fallback(resolved: &Resolved, target: &crate::docker_host::DockerHost) -> bool {
+fn on_fallback(resolved: &Resolved, target: &crate::docker::host::DockerHost) -> bool {
     resolved.fallback_host.as_ref() == Some(target) && !resolved.hosts.contains(target)
 }
 
@@ -649,7 +670,7 @@ fn placement(resolved: &Resolved, hosts: &Hosts, slot: usize) -> Result<serde_js
 }
 
 /// The metadata file's `agent.failed_hosts`: each host passed over, with its error's class and text.
-fn failed_hosts_json(failed: &[&crate::hosts::FailedHost]) -> serde_json::Value {
+fn failed_hosts_json(failed: &[&crate::nodes::FailedHost]) -> serde_json::Value {
     let failed: Vec<serde_json::Value> = failed
         .iter()
         .map(|host| serde_json::json!({ "host": host.target.to_string(), "class": host.class, "error": host.reason }))
@@ -662,7 +683,7 @@ fn failed_hosts_json(failed: &[&crate::hosts::FailedHost]) -> serde_json::Value 
 /// the fallback), as a single-platform run has them; each platform's own are under `agent.platforms`.
 fn run_placement(resolved: &Resolved, hosts: &Hosts) -> Result<serde_json::Map<String, serde_json::Value>> {
     let mut placement = serde_json::Map::new();
-    let failed: Vec<&crate::hosts::FailedHost> = hosts.failed().iter().collect();
+    let failed: Vec<&crate::nodes::FailedHost> = hosts.failed().iter().collect();
     if !failed.is_empty() {
         placement.insert("agent.failed_hosts".to_string(), failed_hosts_json(&failed));
     }
@@ -686,9 +707,9 @@ fn add_platform_args(build: &mut crate::config::Build, platform: &str) {
     let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
     let args = [("TARGETPLATFORM", Some(platform)), ("TARGETOS", os), ("TARGETARCH", arch), ("TARGETVARIANT", variant)];
     for (key, value) in args {
-        if !build.build_args.iter().any(|arg| arg.key == key) {
+        if !build.spec.build_args.iter().any(|arg| arg.key == key) {
             let value = Some(value.unwrap_or_default().to_string());
-            build.build_args.push(crate::config::BuildArg { key: key.to_string(), value, from_env: false });
+            build.spec.build_args.push(crate::image::spec::BuildArg { key: key.to_string(), value, from_env: false });
         }
     }
 }
@@ -717,7 +738,7 @@ mod tests {
         let mut build = config(&argv, &[], dir.path()).unwrap().build;
         add_platform_args(&mut build, "linux/arm/v7");
         let args: Vec<(&str, Option<&str>)> =
-            build.build_args.iter().map(|arg| (arg.key.as_str(), arg.value.as_deref())).collect();
+            build.spec.build_args.iter().map(|arg| (arg.key.as_str(), arg.value.as_deref())).collect();
         assert_eq!(
             args,
             [

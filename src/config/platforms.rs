@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::cli::Environment;
 use crate::config::{SSM_HINT, Sourced, Value, check_known_hosts, host_value};
-use crate::docker_host::DockerHost;
+use crate::docker::host::DockerHost;
 use crate::error::Problem;
 use crate::secrets::{Origin, Secret, SsmRef};
 use crate::ssh::key::SshKey;
@@ -142,7 +142,7 @@ pub fn hosts_for(
         .iter()
         .map(|platform| {
             // What the index names: letters, digits and `_` in each part.
-            if let Err(message) = crate::image_index::Platform::parse(platform) {
+            if let Err(message) = crate::registry::index::Platform::parse(platform) {
                 problems.push(
                     Problem::new("--platform", format!("{message} as an image index names platforms"))
                         .hint("write e.g. linux/amd64,linux/arm64 or linux/arm/v7"),

@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::budget::Budget;
-use crate::cli::{Builder, ProgressMode};
 use crate::config::{Build, Config, RegistryLogin, Sourced, Value};
-use crate::docker_host::DockerHost;
+use crate::docker::budget::Budget;
+use crate::docker::host::DockerHost;
 use crate::error::Result;
+use crate::image::spec::{BuildSpec, Builder, ProgressMode};
 use crate::output::{Event, report};
 use crate::secrets::{MASK, Origin, SsmRef};
 
@@ -33,9 +33,9 @@ pub enum Step {
         /// With a pool or a fallback: how the host is chosen and what takes over.
         pool: Option<Box<Pool>>,
         /// The platforms of a multi-platform run, each with its own host if it has one; else empty.
-        platforms: Vec<crate::platforms::PlatformHost>,
+        platforms: Vec<crate::config::platforms::PlatformHost>,
     },
-    /// Check every host's daemon in one round trip each (see [`crate::daemon::Daemon::CHECK`]).
+    /// Check every host's daemon in one round trip each (see [`crate::docker::daemon::Daemon::CHECK`]).
     CheckDaemon,
     /// Log into a registry with a user and password, checked by the daemon.
     Login { registry: Sourced<Value<String>>, user: Sourced<Value<String>>, password: Origin },
@@ -58,17 +58,17 @@ pub enum Step {
     /// host (the run's slot of the same index), tagged and pushed from there as `TAG-<arch>`.
     BuildPlatforms {
         build: Box<Build>,
-        image: crate::image_ref::Repository,
+        image: crate::registry::reference::Repository,
         tags: Vec<String>,
         /// `linux/arm64`, in the order of `--platform` (slot `i` is platform `i`).
         platforms: Vec<String>,
         push: bool,
     },
     /// One image index naming every platform's pushed image, under each tag.
-    PushIndex { image: crate::image_ref::Repository, tags: Vec<String>, platforms: Vec<String> },
-    /// Ask the registry whether a tag already holds the image just built (see [`crate::unchanged`]);
+    PushIndex { image: crate::registry::reference::Repository, tags: Vec<String>, platforms: Vec<String> },
+    /// Ask the registry whether a tag already holds the image just built (see [`crate::registry::unchanged`]);
     /// if so, keep its digest: the tags without it get its manifest, and no tag is pushed.
-    KeepUnchanged { image: crate::image_ref::Repository, tags: Vec<String> },
+    KeepUnchanged { image: crate::registry::reference::Repository, tags: Vec<String> },
     /// Push one tag.
     Push { reference: String, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
@@ -155,7 +155,7 @@ impl Plan {
                 Value::Ssm(_) => None,
             })
             .collect();
-        let order = known.map(|names| crate::affinity::order(&names, &repository));
+        let order = known.map(|names| crate::nodes::affinity::order(&names, &repository));
         let first = order.as_ref().and_then(|order| order.first().copied()).unwrap_or(0);
         let pool = (config.hosts.len() > 1 || config.fallback_host.is_some()).then(|| {
             Box::new(Pool {
@@ -221,7 +221,7 @@ impl Plan {
         steps.push(Step::Build {
             build: Box::new(config.build.clone()),
             reference: first.clone(),
-            cache_image: config.push.then(|| image.with_tag(crate::image_ref::LATEST)),
+            cache_image: config.push.then(|| image.with_tag(crate::registry::reference::LATEST)),
             registry: image.registry().to_string(),
         });
         for tag in &tags[1..] {
@@ -439,7 +439,7 @@ impl Step {
                 lines.push(format!("connect timeout {}s", timeout.as_secs()));
             }
             Step::CheckDaemon => {
-                lines.push(crate::daemon::Daemon::CHECK.to_string());
+                lines.push(crate::docker::daemon::Daemon::CHECK.to_string());
             }
             Step::Login { registry, user, password } => {
                 lines.push(format!("registry {} (from {})", show(&registry.value), registry.origin));
@@ -457,29 +457,27 @@ impl Step {
                 lines.push(format!("merge the logins into {} (mode 0600), keeping every other entry", path.display()));
             }
             Step::Build { build, reference, cache_image, .. } => {
-                let Build {
+                let Build { spec, platform_hosts, secrets, ssh } = build.as_ref();
+                let BuildSpec {
                     context,
                     dockerfile,
                     build_args,
                     target,
                     labels,
                     platform,
-                    platform_hosts,
                     pull,
                     no_cache,
                     builder,
-                    secrets,
-                    ssh,
                     progress,
                     ..
-                } = build.as_ref();
+                } = spec;
                 lines.push(match crate::image::context::Context::scan(context, dockerfile) {
                     Ok(scanned) => format!(
                         "context {}: {} file{}, {} after .dockerignore",
                         context.display(),
                         scanned.files,
                         if scanned.files == 1 { "" } else { "s" },
-                        crate::image::human_bytes(scanned.bytes)
+                        crate::output::human_bytes(scanned.bytes)
                     ),
                     Err(error) => format!("context {} (cannot be read: {error})", context.display()),
                 });
@@ -550,13 +548,13 @@ impl Step {
                     );
                 }
                 if builder.value != Builder::Classic {
-                    let key = crate::session::key::for_build(build, reference);
+                    let key = build.spec.shared_key(reference);
                     lines.push(format!(
                         "with BuildKit: the context synced by the agent's session, context key {} (from {})",
                         &key.key[..16],
                         key.source
                     ));
-                    if build.stable_mtimes {
+                    if spec.stable_mtimes {
                         lines.push(
                             "with BuildKit: files git tracks, unchanged since checkout, sent with mtimes made from their content"
                                 .to_string(),
@@ -588,14 +586,14 @@ impl Step {
                 };
                 lines.push("every platform at once, each on its host:".to_string());
                 for platform in platforms {
-                    let suffix = crate::platforms::tag_suffix(platform);
+                    let suffix = crate::config::platforms::tag_suffix(platform);
                     let references: Vec<String> =
                         tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
                     lines.push(format!("  {platform}: build and tag {}", references.join(", ")));
                     if *push {
                         lines.push(format!(
                             "  {platform}: push them from its host; cache from {} when the host lacks it",
-                            image.with_tag(&format!("{}-{suffix}", crate::image_ref::LATEST))
+                            image.with_tag(&format!("{}-{suffix}", crate::registry::reference::LATEST))
                         ));
                     }
                 }
@@ -634,7 +632,7 @@ impl Step {
             Step::Push { registry, .. } => lines.push(format!("to registry {registry}")),
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 lines.push(format!("write {} (atomically)", path.display()));
-                lines.push(crate::image_definitions::render(container, image_uri));
+                lines.push(crate::image::definitions::render(container, image_uri));
             }
             Step::WriteMetadata { path, names, pushed, platforms } if !platforms.is_empty() => {
                 lines.push(format!("write {} (atomically) after a successful run", path.display()));
@@ -673,7 +671,7 @@ impl Step {
                 );
                 lines.push(format!(
                     "with the classic builder: the dangling images older than {}, if all dangling images are over the budget",
-                    crate::budget::CLASSIC_MIN_AGE
+                    crate::docker::budget::CLASSIC_MIN_AGE
                 ));
                 lines.push("a failure is a warning: the run has succeeded by then".to_string());
             }

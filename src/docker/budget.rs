@@ -18,10 +18,10 @@
 
 use std::fmt;
 
-use crate::daemon::Daemon;
-use crate::disk::{CacheRecord, counted_size, read_build_cache};
+use crate::docker::daemon::Daemon;
+use crate::docker::disk::{CacheRecord, counted_size, read_build_cache};
 use crate::error::Error;
-use crate::image::human_bytes;
+use crate::output::human_bytes;
 
 /// A budget for a host's build cache, as given and in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::daemon::Daemon;
+use crate::docker::daemon::Daemon;
 use crate::error::Error;
-use crate::image::human_bytes;
+use crate::output::human_bytes;
 
 /// What the images and the build cache take on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::config::Tls;
+use crate::docker::host::Tls;
 use crate::error::{ConnectClass, Error};
 use crate::ssh::transport::{SshSession, channel_failure_in, classify_io};
 

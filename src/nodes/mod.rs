@@ -6,20 +6,22 @@
 //! passing over a candidate that does not answer to the next ([`Hosts::connect_with_failover`]);
 //! one host, the common case, is one slot of one candidate and costs nothing extra.
 
+pub mod affinity;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{join_all, try_join_all};
 
-use crate::account;
-use crate::config::Tls;
-use crate::daemon::{Daemon, Facts};
-use crate::disk::DiskUseWatch;
-use crate::docker_host::DockerHost;
+use crate::config::resolve::Resolved;
+use crate::docker::daemon::{Daemon, Facts};
+use crate::docker::disk::DiskUseWatch;
+use crate::docker::host::DockerHost;
+use crate::docker::host::Tls;
 use crate::error::{ConnectClass, Error, Problem, Result};
-use crate::resolve::Resolved;
 use crate::secrets::Secret;
+use crate::ssh::account;
 use crate::ssh::key::SshKey;
 use crate::ssh::login::{TrustedHosts, login_keys};
 use crate::ssh::transport::{SshSession, SshTarget, Timeouts, connect_tcp};
@@ -97,7 +99,7 @@ pub struct FailedHost {
 }
 
 /// The candidates of a build without a host of its own: the pool's hosts in the order the image's
-/// repository hashes them to (see [`crate::affinity`]), then the fallback, if any and not in the
+/// repository hashes them to (see [`crate::nodes::affinity`]), then the fallback, if any and not in the
 /// pool already. Every one is reached with the shared JETS_SSH_KEY and JETS_SSH_KNOWN.
 pub fn pool_candidates(resolved: &Resolved, repository: &str) -> Vec<Candidate> {
     let names: Vec<String> = resolved.hosts.iter().map(DockerHost::to_string).collect();
@@ -106,8 +108,10 @@ pub fn pool_candidates(resolved: &Resolved, repository: &str) -> Vec<Candidate> 
         ssh_key: resolved.ssh_key.clone(),
         known_hosts: resolved.known_hosts.clone(),
     };
-    let mut candidates: Vec<Candidate> =
-        crate::affinity::order(&names, repository).into_iter().map(|index| candidate(&resolved.hosts[index])).collect();
+    let mut candidates: Vec<Candidate> = crate::nodes::affinity::order(&names, repository)
+        .into_iter()
+        .map(|index| candidate(&resolved.hosts[index]))
+        .collect();
     if let Some(fallback) = resolved.fallback_host.as_ref().filter(|fallback| !resolved.hosts.contains(fallback)) {
         candidates.push(candidate(fallback));
     }
@@ -335,7 +339,7 @@ impl Hosts {
     }
 
     /// Asks each checked host that holds at most `max_images` images (or does not say) for its disk
-    /// use in the background (see [`crate::disk`]), once: the run does not wait for it.
+    /// use in the background (see [`crate::docker::disk`]), once: the run does not wait for it.
     pub fn start_disk_use(&mut self, max_images: u64) {
         let several = self.hosts.len() > 1;
         for host in &self.hosts {

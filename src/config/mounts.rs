@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use crate::config::Value;
 use crate::error::Problem;
-use crate::image::build_secrets::{MAX_SECRET_BYTES, SecretBytes};
 use crate::secrets::{Origin, Secret, SsmRef};
+use crate::session::build_secrets::{MAX_SECRET_BYTES, SecretBytes};
 use crate::ssh::key::SshKey;
 
 /// One `--secret`.
@@ -88,46 +88,6 @@ impl SshForward {
                 .collect::<Vec<_>>()
                 .join(", "),
         }
-    }
-}
-
-/// What the build's session serves for the mounts, resolved: the secrets' values and each agent's
-/// keys. Built by the runner once the `SSM:` references are resolved.
-#[derive(Debug, Default)]
-pub struct SessionMounts {
-    pub secrets: crate::image::build_secrets::BuildSecrets,
-    pub ssh: Vec<(String, Vec<Arc<russh::keys::PrivateKey>>)>,
-}
-
-impl SessionMounts {
-    /// The build's secrets and ssh agents, from the resolved values.
-    pub fn new(
-        build: &crate::config::Build,
-        resolved: &crate::resolve::Resolved,
-    ) -> Result<SessionMounts, crate::error::Error> {
-        let mut mounts = SessionMounts::default();
-        for secret in &build.secrets {
-            let value = resolved.build_secrets.get(&secret.id).ok_or_else(|| {
-                crate::error::Error::Internal(format!("--secret {} has no resolved value", secret.id))
-            })?;
-            mounts.secrets.insert(secret.id.clone(), value.clone());
-        }
-        for forward in &build.ssh {
-            let keys = match &forward.keys {
-                SshKeys::JetsSshKey => {
-                    let key = resolved.ssh_key.as_ref().ok_or_else(|| {
-                        crate::error::Error::Internal(format!(
-                            "--ssh {} without JETS_SSH_KEY passed the config check",
-                            forward.id
-                        ))
-                    })?;
-                    vec![Arc::new(key.key.clone())]
-                }
-                SshKeys::Files(files) => files.iter().map(|file| Arc::new(file.key.key.clone())).collect(),
-            };
-            mounts.ssh.push((forward.id.clone(), keys));
-        }
-        Ok(mounts)
     }
 }
 
@@ -422,9 +382,9 @@ fn read_key_file(
 /// so a daemon without it is a config error, found at the daemon check before anything is sent.
 pub fn check_builder_offers_mounts(
     build: &crate::config::Build,
-    facts: &crate::daemon::Facts,
+    facts: &crate::docker::daemon::Facts,
 ) -> Result<(), crate::error::Error> {
-    if build.builder.value != crate::cli::Builder::Auto || facts.offers_buildkit() {
+    if build.spec.builder.value != crate::image::spec::Builder::Auto || facts.offers_buildkit() {
         return Ok(());
     }
     let problems: Vec<Problem> = [("--secret", !build.secrets.is_empty()), ("--ssh", !build.ssh.is_empty())]
@@ -536,7 +496,7 @@ mod tests {
         let crate::cli::Command::Run(args) = cli.command;
         let env = crate::cli::Environment::from_pairs([("TOKEN", "auto-builder-secret"), ("HOME", "/home/ci")]);
         let config = crate::config::Config::new(&args, &crate::config::AllFlags, &env, dir.path()).unwrap();
-        let facts = |os: &str, api: &str| crate::daemon::Facts {
+        let facts = |os: &str, api: &str| crate::docker::daemon::Facts {
             version: "20.10".into(),
             api_version: api.into(),
             os: os.into(),

@@ -22,7 +22,7 @@ pub fn render(container: &str, image_uri: &str) -> String {
 pub fn write(path: &Path, container: &str, image_uri: &str) -> Result<(), Error> {
     let pretty = serde_json::to_string_pretty(&[Entry { name: container, image_uri }]).unwrap_or_default();
     let text = format!("{pretty}\n");
-    crate::ssh::files::write_atomically(path, text.as_bytes(), 0o644, true)
+    crate::files::write_atomically(path, text.as_bytes(), 0o644, true, "the working directory")
 }
 
 #[cfg(test)]

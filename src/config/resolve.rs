@@ -7,12 +7,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::build_mounts::SecretSource;
+use crate::config::mounts::SecretSource;
 use crate::config::{Config, Sourced, Value, check_known_hosts, normalise_registry, password_text};
-use crate::docker_host::DockerHost;
+use crate::docker::host::DockerHost;
 use crate::error::{Error, Problem};
-use crate::image::build_secrets::SecretBytes;
 use crate::secrets::{Secret, SsmRef};
+use crate::session::SessionMounts;
+use crate::session::build_secrets::SecretBytes;
 use crate::ssh::key::SshKey;
 
 /// The configuration's values with every `SSM:` reference replaced by what it holds, parsed.
@@ -138,6 +139,36 @@ impl Resolved {
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(Resolved { hosts: pool, fallback_host, ssh_key, known_hosts, registry_login, build_secrets, platforms })
     }
+}
+
+/// The build's secrets and ssh agents, as its session serves them, from the resolved values.
+pub fn session_mounts(build: &crate::config::Build, resolved: &Resolved) -> Result<SessionMounts, crate::error::Error> {
+    let mut mounts = SessionMounts::default();
+    for secret in &build.secrets {
+        let value = resolved
+            .build_secrets
+            .get(&secret.id)
+            .ok_or_else(|| crate::error::Error::Internal(format!("--secret {} has no resolved value", secret.id)))?;
+        mounts.secrets.insert(secret.id.clone(), value.clone());
+    }
+    for forward in &build.ssh {
+        let keys = match &forward.keys {
+            crate::config::mounts::SshKeys::JetsSshKey => {
+                let key = resolved.ssh_key.as_ref().ok_or_else(|| {
+                    crate::error::Error::Internal(format!(
+                        "--ssh {} without JETS_SSH_KEY passed the config check",
+                        forward.id
+                    ))
+                })?;
+                vec![Arc::new(key.key.clone())]
+            }
+            crate::config::mounts::SshKeys::Files(files) => {
+                files.iter().map(|file| Arc::new(file.key.key.clone())).collect()
+            }
+        };
+        mounts.ssh.push((forward.id.clone(), keys));
+    }
+    Ok(mounts)
 }
 
 /// A parser's complaint: the message and, where there is one, a hint.

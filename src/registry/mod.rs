@@ -2,13 +2,17 @@
 //! `$DOCKER_CONFIG` or `~/.docker`), merged with what is there, written atomically with mode 0600,
 //! so later buildspec commands (`docker push`, `docker run` of a private image) are logged in too.
 
+pub mod index;
+pub mod reference;
+pub mod unchanged;
+
 use std::path::Path;
 
 use base64::Engine;
 
-use crate::daemon::{AuthError, Daemon};
+use crate::docker::daemon::{AuthError, Daemon};
 use crate::error::Error;
-use crate::image_ref::{DOCKER_HUB, DOCKER_HUB_AUTH_KEY};
+use crate::registry::reference::{DOCKER_HUB, DOCKER_HUB_AUTH_KEY};
 use crate::secrets::Secret;
 
 /// One registry logged into.
@@ -101,7 +105,7 @@ pub fn write_config(path: &Path, credentials: &[Credential]) -> Result<usize, Er
     if let Some(dir) = path.parent() {
         crate::ssh::files::ensure_private_dir(dir)?;
     }
-    crate::ssh::files::write_atomically(path, text.as_bytes(), 0o600, true)?;
+    crate::files::write_atomically(path, text.as_bytes(), 0o600, true, "DOCKER_CONFIG")?;
     Ok(credentials.len())
 }
 

@@ -25,8 +25,8 @@ use oci_client::{Client, Reference};
 use sha2::Digest as _;
 
 use crate::error::Error;
-use crate::image_ref::{DOCKER_HUB, Repository};
 use crate::registry::Credential;
+use crate::registry::reference::{DOCKER_HUB, Repository};
 
 /// A platform as `docker build --platform` and image indexes name it: `os/architecture[/variant]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,7 +288,7 @@ impl IndexPusher {
         descriptor: &oci_client::manifest::OciDescriptor,
     ) -> Result<Vec<u8>, OciDistributionError> {
         let mut out = Vec::new();
-        self.client.pull_blob(&self.reference_by_tag(crate::image_ref::LATEST), descriptor, &mut out).await?;
+        self.client.pull_blob(&self.reference_by_tag(crate::registry::reference::LATEST), descriptor, &mut out).await?;
         Ok(out)
     }
 
@@ -356,7 +356,7 @@ pub async fn push_index(
     images: &[PlatformImage],
     timeout: Duration,
 ) -> Result<PushedIndex, Error> {
-    let first_tag = tags.first().map(String::as_str).unwrap_or(crate::image_ref::LATEST);
+    let first_tag = tags.first().map(String::as_str).unwrap_or(crate::registry::reference::LATEST);
     let pusher = IndexPusher::new(repository, credential, timeout);
     pusher.authorize(first_tag, oci_client::RegistryOperation::Pull).await?;
     let entries =

@@ -237,6 +237,13 @@ fn parse_port(text: &str) -> Result<u16, HostError> {
     }
 }
 
+/// TLS settings for a `tcp://` daemon, as the docker CLI reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The directory holding `ca.pem`, `cert.pem` and `key.pem` (`DOCKER_CERT_PATH`, else `~/.docker`).
+    pub cert_dir: std::path::PathBuf,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,7 @@
+//! One Docker daemon: its address (`DOCKER_HOST`'s grammar, TLS settings), the bollard client and
+//! its check, the host's disk use, and the build cache budget.
+
+pub mod budget;
+pub mod daemon;
+pub mod disk;
+pub mod host;
