@@ -112,6 +112,20 @@ pub struct Build {
     pub ssh: Vec<crate::config::mounts::SshForward>,
 }
 
+impl Build {
+    /// The flags given that need BuildKit, when the daemon chooses the builder (`--builder auto`):
+    /// a daemon without BuildKit fails its check then.
+    pub fn needs_buildkit(&self) -> Vec<&'static str> {
+        if self.spec.builder.value != Builder::Auto {
+            return Vec::new();
+        }
+        [("--secret", !self.secrets.is_empty()), ("--ssh", !self.ssh.is_empty())]
+            .into_iter()
+            .filter_map(|(flag, given)| given.then_some(flag))
+            .collect()
+    }
+}
+
 /// The names of flags and variables, as messages and the plan show them.
 mod names {
     pub const DOCKER_HOST: &str = "DOCKER_HOST";

@@ -378,20 +378,20 @@ fn read_key_file(
     }
 }
 
-/// With `--builder auto`, the daemon decides the builder: `--secret` and `--ssh` need BuildKit,
-/// so a daemon without it is a config error, found at the daemon check before anything is sent.
+/// With `--builder auto`, the daemon decides the builder: `--secret` and `--ssh` (the `flags` given,
+/// see [`crate::config::Build::needs_buildkit`]) need BuildKit, so a daemon without it is a config
+/// error, found at the daemon check before anything is sent.
 pub fn check_builder_offers_mounts(
-    build: &crate::config::Build,
+    flags: &[&'static str],
     facts: &crate::docker::daemon::Facts,
 ) -> Result<(), crate::error::Error> {
-    if build.spec.builder.value != crate::image::spec::Builder::Auto || facts.offers_buildkit() {
+    if facts.offers_buildkit() {
         return Ok(());
     }
-    let problems: Vec<Problem> = [("--secret", !build.secrets.is_empty()), ("--ssh", !build.ssh.is_empty())]
-        .into_iter()
-        .filter(|(_, given)| *given)
-        .map(|(flag, _)| {
-            Problem::new(flag, format!("needs BuildKit, and the daemon does not offer it ({})", facts.summary()))
+    let problems: Vec<Problem> = flags
+        .iter()
+        .map(|flag| {
+            Problem::new(*flag, format!("needs BuildKit, and the daemon does not offer it ({})", facts.summary()))
                 .hint("build on a daemon with BuildKit (Docker 18.09 or later on Linux), or build without the flag")
         })
         .collect();
@@ -504,15 +504,15 @@ mod tests {
             driver: "overlay2".into(),
             images: None,
         };
-        assert!(check_builder_offers_mounts(&config.build, &facts("linux", "1.41")).is_ok());
-        let error = check_builder_offers_mounts(&config.build, &facts("windows", "1.41")).unwrap_err();
+        assert!(check_builder_offers_mounts(&config.build.needs_buildkit(), &facts("linux", "1.41")).is_ok());
+        let error = check_builder_offers_mounts(&config.build.needs_buildkit(), &facts("windows", "1.41")).unwrap_err();
         assert_eq!(error.exit_code(), crate::error::exit::CONFIG);
         assert!(
             error.report().contains("--secret: needs BuildKit, and the daemon does not offer it"),
             "{}",
             error.report()
         );
-        assert!(check_builder_offers_mounts(&config.build, &facts("linux", "1.38")).is_err());
+        assert!(check_builder_offers_mounts(&config.build.needs_buildkit(), &facts("linux", "1.38")).is_err());
     }
 
     #[test]

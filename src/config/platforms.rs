@@ -9,6 +9,7 @@ use crate::cli::Environment;
 use crate::config::{SSM_HINT, Sourced, Value, check_known_hosts, host_value};
 use crate::docker::host::DockerHost;
 use crate::error::Problem;
+use crate::registry::reference::Platform;
 use crate::secrets::{Origin, Secret, SsmRef};
 use crate::ssh::key::SshKey;
 
@@ -16,7 +17,7 @@ use crate::ssh::key::SshKey;
 #[derive(Debug, Clone)]
 pub struct PlatformHost {
     /// `os/arch[/variant]`, e.g. `linux/arm64`.
-    pub platform: String,
+    pub platform: Platform,
     /// Its own daemon (`DOCKER_HOST_<ARCH>`); `None` builds on `DOCKER_HOST`, emulated.
     pub host: Option<Sourced<Value<DockerHost>>>,
     /// Its own SSH key (`JETS_SSH_KEY_<ARCH>`); `None` logs in with `JETS_SSH_KEY`.
@@ -25,18 +26,6 @@ pub struct PlatformHost {
     pub known_hosts: Option<Sourced<Value<String>>>,
     /// Which spelling won, for each variable whose two spellings are both set.
     pub chosen: Vec<String>,
-}
-
-impl PlatformHost {
-    /// The suffix of the per-platform tag: `TAG-<arch>` (`TAG-arm64`, `TAG-arm-v7`).
-    pub fn tag_suffix(&self) -> String {
-        tag_suffix(&self.platform)
-    }
-}
-
-/// The suffix of a platform's own tag: `linux/arm64` → `arm64`, `linux/arm/v7` → `arm-v7`.
-pub fn tag_suffix(platform: &str) -> String {
-    platform.split('/').skip(1).collect::<Vec<_>>().join("-")
 }
 
 /// Equal when they name the same values from the same variables (keys compared by their text).
@@ -60,13 +49,6 @@ impl PartialEq for PlatformHost {
 }
 
 impl Eq for PlatformHost {}
-
-impl PlatformHost {
-    /// The architecture, as `docker version` and image configs name it (`arm64`).
-    pub fn arch(&self) -> &str {
-        self.platform.split('/').nth(1).unwrap_or_default()
-    }
-}
 
 /// What a per-arch variable is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,22 +89,15 @@ fn per_arch<'e>(
 }
 
 /// Splits and checks the platform list; each must be `OS/ARCH[/VARIANT]` and given once.
-pub fn parse_list(text: &str, problems: &mut Vec<Problem>) -> Vec<String> {
-    let mut platforms: Vec<String> = Vec::new();
-    for platform in text.split(',').map(str::trim) {
-        let parts: Vec<&str> = platform.split('/').collect();
-        if !(2..=3).contains(&parts.len())
-            || parts.iter().any(|part| part.is_empty() || part.contains(char::is_whitespace))
-        {
-            problems.push(
-                Problem::new("--platform", format!("{platform:?} is not OS/ARCH[/VARIANT]"))
-                    .hint("write e.g. linux/amd64 or linux/amd64,linux/arm64"),
-            );
-        } else if platforms.iter().any(|seen| seen == platform) {
-            problems
-                .push(Problem::new("--platform", format!("{platform} is given twice")).hint("name each platform once"));
-        } else {
-            platforms.push(platform.to_string());
+pub fn parse_list(text: &str, problems: &mut Vec<Problem>) -> Vec<Platform> {
+    let mut platforms: Vec<Platform> = Vec::new();
+    for text in text.split(',').map(str::trim) {
+        match Platform::parse(text) {
+            Err(message) => problems
+                .push(Problem::new("--platform", message).hint("write e.g. linux/amd64 or linux/amd64,linux/arm64")),
+            Ok(platform) if platforms.contains(&platform) => problems
+                .push(Problem::new("--platform", format!("{platform} is given twice")).hint("name each platform once")),
+            Ok(platform) => platforms.push(platform),
         }
     }
     platforms
@@ -132,7 +107,7 @@ pub fn parse_list(text: &str, problems: &mut Vec<Problem>) -> Vec<String> {
 /// `JETS_SSH_KEY_<ARCH>` / `JETS_SSH_KNOWN_<ARCH>`; `tls` as for `DOCKER_HOST`, `passphrase` opens
 /// an encrypted key.
 pub fn hosts_for(
-    platforms: &[String],
+    platforms: &[Platform],
     env: &Environment,
     tls: bool,
     passphrase: Option<&Secret>,
@@ -142,13 +117,13 @@ pub fn hosts_for(
         .iter()
         .map(|platform| {
             // What the index names: letters, digits and `_` in each part.
-            if let Err(message) = crate::registry::index::Platform::parse(platform) {
+            if let Err(message) = platform.check_index_name() {
                 problems.push(
                     Problem::new("--platform", format!("{message} as an image index names platforms"))
                         .hint("write e.g. linux/amd64,linux/arm64 or linux/arm/v7"),
                 );
             }
-            let arch = platform.split('/').nth(1).unwrap_or_default();
+            let arch = platform.architecture.as_str();
             let mut chosen = Vec::new();
             let host = per_arch(env, arch, PerArch::Host, &mut chosen).and_then(|(name, text)| {
                 let origin = Origin::Env(name);
@@ -221,7 +196,9 @@ mod tests {
     #[test]
     fn a_list_is_split_checked_and_each_platform_named_once() {
         let mut problems = Vec::new();
-        assert_eq!(parse_list("linux/amd64, linux/arm64", &mut problems), ["linux/amd64", "linux/arm64"]);
+        let parsed: Vec<String> =
+            parse_list("linux/amd64, linux/arm64", &mut problems).iter().map(Platform::to_string).collect();
+        assert_eq!(parsed, ["linux/amd64", "linux/arm64"]);
         assert!(problems.is_empty());
         parse_list("linux/amd64,linux/amd64,arm64", &mut problems);
         assert_eq!(problems.len(), 2, "{problems:?}");
@@ -235,7 +212,7 @@ mod tests {
             ("DOCKER_HOST_X86_64", "SSM:/ci/amd-host"),
         ]);
         let mut problems = Vec::new();
-        let platforms = ["linux/amd64".to_string(), "linux/arm64".to_string(), "linux/riscv64".to_string()];
+        let platforms = ["linux/amd64", "linux/arm64", "linux/riscv64"].map(|text| Platform::parse(text).unwrap());
         let hosts = hosts_for(&platforms, &env, false, None, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(hosts[0].host.as_ref().map(|host| &host.origin), Some(&Origin::Env("DOCKER_HOST_X86_64")));
@@ -243,17 +220,17 @@ mod tests {
         assert_eq!(hosts[1].host.as_ref().map(|host| &host.origin), Some(&Origin::Env("DOCKER_HOST_ARM64")));
         assert_eq!(hosts[1].chosen, ["DOCKER_HOST_ARM64 wins over DOCKER_HOST_AARCH64 (both are set)"]);
         assert!(hosts[2].host.is_none(), "no variable for riscv64: built on DOCKER_HOST, emulated");
-        assert_eq!(hosts[1].tag_suffix(), "arm64");
+        assert_eq!(hosts[1].platform.tag_suffix(), "arm64");
     }
 
     #[test]
     fn a_bad_per_arch_host_is_a_problem_naming_its_variable() {
         let env = env(&[("DOCKER_HOST_ARM64", "ftp://nowhere")]);
         let mut problems = Vec::new();
-        hosts_for(&["linux/arm64".to_string()], &env, false, None, &mut problems);
+        hosts_for(&[Platform::parse("linux/arm64").unwrap()], &env, false, None, &mut problems);
         assert_eq!(problems.len(), 1);
         assert!(format!("{:?}", problems[0]).contains("DOCKER_HOST_ARM64"), "{problems:?}");
-        hosts_for(&["linux/amd64-v2".to_string()], &env, false, None, &mut problems);
+        hosts_for(&[Platform::parse("linux/amd64-v2").unwrap()], &env, false, None, &mut problems);
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
@@ -268,7 +245,7 @@ mod tests {
             ("JETS_SSH_KNOWN_AMD64", "not a known_hosts line"),
         ]);
         let mut problems = Vec::new();
-        let platforms = ["linux/amd64".to_string(), "linux/arm64".to_string()];
+        let platforms = ["linux/amd64", "linux/arm64"].map(|text| Platform::parse(text).unwrap());
         let hosts = hosts_for(&platforms, &env, false, None, &mut problems);
         let arm64 = &hosts[1];
         assert!(matches!(arm64.ssh_key.as_ref().map(|key| &key.value), Some(Value::Known(_))));

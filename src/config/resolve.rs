@@ -11,6 +11,8 @@ use crate::config::mounts::SecretSource;
 use crate::config::{Config, Sourced, Value, check_known_hosts, normalise_registry, password_text};
 use crate::docker::host::DockerHost;
 use crate::error::{Error, Problem};
+use crate::nodes::affinity;
+use crate::nodes::{Candidate, Slot};
 use crate::secrets::{Secret, SsmRef};
 use crate::session::SessionMounts;
 use crate::session::build_secrets::SecretBytes;
@@ -33,6 +35,8 @@ pub struct Resolved {
     pub build_secrets: BTreeMap<String, SecretBytes>,
     /// Each platform of a multi-platform run with its own host, if it has one (empty otherwise).
     pub platforms: Vec<PlatformLogin>,
+    /// JETS_SSH_KEY_PASSPHRASE, for key files found beside the key file.
+    pub ssh_key_passphrase: Option<Secret>,
 }
 
 /// One platform of a multi-platform run: its own daemon (`DOCKER_HOST_<ARCH>`) and the SSH login
@@ -40,7 +44,7 @@ pub struct Resolved {
 #[derive(Debug, Clone)]
 pub struct PlatformLogin {
     /// `linux/arm64`.
-    pub platform: String,
+    pub platform: crate::registry::reference::Platform,
     /// `None`: the platform builds on the default host.
     pub host: Option<DockerHost>,
     pub ssh_key: Option<Arc<SshKey>>,
@@ -137,7 +141,17 @@ impl Resolved {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        Ok(Resolved { hosts: pool, fallback_host, ssh_key, known_hosts, registry_login, build_secrets, platforms })
+        let ssh_key_passphrase = config.ssh_key_passphrase.clone();
+        Ok(Resolved {
+            hosts: pool,
+            fallback_host,
+            ssh_key,
+            known_hosts,
+            registry_login,
+            build_secrets,
+            platforms,
+            ssh_key_passphrase,
+        })
     }
 }
 
@@ -169,6 +183,55 @@ pub fn session_mounts(build: &crate::config::Build, resolved: &Resolved) -> Resu
         mounts.ssh.push((forward.id.clone(), keys));
     }
     Ok(mounts)
+}
+
+impl Resolved {
+    /// The candidates of a build without a host of its own: the pool's hosts in the order the image's
+    /// repository hashes them to (see [`crate::nodes::affinity`]), then the fallback, if any and not in the
+    /// pool already. Every one is reached with the shared JETS_SSH_KEY and JETS_SSH_KNOWN.
+    pub fn pool_candidates(&self, repository: &str) -> Vec<Candidate> {
+        let names: Vec<String> = self.hosts.iter().map(DockerHost::to_string).collect();
+        let candidate = |target: &DockerHost| Candidate {
+            target: target.clone(),
+            ssh_key: self.ssh_key.clone(),
+            known_hosts: self.known_hosts.clone(),
+        };
+        let mut candidates: Vec<Candidate> =
+            affinity::order(&names, repository).into_iter().map(|index| candidate(&self.hosts[index])).collect();
+        if let Some(fallback) = self.fallback_host.as_ref().filter(|fallback| !self.hosts.contains(fallback)) {
+            candidates.push(candidate(fallback));
+        }
+        candidates
+    }
+
+    /// The run's slots: one for a single-platform run; one per platform (named by it) otherwise, on
+    /// the platform's own host when it has one, else on the pool ([`Resolved::pool_candidates`]: the
+    /// one place that says where a build without a host of its own goes).
+    pub fn slots(&self, repository: &str) -> Vec<Slot> {
+        if self.platforms.is_empty() {
+            return vec![Slot { name: String::new(), candidates: self.pool_candidates(repository) }];
+        }
+        self.platforms
+            .iter()
+            .map(|each| {
+                let candidates = match &each.host {
+                    Some(host) => vec![Candidate {
+                        target: host.clone(),
+                        ssh_key: each.ssh_key.clone(),
+                        known_hosts: each.known_hosts.clone(),
+                    }],
+                    None => self.pool_candidates(repository),
+                };
+                Slot { name: each.platform.to_string(), candidates }
+            })
+            .collect()
+    }
+
+    /// Whether `target` is the fallback host, not one of the pool (a build there found no host of
+    /// the pool answering).
+    pub fn on_fallback(&self, target: &DockerHost) -> bool {
+        self.fallback_host.as_ref() == Some(target) && !self.hosts.contains(target)
+    }
 }
 
 /// A parser's complaint: the message and, where there is one, a hint.
@@ -328,7 +391,7 @@ mod tests {
         let values = parameters(&[("/ci/arm-host", "ssh://ci@arm.example"), ("/ci/arm-key", key.as_str())]);
         let resolved = Resolved::new(&config, &values).unwrap();
         let [amd64, arm64] = resolved.platforms.as_slice() else { panic!("two platforms: {:?}", resolved.platforms) };
-        assert_eq!((amd64.platform.as_str(), amd64.host.is_none()), ("linux/amd64", true));
+        assert_eq!((amd64.platform.to_string().as_str(), amd64.host.is_none()), ("linux/amd64", true));
         assert!(matches!(&arm64.host, Some(DockerHost::Ssh { host, .. }) if host == "arm.example"));
         assert_eq!(arm64.ssh_key.as_ref().map(|key| key.text.expose().to_string()), Some(key.clone()));
         assert_eq!(arm64.known_hosts.as_deref(), Some(known), "JETS_SSH_KNOWN is the fallback");

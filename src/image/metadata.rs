@@ -14,6 +14,7 @@ pub const CONFIG_DIGEST: &str = "containerimage.config.digest";
 pub const NAMES: &str = "image.name";
 
 /// A finished build, as the metadata file describes it.
+#[derive(Debug, Clone)]
 pub struct Built {
     pub engine: Engine,
     pub summary: BuildSummary,

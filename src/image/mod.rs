@@ -197,7 +197,7 @@ pub async fn build(
         options = options.target(target);
     }
     if let Some(platform) = &request.build.platform {
-        options = options.platform(platform);
+        options = options.platform(&platform.to_string());
     }
     if !request.cache_from.is_empty() {
         options = options.cachefrom(&request.cache_from);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 
+use crate::registry::reference::Platform;
 use crate::secrets::Sourced;
 use crate::session::key::{self, SharedKey};
 
@@ -17,7 +18,7 @@ pub struct BuildSpec {
     pub target: Option<String>,
     pub labels: Vec<(String, String)>,
     /// The one platform to build for (`--platform linux/arm64`), if any.
-    pub platform: Option<String>,
+    pub platform: Option<Platform>,
     pub pull: bool,
     pub no_cache: bool,
     pub builder: Sourced<Builder>,

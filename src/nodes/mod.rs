@@ -1,8 +1,7 @@
 //! The hosts a run builds on: one or more Docker daemons, each with its target, its connection
 //! and what its check learnt (like buildx's nodes). A run has one [`Slot`] per build (one per
 //! platform; one for a single-platform run), each with the targets that may take it, in the order
-//! they are tried ([`pool_candidates`]: the pool in the order the image hashes to, then the
-//! fallback). The connect step fills every slot at once, one SSH connection per distinct target,
+//! they are tried (the pool in the order the image hashes to, then the fallback). The connect step fills every slot at once, one SSH connection per distinct target,
 //! passing over a candidate that does not answer to the next ([`Hosts::connect_with_failover`]);
 //! one host, the common case, is one slot of one candidate and costs nothing extra.
 
@@ -14,7 +13,6 @@ use std::time::Duration;
 
 use futures_util::future::{join_all, try_join_all};
 
-use crate::config::resolve::Resolved;
 use crate::docker::daemon::{Daemon, Facts};
 use crate::docker::disk::DiskUseWatch;
 use crate::docker::host::DockerHost;
@@ -96,26 +94,6 @@ pub struct FailedHost {
     pub reason: String,
     /// The error's exit class (`connection-refused`, `timeout`, …).
     pub class: &'static str,
-}
-
-/// The candidates of a build without a host of its own: the pool's hosts in the order the image's
-/// repository hashes them to (see [`crate::nodes::affinity`]), then the fallback, if any and not in the
-/// pool already. Every one is reached with the shared JETS_SSH_KEY and JETS_SSH_KNOWN.
-pub fn pool_candidates(resolved: &Resolved, repository: &str) -> Vec<Candidate> {
-    let names: Vec<String> = resolved.hosts.iter().map(DockerHost::to_string).collect();
-    let candidate = |target: &DockerHost| Candidate {
-        target: target.clone(),
-        ssh_key: resolved.ssh_key.clone(),
-        known_hosts: resolved.known_hosts.clone(),
-    };
-    let mut candidates: Vec<Candidate> = crate::nodes::affinity::order(&names, repository)
-        .into_iter()
-        .map(|index| candidate(&resolved.hosts[index]))
-        .collect();
-    if let Some(fallback) = resolved.fallback_host.as_ref().filter(|fallback| !resolved.hosts.contains(fallback)) {
-        candidates.push(candidate(fallback));
-    }
-    candidates
 }
 
 /// Whether an error means that the host does not answer (down, unreachable, not serving the daemon),

@@ -12,6 +12,7 @@ use crate::docker::host::DockerHost;
 use crate::error::Result;
 use crate::image::spec::{BuildSpec, Builder, ProgressMode};
 use crate::output::{Event, report};
+use crate::registry::reference::{LATEST, Platform, Repository, platform_tag};
 use crate::secrets::{MASK, Origin, SsmRef};
 
 /// One step of a run.
@@ -34,9 +35,19 @@ pub enum Step {
         pool: Option<Box<Pool>>,
         /// The platforms of a multi-platform run, each with its own host if it has one; else empty.
         platforms: Vec<crate::config::platforms::PlatformHost>,
+        /// The image repository, whose hash orders a pool's hosts.
+        repository: String,
+        /// Where a key file is looked for beside, and the known_hosts file trusted with the pasted lines.
+        ssh_key_file: PathBuf,
+        known_hosts_file: PathBuf,
+        /// The ECR registries logged into later, whose tokens are asked for while the hosts connect.
+        ecr_registries: Vec<(String, Option<String>)>,
     },
     /// Check every host's daemon in one round trip each (see [`crate::docker::daemon::Daemon::CHECK`]).
-    CheckDaemon,
+    CheckDaemon {
+        /// The flags given (`--secret`, `--ssh`) that need BuildKit when the daemon chooses the builder.
+        needs_buildkit: Vec<&'static str>,
+    },
     /// Log into a registry with a user and password, checked by the daemon.
     Login { registry: Sourced<Value<String>>, user: Sourced<Value<String>>, password: Origin },
     /// Log into a registry with a token from ECR's GetAuthorizationToken.
@@ -47,10 +58,14 @@ pub enum Step {
     Build {
         /// What to build and how, as configured.
         build: Box<Build>,
-        reference: String,
-        /// The image to pull as cache when the daemon lacks it (a new or wiped host).
-        cache_image: Option<String>,
-        registry: String,
+        image: Repository,
+        /// Every tag; the first is built, the others tagged.
+        tags: Vec<String>,
+        /// Whether the tags are pushed (then the image's `latest` is pulled as cache on a host that
+        /// lacks it: a new or wiped host).
+        push: bool,
+        /// Whether the registry is asked, while the image builds, what the tags hold.
+        compare: bool,
     },
     /// Tag the built image with another tag.
     Tag { source: String, target: String },
@@ -58,17 +73,19 @@ pub enum Step {
     /// host (the run's slot of the same index), tagged and pushed from there as `TAG-<arch>`.
     BuildPlatforms {
         build: Box<Build>,
-        image: crate::registry::reference::Repository,
+        image: Repository,
         tags: Vec<String>,
         /// `linux/arm64`, in the order of `--platform` (slot `i` is platform `i`).
-        platforms: Vec<String>,
+        platforms: Vec<Platform>,
         push: bool,
+        /// Whether each platform's tags in the registry are compared with its build before its pushes.
+        compare: bool,
     },
     /// One image index naming every platform's pushed image, under each tag.
-    PushIndex { image: crate::registry::reference::Repository, tags: Vec<String>, platforms: Vec<String> },
+    PushIndex { image: Repository, tags: Vec<String>, platforms: Vec<Platform> },
     /// Ask the registry whether a tag already holds the image just built (see [`crate::registry::unchanged`]);
     /// if so, keep its digest: the tags without it get its manifest, and no tag is pushed.
-    KeepUnchanged { image: crate::registry::reference::Repository, tags: Vec<String> },
+    KeepUnchanged { image: Repository, tags: Vec<String> },
     /// Push one tag.
     Push { reference: String, registry: String },
     /// Write imagedefinitions.json for CodePipeline's ECS deploy action.
@@ -81,7 +98,7 @@ pub enum Step {
         /// Whether the tags are pushed (only then is there a manifest digest).
         pushed: bool,
         /// The platforms of a multi-platform run (the digest is the index's); else empty.
-        platforms: Vec<String>,
+        platforms: Vec<Platform>,
     },
     /// Prune each host's build cache down to the budget (`--keep-storage`) after a successful run.
     PruneCache { budget: Sourced<Budget> },
@@ -173,8 +190,16 @@ impl Plan {
             read_timeout: config.read_timeout,
             tls: config.tls.as_ref().map(|tls| tls.cert_dir.clone()),
             platforms: config.build.platform_hosts.clone(),
+            repository: config.image.value.to_string(),
+            ssh_key_file: config.ssh_key_file.value.clone(),
+            known_hosts_file: config.known_hosts_file.value.clone(),
+            ecr_registries: config
+                .ecr_logins
+                .iter()
+                .map(|login| (login.registry.clone(), login.region.clone()))
+                .collect(),
         });
-        steps.push(Step::CheckDaemon);
+        steps.push(Step::CheckDaemon { needs_buildkit: config.build.needs_buildkit() });
         if let Some(RegistryLogin { registry, user, password }) = &config.registry_login {
             steps.push(Step::Login {
                 registry: registry.clone(),
@@ -194,7 +219,7 @@ impl Plan {
         }
         let image = &config.image.value;
         let tags = &config.tags.value;
-        let platforms: Vec<String> = config.build.platform_hosts.iter().map(|each| each.platform.clone()).collect();
+        let platforms: Vec<Platform> = config.build.platform_hosts.iter().map(|each| each.platform.clone()).collect();
         if !platforms.is_empty() {
             steps.push(Step::BuildPlatforms {
                 build: Box::new(config.build.clone()),
@@ -202,6 +227,7 @@ impl Plan {
                 tags: tags.clone(),
                 platforms: platforms.clone(),
                 push: config.push,
+                compare: config.compares_with_registry(),
             });
             if config.push {
                 steps.push(Step::PushIndex { image: image.clone(), tags: tags.clone(), platforms });
@@ -220,9 +246,10 @@ impl Plan {
         let first = image.with_tag(&tags[0]);
         steps.push(Step::Build {
             build: Box::new(config.build.clone()),
-            reference: first.clone(),
-            cache_image: config.push.then(|| image.with_tag(crate::registry::reference::LATEST)),
-            registry: image.registry().to_string(),
+            image: image.clone(),
+            tags: tags.clone(),
+            push: config.push,
+            compare: config.compares_with_registry(),
         });
         for tag in &tags[1..] {
             steps.push(Step::Tag { source: first.clone(), target: image.with_tag(tag) });
@@ -274,7 +301,7 @@ impl Step {
             Step::InstallSshKey { .. } => "install ssh key".to_string(),
             Step::InstallKnownHosts { .. } => "install known_hosts".to_string(),
             Step::Connect { platforms, .. } if !platforms.is_empty() => {
-                let names: Vec<&str> = platforms.iter().map(|each| each.platform.as_str()).collect();
+                let names: Vec<String> = platforms.iter().map(|each| each.platform.to_string()).collect();
                 format!("connect to the hosts of {}", names.join(", "))
             }
             Step::Connect { host, pool, .. } => match (&host.value, pool) {
@@ -287,14 +314,14 @@ impl Step {
                 (Value::Known(host), _) => format!("connect to {host}"),
                 (Value::Ssm(reference), _) => format!("connect to the daemon in {reference}"),
             },
-            Step::CheckDaemon => "check daemon".to_string(),
+            Step::CheckDaemon { .. } => "check daemon".to_string(),
             Step::Login { registry, .. } => format!("log in to {}", show(&registry.value)),
             Step::EcrLogin { registry, .. } => format!("log in to ECR {registry}"),
             Step::WriteDockerConfig { .. } => "write docker config".to_string(),
-            Step::Build { reference, .. } => format!("build {reference}"),
+            Step::Build { image, tags, .. } => format!("build {}", image.with_tag(&tags[0])),
             Step::Tag { target, .. } => format!("tag {target}"),
             Step::BuildPlatforms { image, tags, platforms, .. } => {
-                format!("build {} for {}", image.with_tag(&tags[0]), platforms.join(", "))
+                format!("build {} for {}", image.with_tag(&tags[0]), join(platforms))
             }
             Step::PushIndex { image, tags, .. } => {
                 format!("push the image index {image} ({} tag{})", tags.len(), if tags.len() == 1 { "" } else { "s" })
@@ -312,7 +339,7 @@ impl Step {
         match self {
             Step::ResolveSsm { .. }
             | Step::Connect { .. }
-            | Step::CheckDaemon
+            | Step::CheckDaemon { .. }
             | Step::Login { .. }
             | Step::EcrLogin { .. } => false,
             Step::InstallSshKey { .. }
@@ -366,7 +393,7 @@ impl Step {
                     path.display()
                 ));
             }
-            Step::Connect { host, timeout, read_timeout, tls, platforms, pool } => {
+            Step::Connect { host, timeout, read_timeout, tls, platforms, pool, .. } => {
                 let default_host = match pool {
                     Some(pool) if pool.hosts.len() > 1 => {
                         "the pool's host for the image below, or the next that answers"
@@ -438,7 +465,7 @@ impl Step {
                 }
                 lines.push(format!("connect timeout {}s", timeout.as_secs()));
             }
-            Step::CheckDaemon => {
+            Step::CheckDaemon { .. } => {
                 lines.push(crate::docker::daemon::Daemon::CHECK.to_string());
             }
             Step::Login { registry, user, password } => {
@@ -456,7 +483,9 @@ impl Step {
             Step::WriteDockerConfig { path } => {
                 lines.push(format!("merge the logins into {} (mode 0600), keeping every other entry", path.display()));
             }
-            Step::Build { build, reference, cache_image, .. } => {
+            Step::Build { build, image, tags, push, .. } => {
+                let reference = &image.with_tag(&tags[0]);
+                let cache_image = push.then(|| image.with_tag(LATEST));
                 let Build { spec, platform_hosts, secrets, ssh } = build.as_ref();
                 let BuildSpec {
                     context,
@@ -504,7 +533,7 @@ impl Step {
                     lines.push(format!("platform {platform}"));
                 }
                 for each in platform_hosts {
-                    let suffix = each.tag_suffix();
+                    let suffix = each.platform.tag_suffix();
                     lines.push(match &each.host {
                         Some(host) => format!(
                             "platform {} on {} (from {}), pushed as TAG-{suffix}",
@@ -577,23 +606,23 @@ impl Step {
                 });
             }
             Step::Tag { source, target } => lines.push(format!("{source} -> {target}")),
-            Step::BuildPlatforms { build, image, tags, platforms, push } => {
+            Step::BuildPlatforms { build, image, tags, platforms, push, .. } => {
                 let build_step = Step::Build {
                     build: build.clone(),
-                    reference: image.with_tag(&tags[0]),
-                    cache_image: None,
-                    registry: image.registry().to_string(),
+                    image: image.clone(),
+                    tags: tags.clone(),
+                    push: false,
+                    compare: false,
                 };
                 lines.push("every platform at once, each on its host:".to_string());
                 for platform in platforms {
-                    let suffix = crate::config::platforms::tag_suffix(platform);
                     let references: Vec<String> =
-                        tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
+                        tags.iter().map(|tag| image.with_tag(&platform_tag(tag, Some(platform)))).collect();
                     lines.push(format!("  {platform}: build and tag {}", references.join(", ")));
                     if *push {
                         lines.push(format!(
                             "  {platform}: push them from its host; cache from {} when the host lacks it",
-                            image.with_tag(&format!("{}-{suffix}", crate::registry::reference::LATEST))
+                            image.with_tag(&platform_tag(LATEST, Some(platform)))
                         ));
                     }
                 }
@@ -611,7 +640,7 @@ impl Step {
             Step::PushIndex { image, tags, platforms } => {
                 lines.push(format!(
                     "one index (Docker manifest list, or OCI index for OCI manifests) of {}, each manifest by digest",
-                    platforms.join(", ")
+                    join(platforms)
                 ));
                 lines.push(format!("pushed by the agent to {} under {}", image.registry(), tags.join(", ")));
                 lines.push("with the run's login for that registry (basic auth, or the bearer-token flow)".to_string());
@@ -644,7 +673,7 @@ impl Step {
                 });
                 lines.push(format!(
                     "agent.platforms: for each of {}, its host, manifest digest, image id and steps",
-                    platforms.join(", ")
+                    join(platforms)
                 ));
             }
             Step::WriteMetadata { path, names, pushed, .. } => {
@@ -730,6 +759,11 @@ impl Pool {
         ));
         lines
     }
+}
+
+/// Platforms as a list in a line: `linux/amd64, linux/arm64`.
+fn join(platforms: &[Platform]) -> String {
+    platforms.iter().map(Platform::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn show<T: std::fmt::Display>(value: &Value<T>) -> String {

@@ -11,7 +11,6 @@
 //! index's media type chosen to match the manifests, and errors of the push class naming the tag and
 //! the registry.
 
-use std::fmt;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -26,52 +25,8 @@ use sha2::Digest as _;
 
 use crate::error::Error;
 use crate::registry::Credential;
+pub use crate::registry::reference::Platform;
 use crate::registry::reference::{DOCKER_HUB, Repository};
-
-/// A platform as `docker build --platform` and image indexes name it: `os/architecture[/variant]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// Parses `linux/arm64` or `linux/arm/v7`.
-    pub fn parse(text: &str) -> Result<Platform, String> {
-        let parts: Vec<&str> = text.split('/').collect();
-        let valid = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        match parts.as_slice() {
-            [os, architecture] if [os, architecture].iter().all(|part| valid(part)) => {
-                Ok(Platform { os: os.to_string(), architecture: architecture.to_string(), variant: None })
-            }
-            [os, architecture, variant] if [os, architecture, variant].iter().all(|part| valid(part)) => Ok(Platform {
-                os: os.to_string(),
-                architecture: architecture.to_string(),
-                variant: Some(variant.to_string()),
-            }),
-            _ => Err(format!("{text:?} is not OS/ARCH[/VARIANT]")),
-        }
-    }
-
-    /// The suffix of the per-platform tag the daemon pushes, e.g. `arm64` or `arm-v7`.
-    pub fn tag_suffix(&self) -> String {
-        match &self.variant {
-            Some(variant) => format!("{}-{variant}", self.architecture),
-            None => self.architecture.clone(),
-        }
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(variant) = &self.variant {
-            write!(f, "/{variant}")?;
-        }
-        Ok(())
-    }
-}
 
 /// One platform's image, already pushed to the repository: its manifest's digest (`sha256:…`, as
 /// the daemon's push reports it).

@@ -204,6 +204,67 @@ impl EcrRegistry {
     }
 }
 
+/// A platform as `docker build --platform` and image indexes name it: `os/architecture[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `linux/arm64` or `linux/arm/v7`: two or three parts, none empty, no whitespace.
+    pub fn parse(text: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let valid = |part: &&str| !part.is_empty() && !part.contains(char::is_whitespace);
+        match parts.as_slice() {
+            [os, architecture, rest @ ..] if rest.len() <= 1 && parts.iter().all(valid) => Ok(Platform {
+                os: os.to_string(),
+                architecture: architecture.to_string(),
+                variant: rest.first().map(|variant| variant.to_string()),
+            }),
+            _ => Err(format!("{text:?} is not OS/ARCH[/VARIANT]")),
+        }
+    }
+
+    /// Whether an image index can name it: letters, digits and `_` in each part.
+    pub fn check_index_name(&self) -> Result<(), String> {
+        let valid = |part: &str| part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let parts = [Some(self.os.as_str()), Some(self.architecture.as_str()), self.variant.as_deref()];
+        match parts.into_iter().flatten().all(valid) {
+            true => Ok(()),
+            false => Err(format!("{:?} is not OS/ARCH[/VARIANT]", self.to_string())),
+        }
+    }
+
+    /// The suffix of the platform's own tags in a multi-platform run, e.g. `arm64` or `arm-v7`.
+    pub fn tag_suffix(&self) -> String {
+        match &self.variant {
+            Some(variant) => format!("{}-{variant}", self.architecture),
+            None => self.architecture.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The tag a build pushes: `tag` itself, or, for one platform of a multi-platform run, its own
+/// `TAG-<arch>` (`v1-arm64`, `latest-arm-v7`), from which the index is made.
+pub fn platform_tag(tag: &str, platform: Option<&Platform>) -> String {
+    match platform {
+        Some(platform) => format!("{tag}-{}", platform.tag_suffix()),
+        None => tag.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,10 @@
 //! The run-state and the dispatcher: what earlier steps produced (the resolved configuration, the
-//! hosts, the logins, the build) kept for later ones, and each step handed to the domain module
-//! that does its work (ssh, aws, hosts, registry, image, image_definitions).
+//! hosts, the logins, each slot's build) kept for later ones, and each step handed to the domain
+//! that does its work (ssh, aws, nodes, registry, image), or to the slot's build ([`slot`]): the
+//! one path every build goes through. [`placement`] says where each build ran, for the metadata.
+
+mod placement;
+pub mod slot;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,14 +15,17 @@ use crate::aws::{self, EcrTokens};
 use crate::config::Config;
 use crate::config::resolve::Resolved;
 use crate::docker::budget::{self, Budget, Pruned};
+use crate::docker::host::Tls;
 use crate::error::{Error, Result};
-use crate::image::{self, BuildStep, metadata::Built};
-use crate::nodes::{Access, Candidate, Hosts, Slot, pool_candidates};
+use crate::image;
+use crate::nodes::{Access, Host, Hosts};
 use crate::plan::{Mode, Step, StepRunner};
 use crate::registry::index::PlatformImage;
+use crate::registry::reference::{Platform, Repository};
 use crate::registry::{self, Credential};
 use crate::secrets::{Origin, SsmRef};
 use crate::ssh;
+use slot::{Comparison, SlotBuild, TagPush};
 
 /// A host with more images than this is not asked for its disk use, only its image count (from
 /// the check's `/info`) is logged: a 20.10 daemon takes about 0.8 ms per image (and as long for
@@ -34,8 +41,13 @@ const DISK_USE_CHECK_WAIT: Duration = Duration::from_secs(3);
 
 /// What a run holds between its steps.
 pub struct Runner<'a> {
+    /// The configuration, read by the one step that resolves it (its `SSM:` references fetched).
     config: &'a Config,
-    /// The configuration's values, typed, once its `SSM:` references are resolved.
+    /// The run's connect timeout, which also bounds the registry's answers, the cache pull (three)
+    /// and the prune (six); and the AWS region (`AWS_REGION`) for SSM and ECR tokens.
+    connect_timeout: Duration,
+    region: Option<String>,
+    /// The configuration's values, typed, once resolved.
     resolved: Option<Resolved>,
     /// The AWS SDK configuration, loaded on first use.
     aws: Option<aws_config::SdkConfig>,
@@ -43,41 +55,30 @@ pub struct Runner<'a> {
     ecr_tokens: EcrTokens,
     /// The hosts, once connected.
     hosts: Option<Hosts>,
+    /// The platforms of a multi-platform run, as the connect step placed them.
+    platforms: Vec<crate::config::platforms::PlatformHost>,
     /// The registries logged into, for config.json, builds and pushes.
     pub credentials: Vec<Credential>,
-    /// What the build did, for the metadata file.
-    built: Option<Built>,
-    /// The manifest digest of the first push (of the index in a multi-platform run), for the metadata file.
-    pushed_digest: Option<String>,
-    /// Each platform's pushed image, for the index (multi-platform runs).
-    platform_images: Vec<PlatformImage>,
-    /// What each platform's build did, for the metadata file (multi-platform runs).
-    platform_builds: Vec<crate::image::metadata::PlatformBuilt>,
-    /// The registry's image kept instead of pushing this build's (the same image): its tags are
-    /// not pushed.
-    kept: Option<(crate::registry::reference::Repository, crate::registry::unchanged::Kept)>,
-    /// What the registry holds under the tags, asked for while the image builds (for the
-    /// comparison before the pushes).
-    registry_images: Option<tokio::task::JoinHandle<RegistryImagesResult>>,
+    /// Each slot's build (one for a single-platform run), in slot order.
+    slots: Vec<SlotBuild>,
+    /// The manifest digest of the image index (multi-platform runs), for the metadata file.
+    index_digest: Option<String>,
 }
-
-type RegistryImagesResult = std::result::Result<crate::registry::unchanged::RegistryImages, String>;
 
 impl<'a> Runner<'a> {
     pub fn new(config: &'a Config) -> Self {
         Runner {
             config,
+            connect_timeout: config.connect_timeout,
+            region: config.region.as_ref().map(|region| region.value.clone()),
             resolved: None,
             aws: None,
             ecr_tokens: EcrTokens::default(),
             hosts: None,
+            platforms: Vec::new(),
             credentials: Vec::new(),
-            built: None,
-            pushed_digest: None,
-            platform_images: Vec::new(),
-            platform_builds: Vec::new(),
-            kept: None,
-            registry_images: None,
+            slots: Vec::new(),
+            index_digest: None,
         }
     }
 
@@ -85,8 +86,7 @@ impl<'a> Runner<'a> {
         if let Some(config) = &self.aws {
             return config.clone();
         }
-        let region = self.config.region.as_ref().map(|region| region.value.as_str());
-        let config = aws::sdk_config(region, self.config.connect_timeout).await;
+        let config = aws::sdk_config(self.region.as_deref(), self.connect_timeout).await;
         self.aws = Some(config.clone());
         config
     }
@@ -106,6 +106,13 @@ impl<'a> Runner<'a> {
         self.hosts.as_ref().ok_or_else(|| Error::Internal("a step needed a host before the connection".to_string()))
     }
 
+    /// The single-platform run's one slot, and its host.
+    fn single_slot(&mut self) -> Result<(&mut SlotBuild, &Host)> {
+        let host = self.hosts.as_ref().ok_or_else(|| Error::Internal("a build step before the connection".into()))?;
+        let slot = self.slots.first_mut().ok_or_else(|| Error::Internal("a step of the build before it".into()))?;
+        Ok((slot, host.for_slot(0)?))
+    }
+
     async fn resolve_ssm(&mut self, references: &[(Origin, SsmRef)]) -> Result<String> {
         let config = self.aws().await;
         let parameters = aws::resolve_ssm(&config, references).await?;
@@ -120,25 +127,41 @@ impl<'a> Runner<'a> {
         ))
     }
 
-    async fn connect(&mut self) -> Result<String> {
-        if !self.config.ecr_logins.is_empty() {
-            let config = self.aws().await;
-            let logins = self.config.ecr_logins.iter();
-            self.ecr_tokens.prefetch(&config, logins.map(|login| (login.registry.as_str(), login.region.as_deref())));
-        }
-        let config = self.config;
-        let resolved = self.resolved()?;
-        let access = Access {
-            connect_timeout: config.connect_timeout,
-            read_timeout: config.read_timeout,
-            tls: config.tls.as_ref(),
-            ssh_key_file: &config.ssh_key_file.value,
-            ssh_key_passphrase: config.ssh_key_passphrase.as_ref(),
-            known_hosts_file: &config.known_hosts_file.value,
+    async fn connect(&mut self, step: &Step) -> Result<String> {
+        let Step::Connect {
+            timeout,
+            read_timeout,
+            tls,
+            pool,
+            platforms,
+            repository,
+            ssh_key_file,
+            known_hosts_file,
+            ecr_registries,
+            ..
+        } = step
+        else {
+            return Err(Error::Internal("the connection from another step".into()));
         };
-        let repository = config.image.value.to_string();
-        let slots = slots(resolved, &repository);
-        let hosts = Hosts::connect_with_failover(&slots, &access, config.failover_timeout).await?;
+        if !ecr_registries.is_empty() {
+            let config = self.aws().await;
+            let logins = ecr_registries.iter();
+            self.ecr_tokens.prefetch(&config, logins.map(|(registry, region)| (registry.as_str(), region.as_deref())));
+        }
+        self.platforms = platforms.clone();
+        let resolved = self.resolved()?;
+        let tls = tls.as_ref().map(|cert_dir| Tls { cert_dir: cert_dir.clone() });
+        let access = Access {
+            connect_timeout: *timeout,
+            read_timeout: *read_timeout,
+            tls: tls.as_ref(),
+            ssh_key_file,
+            ssh_key_passphrase: resolved.ssh_key_passphrase.as_ref(),
+            known_hosts_file,
+        };
+        let slots = resolved.slots(repository);
+        let failover_timeout = pool.as_ref().map_or(*timeout, |pool| pool.failover_timeout);
+        let hosts = Hosts::connect_with_failover(&slots, &access, failover_timeout).await?;
         let single = resolved.platforms.is_empty();
         let target = &hosts.for_slot(0)?.target;
         // Where each build goes when its chosen host did not answer (a platform's own host has no
@@ -159,7 +182,7 @@ impl<'a> Runner<'a> {
         for (target, failed, names) in moves {
             let names: Vec<&str> = names.into_iter().filter(|name| !name.is_empty()).collect();
             let what = if names.is_empty() { String::new() } else { format!("{}: ", names.join(", ")) };
-            if on_fallback(resolved, target) {
+            if resolved.on_fallback(target) {
                 tracing::warn!(
                     "{what}no host of the pool answered ({}): building on the fallback {target}, whose cache may be \
                      cold",
@@ -188,13 +211,13 @@ impl<'a> Runner<'a> {
         Ok(outcome)
     }
 
-    async fn check_hosts(&mut self) -> Result<String> {
+    async fn check_hosts(&mut self, needs_buildkit: &[&'static str]) -> Result<String> {
         let hosts = self.hosts.as_mut().ok_or_else(|| Error::Internal("the check ran before the connection".into()))?;
         hosts.check().await?;
         hosts.start_disk_use(DISK_USE_MAX_IMAGES);
         // Before any login or upload: --secret and --ssh cannot work on a daemon without BuildKit.
         for facts in hosts.iter().filter_map(|host| host.facts.as_ref()) {
-            crate::config::mounts::check_builder_offers_mounts(&self.config.build, facts)?;
+            crate::config::mounts::check_builder_offers_mounts(needs_buildkit, facts)?;
         }
         let summary = hosts.summary();
         self.warn_of_emulation()?;
@@ -204,10 +227,10 @@ impl<'a> Runner<'a> {
     /// A warning for each platform that its host runs under emulation (QEMU): much slower.
     fn warn_of_emulation(&self) -> Result<()> {
         let hosts = self.hosts()?;
-        for (slot, each) in self.config.build.platform_hosts.iter().enumerate() {
+        for (slot, each) in self.platforms.iter().enumerate() {
             let host = hosts.for_slot(slot)?;
             let Some(facts) = &host.facts else { continue };
-            let arch = each.arch();
+            let arch = each.platform.architecture.as_str();
             if same_arch(&facts.arch, arch) {
                 continue;
             }
@@ -231,209 +254,76 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
+    /// The single-platform run's build: its slot made, built on the slot's host.
+    async fn build(&mut self, step: &Step) -> Result<String> {
+        let Step::Build { build, image, tags, push, compare } = step else {
+            return Err(Error::Internal("the build from another step".into()));
+        };
+        let mounts = crate::config::resolve::session_mounts(build, self.resolved()?)?;
+        self.slots = vec![SlotBuild::new(image, tags, None, &build.spec, *push, *compare, self.connect_timeout)];
+        let credentials = self.credentials.clone();
+        let (slot, host) = self.single_slot()?;
+        let built = slot.build(host, mounts, &credentials).await?;
+        Ok(format!("{} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()))
+    }
+
     /// Builds every platform at once, each on its slot's host, and tags and pushes it from there
     /// as `TAG-<arch>`; the first failure ends the others and is the outcome, naming its platform.
-    async fn build_platforms(
-        &mut self,
-        build: &crate::config::Build,
-        image: &crate::registry::reference::Repository,
-        tags: &[String],
-        platforms: &[String],
-        push: bool,
-    ) -> Result<String> {
+    async fn build_platforms(&mut self, step: &Step) -> Result<String> {
         use tracing::Instrument as _;
-        self.resolved()?;
+        let Step::BuildPlatforms { build, image, tags, platforms, push, compare } = step else {
+            return Err(Error::Internal("the platforms' builds from another step".into()));
+        };
+        let mounts = platforms
+            .iter()
+            .map(|_| crate::config::resolve::session_mounts(build, self.resolved()?))
+            .collect::<Result<Vec<_>>>()?;
+        let timeout = self.connect_timeout;
+        let mut slots: Vec<SlotBuild> = platforms
+            .iter()
+            .map(|platform| SlotBuild::new(image, tags, Some(platform), &build.spec, *push, *compare, timeout))
+            .collect();
         let hosts = self.hosts()?;
-        let resolved = self.resolved.as_ref();
-        let registry = image.registry().to_string();
-        let cache_wait = self.config.connect_timeout * 3;
         let credentials = &self.credentials;
-        let (compares, timeout) = (self.config.compares_with_registry(), self.config.connect_timeout);
-        let jobs = platforms.iter().enumerate().map(|(slot, platform)| {
-            let registry = registry.clone();
+        let jobs = slots.iter_mut().zip(mounts).enumerate().map(|(index, (slot, mounts))| {
+            let platform = slot.platform.clone().map(|platform| platform.to_string()).unwrap_or_default();
             let span = tracing::info_span!(crate::output::PLATFORM_SPAN, platform = %platform);
             async move {
-                let host = hosts.for_slot(slot)?;
-                let suffix = crate::config::platforms::tag_suffix(platform);
-                let mut build = build.clone();
-                build.spec.platform = Some(platform.clone());
-                if image::Engine::on(build.spec.builder.value, host.facts.as_ref()) == image::Engine::Classic {
-                    add_platform_args(&mut build, platform);
-                }
-                let mounts = match resolved {
-                    Some(resolved) => crate::config::resolve::session_mounts(&build, resolved)?,
-                    None => return Err(Error::Internal("the builds ran before the configuration was resolved".into())),
-                };
-                let references: Vec<String> =
-                    tags.iter().map(|tag| image.with_tag(&format!("{tag}-{suffix}"))).collect();
-                let cache_image = image.with_tag(&format!("{}-{suffix}", crate::registry::reference::LATEST));
-                let request = BuildStep {
-                    build: &build.spec,
-                    reference: &references[0],
-                    cache_image: push.then_some(cache_image.as_str()),
-                    registry: &registry,
-                    mounts,
-                    cache_wait,
-                };
-                let own_tags: Vec<String> = tags.iter().map(|tag| format!("{tag}-{suffix}")).collect();
-                let credential = credentials.iter().find(|credential| credential.registry == registry);
-                // What the registry holds under this platform's tags, asked while it builds.
-                let registry_images = async {
-                    match push && compares {
-                        true => Some(
-                            crate::registry::unchanged::registry_images(image, &own_tags, credential, timeout).await,
-                        ),
-                        false => None,
-                    }
-                };
-                let (built, registry_images) = futures_util::future::join(
-                    image::build_on(&host.daemon, host.facts.as_ref(), request, credentials),
-                    registry_images,
-                )
-                .await;
-                let mut built = built?;
-                tracing::info!(
-                    "built on {}: {} steps, {} CACHED",
-                    host.target,
-                    built.summary.steps.len(),
-                    built.summary.cached()
-                );
-                for reference in &references[1..] {
-                    image::tag(&host.daemon, &references[0], reference).await?;
-                }
-                let mut digest = None;
-                // The same decision as a single platform's, on this platform's own tags: an
-                // unchanged platform keeps its manifest, so the index of unchanged platforms is too.
-                if let Some(registry_images) = registry_images.filter(|_| built.engine == image::Engine::BuildKit) {
-                    let verdict =
-                        crate::registry::unchanged::keep_if_unchanged(&host.daemon, &references[0], registry_images)
-                            .await;
-                    match verdict {
-                        crate::registry::unchanged::Verdict::Unchanged(kept) => {
-                            for (reference, tag) in references.iter().zip(&own_tags) {
-                                tracing::info!("{reference}: {}", kept.line(tag));
-                            }
-                            built.summary.image_id = Some(kept.config_digest.clone());
-                            digest = Some(kept.digest);
-                        }
-                        crate::registry::unchanged::Verdict::Changed(reason) => {
-                            tracing::info!("changed ({reason}): its tags are pushed");
-                        }
-                    }
-                }
-                if push && digest.is_none() {
-                    for reference in &references {
-                        let pushed = image::push(&host.daemon, reference, &registry, credentials).await?;
-                        tracing::info!("pushed {reference}: {pushed}");
-                        digest = digest.or(pushed.digest);
-                    }
-                }
-                Ok((built, digest, host.target.to_string(), references))
+                let host = hosts.for_slot(index)?;
+                slot.run(host, mounts, credentials).await
             }
             .instrument(span)
-            .map(move |result: Result<_>| {
+            .map(move |result: Result<()>| {
                 result.map_err(|error| Error::Platform { platform: platform.clone(), source: Box::new(error) })
             })
         });
-        let done = futures_util::future::try_join_all(jobs).await?;
-        let mut images = Vec::new();
+        futures_util::future::try_join_all(jobs).await?;
         let mut outcome = Vec::new();
-        for (slot, (platform, (built, digest, host, names))) in platforms.iter().zip(done).enumerate() {
+        for slot in &slots {
+            let built = slot.built.as_ref().ok_or_else(|| Error::Internal("a platform's build is missing".into()))?;
+            let platform = slot.platform.as_ref().map(ToString::to_string).unwrap_or_default();
             outcome.push(format!("{platform} {} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
-            if push {
-                let digest = digest.ok_or_else(|| Error::Push {
-                    reference: image.with_tag(&format!(
-                        "{}-{}",
-                        tags[0],
-                        crate::config::platforms::tag_suffix(platform)
-                    )),
-                    registry: registry.clone(),
-                    message: "the daemon reported no digest for the push, so no index can name it".to_string(),
-                })?;
-                let parsed = crate::registry::index::Platform::parse(platform).map_err(Error::Internal)?;
-                images.push(PlatformImage { platform: parsed, digest });
-            }
-            let digest = images.last().filter(|_| push).map(|image| image.digest.clone());
-            let resolved = self.resolved.as_ref().ok_or_else(|| Error::Internal("resolved above".into()))?;
-            let placement = placement(resolved, self.hosts()?, slot)?;
-            self.platform_builds.push(crate::image::metadata::PlatformBuilt {
-                platform: platform.clone(),
-                host,
-                names,
-                built,
-                digest,
-                placement,
-            });
         }
-        self.platform_images = images;
+        self.slots = slots;
         Ok(outcome.join("; "))
     }
 
-    /// Before the pushes of a BuildKit build: whether a tag of the registry already holds this same
-    /// image; if so it is kept (the other tags get its manifest) and the pushes are skipped. The
-    /// metadata file then names the registry's manifest and config.
-    async fn keep_unchanged(
-        &mut self,
-        image: &crate::registry::reference::Repository,
-        tags: &[String],
-    ) -> Result<String> {
-        let built = self.built.as_ref().ok_or_else(|| Error::Internal("the comparison ran before the build".into()))?;
-        if built.engine != image::Engine::BuildKit {
-            return Ok("built with the classic builder: every tag is pushed".to_string());
-        }
-        let registry_images = match self.registry_images.take() {
-            Some(asked) => asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}"))),
-            None => self.ask_registry(image, tags).await,
-        };
-        let host = self.hosts()?.for_slot(0)?;
-        let local = image.with_tag(&tags[0]);
-        let verdict = crate::registry::unchanged::keep_if_unchanged(&host.daemon, &local, registry_images).await;
-        match verdict {
-            crate::registry::unchanged::Verdict::Changed(reason) => {
-                Ok(format!("changed ({reason}): every tag is pushed"))
-            }
-            crate::registry::unchanged::Verdict::Unchanged(kept) => {
-                let outcome = format!("the registry's {} is this image: kept, nothing pushed", kept.digest);
-                self.pushed_digest = Some(kept.digest.clone());
-                if let Some(built) = self.built.as_mut() {
-                    built.summary.image_id = Some(kept.config_digest.clone());
-                }
-                self.kept = Some((image.clone(), kept));
-                Ok(outcome)
-            }
-        }
-    }
-
-    /// What the registry holds under `tags` of `image`, asked with the run's login for it.
-    fn ask_registry(
-        &self,
-        image: &crate::registry::reference::Repository,
-        tags: &[String],
-    ) -> impl Future<Output = RegistryImagesResult> + Send + 'static {
-        let credential = self.credentials.iter().find(|credential| credential.registry == image.registry()).cloned();
-        let (image, tags, timeout) = (image.clone(), tags.to_vec(), self.config.connect_timeout);
-        async move { crate::registry::unchanged::registry_images(&image, &tags, credential.as_ref(), timeout).await }
-    }
-
-    /// The push step's line for a tag whose image the registry already holds (nothing to push).
-    fn kept_line(&self, reference: &str) -> Option<String> {
-        let (image, kept) = self.kept.as_ref()?;
-        let tag = self.config.tags.value.iter().find(|tag| kept.holds(tag) && image.with_tag(tag) == reference)?;
-        Some(kept.line(tag))
-    }
-
     /// Pushes the index of every platform's image under each tag.
-    async fn push_index(&mut self, image: &crate::registry::reference::Repository, tags: &[String]) -> Result<String> {
+    async fn push_index(&mut self, image: &Repository, tags: &[String], platforms: &[Platform]) -> Result<String> {
+        let mut images = Vec::new();
+        for platform in platforms {
+            let slot = self.slots.iter().find(|slot| slot.platform.as_ref() == Some(platform));
+            let slot = slot.ok_or_else(|| Error::Internal(format!("no build of {platform} for the index")))?;
+            let digest = slot.digest.clone().ok_or_else(|| Error::Push {
+                reference: image.with_tag(&slot.tags[0]),
+                registry: image.registry().to_string(),
+                message: "the daemon reported no digest for the push, so no index can name it".to_string(),
+            })?;
+            images.push(PlatformImage { platform: platform.clone(), digest });
+        }
         let credential = self.credentials.iter().find(|credential| credential.registry == image.registry());
-        let pushed = crate::registry::index::push_index(
-            image,
-            credential,
-            tags,
-            &self.platform_images,
-            self.config.connect_timeout,
-        )
-        .await?;
-        self.pushed_digest = Some(pushed.digest.clone());
+        let pushed = crate::registry::index::push_index(image, credential, tags, &images, self.connect_timeout).await?;
+        self.index_digest = Some(pushed.digest.clone());
         Ok(format!("pushed {} ({}) under {}", pushed.digest, pushed.media_type, pushed.tags.join(", ")))
     }
 
@@ -465,14 +355,13 @@ impl<'a> Runner<'a> {
     async fn prune_cache(&self, budget: &Budget) -> String {
         let Ok(hosts) = self.hosts() else { return "no host".to_string() };
         // The classic builder leaves dangling images on the hosts it built on (each platform's own).
-        let target = |built: &Built, host: &str| (built.engine == image::Engine::Classic).then(|| host.to_string());
-        let classic_on: Vec<String> = match &self.built {
-            Some(built) => hosts.for_slot(0).map(|host| target(built, &host.target.to_string())).ok().flatten(),
-            None => None,
-        }
-        .into_iter()
-        .chain(self.platform_builds.iter().filter_map(|each| target(&each.built, &each.host)))
-        .collect();
+        let classic_on: Vec<String> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.built.as_ref().is_some_and(|built| built.engine == image::Engine::Classic))
+            .filter_map(|(index, _)| hosts.for_slot(index).ok().map(|host| host.target.to_string()))
+            .collect();
         let classic_on = &classic_on;
         let outcomes = futures_util::future::join_all(hosts.iter().map(|host| async move {
             let buildkit = host.facts.as_ref().is_some_and(|facts| facts.offers_buildkit());
@@ -488,7 +377,7 @@ impl<'a> Runner<'a> {
                 Ok::<_, Error>(())
             };
             // A big cache takes BuildKit a while to prune, but a hung daemon must not hold the run.
-            let limit = self.config.connect_timeout * PRUNE_WAIT_FACTOR;
+            let limit = self.connect_timeout * PRUNE_WAIT_FACTOR;
             let failure = match tokio::time::timeout(limit, prune).await {
                 Ok(Ok(())) => return pruned.summary(buildkit, classic),
                 Ok(Err(error)) => error.to_string(),
@@ -519,82 +408,84 @@ impl StepRunner for Runner<'_> {
     async fn run(&mut self, step: &Step) -> Result<Option<String>> {
         let outcome = match step {
             Step::ResolveSsm { references, .. } => self.resolve_ssm(references).await?,
-            Step::InstallSshKey { path, .. } => match self.resolved()?.ssh_key.clone() {
-                Some(key) => ssh::install::install_key(path, &key, self.config.ssh_key_passphrase.as_ref())?,
-                None => "no JETS_SSH_KEY".to_string(),
-            },
+            Step::InstallSshKey { path, .. } => {
+                let resolved = self.resolved()?;
+                match &resolved.ssh_key {
+                    Some(key) => ssh::install::install_key(path, key, resolved.ssh_key_passphrase.as_ref())?,
+                    None => "no JETS_SSH_KEY".to_string(),
+                }
+            }
             Step::InstallKnownHosts { path, .. } => match &self.resolved()?.known_hosts {
                 Some(text) => ssh::install::install_known_hosts(path, text)?,
                 None => "no JETS_SSH_KNOWN".to_string(),
             },
-            Step::Connect { .. } => self.connect().await?,
-            Step::CheckDaemon => self.check_hosts().await?,
+            Step::Connect { .. } => self.connect(step).await?,
+            Step::CheckDaemon { needs_buildkit } => self.check_hosts(needs_buildkit).await?,
             Step::Login { password, .. } => self.login(password).await?,
             Step::EcrLogin { registry, region, .. } => self.ecr_login(registry, region.as_deref()).await?,
-            Step::Build { build, reference, cache_image, registry } => {
-                // The registry is asked what it holds under the tags while the image builds, for
-                // the comparison before the pushes.
-                let config = self.config;
-                if config.compares_with_registry() {
-                    let asked = self.ask_registry(&config.image.value, &config.tags.value);
-                    self.registry_images = Some(tokio::spawn(asked));
-                }
-                let mounts = crate::config::resolve::session_mounts(build, self.resolved()?)?;
-                let request = BuildStep {
-                    build: &build.spec,
-                    reference,
-                    cache_image: cache_image.as_deref(),
-                    registry,
-                    mounts,
-                    cache_wait: self.config.connect_timeout * 3,
-                };
-                let host = self.hosts()?.for_slot(0)?;
-                let built = image::build_on(&host.daemon, host.facts.as_ref(), request, &self.credentials).await?;
-                let outcome = format!("{} steps, {} CACHED", built.summary.steps.len(), built.summary.cached());
-                self.built = Some(built);
-                outcome
-            }
-            Step::BuildPlatforms { build, image, tags, platforms, push } => {
-                self.build_platforms(build, image, tags, platforms, *push).await?
-            }
-            Step::PushIndex { image, tags, .. } => self.push_index(image, tags).await?,
+            Step::Build { .. } => self.build(step).await?,
+            Step::BuildPlatforms { .. } => self.build_platforms(step).await?,
+            Step::PushIndex { image, tags, platforms } => self.push_index(image, tags, platforms).await?,
             Step::Tag { source, target } => {
                 image::tag(&self.hosts()?.for_slot(0)?.daemon, source, target).await?;
                 return Ok(None);
             }
-            Step::KeepUnchanged { image, tags } => self.keep_unchanged(image, tags).await?,
-            Step::Push { reference, registry } => {
-                if let Some(line) = self.kept_line(reference) {
-                    return Ok(Some(line));
+            Step::KeepUnchanged { .. } => {
+                let credentials = self.credentials.clone();
+                let (slot, host) = self.single_slot()?;
+                match slot.compare(host, &credentials).await? {
+                    Comparison::Classic => "built with the classic builder: every tag is pushed".to_string(),
+                    Comparison::Changed(reason) => format!("changed ({reason}): every tag is pushed"),
+                    Comparison::Unchanged(kept) => {
+                        format!("the registry's {} is this image: kept, nothing pushed", kept.digest)
+                    }
                 }
-                let pushed =
-                    image::push(&self.hosts()?.for_slot(0)?.daemon, reference, registry, &self.credentials).await?;
-                if self.pushed_digest.is_none() {
-                    self.pushed_digest = pushed.digest.clone();
+            }
+            Step::Push { reference, .. } => {
+                let credentials = self.credentials.clone();
+                let (slot, host) = self.single_slot()?;
+                match slot.push(host, reference, &credentials).await? {
+                    TagPush::Kept(line) => line,
+                    TagPush::Pushed(pushed) => format!("pushed {pushed}"),
                 }
-                format!("pushed {pushed}")
             }
             Step::WriteImageDefinitions { path, container, image_uri } => {
                 crate::image::definitions::write(path, container, image_uri)?;
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, platforms } if !platforms.is_empty() => {
-                self.resolved()?;
-                let resolved = self.resolved.as_ref().ok_or_else(|| Error::Internal("resolved above".into()))?;
-                let placement = run_placement(resolved, self.hosts()?)?;
-                let digest = self.pushed_digest.as_deref().filter(|_| *pushed);
-                image::metadata::write_platforms(path, names, digest, &self.platform_builds, &placement)?;
+                let resolved = self.resolved()?.clone();
+                let hosts = self.hosts()?;
+                let placement = placement::of_run(&resolved, hosts)?;
+                let mut builds = Vec::new();
+                for (index, slot) in self.slots.iter().enumerate() {
+                    let built =
+                        slot.built.clone().ok_or_else(|| Error::Internal("a platform's build is missing".into()))?;
+                    builds.push(crate::image::metadata::PlatformBuilt {
+                        platform: slot.platform.as_ref().map(ToString::to_string).unwrap_or_default(),
+                        host: hosts.for_slot(index)?.target.to_string(),
+                        names: slot.references(),
+                        built,
+                        digest: slot.digest.clone().filter(|_| *pushed),
+                        placement: placement::of_slot(&resolved, hosts, index)?,
+                    });
+                }
+                let digest = self.index_digest.as_deref().filter(|_| *pushed);
+                image::metadata::write_platforms(path, names, digest, &builds, &placement)?;
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, .. } => {
-                self.resolved()?;
-                let resolved = self.resolved.as_ref().ok_or_else(|| Error::Internal("resolved above".into()))?;
-                let placement = placement(resolved, self.hosts()?, 0)?;
-                let built = self
+                let resolved = self.resolved()?.clone();
+                let placement = placement::of_slot(&resolved, self.hosts()?, 0)?;
+                let slot = self
+                    .slots
+                    .first()
+                    .ok_or_else(|| Error::Internal("the metadata step ran before the build".into()))?;
+                let built = slot
                     .built
                     .as_ref()
                     .ok_or_else(|| Error::Internal("the metadata step ran before the build".into()))?;
-                image::metadata::write(path, names, *pushed, built, self.pushed_digest.as_deref(), &placement)?;
+                image::metadata::write(path, names, *pushed, built, slot.digest.as_deref(), &placement)?;
                 format!("wrote {}", path.display())
             }
             Step::PruneCache { budget } => self.prune_cache(&budget.value).await,
@@ -611,105 +502,11 @@ impl StepRunner for Runner<'_> {
         // little; a run never waits (the line comes while the build and the pushes go on, or not at
         // all).
         let wait = match mode {
-            Mode::Check => self.config.connect_timeout.min(DISK_USE_CHECK_WAIT),
+            Mode::Check => self.connect_timeout.min(DISK_USE_CHECK_WAIT),
             Mode::Run | Mode::Dry => Duration::ZERO,
         };
         if let Some(hosts) = self.hosts.as_mut() {
             hosts.settle_disk_use(wait).await;
-        }
-    }
-}
-
-/// The run's slots: one for a single-platform run; one per platform (named by it) otherwise, on
-/// the platform's own host when it has one, else on the pool ([`pool_candidates`]: the one place
-/// that says where a build without a host of its own goes).
-fn slots(resolved: &Resolved, repository: &str) -> Vec<Slot> {
-    if resolved.platforms.is_empty() {
-        return vec![Slot { name: String::new(), candidates: pool_candidates(resolved, repository) }];
-    }
-    resolved
-        .platforms
-        .iter()
-        .map(|each| {
-            let candidates = match &each.host {
-                Some(host) => vec![Candidate {
-                    target: host.clone(),
-                    ssh_key: each.ssh_key.clone(),
-                    known_hosts: each.known_hosts.clone(),
-                }],
-                None => pool_candidates(resolved, repository),
-            };
-            Slot { name: each.platform.clone(), candidates }
-        })
-        .collect()
-}
-
-/// Whether `target` is the fallback host, not one of the pool (a build there found no host of the
-/// pool answering).
-fn on_fallback(resolved: &Resolved, target: &crate::docker::host::DockerHost) -> bool {
-    resolved.fallback_host.as_ref() == Some(target) && !resolved.hosts.contains(target)
-}
-
-/// Where slot `slot`'s build ran, for the metadata file: `agent.host`, and when a host did not
-/// answer, `agent.failed_hosts` (each with why); `agent.fallback` (whether the fallback built it)
-/// when the slot may go to a fallback (it uses the pool and there is one).
-fn placement(resolved: &Resolved, hosts: &Hosts, slot: usize) -> Result<serde_json::Map<String, serde_json::Value>> {
-    use serde_json::json;
-    let target = &hosts.for_slot(slot)?.target;
-    let mut placement = serde_json::Map::new();
-    placement.insert("agent.host".to_string(), json!(target.to_string()));
-    let failed = hosts.failed_for_slot(slot);
-    if !failed.is_empty() {
-        placement.insert("agent.failed_hosts".to_string(), failed_hosts_json(&failed));
-    }
-    let uses_pool = resolved.platforms.get(slot).is_none_or(|each| each.host.is_none());
-    if uses_pool && resolved.fallback_host.is_some() {
-        placement.insert("agent.fallback".to_string(), json!(on_fallback(resolved, target)));
-    }
-    Ok(placement)
-}
-
-/// The metadata file's `agent.failed_hosts`: each host passed over, with its error's class and text.
-fn failed_hosts_json(failed: &[&crate::nodes::FailedHost]) -> serde_json::Value {
-    let failed: Vec<serde_json::Value> = failed
-        .iter()
-        .map(|host| serde_json::json!({ "host": host.target.to_string(), "class": host.class, "error": host.reason }))
-        .collect();
-    serde_json::Value::Array(failed)
-}
-
-/// Where a multi-platform run's builds ran, for the top of its metadata file: `agent.failed_hosts`
-/// (every host passed over, for any platform) and `agent.fallback` (whether any platform built on
-/// the fallback), as a single-platform run has them; each platform's own are under `agent.platforms`.
-fn run_placement(resolved: &Resolved, hosts: &Hosts) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let mut placement = serde_json::Map::new();
-    let failed: Vec<&crate::nodes::FailedHost> = hosts.failed().iter().collect();
-    if !failed.is_empty() {
-        placement.insert("agent.failed_hosts".to_string(), failed_hosts_json(&failed));
-    }
-    let pooled: Vec<usize> =
-        (0..resolved.platforms.len()).filter(|slot| resolved.platforms[*slot].host.is_none()).collect();
-    if resolved.fallback_host.is_some() && !pooled.is_empty() {
-        let mut used = false;
-        for slot in pooled {
-            used |= on_fallback(resolved, &hosts.for_slot(slot)?.target);
-        }
-        placement.insert("agent.fallback".to_string(), serde_json::json!(used));
-    }
-    Ok(placement)
-}
-
-/// BuildKit sets `TARGETPLATFORM`, `TARGETOS`, `TARGETARCH` and `TARGETVARIANT` for a build's
-/// platform; the classic builder does not, so a multi-platform Dockerfile (`COPY app-${TARGETARCH}`)
-/// gets them as build arguments there, unless the user gave them.
-fn add_platform_args(build: &mut crate::config::Build, platform: &str) {
-    let mut parts = platform.split('/');
-    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-    let args = [("TARGETPLATFORM", Some(platform)), ("TARGETOS", os), ("TARGETARCH", arch), ("TARGETVARIANT", variant)];
-    for (key, value) in args {
-        if !build.spec.build_args.iter().any(|arg| arg.key == key) {
-            let value = Some(value.unwrap_or_default().to_string());
-            build.spec.build_args.push(crate::image::spec::BuildArg { key: key.to_string(), value, from_env: false });
         }
     }
 }
@@ -729,26 +526,6 @@ fn same_arch(daemon: &str, arch: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::{config, fixture};
-
-    #[test]
-    fn the_classic_builder_gets_the_platform_args_buildkit_sets_but_not_over_the_users() {
-        let dir = fixture();
-        let argv = ["--image", "app", "--build-arg", "TARGETOS=mine", "--platform", "linux/amd64,linux/arm/v7"];
-        let mut build = config(&argv, &[], dir.path()).unwrap().build;
-        add_platform_args(&mut build, "linux/arm/v7");
-        let args: Vec<(&str, Option<&str>)> =
-            build.spec.build_args.iter().map(|arg| (arg.key.as_str(), arg.value.as_deref())).collect();
-        assert_eq!(
-            args,
-            [
-                ("TARGETOS", Some("mine")),
-                ("TARGETPLATFORM", Some("linux/arm/v7")),
-                ("TARGETARCH", Some("arm")),
-                ("TARGETVARIANT", Some("v7")),
-            ]
-        );
-    }
 
     #[test]
     fn a_daemons_arch_matches_a_platforms_by_either_name() {
