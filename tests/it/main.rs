@@ -1,5 +1,12 @@
 //! The integration tests: one binary that runs the real `agent` executable, against the real
-//! servers of the test world (`scripts/testworld up`) where a test needs them.
+//! servers of the test world (`scripts/testworld up`), which every run needs (its secrets are what
+//! the suite-wide check looks for in each run's output).
+//!
+//! A few call the library instead, where the executable cannot show what they check: `hosts`
+//! (`nodes::Hosts::connect` over the world's sshd: one connection per target, the slots' order),
+//! `platform` (`registry::index::push_index` against the world's registries), `ssh` (a daemon
+//! over the SSH transport, dropped mid-request), `parsers` (the parsers never panic, on corpora),
+//! and the helpers of `dry_run`, `pool` and `budget` (`nodes::affinity::order`, `output::human_bytes`).
 
 mod agent;
 mod budget;
