@@ -83,6 +83,48 @@ impl Agent {
         self
     }
 
+    /// Runs the agent to its end like [`Agent::run`], its stderr copied into `watch` as it comes,
+    /// so that another thread can wait for a line (the moment to strike, in a fault test).
+    pub fn run_watched(&self, watch: &Watch) -> Outcome {
+        use std::io::Read as _;
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(&self.args)
+            .env_clear()
+            .envs(&self.env)
+            .current_dir(self.work.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (stdout, status) = std::thread::scope(|scope| {
+            let stdout = scope.spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = stdout.read_to_end(&mut bytes);
+                bytes
+            });
+            let mut chunk = [0u8; 4096];
+            while let Ok(count) = stderr.read(&mut chunk) {
+                if count == 0 {
+                    break;
+                }
+                watch.push(&chunk[..count]);
+            }
+            (stdout.join().expect("the stdout reader"), child.wait().expect("wait for the agent"))
+        });
+        let outcome = Outcome {
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: watch.text(),
+            elapsed: started.elapsed(),
+        };
+        assert_no_world_secret(&outcome);
+        outcome
+    }
+
     /// Runs the agent to its end and returns what it did; the temp dirs stay for inspection.
     pub fn run(&self) -> Outcome {
         let started = Instant::now();
@@ -102,6 +144,41 @@ impl Agent {
         };
         assert_no_world_secret(&outcome);
         outcome
+    }
+}
+
+/// The stderr of a run as it comes ([`Agent::run_watched`]), for a thread that waits for a line.
+#[derive(Default)]
+pub struct Watch {
+    text: std::sync::Mutex<Vec<u8>>,
+    grew: std::sync::Condvar,
+}
+
+impl Watch {
+    fn push(&self, bytes: &[u8]) {
+        self.text.lock().expect("the watch's lock").extend_from_slice(bytes);
+        self.grew.notify_all();
+    }
+
+    /// What the run printed on stderr so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().expect("the watch's lock")).into_owned()
+    }
+
+    /// Waits until the run has printed `marker` on stderr, at most `limit`; panics after it with
+    /// what was printed.
+    pub fn wait_for(&self, marker: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut text = self.text.lock().expect("the watch's lock");
+        while !String::from_utf8_lossy(&text).contains(marker) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {marker:?} within {limit:?}; stderr so far:\n{}",
+                String::from_utf8_lossy(&text)
+            );
+            text = self.grew.wait_timeout(text, left).expect("the watch's lock").0;
+        }
     }
 }
 

@@ -87,13 +87,15 @@ fn a_prune_leaves_a_running_build_its_cache() {
         .unwrap();
     std::fs::write(
         slow.work.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY blob /blob\nRUN [\"/bin/busybox\", \"sleep\", \"4\"]\n",
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY blob /blob\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo slow-build-running; /bin/busybox sleep 4\"]\n",
     )
     .unwrap();
     let slow = slow.args(["run", "--image", &image, "--no-push", "--context-key", &image]);
+    let watch = crate::agent::Watch::default();
     let outcome = std::thread::scope(|scope| {
-        let running = scope.spawn(|| slow.run());
-        std::thread::sleep(std::time::Duration::from_millis(2000));
+        let running = scope.spawn(|| slow.run_watched(&watch));
+        watch.wait_for("slow-build-running", std::time::Duration::from_secs(60));
         let pruning = build_on_cold(world, "pruning", 1_000_000, &["--keep-storage", "1"]);
         let line = prune_line(&pruning);
         assert!(line.contains(": freed "), "{line}");

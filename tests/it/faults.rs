@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Watch};
 use crate::world::{World, read};
 
 fn free_port() -> u16 {
@@ -255,7 +255,11 @@ fn registry_tags(port: u16, repository: &str) -> Vec<String> {
     tags
 }
 
-/// A context whose build takes a few seconds (so a fault can strike during it).
+/// What a [`slow_app`]'s RUN step prints first: from then on the build is busy on the host.
+const RUNNING: &str = "slow-app-running";
+
+/// A context whose build takes a few seconds (so a fault can strike during it); its RUN step says
+/// [`RUNNING`] as it starts.
 fn slow_app(dir: &Path, seconds: u32, nonce: &str) -> PathBuf {
     let app = dir.join("slow");
     std::fs::create_dir_all(&app).unwrap();
@@ -266,7 +270,8 @@ fn slow_app(dir: &Path, seconds: u32, nonce: &str) -> PathBuf {
     std::fs::write(
         app.join("Dockerfile"),
         format!(
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY nonce.txt /nonce.txt\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY nonce.txt /nonce.txt\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {RUNNING}; /bin/busybox sleep {seconds}\"]\n"
         ),
     )
     .unwrap();
@@ -288,9 +293,10 @@ fn sshd_killed_during_a_build_is_an_ssh_failure_and_a_rerun_succeeds() {
     let agent = over_own_sshd(world, &sshd, &known);
     let app = slow_app(agent.work.path(), 6, &nonce());
     let agent = agent.args(["run", "--image", "agent-it/fault-sshd", "--no-push", "--context", app.to_str().unwrap()]);
+    let watch = Watch::default();
     let outcome = std::thread::scope(|scope| {
-        let run = scope.spawn(|| agent.run());
-        std::thread::sleep(Duration::from_secs(3));
+        let run = scope.spawn(|| agent.run_watched(&watch));
+        watch.wait_for(RUNNING, Duration::from_secs(60));
         sshd.kill();
         run.join().unwrap()
     });
@@ -315,9 +321,10 @@ fn a_registry_gone_before_the_push_is_a_push_failure_naming_tag_and_registry() {
     let agent = Agent::new().env("DOCKER_HOST", "unix:///var/run/docker.sock");
     let app = slow_app(agent.work.path(), 3, &nonce());
     let agent = agent.args(["run", "--image", &repository, "--tag", "v1", "--context", app.to_str().unwrap()]);
+    let watch = Watch::default();
     let outcome = std::thread::scope(|scope| {
-        let run = scope.spawn(|| agent.run());
-        std::thread::sleep(Duration::from_secs(1));
+        let run = scope.spawn(|| agent.run_watched(&watch));
+        watch.wait_for(RUNNING, Duration::from_secs(60));
         registry.kill();
         run.join().unwrap()
     });
@@ -411,9 +418,10 @@ fn an_ssh_host_that_stops_answering_mid_build_fails_after_the_read_timeout_and_a
     let app = slow_app(agent.work.path(), 30, &nonce());
     let agent =
         agent.args(["run", "--image", "agent-it/fault-silent", "--no-push", "--context", app.to_str().unwrap()]);
+    let watch = Watch::default();
     let (outcome, silent_for) = std::thread::scope(|scope| {
-        let run = scope.spawn(|| agent.run());
-        std::thread::sleep(Duration::from_secs(3));
+        let run = scope.spawn(|| agent.run_watched(&watch));
+        watch.wait_for(RUNNING, Duration::from_secs(60));
         // The host freezes: the TCP connection stays open, nothing answers.
         signal_all(&sshd, libc::SIGSTOP);
         let frozen_at = std::time::Instant::now();

@@ -14,11 +14,11 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent::docker::host::DockerHost;
 
-use crate::agent::{Agent, Outcome};
+use crate::agent::{Agent, Outcome, Watch};
 use crate::world::{World, read};
 
 /// A TCP relay this test owns, in front of a world sshd: stopping it closes its port and cuts
@@ -200,11 +200,16 @@ fn nonce() -> String {
 
 /// Builds `image` (not pushed) with a metadata file; returns the outcome and the metadata.
 fn build(agent: Agent, image: &str, extra: &[&str]) -> (Outcome, Option<serde_json::Value>) {
+    build_watched(agent, image, extra, &Watch::default())
+}
+
+/// [`build`], its stderr copied into `watch` as it comes.
+fn build_watched(agent: Agent, image: &str, extra: &[&str], watch: &Watch) -> (Outcome, Option<serde_json::Value>) {
     let metadata = agent.work.path().join("metadata.json");
     let mut args = vec!["run", "--image", image, "--no-push", "--metadata-file", metadata.to_str().unwrap()];
     args.extend_from_slice(extra);
     let agent = agent.args(args);
-    let outcome = agent.run();
+    let outcome = agent.run_watched(watch);
     let json = std::fs::read_to_string(&metadata).ok().map(|text| serde_json::from_str(&text).unwrap());
     (outcome, json)
 }
@@ -252,8 +257,11 @@ fn remove_platform_images(socket: &Path, image: &str) {
     }
 }
 
+/// What [`app`]'s RUN step prints first, when it has one: from then on the build is busy on the host.
+const RUNNING: &str = "pool-app-running";
+
 /// A context of its own (so the build is the image's, not a cache hit of another test's), with a
-/// RUN step that sleeps `seconds` when given.
+/// RUN step that sleeps `seconds` when given (saying [`RUNNING`] as it starts).
 fn app(dir: &Path, nonce: &str, sleep: Option<u32>) -> PathBuf {
     let app = dir.join("app");
     std::fs::create_dir_all(&app).unwrap();
@@ -262,7 +270,9 @@ fn app(dir: &Path, nonce: &str, sleep: Option<u32>) -> PathBuf {
     if let Some(seconds) = sleep {
         std::fs::copy("/bin/busybox", app.join("busybox")).unwrap();
         dockerfile.push_str("COPY busybox /bin/busybox\nCOPY nonce.txt /nonce.txt\n");
-        dockerfile.push_str(&format!("RUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"));
+        dockerfile.push_str(&format!(
+            "RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {RUNNING}; /bin/busybox sleep {seconds}\"]\n"
+        ));
     } else {
         dockerfile.push_str("COPY nonce.txt /nonce.txt\n");
     }
@@ -452,15 +462,16 @@ fn eight_concurrent_runs_land_on_their_hosts_and_with_one_host_stopped_mid_way_t
 
     // Again, and the world host goes down while two of its builds run: those fail with the
     // connection's class, the runs that start after it fail over, the arm64 host's runs go on.
-    let started = relay.accepted();
     let slow = 20;
+    let watches = [Watch::default(), Watch::default()];
     let (cut, later) = std::thread::scope(|scope| {
         let cut: Vec<_> = on_world[..2]
             .iter()
-            .map(|image| {
+            .zip(&watches)
+            .map(|(image, watch)| {
                 let agent = pool.agent(&hosts);
                 let context = app(agent.work.path(), &format!("{image}-slow-{}", nonce()), Some(slow));
-                scope.spawn(move || build(agent, image, &["--context", context.to_str().unwrap()]))
+                scope.spawn(move || build_watched(agent, image, &["--context", context.to_str().unwrap()], watch))
             })
             .collect();
         let steady: Vec<_> = on_arm64[..2]
@@ -471,13 +482,10 @@ fn eight_concurrent_runs_land_on_their_hosts_and_with_one_host_stopped_mid_way_t
                 scope.spawn(move || build(agent, image, &["--context", context.to_str().unwrap()]))
             })
             .collect();
-        // Both slow runs connected through the relay; give them time to reach their RUN step.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while relay.accepted() < started + 2 {
-            assert!(Instant::now() < deadline, "the slow runs did not connect");
-            std::thread::sleep(Duration::from_millis(50));
+        // Both slow runs are in their RUN step, through the relay.
+        for watch in &watches {
+            watch.wait_for(RUNNING, Duration::from_secs(60));
         }
-        std::thread::sleep(Duration::from_secs(6));
         relay.stop();
         let later: Vec<_> = on_world[2..]
             .iter()
