@@ -654,7 +654,7 @@ fn path_in_home(
 }
 
 /// The path made absolute against the working directory, without `.` components.
-fn absolute(path: &Path, cwd: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path, cwd: &Path) -> PathBuf {
     let joined = if path.is_absolute() { path.to_path_buf() } else { cwd.join(path) };
     joined.components().filter(|component| !matches!(component, std::path::Component::CurDir)).collect()
 }

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::Value;
+use crate::config::{Value, absolute};
 use crate::error::Problem;
 use crate::secrets::{Origin, Secret, SsmRef};
 use crate::session::build_secrets::{MAX_SECRET_BYTES, SecretBytes};
@@ -396,11 +396,6 @@ pub fn check_builder_offers_mounts(
         })
         .collect();
     if problems.is_empty() { Ok(()) } else { Err(crate::error::Error::Config(problems)) }
-}
-
-/// The path made absolute against the working directory.
-fn absolute(path: &Path, cwd: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_path_buf() } else { cwd.join(path) }
 }
 
 #[cfg(test)]

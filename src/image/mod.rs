@@ -41,7 +41,7 @@ pub struct BuildRequest<'a> {
     /// The secrets and ssh agents the session serves to `RUN --mount` (BuildKit only).
     pub mounts: crate::session::SessionMounts,
     /// The BuildKit session's shared key for the context.
-    pub shared_key: crate::session::key::SharedKey,
+    pub shared_key: crate::session::context_key::SharedKey,
 }
 
 /// The build step on one host: the cache image pulled if the host lacks it (given up after
@@ -49,10 +49,10 @@ pub struct BuildRequest<'a> {
 pub async fn build_on(
     daemon: &Daemon,
     facts: Option<&Facts>,
-    request: BuildStep<'_>,
+    request: BuildJob<'_>,
     credentials: &[Credential],
 ) -> Result<metadata::Built, Error> {
-    let BuildStep { build, reference, cache_image, registry, mounts, cache_wait } = request;
+    let BuildJob { build, reference, cache_image, registry, mounts, cache_wait } = request;
     let mut cache_from = Vec::new();
     if let Some(cache_image) = cache_image {
         let pull = pull_for_cache(daemon, cache_image, registry, credentials);
@@ -70,7 +70,7 @@ pub async fn build_on(
 }
 
 /// What the build step hands to [`build_on`].
-pub struct BuildStep<'a> {
+pub struct BuildJob<'a> {
     pub build: &'a BuildSpec,
     pub reference: &'a str,
     /// The image to pull as cache when the host lacks it.

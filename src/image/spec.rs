@@ -7,7 +7,7 @@ use clap::ValueEnum;
 
 use crate::registry::reference::Platform;
 use crate::secrets::Sourced;
-use crate::session::key::{self, SharedKey};
+use crate::session::context_key::{self, SharedKey};
 
 /// What to build and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +37,9 @@ impl BuildSpec {
     /// derived from the image repository and the context's path.
     pub fn shared_key(&self, reference: &str) -> SharedKey {
         if let Some(given_key) = &self.context_key {
-            return key::given(&given_key.value, &given_key.origin.to_string());
+            return context_key::given(&given_key.value, &given_key.origin.to_string());
         }
-        key::derive(repository_of(reference), &self.context, self.source_root.as_deref())
+        context_key::derive(repository_of(reference), &self.context, self.source_root.as_deref())
     }
 }
 

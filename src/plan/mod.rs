@@ -821,7 +821,7 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
         }
         report(Event::StepStarted { number, total, title });
         let step_started = Instant::now();
-        match runner.run(step).await {
+        match runner.carry_out(step).await {
             Ok(outcome) => {
                 let outcome = outcome.as_deref().unwrap_or("ok");
                 report(Event::StepDone { number, total, title, outcome, elapsed: step_started.elapsed() });
@@ -841,7 +841,7 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
 #[expect(async_fn_in_trait, reason = "the runner is used in this crate only, with one executor")]
 pub trait StepRunner {
     /// Executes one step; `Ok(Some(text))` replaces "ok" in the step's log line.
-    async fn run(&mut self, step: &Step) -> Result<Option<String>>;
+    async fn carry_out(&mut self, step: &Step) -> Result<Option<String>>;
 
     /// After the last step of a run that succeeded, before its closing line (e.g. the lines that
     /// come in the background, given their last chance).

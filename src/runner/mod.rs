@@ -290,7 +290,7 @@ impl<'a> Runner<'a> {
             let span = tracing::info_span!(crate::output::PLATFORM_SPAN, platform = %platform);
             async move {
                 let host = hosts.for_slot(index)?;
-                slot.run(host, mounts, credentials).await
+                slot.complete(host, mounts, credentials).await
             }
             .instrument(span)
             .map(move |result: Result<()>| {
@@ -405,7 +405,7 @@ impl<'a> Runner<'a> {
 }
 
 impl StepRunner for Runner<'_> {
-    async fn run(&mut self, step: &Step) -> Result<Option<String>> {
+    async fn carry_out(&mut self, step: &Step) -> Result<Option<String>> {
         let outcome = match step {
             Step::ResolveSsm { references, .. } => self.resolve_ssm(references).await?,
             Step::InstallSshKey { path, .. } => {

@@ -2,14 +2,14 @@
 //! or one platform's of a multi-platform run (like buildx's resolved nodes): build on the slot's
 //! host (the registry asked meanwhile what the tags hold), tag, compare with the registry, push.
 //! A single-platform run carries the phases out as its own plan steps; a multi-platform run calls
-//! [`SlotBuild::run`] for every slot at once.
+//! [`SlotBuild::complete`] for every slot at once.
 
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::image::metadata::Built;
 use crate::image::spec::{BuildArg, BuildSpec};
-use crate::image::{self, BuildStep, Engine, Pushed};
+use crate::image::{self, BuildJob, Engine, Pushed};
 use crate::nodes::Host;
 use crate::registry::Credential;
 use crate::registry::reference::{LATEST, Platform, Repository, platform_tag};
@@ -106,7 +106,7 @@ impl SlotBuild {
         }
         let reference = self.image.with_tag(&self.tags[0]);
         let cache_image = self.push.then(|| self.image.with_tag(&platform_tag(LATEST, self.platform.as_ref())));
-        let request = BuildStep {
+        let request = BuildJob {
             build: &spec,
             reference: &reference,
             cache_image: cache_image.as_deref(),
@@ -162,7 +162,7 @@ impl SlotBuild {
 
     /// The whole slot at once (each platform of a multi-platform run): build, tag, compare, push,
     /// each logged.
-    pub async fn run(&mut self, host: &Host, mounts: SessionMounts, credentials: &[Credential]) -> Result<()> {
+    pub async fn complete(&mut self, host: &Host, mounts: SessionMounts, credentials: &[Credential]) -> Result<()> {
         let built = self.build(host, mounts, credentials).await?;
         tracing::info!(
             "built on {}: {} steps, {} CACHED",

@@ -10,10 +10,10 @@
 
 pub mod auth;
 pub mod build_secrets;
+pub mod context_key;
 pub mod dockerignore;
 pub mod filesync;
 pub mod git_times;
-pub mod key;
 pub mod ssh_forward;
 
 use std::convert::Infallible;

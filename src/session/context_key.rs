@@ -26,15 +26,16 @@ pub fn given(key: &str, origin: &str) -> SharedKey {
 
 /// The key derived for `repository` (without tag) and the context directory.
 pub fn derive(repository: &str, context: &Path, codebuild_src_dir: Option<&Path>) -> SharedKey {
-    let context = absolute(context);
-    let (relative, root) = relative_to_root(&context, codebuild_src_dir.map(absolute).as_deref());
+    let context = canonical(context);
+    let (relative, root) = relative_to_root(&context, codebuild_src_dir.map(canonical).as_deref());
     SharedKey {
         key: hash(&format!("derived\0{repository}\0{relative}")),
         source: format!("image {repository}, context {relative:?} in {root}"),
     }
 }
 
-fn absolute(path: &Path) -> PathBuf {
+/// The path as the file system names it (links resolved), else made absolute as it is.
+fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_path_buf())
 }
 
