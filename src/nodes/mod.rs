@@ -109,6 +109,26 @@ pub fn is_not_answering(error: &Error) -> bool {
     }
 }
 
+/// What each slot has to say, grouped: each distinct thing once, with the names of the slots that
+/// said it (empty names, a single-platform run's slot, left out), in the order first said — so that
+/// platforms sharing a pool that fail over together get one line.
+pub fn grouped<'a, K: PartialEq>(said: impl IntoIterator<Item = (K, &'a str)>) -> Vec<(K, Vec<&'a str>)> {
+    let mut groups: Vec<(K, Vec<&'a str>)> = Vec::new();
+    for (what, name) in said {
+        let names = match groups.iter_mut().find(|(seen, _)| *seen == what) {
+            Some((_, names)) => names,
+            None => {
+                groups.push((what, Vec::new()));
+                &mut groups.last_mut().expect("pushed above").1
+            }
+        };
+        if !name.is_empty() {
+            names.push(name);
+        }
+    }
+    groups
+}
+
 impl Hosts {
     /// Fills every slot at once, each with its first candidate that answers within the connect
     /// timeout; see [`Hosts::connect_with_failover`].
@@ -222,7 +242,7 @@ impl Hosts {
             // Say who took each slot whose candidate failed in this round (a slot of one candidate
             // fails with its error, which says it all); slots that shared the host (platforms on the
             // same pool) in one warning.
-            let mut warnings: Vec<(String, String, Vec<&str>)> = Vec::new();
+            let mut warnings = Vec::new();
             for (index, slot) in slots.iter().enumerate() {
                 if chosen[index].is_some() || slot.candidates.len() < 2 {
                     continue;
@@ -237,13 +257,9 @@ impl Hosts {
                     .map(|next| format!("{} takes the build", next.target))
                     .unwrap_or_else(|| "no other host is left to take the build".to_string());
                 let (target, why) = (host.target.to_string(), format!("{} [{}]; {after}", host.reason, host.class));
-                match warnings.iter_mut().find(|(seen, same, _)| *seen == target && *same == why) {
-                    Some((.., names)) => names.push(&slot.name),
-                    None => warnings.push((target, why, vec![&slot.name])),
-                }
+                warnings.push(((target, why), slot.name.as_str()));
             }
-            for (target, why, names) in warnings {
-                let names: Vec<&str> = names.into_iter().filter(|name| !name.is_empty()).collect();
+            for ((target, why), names) in grouped(warnings) {
                 let what = if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) };
                 tracing::warn!("{target} did not answer{what}: {why}");
             }
@@ -438,4 +454,19 @@ async fn connect(
         }
     };
     Ok(Host { target: target.clone(), daemon, facts: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_slots_say_is_grouped_once_with_their_names_in_the_order_first_said() {
+        let said = [("a down", "linux/amd64"), ("b down", "linux/arm64"), ("a down", "linux/arm/v7"), ("c", "")];
+        let groups = grouped(said);
+        assert_eq!(
+            groups,
+            [("a down", vec!["linux/amd64", "linux/arm/v7"]), ("b down", vec!["linux/arm64"]), ("c", vec![])]
+        );
+    }
 }

@@ -166,7 +166,7 @@ impl<'a> Runner<'a> {
         let target = &hosts.for_slot(0)?.target;
         // Where each build goes when its chosen host did not answer (a platform's own host has no
         // next); platforms that went the same way (the same pool) in one line.
-        let mut moves: Vec<(&crate::docker::host::DockerHost, Vec<String>, Vec<&str>)> = Vec::new();
+        let mut moves = Vec::new();
         for (index, slot) in slots.iter().enumerate() {
             let failed = hosts.failed_for_slot(index);
             if failed.is_empty() {
@@ -174,13 +174,9 @@ impl<'a> Runner<'a> {
             }
             let target = &hosts.for_slot(index)?.target;
             let failed: Vec<String> = failed.iter().map(|host| format!("{} ({})", host.target, host.class)).collect();
-            match moves.iter_mut().find(|(seen, same, _)| *seen == target && *same == failed) {
-                Some((.., names)) => names.push(&slot.name),
-                None => moves.push((target, failed, vec![&slot.name])),
-            }
+            moves.push(((target, failed), slot.name.as_str()));
         }
-        for (target, failed, names) in moves {
-            let names: Vec<&str> = names.into_iter().filter(|name| !name.is_empty()).collect();
+        for ((target, failed), names) in crate::nodes::grouped(moves) {
             let what = if names.is_empty() { String::new() } else { format!("{}: ", names.join(", ")) };
             if resolved.on_fallback(target) {
                 tracing::warn!(
