@@ -1,8 +1,8 @@
 //! The cache budget (`--keep-storage`): after a successful run, a host whose build cache is over
 //! the budget is pruned down to it, and the log says what was freed.
 //!
-//! BuildKit: `POST /build/prune` with `keep-storage` (`reserved-space` from API 1.48 on, both are
-//! sent). BuildKit deletes the least recently used records until the cache is within the budget,
+//! BuildKit: `POST /build/prune` with `keep-storage` (`reserved-space` and `max-used-space` from
+//! API 1.48 on). BuildKit deletes the least recently used records until the cache is within the budget,
 //! and never a record a build holds at that moment: it chooses them under its cache manager's lock
 //! and skips every record with a live reference (`len(cr.refs) == 0` in `cache/manager.go`'s
 //! prune), so a build running beside the prune keeps what it uses. Without `all`, it also keeps its
@@ -18,7 +18,7 @@
 
 use std::fmt;
 
-use crate::docker::daemon::Daemon;
+use crate::docker::daemon::{Daemon, parse_api};
 use crate::docker::disk::{CacheRecord, counted_size, read_build_cache};
 use crate::error::Error;
 use crate::output::human_bytes;
@@ -162,7 +162,13 @@ pub async fn prune_build_cache(daemon: &Daemon, budget: &Budget, pruned: &mut Pr
     if before <= budget.bytes {
         return Ok(());
     }
-    let path = format!("/build/prune?keep-storage={0}&reserved-space={0}", budget.bytes);
+    // The parameters the API version spoken documents: `keep-storage` up to 1.47; from 1.48 on
+    // (Docker 28) `reserved-space` (keep-storage's new name, which 1.49 drops) and `max-used-space`
+    // (the cap). BuildKit prunes down to max(max-used-space, reserved-space): to the budget.
+    let path = match parse_api(daemon.api_version()) {
+        Some(api) if api >= (1, 48) => format!("/build/prune?reserved-space={0}&max-used-space={0}", budget.bytes),
+        _ => format!("/build/prune?keep-storage={}", budget.bytes),
+    };
     let body = daemon.call(http::Method::POST, &daemon.api_path(&path), "the build cache prune").await?;
     let answer: BuildPruned = serde_json::from_slice(&body).map_err(|error| Error::Daemon {
         target: daemon.target.clone(),

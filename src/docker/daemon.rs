@@ -333,6 +333,11 @@ impl Daemon {
         Err(AuthError::Refused { status: status.as_u16(), message })
     }
 
+    /// The API version the raw calls speak, e.g. `1.41`.
+    pub fn api_version(&self) -> &str {
+        &self.api
+    }
+
     /// The versioned path of an API call, e.g. `/v1.41/session`.
     pub fn api_path(&self, path: &str) -> String {
         format!("/v{}{path}", self.api)

@@ -215,12 +215,16 @@ impl Progress {
             vertex.take_line(&String::from_utf8_lossy(&partial), self.show_output);
             let seconds = (completed - vertex.started.unwrap_or(completed)).max(0.0);
             match step_title(&vertex.name) {
-                Some(title) => finished.push((title, vertex.cached, seconds)),
+                Some(title) => finished.push((step_position(&vertex.name), title, vertex.cached, seconds)),
                 None if vertex.name.is_empty() => {}
                 None => tracing::debug!("  {}: {} ({seconds:.2}s)", vertex.name, outcome(vertex.cached)),
             }
         }
-        for (title, cached, seconds) in finished {
+        // Steps that finished together in the Dockerfile's order, each stage's steps by number
+        // (Docker 28's BuildKit reports a run of CACHED steps last first); stages keep their order.
+        let stages: Vec<String> = finished.iter().map(|((stage, _), ..)| stage.clone()).collect();
+        finished.sort_by_key(|((stage, number), ..)| (stages.iter().position(|s| s == stage), *number));
+        for (_, title, cached, seconds) in finished {
             self.record(title, cached, seconds);
         }
     }
@@ -388,6 +392,14 @@ fn step_title(name: &str) -> Option<String> {
     Some(format!("step {inside} {instruction}"))
 }
 
+/// A step's stage and number from its vertex name: `[build 2/5] RUN make` is `("build", 2)`.
+fn step_position(name: &str) -> (String, u32) {
+    let inside = name.strip_prefix('[').and_then(|rest| rest.split_once(']')).map_or("", |(inside, _)| inside);
+    let (stage, counter) = inside.rsplit_once(' ').unwrap_or(("", inside));
+    let number = counter.split_once('/').and_then(|(done, _)| done.parse().ok()).unwrap_or(0);
+    (stage.to_string(), number)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +448,33 @@ mod tests {
         assert_eq!(titles, ["step 2/3 COPY busybox /bin/busybox", "step 3/3 RUN make"]);
         assert_eq!(summary.cached(), 1);
         assert_eq!(summary.steps[1].seconds, 2.0);
+    }
+
+    /// Issue 22: Docker 28 reports a run of CACHED steps last first; the log keeps the Dockerfile's
+    /// order, each stage's steps by number.
+    #[test]
+    fn steps_reported_together_are_logged_in_dockerfile_order() {
+        let mut progress = Progress::new(ProgressMode::Steps);
+        progress.status(StatusResponse {
+            vertexes: vec![
+                vertex("e", "[build 3/3] RUN make", true, 1, Some(1)),
+                vertex("d", "[build 2/3] COPY src/ /src/", true, 1, Some(1)),
+                vertex("c", "[3/3] COPY --from=build /out /", true, 1, Some(1)),
+                vertex("b", "[2/3] COPY busybox /bin/busybox", true, 1, Some(1)),
+                vertex("a", "[internal] load build context", false, 0, Some(1)),
+            ],
+            ..Default::default()
+        });
+        let titles: Vec<String> = progress.finish().steps.into_iter().map(|step| step.title).collect();
+        assert_eq!(
+            titles,
+            [
+                "step build 2/3 COPY src/ /src/",
+                "step build 3/3 RUN make",
+                "step 2/3 COPY busybox /bin/busybox",
+                "step 3/3 COPY --from=build /out /",
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::agent::{Agent, Outcome};
-use crate::world::{World, read};
+use crate::world::{Engine, World, on_every_engine, read};
 
 /// A copy of the example app (with busybox) in a temporary directory.
 pub(crate) fn example_app(dir: &Path) -> PathBuf {
@@ -59,44 +59,71 @@ fn step_lines(outcome: &Outcome) -> Vec<String> {
     outcome.stderr.lines().filter(|line| line.contains("INFO   step ")).map(str::to_string).collect()
 }
 
-#[test]
-fn a_full_run_builds_pushes_both_tags_and_writes_imagedefinitions() {
-    let world = World::shared();
-    let repository = unique("full");
-    let agent = full_run(world, &repository).env("CODEBUILD_RESOLVED_SOURCE_VERSION", "0123456789abcdef");
-    let app = example_app(agent.work.path());
-    // A unique source file, so the source layers are this test's own.
-    std::fs::write(app.join("src/id.txt"), &repository).unwrap();
-    let agent = agent.args(["run", "--context", app.to_str().unwrap(), "--image-definitions", "web"]);
-    let outcome = agent.run();
-    outcome.expect_code(0);
-    let mut tags = world.ecr_tags(&repository);
-    tags.sort();
-    assert_eq!(tags, ["0123456", "latest"], "{}", outcome.stderr);
-    assert!(outcome.stderr.contains("pushed sha256:"), "{}", outcome.stderr);
-    let definitions: serde_json::Value =
-        serde_json::from_str(&read(&agent.work.path().join("imagedefinitions.json"))).unwrap();
-    assert_eq!(
-        definitions,
-        serde_json::json!([{ "name": "web", "imageUri": format!("{}/{repository}:0123456", world.ecr_registry) }])
-    );
-    // Eleven steps and the comparison with the registry before the pushes.
-    assert!(outcome.stderr.contains("done: 12 steps"), "{}", outcome.stderr);
+on_every_engine! {
+    /// The whole pipeline on each engine: DOCKER_HOST and the SSH key from Parameter Store, the
+    /// build over SSH, both tags pushed to the ECR stand-in, imagedefinitions.json written.
+    fn a_full_run_builds_pushes_both_tags_and_writes_imagedefinitions(engine) {
+        let world = World::shared();
+        let _cache = engine.cache_lock(false);
+        let repository = unique("full");
+        let parameter = format!("/agent-tests/full-run/{}/{}", engine.name, std::process::id());
+        crate::logins::put_parameter(world, &format!("{parameter}/host"), &engine.docker_host, false);
+        crate::logins::put_parameter(world, &format!("{parameter}/key"), &read(&world.key_ed25519), true);
+        let agent = full_run(world, &repository)
+            .env("DOCKER_HOST", format!("SSM:{parameter}/host"))
+            .env("JETS_SSH_KEY", format!("SSM:{parameter}/key"))
+            .env("CODEBUILD_RESOLVED_SOURCE_VERSION", "0123456789abcdef");
+        let app = example_app(agent.work.path());
+        // A unique source file, so the source layers are this test's own.
+        std::fs::write(app.join("src/id.txt"), &repository).unwrap();
+        let agent = agent.args(["run", "--context", app.to_str().unwrap(), "--image-definitions", "web"]);
+        let outcome = agent.run();
+        outcome.expect_code(0);
+        assert!(outcome.stderr.contains(&format!("Docker {}", engine.version)), "{}", outcome.stderr);
+        let mut tags = world.ecr_tags(&repository);
+        tags.sort();
+        assert_eq!(tags, ["0123456", "latest"], "{}", outcome.stderr);
+        assert!(outcome.stderr.contains("pushed sha256:"), "{}", outcome.stderr);
+        let definitions: serde_json::Value =
+            serde_json::from_str(&read(&agent.work.path().join("imagedefinitions.json"))).unwrap();
+        assert_eq!(
+            definitions,
+            serde_json::json!([{ "name": "web", "imageUri": format!("{}/{repository}:0123456", world.ecr_registry) }])
+        );
+        // The SSM lookup, eleven steps and the comparison with the registry before the pushes.
+        assert!(outcome.stderr.contains("done: 13 steps"), "{}", outcome.stderr);
+        assert_in_dockerfile_order(&outcome);
+    }
+}
+
+/// The build's step lines come in the Dockerfile's order (`step 2/8` before `step 3/8`), whatever
+/// order the builder reported them in (Docker 28's BuildKit reports CACHED steps last first).
+pub(crate) fn assert_in_dockerfile_order(outcome: &Outcome) {
+    let numbers: Vec<u32> = step_lines(outcome)
+        .iter()
+        .filter_map(|line| line.split("INFO   step ").nth(1))
+        .filter_map(|rest| rest.split('/').next()?.parse().ok())
+        .collect();
+    assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]), "steps out of order {numbers:?}:\n{}", outcome.stderr);
 }
 
 /// Runs the example app three times with `builder`: cold, unchanged (every step CACHED), and with
 /// one source file changed (only the steps from its COPY on rebuilt).
-fn cached_rebuilds(builder: &str, engine_line: &str) {
+fn cached_rebuilds(engine: &Engine, builder: &str, engine_line: &str) {
     let world = World::shared();
+    // No prune of this engine's cache between the runs (tests/it/budget.rs prunes the new engines).
+    let _cache = engine.cache_lock(false);
     let repository = unique(&format!("cache-{builder}"));
     let agent = full_run(world, &repository);
     let app = example_app(agent.work.path());
     std::fs::write(app.join("src/id.txt"), &repository).unwrap();
     let args = ["run", "--context", app.to_str().unwrap(), "--builder", builder];
     let run = || {
-        let outcome = full_run(world, &repository).args(args).run();
+        let outcome = full_run(world, &repository).env("DOCKER_HOST", &engine.docker_host).args(args).run();
         outcome.expect_code(0);
         assert!(outcome.stderr.contains(engine_line), "{}", outcome.stderr);
+        assert!(outcome.stderr.contains(&format!("Docker {}", engine.version)), "{}", outcome.stderr);
+        assert_in_dockerfile_order(&outcome);
         outcome
     };
     run();
@@ -122,14 +149,18 @@ fn cached_rebuilds(builder: &str, engine_line: &str) {
     }
 }
 
-#[test]
-fn an_unchanged_rebuild_is_all_cached_and_a_source_change_rebuilds_only_after_it_with_buildkit() {
-    cached_rebuilds("auto", "(BuildKit)");
+on_every_engine! {
+    fn an_unchanged_rebuild_is_all_cached_and_a_source_change_rebuilds_only_after_it_with_buildkit(engine) {
+        cached_rebuilds(engine, "auto", "(BuildKit)");
+    }
 }
 
-#[test]
-fn an_unchanged_rebuild_is_all_cached_and_a_source_change_rebuilds_only_after_it_with_the_classic_builder() {
-    cached_rebuilds("classic", "(classic builder)");
+on_every_engine! {
+    fn an_unchanged_rebuild_is_all_cached_and_a_source_change_rebuilds_only_after_it_with_the_classic_builder(
+        engine
+    ) {
+        cached_rebuilds(engine, "classic", "(classic builder)");
+    }
 }
 
 /// A Dockerfile `FROM` a private image in the Docker Hub stand-in (htpasswd): refused without the

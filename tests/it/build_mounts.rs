@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::agent::{Agent, Outcome};
-use crate::world::World;
+use crate::world::{Engine, World, on_every_engine};
 
 /// Values unique to one test run, so that no cached layer can stand in for the proof.
 fn unique(name: &str) -> String {
@@ -54,12 +54,12 @@ fn encodings(value: &str) -> Vec<String> {
     ]
 }
 
-fn assert_nowhere(outcome: &Outcome, image: &str, values: &[&str]) {
+fn assert_nowhere(engine: &Engine, outcome: &Outcome, image: &str, values: &[&str]) {
     let output = outcome.all_output();
-    let saved = Command::new("docker").args(["save", image]).output().expect("docker save");
+    let saved = engine.docker().args(["save", image]).output().expect("docker save");
     assert!(saved.status.success(), "docker save {image}");
-    let history = Command::new("docker").args(["history", "--no-trunc", image]).output().expect("docker history");
-    let inspect = Command::new("docker").args(["image", "inspect", image]).output().expect("docker inspect");
+    let history = engine.docker().args(["history", "--no-trunc", image]).output().expect("docker history");
+    let inspect = engine.docker().args(["image", "inspect", image]).output().expect("docker inspect");
     let image_bytes = [saved.stdout, history.stdout, inspect.stdout].concat();
     for value in values {
         for encoded in encodings(value) {
@@ -76,53 +76,75 @@ fn remove_image(image: &str) {
     crate::world::remove_images_after_the_run(&[image]);
 }
 
-#[test]
-fn secrets_from_env_and_from_ssm_reach_the_run_step_and_appear_in_no_output_nor_the_image() {
+/// Removes `image` from `engine`: from the shared 20.10 daemon once the run is over (see
+/// [`crate::world::remove_images_after_the_run`]), from a newer engine now.
+fn remove_image_on(engine: &Engine, image: &str) {
+    if engine.is_bookworm() {
+        remove_image(image);
+    } else {
+        let _ = engine.docker().args(["rmi", "-f", image]).output();
+    }
+}
+
+/// A run over SSH on `engine`, Jets-style.
+fn over_ssh_to(engine: &Engine) -> Agent {
     let world = World::shared();
-    let env_value = unique("env-secret-value");
-    let ssm_value = unique("ssm-secret-value");
-    let parameter = format!("/agent-tests/build-secret/{}", std::process::id());
-    crate::logins::put_parameter(world, &parameter, &ssm_value, true);
-    let agent = Agent::new()
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", &world.moto_url)
-        .env("NPM_TOKEN", &env_value)
-        .env("API_KEY", format!("SSM:{parameter}"));
-    // The step compares digests (build args, not secret) and prints only "ok".
-    let context = busybox_context(
-        agent.work.path(),
-        "ARG ENV_SHA\nARG SSM_SHA\n\
-         RUN --mount=type=secret,id=npm,required=true --mount=type=secret,id=api,required=true \
-         test \"$(sha256sum < /run/secrets/npm | cut -d' ' -f1)\" = \"$ENV_SHA\" && \
-         test \"$(sha256sum < /run/secrets/api | cut -d' ' -f1)\" = \"$SSM_SHA\" && \
-         test ! -e /run/secrets/npm.copy && echo ok > /secrets-seen",
-    );
-    let tag = unique("secrets");
-    let image = format!("agent-it/secrets:{tag}");
-    let outcome = agent
-        .args(["-vv", "run", "--context", context.to_str().unwrap(), "--image", "agent-it/secrets", "--tag", &tag])
-        .args([
-            "--no-push",
-            "--builder",
-            "buildkit",
-            "--secret",
-            "id=npm,env=NPM_TOKEN",
-            "--secret",
-            "id=api,env=API_KEY",
-        ])
-        .args(["--build-arg", &format!("ENV_SHA={}", sha256(&env_value))])
-        .args(["--build-arg", &format!("SSM_SHA={}", sha256(&ssm_value))])
-        .run();
-    outcome.expect_code(0);
-    let seen = Command::new("docker")
-        .args(["run", "--rm", "--entrypoint", "/bin/cat", &image, "/secrets-seen"])
-        .output()
-        .expect("docker run");
-    assert_eq!(String::from_utf8_lossy(&seen.stdout), "ok\n", "{}", outcome.stderr);
-    assert_nowhere(&outcome, &image, &[&env_value, &ssm_value]);
-    remove_image(&image);
+    Agent::new()
+        .env("DOCKER_HOST", &engine.docker_host)
+        .env("JETS_SSH_KEY", std::fs::read_to_string(&world.key_ed25519).unwrap())
+        .env("JETS_SSH_KNOWN", std::fs::read_to_string(&world.known_hosts_hashed).unwrap())
+}
+
+on_every_engine! {
+    fn secrets_from_env_and_from_ssm_reach_the_run_step_and_appear_in_no_output_nor_the_image(engine) {
+        let world = World::shared();
+        let _cache = engine.cache_lock(false);
+        let env_value = unique("env-secret-value");
+        let ssm_value = unique("ssm-secret-value");
+        let parameter = format!("/agent-tests/build-secret/{}/{}", engine.name, std::process::id());
+        crate::logins::put_parameter(world, &parameter, &ssm_value, true);
+        let agent = over_ssh_to(engine)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &world.moto_url)
+            .env("NPM_TOKEN", &env_value)
+            .env("API_KEY", format!("SSM:{parameter}"));
+        // The step compares digests (build args, not secret) and prints only "ok".
+        let context = busybox_context(
+            agent.work.path(),
+            "ARG ENV_SHA\nARG SSM_SHA\n\
+             RUN --mount=type=secret,id=npm,required=true --mount=type=secret,id=api,required=true \
+             test \"$(sha256sum < /run/secrets/npm | cut -d' ' -f1)\" = \"$ENV_SHA\" && \
+             test \"$(sha256sum < /run/secrets/api | cut -d' ' -f1)\" = \"$SSM_SHA\" && \
+             test ! -e /run/secrets/npm.copy && echo ok > /secrets-seen",
+        );
+        let tag = unique("secrets");
+        let image = format!("agent-it/secrets:{tag}");
+        let outcome = agent
+            .args(["-vv", "run", "--context", context.to_str().unwrap(), "--image", "agent-it/secrets", "--tag", &tag])
+            .args([
+                "--no-push",
+                "--builder",
+                "buildkit",
+                "--secret",
+                "id=npm,env=NPM_TOKEN",
+                "--secret",
+                "id=api,env=API_KEY",
+            ])
+            .args(["--build-arg", &format!("ENV_SHA={}", sha256(&env_value))])
+            .args(["--build-arg", &format!("SSM_SHA={}", sha256(&ssm_value))])
+            .run();
+        outcome.expect_code(0);
+        let seen = engine
+            .docker()
+            .args(["run", "--rm", "--entrypoint", "/bin/cat", &image, "/secrets-seen"])
+            .output()
+            .expect("docker run");
+        assert_eq!(String::from_utf8_lossy(&seen.stdout), "ok\n", "{}", outcome.stderr);
+        assert_nowhere(engine, &outcome, &image, &[&env_value, &ssm_value]);
+        remove_image_on(engine, &image);
+    }
 }
 
 /// A BuildKit build whose uncached RUN step needs `mount` (required), with no flag serving it.
@@ -230,7 +252,7 @@ fn add_ssh_keygen(context: &Path) -> String {
 
 /// `--ssh` runs: the build step signs with the forwarded agent (ssh-keygen -Y sign with only the
 /// public key in hand) and verifies the signature against the expected public key.
-fn ssh_forwarding_proves_the_key(agent: Agent, public_key: &str, ssh_flag: &str) {
+fn ssh_forwarding_proves_the_key(engine: &Engine, agent: Agent, public_key: &str, ssh_flag: &str) {
     let mut context = agent.work.path().join("context");
     std::fs::create_dir_all(&context).unwrap();
     let copies = add_ssh_keygen(&context);
@@ -254,24 +276,22 @@ fn ssh_forwarding_proves_the_key(agent: Agent, public_key: &str, ssh_flag: &str)
         .args(["--no-push", "--builder", "buildkit", "--ssh", ssh_flag])
         .run();
     outcome.expect_code(0);
-    let seen = Command::new("docker")
+    let seen = engine
+        .docker()
         .args(["run", "--rm", "--entrypoint", "/bin/cat", &image, "/ssh-seen"])
         .output()
         .expect("docker run");
     assert_eq!(String::from_utf8_lossy(&seen.stdout), "ok\n", "{}", outcome.stderr);
-    remove_image(&image);
+    remove_image_on(engine, &image);
 }
 
-#[test]
-fn ssh_default_forwards_jets_ssh_key_over_ssh_and_a_build_step_signs_with_it() {
-    let world = World::shared();
-    let key = std::fs::read_to_string(&world.key_ed25519).unwrap();
-    let public = std::fs::read_to_string(world.key_ed25519.with_extension("pub")).unwrap();
-    let agent = Agent::new()
-        .env("DOCKER_HOST", world.ssh_url())
-        .env("JETS_SSH_KEY", key)
-        .env("JETS_SSH_KNOWN", std::fs::read_to_string(&world.known_hosts_hashed).unwrap());
-    ssh_forwarding_proves_the_key(agent, &public, "default");
+on_every_engine! {
+    fn ssh_default_forwards_jets_ssh_key_over_ssh_and_a_build_step_signs_with_it(engine) {
+        let world = World::shared();
+        let _cache = engine.cache_lock(false);
+        let public = std::fs::read_to_string(world.key_ed25519.with_extension("pub")).unwrap();
+        ssh_forwarding_proves_the_key(engine, over_ssh_to(engine), &public, "default");
+    }
 }
 
 #[test]
@@ -279,7 +299,12 @@ fn ssh_id_with_a_key_file_forwards_that_key() {
     let world = World::shared();
     let path = world.key_ecdsa.clone();
     let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    ssh_forwarding_proves_the_key(Agent::new(), &public, &format!("git={}", path.display()));
+    ssh_forwarding_proves_the_key(
+        &World::shared().engine("20.10"),
+        Agent::new(),
+        &public,
+        &format!("git={}", path.display()),
+    );
 }
 
 #[test]
@@ -344,5 +369,5 @@ fn ssh_id_with_an_encrypted_key_file_opens_it_with_the_passphrase() {
     let path = world.key_ed25519_enc.clone();
     let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
     let agent = Agent::new().env("JETS_SSH_KEY_PASSPHRASE", world.key_passphrase());
-    ssh_forwarding_proves_the_key(agent, &public, &format!("git={}", path.display()));
+    ssh_forwarding_proves_the_key(&World::shared().engine("20.10"), agent, &public, &format!("git={}", path.display()));
 }

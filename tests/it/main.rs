@@ -17,6 +17,7 @@ mod cli;
 mod config_errors;
 mod context_vs_cli;
 mod dry_run;
+mod engines;
 mod faults;
 mod hosts;
 mod image;

@@ -13,7 +13,7 @@ use agent::registry::reference::Repository;
 use agent::secrets::Secret;
 
 use crate::agent::{Agent, Outcome};
-use crate::world::{NOT_UP, World, read};
+use crate::world::{NOT_UP, World, on_every_engine, read};
 
 pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -384,55 +384,57 @@ impl World {
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// Issue 15 end to end: `--platform linux/amd64,linux/arm64` with a host per arch builds both at
-/// once, each on its own host over its own SSH login, pushes each as `TAG-<arch>` from its host
-/// and then one index under every tag; the log names the platform of each build line, and the
-/// metadata file and imagedefinitions.json name the index.
-#[test]
-fn two_platforms_on_two_hosts_push_an_index_for_every_tag_whose_manifests_carry_their_architecture() {
-    let world = World::shared();
-    let name = unique("two-hosts");
-    let image = format!("{}/{name}", world.hub_registry);
-    let agent = world.login(Api::Hub, world.on_two_hosts());
-    let app = per_platform_app(agent.work.path(), world, None);
-    let metadata = agent.work.path().join("metadata.json");
-    let agent = agent
-        .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1", "--tag", "t2"])
-        .args(["--platform", "linux/amd64,linux/arm64", "--image-definitions", "app", "--metadata-file"])
-        .args([metadata.to_str().unwrap()]);
-    let outcome = agent.run();
-    outcome.expect_code(0);
-    let log = &outcome.stderr;
-    assert!(log.contains("connect to the hosts of linux/amd64, linux/arm64"), "{log}");
-    assert!(log.contains(&format!("[linux/amd64] built on {}", world.ssh_url())), "{log}");
-    assert!(log.contains(&format!("[linux/arm64] built on {}", world.arm64("TW_ARM64_DOCKER_HOST"))), "{log}");
-    assert!(log.lines().any(|line| line.contains("[linux/arm64]") && line.contains("machine=aarch64")), "{log}");
-    assert!(log.lines().any(|line| line.contains("[linux/amd64]") && line.contains("machine=x86_64")), "{log}");
-    assert!(!log.contains("no DOCKER_HOST_ARM64"), "{log}");
+on_every_engine! {
+    /// Issue 15 end to end: `--platform linux/amd64,linux/arm64` with a host per arch builds both at
+    /// once, each on its own host over its own SSH login, pushes each as `TAG-<arch>` from its host
+    /// and then one index under every tag; the log names the platform of each build line, and the
+    /// metadata file and imagedefinitions.json name the index. Issue 22: amd64 on each engine.
+    fn two_platforms_on_two_hosts_push_an_index_for_every_tag_whose_manifests_carry_their_architecture(engine) {
+        let world = World::shared();
+        let _cache = engine.cache_lock(false);
+        let name = unique("two-hosts");
+        let image = format!("{}/{name}", world.hub_registry);
+        let agent = world.login(Api::Hub, world.on_two_hosts().env("DOCKER_HOST_X86_64", &engine.docker_host));
+        let app = per_platform_app(agent.work.path(), world, None);
+        let metadata = agent.work.path().join("metadata.json");
+        let agent = agent
+            .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1", "--tag", "t2"])
+            .args(["--platform", "linux/amd64,linux/arm64", "--image-definitions", "app", "--metadata-file"])
+            .args([metadata.to_str().unwrap()]);
+        let outcome = agent.run();
+        outcome.expect_code(0);
+        let log = &outcome.stderr;
+        assert!(log.contains("connect to the hosts of linux/amd64, linux/arm64"), "{log}");
+        assert!(log.contains(&format!("[linux/amd64] built on {}", engine.docker_host)), "{log}");
+        assert!(log.contains(&format!("[linux/arm64] built on {}", world.arm64("TW_ARM64_DOCKER_HOST"))), "{log}");
+        assert!(log.lines().any(|line| line.contains("[linux/arm64]") && line.contains("machine=aarch64")), "{log}");
+        assert!(log.lines().any(|line| line.contains("[linux/amd64]") && line.contains("machine=x86_64")), "{log}");
+        assert!(!log.contains("no DOCKER_HOST_ARM64"), "{log}");
 
-    let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
-    let digest = metadata["containerimage.digest"].as_str().expect("the index digest").to_string();
-    world.expect_index_of_both_platforms(Api::Hub, &name, &["t1", "t2"], &digest);
-    assert!(metadata.get("containerimage.config.digest").is_none(), "no one config: {metadata}");
-    let (index, _) = world.manifest(Api::Hub, &name, "t1", DOCKER_MANIFEST_LIST);
-    for (entry, host) in
-        index["manifests"].as_array().unwrap().iter().zip([world.ssh_url(), world.arm64("TW_ARM64_DOCKER_HOST")])
-    {
-        let platform = format!("linux/{}", entry["platform"]["architecture"].as_str().unwrap());
-        let each = &metadata["agent.platforms"][&platform];
-        assert_eq!(each["containerimage.digest"], entry["digest"], "{metadata}");
-        assert!(each["agent.host"].as_str().unwrap_or_default().starts_with(&host), "{metadata}");
-        assert_eq!(each["agent.steps"].as_array().map(Vec::len), Some(3), "{metadata}");
+        let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
+        let digest = metadata["containerimage.digest"].as_str().expect("the index digest").to_string();
+        world.expect_index_of_both_platforms(Api::Hub, &name, &["t1", "t2"], &digest);
+        assert!(metadata.get("containerimage.config.digest").is_none(), "no one config: {metadata}");
+        let (index, _) = world.manifest(Api::Hub, &name, "t1", &format!("{DOCKER_MANIFEST_LIST}, {OCI_INDEX}"));
+        for (entry, host) in
+            index["manifests"].as_array().unwrap().iter().zip([engine.docker_host.clone(), world.arm64("TW_ARM64_DOCKER_HOST")])
+        {
+            let platform = format!("linux/{}", entry["platform"]["architecture"].as_str().unwrap());
+            let each = &metadata["agent.platforms"][&platform];
+            assert_eq!(each["containerimage.digest"], entry["digest"], "{metadata}");
+            assert!(each["agent.host"].as_str().unwrap_or_default().starts_with(&host), "{metadata}");
+            assert_eq!(each["agent.steps"].as_array().map(Vec::len), Some(3), "{metadata}");
+        }
+        // each platform's own tags, pushed from its host
+        for (tag, architecture) in
+            [("t1-amd64", "amd64"), ("t2-amd64", "amd64"), ("t1-arm64", "arm64"), ("t2-arm64", "arm64")]
+        {
+            let (_, digest) = world.manifest(Api::Hub, &name, tag, &format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}"));
+            assert_eq!(world.image_config(Api::Hub, &name, &digest)["architecture"], architecture, "{tag}");
+        }
+        let definitions = read(&agent.work.path().join("imagedefinitions.json"));
+        assert!(definitions.contains(&format!("{image}:t2")), "{definitions}");
     }
-    // each platform's own tags, pushed from its host
-    for (tag, architecture) in
-        [("t1-amd64", "amd64"), ("t2-amd64", "amd64"), ("t1-arm64", "arm64"), ("t2-arm64", "arm64")]
-    {
-        let (_, digest) = world.manifest(Api::Hub, &name, tag, DOCKER_MANIFEST);
-        assert_eq!(world.image_config(Api::Hub, &name, &digest)["architecture"], architecture, "{tag}");
-    }
-    let definitions = read(&agent.work.path().join("imagedefinitions.json"));
-    assert!(definitions.contains(&format!("{image}:t2")), "{definitions}");
 }
 
 /// A RUN step that fails only on arm64 fails the run with the build's class (50), naming the

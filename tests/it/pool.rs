@@ -19,7 +19,7 @@ use std::time::Duration;
 use agent::docker::host::DockerHost;
 
 use crate::agent::{Agent, Outcome, Watch};
-use crate::world::{World, read};
+use crate::world::{World, on_every_engine, read};
 
 /// A TCP relay this test owns, in front of a world sshd: stopping it closes its port and cuts
 /// every connection through it, as a host that goes down.
@@ -528,20 +528,24 @@ fn eight_concurrent_runs_land_on_their_hosts_and_with_one_host_stopped_mid_way_t
     }
 }
 
-#[test]
-fn a_host_whose_sshd_answers_but_whose_daemon_is_down_is_passed_over() {
-    let pool = Pool::new();
-    // The world's sshd, a socket where no daemon listens: the candidate's check fails (exit 26 alone).
-    let (_dir, down) = pool.sshd_without_a_daemon();
-    let hosts = [down, pool.arm64_host()];
-    let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-daemon-down-{}", nonce()))[0];
-    let agent = pool.agent(&hosts);
-    let context = app(agent.work.path(), &nonce(), None);
-    let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap()]);
-    outcome.expect_code(0);
-    assert_eq!(built_on(&metadata), canonical(&hosts[1]));
-    assert_eq!(metadata.as_ref().unwrap()["agent.failed_hosts"][0]["class"], "remote-socket", "{metadata:?}");
-    remove_image(&pool.socket_of(&hosts[1]), image);
+on_every_engine! {
+    /// A pool whose chosen host's daemon is down fails over to the next, each engine in turn.
+    fn a_host_whose_sshd_answers_but_whose_daemon_is_down_is_passed_over(engine) {
+        let pool = Pool::new();
+        let _cache = engine.cache_lock(false);
+        // The world's sshd, a socket where no daemon listens: the candidate's check fails (exit 26 alone).
+        let (_dir, down) = pool.sshd_without_a_daemon();
+        let hosts = [down, engine.docker_host.clone()];
+        let image = &images_hashing_to(&hosts, 0, 1, &format!("pool-daemon-down-{}", nonce()))[0];
+        let agent = pool.agent(&hosts);
+        let context = app(agent.work.path(), &nonce(), None);
+        let (outcome, metadata) = build(agent, image, &["--context", context.to_str().unwrap()]);
+        outcome.expect_code(0);
+        assert_eq!(built_on(&metadata), canonical(&hosts[1]));
+        assert_eq!(metadata.as_ref().unwrap()["agent.failed_hosts"][0]["class"], "remote-socket", "{metadata:?}");
+        assert!(has_image(&engine.sock, image), "{}", outcome.stderr);
+        remove_image(&engine.sock, image);
+    }
 }
 
 /// A refused SSH key is the configuration's, the same on every try: the run stops (exit 25) rather

@@ -8,11 +8,19 @@ use std::path::Path;
 use crate::agent::Outcome;
 use crate::build::{example_app, full_run, unique};
 use crate::platform::{Api, DOCKER_MANIFEST, OCI_MANIFEST};
-use crate::world::World;
+use crate::world::{World, on_every_engine};
 
 /// One run of the example app at `app` into the ECR stand-in's `repository`, with `extra` args.
 fn run(world: &World, repository: &str, app: &Path, extra: &[&str]) -> Outcome {
-    let agent = full_run(world, repository).args(["run", "--context", app.to_str().unwrap()]).args(extra);
+    run_on(world, &world.ssh_url(), repository, app, extra)
+}
+
+/// As [`run`], on the daemon at `docker_host`.
+fn run_on(world: &World, docker_host: &str, repository: &str, app: &Path, extra: &[&str]) -> Outcome {
+    let agent = full_run(world, repository)
+        .env("DOCKER_HOST", docker_host)
+        .args(["run", "--context", app.to_str().unwrap()])
+        .args(extra);
     let outcome = agent.run();
     outcome.expect_code(0);
     outcome
@@ -48,29 +56,33 @@ fn own_app(dir: &Path, repository: &str) -> std::path::PathBuf {
     app
 }
 
-#[test]
-fn an_unchanged_app_keeps_its_digest_and_the_registry_gets_no_new_manifest() {
-    let world = World::shared();
-    let repository = unique("stable");
-    let dir = tempfile::tempdir().unwrap();
-    let app = own_app(dir.path(), &repository);
-    let first = run(world, &repository, &app, &["-t", "latest"]);
-    assert!(first.stderr.contains("pushed sha256:"), "{}", first.stderr);
-    let (digest, manifest) = manifest_of(world, &repository, "latest");
-    assert_eq!(manifest_count(world, &repository), 1);
+on_every_engine! {
+    fn an_unchanged_app_keeps_its_digest_and_the_registry_gets_no_new_manifest(engine) {
+        // No prune of this engine's cache between the runs.
+        let _cache = engine.cache_lock(false);
+        let world = World::shared();
+        let repository = unique("stable");
+        let dir = tempfile::tempdir().unwrap();
+        let app = own_app(dir.path(), &repository);
+        let first = run_on(world, &engine.docker_host, &repository, &app, &["-t", "latest"]);
+        assert!(first.stderr.contains("pushed sha256:"), "{}", first.stderr);
+        let (digest, manifest) = manifest_of(world, &repository, "latest");
+        assert_eq!(manifest_count(world, &repository), 1);
 
-    let metadata = dir.path().join("metadata.json");
-    let second = run(world, &repository, &app, &["-t", "latest", "--metadata-file", metadata.to_str().unwrap()]);
-    assert!(second.stderr.contains("6 steps, 6 CACHED"), "{}", second.stderr);
-    assert!(second.stderr.contains("unchanged since "), "{}", second.stderr);
-    assert!(second.stderr.contains(&format!(": kept {digest}")), "{}", second.stderr);
-    assert!(!second.stderr.contains("pushed sha256:"), "{}", second.stderr);
-    assert_eq!(digest_of(world, &repository, "latest"), digest);
-    assert_eq!(manifest_count(world, &repository), 1, "the second run left a manifest in the registry");
-    let metadata: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metadata).unwrap()).unwrap();
-    assert_eq!(metadata["containerimage.digest"], digest.as_str());
-    // The config digest is the registry's image's (the first run's build), not this build's.
-    assert_eq!(metadata["containerimage.config.digest"], manifest["config"]["digest"]);
+        let metadata = dir.path().join("metadata.json");
+        let metadata_arg = metadata.to_str().unwrap();
+        let second = run_on(world, &engine.docker_host, &repository, &app, &["-t", "latest", "--metadata-file", metadata_arg]);
+        assert!(second.stderr.contains("6 steps, 6 CACHED"), "{}", second.stderr);
+        assert!(second.stderr.contains("unchanged since "), "{}", second.stderr);
+        assert!(second.stderr.contains(&format!(": kept {digest}")), "{}", second.stderr);
+        assert!(!second.stderr.contains("pushed sha256:"), "{}", second.stderr);
+        assert_eq!(digest_of(world, &repository, "latest"), digest);
+        assert_eq!(manifest_count(world, &repository), 1, "the second run left a manifest in the registry");
+        let metadata: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metadata).unwrap()).unwrap();
+        assert_eq!(metadata["containerimage.digest"], digest.as_str());
+        // The config digest is the registry's image's (the first run's build), not this build's.
+        assert_eq!(metadata["containerimage.config.digest"], manifest["config"]["digest"]);
+    }
 }
 
 #[test]

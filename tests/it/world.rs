@@ -341,3 +341,125 @@ pub fn remove_images_after_the_run(images: &[&str]) {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
 }
+
+/// One Docker engine of the world, as a build host reached over the world's sshd: Debian
+/// bookworm's 20.10 (the shared daemon), and the newer engines `scripts/testworld up` brings up
+/// beside it (`TW_ENGINES`): 26.1.5 with the classic image store, 28.5.2 with the containerd image
+/// store and minimum API 1.44.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// `20.10`, `26` or `28`.
+    pub name: String,
+    /// The daemon's version, e.g. `28.5.2`.
+    pub version: String,
+    /// Its unix socket on this machine.
+    pub sock: PathBuf,
+    /// `ssh://agent-test@127.0.0.1:PORT[/socket]`: the daemon over the world's sshd.
+    pub docker_host: String,
+}
+
+impl Engine {
+    /// Debian bookworm's Docker 20.10, the daemon every other test uses.
+    pub fn is_bookworm(&self) -> bool {
+        self.name == "20.10"
+    }
+
+    /// `unix://<socket>`, for the docker CLI on this machine.
+    pub fn unix_host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    /// The docker CLI on this machine, talking to this engine.
+    pub fn docker(&self) -> Command {
+        let mut docker = Command::new("docker");
+        docker.arg("-H").arg(self.unix_host());
+        docker
+    }
+
+    /// A test that needs this engine's build cache left alone while it runs (it expects steps
+    /// CACHED, a prune would take them) holds this shared; a test that prunes the cache holds it
+    /// exclusively. A file lock in the world's state: nextest runs tests in processes of their own.
+    pub fn cache_lock(&self, exclusive: bool) -> std::fs::File {
+        let path = World::shared().state_dir.join(format!("engine-{}-cache.lock", self.name));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|error| panic!("open {}: {error}", path.display()));
+        use std::os::fd::AsRawFd as _;
+        let operation = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        // SAFETY: flock on a descriptor this function owns; the lock goes with the file.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
+            panic!("lock {}: {}", path.display(), std::io::Error::last_os_error());
+        }
+        file
+    }
+}
+
+impl World {
+    /// Every engine of the world, 20.10 first.
+    pub fn engines(&self) -> Vec<Engine> {
+        let mut engines = vec![Engine {
+            name: "20.10".to_string(),
+            version: "20.10".to_string(),
+            sock: self.docker_sock.clone(),
+            docker_host: self.ssh_url(),
+        }];
+        let names = self.var("TW_ENGINES").unwrap_or_else(|| panic!("{NOT_UP} (no TW_ENGINES: an older world)"));
+        for name in names.split(',').filter(|name| !name.is_empty()) {
+            let var = |what: &str| {
+                let key = format!("TW_ENGINE_{name}_{what}");
+                self.var(&key).unwrap_or_else(|| panic!("{NOT_UP} (no {key})")).to_string()
+            };
+            engines.push(Engine {
+                name: name.to_string(),
+                version: var("VERSION"),
+                sock: PathBuf::from(var("SOCK")),
+                docker_host: var("DOCKER_HOST"),
+            });
+        }
+        engines
+    }
+
+    /// The engine called `name` (`20.10`, `26`, `28`).
+    pub fn engine(&self, name: &str) -> Engine {
+        let engines = self.engines();
+        engines
+            .into_iter()
+            .find(|engine| engine.name == name)
+            .unwrap_or_else(|| panic!("no engine {name} in the world"))
+    }
+}
+
+/// A test run on every engine of the world: `on_every_engine! { fn name(engine) { … } }` makes
+/// the module `name` with one test per engine (`name::docker_20_10`, `name::docker_26`,
+/// `name::docker_28`), each calling the body with its [`Engine`]. The body sees the enclosing
+/// module's items.
+macro_rules! on_every_engine {
+    ($(#[$meta:meta])* fn $name:ident($engine:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn on($engine: &$crate::world::Engine) $body
+
+            #[test]
+            fn docker_20_10() {
+                on(&$crate::world::World::shared().engine("20.10"))
+            }
+
+            #[test]
+            fn docker_26() {
+                on(&$crate::world::World::shared().engine("26"))
+            }
+
+            #[test]
+            fn docker_28() {
+                on(&$crate::world::World::shared().engine("28"))
+            }
+        }
+    };
+}
+pub(crate) use on_every_engine;
