@@ -18,7 +18,7 @@ use crate::docker::budget::Budget;
 use crate::docker::host::{DockerHost, Tls};
 use crate::error::{Error, Problem};
 use crate::image::spec::{BuildArg, BuildSpec, Builder, ProgressMode};
-use crate::registry::reference::{self as image_ref, EcrRegistry, Repository};
+use crate::registry::reference::{self as image_ref, EcrRegistry, Platform, Repository};
 use crate::secrets::{Origin, Secret, SsmRef};
 use crate::ssh::key::SshKey;
 use crate::ssh::known_hosts::KnownHosts;
@@ -145,6 +145,7 @@ mod names {
 
 /// Tells whether a clap argument came from its flag, its environment variable, or its default.
 pub trait ArgOrigins {
+    /// Where the argument `id` (spelt `flag`, read from `env` if it has a variable) came from.
     fn origin(&self, id: &str, flag: &'static str, env: Option<&'static str>) -> Origin;
 }
 
@@ -179,298 +180,36 @@ impl Config {
     pub fn new(args: &RunArgs, origins: &impl ArgOrigins, env: &Environment, cwd: &Path) -> Result<Config, Error> {
         let mut problems = Vec::new();
         let home = env.get("HOME").map(PathBuf::from);
-
-        // The daemon.
-        let host_origin = origins.origin("host", "--host", Some(names::DOCKER_HOST));
-        let tls = env.get("DOCKER_TLS_VERIFY").map(|_| Tls {
-            cert_dir: env
-                .get("DOCKER_CERT_PATH")
-                .map(PathBuf::from)
-                .or_else(|| home.as_ref().map(|home| home.join(".docker")))
-                .unwrap_or_else(|| PathBuf::from(".docker")),
-        });
-        // The pool: every --host given, else AGENT_HOSTS, else DOCKER_HOST (a pool of one), else the
-        // local socket.
-        let given: Vec<&str> = args.host.iter().map(|text| text.trim()).filter(|text| !text.is_empty()).collect();
-        let agent_hosts: Vec<&str> = env
-            .get(names::AGENT_HOSTS)
-            .map(|text| text.split(',').map(str::trim).filter(|entry| !entry.is_empty()).collect())
-            .unwrap_or_default();
-        let (entries, pool_origin) = match host_origin {
-            Origin::Flag(_) if !given.is_empty() => (given, host_origin),
-            _ if !agent_hosts.is_empty() => (agent_hosts, Origin::Env(names::AGENT_HOSTS)),
-            _ if !given.is_empty() => (given, host_origin),
-            _ => (Vec::new(), Origin::Default),
-        };
-        let problems_before_hosts = problems.len();
-        let mut hosts = Vec::new();
-        for text in &entries {
-            if let Some(value) = host_value(text, tls.is_some(), &pool_origin, &mut problems) {
-                if !hosts.iter().any(|seen: &Sourced<Value<DockerHost>>| seen.value == value) {
-                    hosts.push(Sourced { value, origin: pool_origin.clone() });
-                }
-            }
-        }
-        if entries.is_empty() {
-            let local = DockerHost::parse("", false).expect("the default host is valid");
-            hosts.push(Sourced { value: Value::Known(local), origin: Origin::Default });
-        }
-        let hosts = (problems.len() == problems_before_hosts).then_some(hosts);
-        let fallback_origin = origins.origin("fallback_host", "--fallback-host", Some(names::AGENT_FALLBACK_HOST));
-        let fallback_host = args
-            .fallback_host
-            .as_deref()
-            .map(str::trim)
-            .filter(|text| !text.is_empty())
-            .and_then(|text| host_value(text, tls.is_some(), &fallback_origin, &mut problems))
-            .map(|value| Sourced { value, origin: fallback_origin });
-        if args.failover_timeout == 0 {
-            problems.push(
-                Problem::new("--failover-timeout", "the timeout is 0 seconds")
-                    .hint("give a number of seconds above 0, e.g. 5"),
-            );
-        }
-        if args.read_timeout < 3 {
-            problems.push(
-                Problem::new("--read-timeout", format!("{} seconds is too short", args.read_timeout))
-                    .hint("give 3 seconds or more (a keepalive goes every third of it), e.g. 45"),
-            );
-        }
-        if args.connect_timeout == 0 {
-            problems.push(
-                Problem::new("--connect-timeout", "the timeout is 0 seconds")
-                    .hint("give a number of seconds above 0, e.g. 20"),
-            );
-        }
-
-        // SSH key and known hosts.
-        let ssh_key_passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
-        let ssh_key = env.get(names::JETS_SSH_KEY).and_then(|text| {
-            let value = match secret_value(text, names::JETS_SSH_KEY, &mut problems)? {
-                Value::Ssm(reference) => Value::Ssm(reference),
-                Value::Known(secret) => match SshKey::parse(secret.expose(), ssh_key_passphrase.as_ref()) {
-                    Ok(key) => Value::Known(Arc::new(key)),
-                    Err(error) => {
-                        problems.push(Problem::new(names::JETS_SSH_KEY, error.to_string()).hint(error.hint()));
-                        return None;
-                    }
-                },
-            };
-            Some(Sourced { value, origin: Origin::Env(names::JETS_SSH_KEY) })
-        });
-        let known_hosts = env.get(names::JETS_SSH_KNOWN).and_then(|text| {
-            let value = plain_value(text, names::JETS_SSH_KNOWN, &mut problems)?;
-            if let Value::Known(text) = &value {
-                if let Err(problem) = check_known_hosts(text, names::JETS_SSH_KNOWN) {
-                    problems.push(problem);
-                    return None;
-                }
-            }
-            Some(Sourced { value, origin: Origin::Env(names::JETS_SSH_KNOWN) })
-        });
-        let ssh_key_file = path_in_home(
-            args.ssh_key_file.as_deref(),
-            "--ssh-key-file",
-            ".ssh/id_rsa",
-            home.as_deref(),
-            cwd,
-            &mut problems,
-        );
-        let known_hosts_file = path_in_home(
-            args.known_hosts_file.as_deref(),
-            "--known-hosts-file",
-            ".ssh/known_hosts",
-            home.as_deref(),
-            cwd,
-            &mut problems,
-        );
-
-        // The registry login with DOCKER_USER / DOCKER_PASS.
-        let user_origin = origins.origin("registry_user", "--registry-user", Some(names::DOCKER_USER));
-        let user = args.registry_user.as_deref().filter(|text| !text.trim().is_empty());
-        let password = env.get(names::DOCKER_PASS);
-        let registry_login = match (user, password) {
-            (Some(user), Some(password)) => {
-                let user = plain_value(user.trim(), names::DOCKER_USER, &mut problems);
-                let password = secret_value(password_text(password), names::DOCKER_PASS, &mut problems);
-                let registry_origin = origins.origin("registry", "--registry", Some(names::DOCKER_REGISTRY));
-                let registry = match args.registry.as_deref().map(str::trim).filter(|text| !text.is_empty()) {
-                    None => Some(Sourced {
-                        value: Value::Known(image_ref::DOCKER_HUB.to_string()),
-                        origin: Origin::Default,
-                    }),
-                    Some(text) => match SsmRef::parse(text) {
-                        Ok(Some(reference)) => Some(Sourced { value: Value::Ssm(reference), origin: registry_origin }),
-                        Ok(None) => match normalise_registry(text) {
-                            Ok(host) => Some(Sourced { value: Value::Known(host), origin: registry_origin }),
-                            Err(message) => {
-                                problems.push(Problem::new(registry_origin.subject(), message).hint(REGISTRY_HINT));
-                                None
-                            }
-                        },
-                        Err(message) => {
-                            problems.push(Problem::new(registry_origin.subject(), message).hint(SSM_HINT));
-                            None
-                        }
-                    },
-                };
-                match (registry, user, password) {
-                    (Some(registry), Some(user), Some(password)) => Some(RegistryLogin {
-                        registry,
-                        user: Sourced { value: user, origin: user_origin },
-                        password: Sourced { value: password, origin: Origin::Env(names::DOCKER_PASS) },
-                    }),
-                    _ => None,
-                }
-            }
-            (Some(_), None) => {
-                problems.push(
-                    Problem::new(names::DOCKER_PASS, "is not set, but DOCKER_USER is")
-                        .hint("set DOCKER_PASS to the password or access token of DOCKER_USER, or unset DOCKER_USER"),
-                );
-                None
-            }
-            (None, Some(_)) => {
-                problems.push(
-                    Problem::new(names::DOCKER_USER, "is not set, but DOCKER_PASS is")
-                        .hint("set DOCKER_USER (or --registry-user) to the user that DOCKER_PASS belongs to"),
-                );
-                None
-            }
-            (None, None) => None,
-        };
-
-        // The region.
-        let region = match (&args.region, env.get("AWS_REGION"), env.get("AWS_DEFAULT_REGION")) {
-            (Some(region), _, _) => {
-                Some(Sourced { value: region.trim().to_string(), origin: Origin::Flag("--region") })
-            }
-            (None, Some(region), _) => {
-                Some(Sourced { value: region.trim().to_string(), origin: Origin::Env("AWS_REGION") })
-            }
-            (None, None, Some(region)) => {
-                Some(Sourced { value: region.trim().to_string(), origin: Origin::Env("AWS_DEFAULT_REGION") })
-            }
-            (None, None, None) => None,
-        };
-        if let Some(region) = &region {
-            if region.value.is_empty()
-                || !region.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
-                problems.push(
-                    Problem::new(region.origin.subject(), format!("{:?} is not an AWS region name", region.value))
-                        .hint("write a region such as eu-west-1"),
-                );
-            }
-        }
-
-        // The image and its tags.
-        let image_origin = origins.origin("image", "--image", Some(names::REPOSITORY_URI));
-        let image = match args.image.as_deref().map(str::trim).filter(|text| !text.is_empty()) {
-            None => {
-                problems.push(Problem::new("--image", "no image repository is given").hint(
-                    "pass --image REPO or set REPOSITORY_URI, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app",
-                ));
-                None
-            }
-            Some(text) => match Repository::parse(text) {
-                Ok(repository) => Some(Sourced { value: repository, origin: image_origin.clone() }),
-                Err(message) => {
-                    problems.push(
-                        Problem::new(image_origin.subject(), message)
-                            .hint("an image repository looks like registry.example.com/team/app"),
-                    );
-                    None
-                }
-            },
-        };
+        let daemons = daemons(args, origins, env, home.as_deref(), &mut problems);
+        let timeouts = timeouts(args, &mut problems);
+        let ssh = ssh_login(args, env, home.as_deref(), cwd, &mut problems);
+        let registry_login = registry_login(args, origins, env, &mut problems);
+        let region = aws_region(args, env, &mut problems);
+        let image = image_repository(args, origins, &mut problems);
         let revision = env.get(names::SOURCE_VERSION).map(|text| text.trim().to_string());
         let tags = default_or_given_tags(args, env, revision.as_deref(), &mut problems);
-
-        // ECR logins: the image's own registry, and ECR_REGISTRY.
-        let mut ecr_logins: Vec<EcrLogin> = Vec::new();
-        if let Some(ecr) = image.as_ref().and_then(|image| EcrRegistry::detect(image.value.registry())) {
-            ecr_logins.push(EcrLogin { registry: ecr.host, region: Some(ecr.region), origin: image_origin.clone() });
-        }
-        let ecr_origin = origins.origin("ecr_registries", "--ecr-registry", Some(names::ECR_REGISTRY));
-        for entry in args.ecr_registries.iter().map(|entry| entry.trim()).filter(|entry| !entry.is_empty()) {
-            match normalise_registry(entry) {
-                Ok(host) => {
-                    if ecr_logins.iter().any(|login| login.registry == host) {
-                        continue;
-                    }
-                    let region = EcrRegistry::detect(&host)
-                        .map(|ecr| ecr.region)
-                        .or_else(|| region.as_ref().map(|r| r.value.clone()));
-                    ecr_logins.push(EcrLogin { registry: host, region, origin: ecr_origin.clone() });
-                }
-                Err(message) => problems.push(Problem::new(ecr_origin.subject(), message).hint(REGISTRY_HINT)),
-            }
-        }
-
-        // What to build.
+        let ecr_logins = ecr_logins(args, origins, image.as_ref(), region.as_ref(), &mut problems);
         let build = check_build(args, env, revision.as_deref(), cwd, &mut problems);
+        let image_definitions = image_definitions(args, &mut problems);
+        let metadata_file = metadata_file(args, cwd, &mut problems);
+        let keep_storage = keep_storage(args, origins, &mut problems);
+        let docker_config_dir = docker_config_dir(env, home.as_deref(), cwd);
 
-        if let Some(name) = &args.image_definitions {
-            if name.trim().is_empty() || name.chars().any(|c| c.is_control()) {
-                problems.push(
-                    Problem::new("--image-definitions", "the container name is empty or holds control characters")
-                        .hint("give the container name of the ECS task definition, e.g. web"),
-                );
-            }
-        }
-
-        if let Some(path) = &args.metadata_file {
-            let path = absolute(path, cwd);
-            let dir = path.parent().unwrap_or(Path::new("/"));
-            if path.is_dir() {
-                problems.push(
-                    Problem::new("--metadata-file", format!("{} is a directory", path.display()))
-                        .hint("name a file, e.g. --metadata-file build-metadata.json"),
-                );
-            } else if !dir.is_dir() {
-                problems.push(
-                    Problem::new("--metadata-file", format!("the directory {} does not exist", dir.display()))
-                        .hint("create it first, or name a file in an existing directory"),
-                );
-            }
-        }
-
-        let keep_storage = args.keep_storage.as_deref().filter(|text| !text.trim().is_empty()).and_then(|text| {
-            let origin = origins.origin("keep_storage", "--keep-storage", Some("AGENT_KEEP_STORAGE"));
-            match Budget::parse(text) {
-                Ok(budget) => Some(Sourced { value: budget, origin }),
-                Err(message) => {
-                    problems.push(
-                        Problem::new(origin.subject(), message)
-                            .hint("give a size as docker does, binary: e.g. 40GB (40 GiB), 500MB, 1.5g"),
-                    );
-                    None
-                }
-            }
-        });
-
-        let docker_config_dir = env
-            .get("DOCKER_CONFIG")
-            .map(|dir| absolute(Path::new(dir), cwd))
-            .or_else(|| home.as_ref().map(|home| home.join(".docker")))
-            .unwrap_or_else(|| PathBuf::from("/root/.docker"));
-
-        match (hosts, ssh_key_file, known_hosts_file, image, tags, build) {
+        match (daemons.hosts, ssh.key_file, ssh.known_hosts_file, image, tags, build) {
             (Some(hosts), Some(ssh_key_file), Some(known_hosts_file), Some(image), Some(tags), Some(build))
                 if problems.is_empty() =>
             {
                 Ok(Config {
                     hosts,
-                    fallback_host,
-                    failover_timeout: Duration::from_secs(args.failover_timeout.min(args.connect_timeout)),
-                    tls,
-                    connect_timeout: Duration::from_secs(args.connect_timeout),
-                    read_timeout: Duration::from_secs(args.read_timeout),
-                    ssh_key,
-                    ssh_key_passphrase,
+                    fallback_host: daemons.fallback_host,
+                    failover_timeout: timeouts.failover,
+                    tls: daemons.tls,
+                    connect_timeout: timeouts.connect,
+                    read_timeout: timeouts.read,
+                    ssh_key: ssh.key,
+                    ssh_key_passphrase: ssh.key_passphrase,
                     ssh_key_file,
-                    known_hosts,
+                    known_hosts: ssh.known_hosts,
                     known_hosts_file,
                     registry_login,
                     ecr_logins,
@@ -480,8 +219,8 @@ impl Config {
                     build,
                     push: !args.no_push,
                     always_push: args.always_push.unwrap_or(false),
-                    image_definitions: args.image_definitions.as_ref().map(|name| name.trim().to_string()),
-                    metadata_file: args.metadata_file.as_ref().map(|path| absolute(path, cwd)),
+                    image_definitions,
+                    metadata_file,
                     keep_storage,
                     revision,
                     docker_config_dir,
@@ -543,6 +282,401 @@ impl Config {
     }
 }
 
+/// The daemons to build on: the pool, the fallback, and the TLS they are reached with.
+struct Daemons {
+    /// `None` when an entry of the pool is wrong (the problem recorded).
+    hosts: Option<Vec<Sourced<Value<DockerHost>>>>,
+    fallback_host: Option<Sourced<Value<DockerHost>>>,
+    tls: Option<Tls>,
+}
+
+/// The daemons to build on: TLS (`DOCKER_TLS_VERIFY`), the pool and the fallback host.
+fn daemons(
+    args: &RunArgs,
+    origins: &impl ArgOrigins,
+    env: &Environment,
+    home: Option<&Path>,
+    problems: &mut Vec<Problem>,
+) -> Daemons {
+    let host_origin = origins.origin("host", "--host", Some(names::DOCKER_HOST));
+    let tls = docker_tls(env, home);
+    let hosts = host_pool(args, host_origin, env, tls.is_some(), problems);
+    let fallback_host = fallback_host(args, origins, tls.is_some(), problems);
+    Daemons { hosts, fallback_host, tls }
+}
+
+/// HTTPS with client certificates for `tcp://` daemons, when `DOCKER_TLS_VERIFY` is set: the
+/// certificates from `DOCKER_CERT_PATH`, else `~/.docker`.
+fn docker_tls(env: &Environment, home: Option<&Path>) -> Option<Tls> {
+    env.get("DOCKER_TLS_VERIFY").map(|_| Tls {
+        cert_dir: env
+            .get("DOCKER_CERT_PATH")
+            .map(PathBuf::from)
+            .or_else(|| home.map(|home| home.join(".docker")))
+            .unwrap_or_else(|| PathBuf::from(".docker")),
+    })
+}
+
+/// The pool: every --host given, else AGENT_HOSTS, else DOCKER_HOST (a pool of one), else the
+/// local socket; without duplicates. `None` when an entry is wrong (the problem recorded).
+fn host_pool(
+    args: &RunArgs,
+    host_origin: Origin,
+    env: &Environment,
+    tls: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<Sourced<Value<DockerHost>>>> {
+    let given: Vec<&str> = args.host.iter().map(|text| text.trim()).filter(|text| !text.is_empty()).collect();
+    let agent_hosts: Vec<&str> = env
+        .get(names::AGENT_HOSTS)
+        .map(|text| text.split(',').map(str::trim).filter(|entry| !entry.is_empty()).collect())
+        .unwrap_or_default();
+    let (entries, pool_origin) = match host_origin {
+        Origin::Flag(_) if !given.is_empty() => (given, host_origin),
+        _ if !agent_hosts.is_empty() => (agent_hosts, Origin::Env(names::AGENT_HOSTS)),
+        _ if !given.is_empty() => (given, host_origin),
+        _ => (Vec::new(), Origin::Default),
+    };
+    let problems_before_hosts = problems.len();
+    let mut hosts = Vec::new();
+    for text in &entries {
+        if let Some(value) = host_value(text, tls, &pool_origin, problems) {
+            if !hosts.iter().any(|seen: &Sourced<Value<DockerHost>>| seen.value == value) {
+                hosts.push(Sourced { value, origin: pool_origin.clone() });
+            }
+        }
+    }
+    if entries.is_empty() {
+        let local = DockerHost::parse("", false).expect("the default host is valid");
+        hosts.push(Sourced { value: Value::Known(local), origin: Origin::Default });
+    }
+    (problems.len() == problems_before_hosts).then_some(hosts)
+}
+
+/// The daemon to build on when no host of the pool answers (`--fallback-host`), if given.
+fn fallback_host(
+    args: &RunArgs,
+    origins: &impl ArgOrigins,
+    tls: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<Sourced<Value<DockerHost>>> {
+    let fallback_origin = origins.origin("fallback_host", "--fallback-host", Some(names::AGENT_FALLBACK_HOST));
+    args.fallback_host
+        .as_deref()
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .and_then(|text| host_value(text, tls, &fallback_origin, problems))
+        .map(|value| Sourced { value, origin: fallback_origin })
+}
+
+/// How long to wait for the daemons.
+struct Timeouts {
+    failover: Duration,
+    connect: Duration,
+    read: Duration,
+}
+
+/// The failover, connect and read timeouts, checked; the failover timeout is at most the connect one.
+fn timeouts(args: &RunArgs, problems: &mut Vec<Problem>) -> Timeouts {
+    if args.failover_timeout == 0 {
+        problems.push(
+            Problem::new("--failover-timeout", "the timeout is 0 seconds")
+                .hint("give a number of seconds above 0, e.g. 5"),
+        );
+    }
+    if args.read_timeout < 3 {
+        problems.push(
+            Problem::new("--read-timeout", format!("{} seconds is too short", args.read_timeout))
+                .hint("give 3 seconds or more (a keepalive goes every third of it), e.g. 45"),
+        );
+    }
+    if args.connect_timeout == 0 {
+        problems.push(
+            Problem::new("--connect-timeout", "the timeout is 0 seconds")
+                .hint("give a number of seconds above 0, e.g. 20"),
+        );
+    }
+    Timeouts {
+        failover: Duration::from_secs(args.failover_timeout.min(args.connect_timeout)),
+        connect: Duration::from_secs(args.connect_timeout),
+        read: Duration::from_secs(args.read_timeout),
+    }
+}
+
+/// What the SSH login to the daemons uses: the key, the trusted host keys, and where they go.
+struct SshLogin {
+    key: Option<Sourced<Value<Arc<SshKey>>>>,
+    key_passphrase: Option<Secret>,
+    /// `None` when it has no place (the problem recorded).
+    key_file: Option<Sourced<PathBuf>>,
+    known_hosts: Option<Sourced<Value<String>>>,
+    /// `None` when it has no place (the problem recorded).
+    known_hosts_file: Option<Sourced<PathBuf>>,
+}
+
+/// The SSH key (`JETS_SSH_KEY`, `JETS_SSH_KEY_PASSPHRASE`), the host keys (`JETS_SSH_KNOWN`), and
+/// the files they are installed in (`--ssh-key-file`, `--known-hosts-file`).
+fn ssh_login(
+    args: &RunArgs,
+    env: &Environment,
+    home: Option<&Path>,
+    cwd: &Path,
+    problems: &mut Vec<Problem>,
+) -> SshLogin {
+    let key_passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
+    let key = ssh_key(env, key_passphrase.as_ref(), problems);
+    let known_hosts = known_hosts(env, problems);
+    let key_file = path_in_home(args.ssh_key_file.as_deref(), "--ssh-key-file", ".ssh/id_rsa", home, cwd, problems);
+    let known_hosts_file =
+        path_in_home(args.known_hosts_file.as_deref(), "--known-hosts-file", ".ssh/known_hosts", home, cwd, problems);
+    SshLogin { key, key_passphrase, key_file, known_hosts, known_hosts_file }
+}
+
+/// The SSH private key of `JETS_SSH_KEY`, decoded (with the passphrase if encrypted), or its `SSM:`
+/// reference.
+fn ssh_key(
+    env: &Environment,
+    passphrase: Option<&Secret>,
+    problems: &mut Vec<Problem>,
+) -> Option<Sourced<Value<Arc<SshKey>>>> {
+    let text = env.get(names::JETS_SSH_KEY)?;
+    let value = match secret_value(text, names::JETS_SSH_KEY, problems)? {
+        Value::Ssm(reference) => Value::Ssm(reference),
+        Value::Known(secret) => match SshKey::parse(secret.expose(), passphrase) {
+            Ok(key) => Value::Known(Arc::new(key)),
+            Err(error) => {
+                problems.push(Problem::new(names::JETS_SSH_KEY, error.to_string()).hint(error.hint()));
+                return None;
+            }
+        },
+    };
+    Some(Sourced { value, origin: Origin::Env(names::JETS_SSH_KEY) })
+}
+
+/// The host keys to trust from `JETS_SSH_KNOWN`, checked, or its `SSM:` reference.
+fn known_hosts(env: &Environment, problems: &mut Vec<Problem>) -> Option<Sourced<Value<String>>> {
+    let text = env.get(names::JETS_SSH_KNOWN)?;
+    let value = plain_value(text, names::JETS_SSH_KNOWN, problems)?;
+    if let Value::Known(text) = &value {
+        if let Err(problem) = check_known_hosts(text, names::JETS_SSH_KNOWN) {
+            problems.push(problem);
+            return None;
+        }
+    }
+    Some(Sourced { value, origin: Origin::Env(names::JETS_SSH_KNOWN) })
+}
+
+/// The registry login with `DOCKER_USER` (`--registry-user`) and `DOCKER_PASS`, at `DOCKER_REGISTRY`
+/// (`--registry`): when both are set; one without the other is a problem.
+fn registry_login(
+    args: &RunArgs,
+    origins: &impl ArgOrigins,
+    env: &Environment,
+    problems: &mut Vec<Problem>,
+) -> Option<RegistryLogin> {
+    let user_origin = origins.origin("registry_user", "--registry-user", Some(names::DOCKER_USER));
+    let user = args.registry_user.as_deref().filter(|text| !text.trim().is_empty());
+    let password = env.get(names::DOCKER_PASS);
+    match (user, password) {
+        (Some(user), Some(password)) => {
+            let user = plain_value(user.trim(), names::DOCKER_USER, problems);
+            let password = secret_value(password_text(password), names::DOCKER_PASS, problems);
+            let registry = login_registry(args, origins, problems);
+            match (registry, user, password) {
+                (Some(registry), Some(user), Some(password)) => Some(RegistryLogin {
+                    registry,
+                    user: Sourced { value: user, origin: user_origin },
+                    password: Sourced { value: password, origin: Origin::Env(names::DOCKER_PASS) },
+                }),
+                _ => None,
+            }
+        }
+        (Some(_), None) => {
+            problems.push(
+                Problem::new(names::DOCKER_PASS, "is not set, but DOCKER_USER is")
+                    .hint("set DOCKER_PASS to the password or access token of DOCKER_USER, or unset DOCKER_USER"),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(
+                Problem::new(names::DOCKER_USER, "is not set, but DOCKER_PASS is")
+                    .hint("set DOCKER_USER (or --registry-user) to the user that DOCKER_PASS belongs to"),
+            );
+            None
+        }
+        (None, None) => None,
+    }
+}
+
+/// The registry the `DOCKER_USER` login is for: `--registry` (`DOCKER_REGISTRY`) normalised, or its
+/// `SSM:` reference, else Docker Hub.
+fn login_registry(
+    args: &RunArgs,
+    origins: &impl ArgOrigins,
+    problems: &mut Vec<Problem>,
+) -> Option<Sourced<Value<String>>> {
+    let registry_origin = origins.origin("registry", "--registry", Some(names::DOCKER_REGISTRY));
+    let Some(text) = args.registry.as_deref().map(str::trim).filter(|text| !text.is_empty()) else {
+        return Some(Sourced { value: Value::Known(image_ref::DOCKER_HUB.to_string()), origin: Origin::Default });
+    };
+    match SsmRef::parse(text) {
+        Ok(Some(reference)) => Some(Sourced { value: Value::Ssm(reference), origin: registry_origin }),
+        Ok(None) => match normalise_registry(text) {
+            Ok(host) => Some(Sourced { value: Value::Known(host), origin: registry_origin }),
+            Err(message) => {
+                problems.push(Problem::new(registry_origin.subject(), message).hint(REGISTRY_HINT));
+                None
+            }
+        },
+        Err(message) => {
+            problems.push(Problem::new(registry_origin.subject(), message).hint(SSM_HINT));
+            None
+        }
+    }
+}
+
+/// The AWS region: `--region`, else `AWS_REGION`, else `AWS_DEFAULT_REGION`, trimmed; a value that
+/// is no region name is a problem.
+fn aws_region(args: &RunArgs, env: &Environment, problems: &mut Vec<Problem>) -> Option<Sourced<String>> {
+    let region = match (&args.region, env.get("AWS_REGION"), env.get("AWS_DEFAULT_REGION")) {
+        (Some(region), _, _) => Some(Sourced { value: region.trim().to_string(), origin: Origin::Flag("--region") }),
+        (None, Some(region), _) => {
+            Some(Sourced { value: region.trim().to_string(), origin: Origin::Env("AWS_REGION") })
+        }
+        (None, None, Some(region)) => {
+            Some(Sourced { value: region.trim().to_string(), origin: Origin::Env("AWS_DEFAULT_REGION") })
+        }
+        (None, None, None) => None,
+    };
+    if let Some(region) = &region {
+        if region.value.is_empty()
+            || !region.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            problems.push(
+                Problem::new(region.origin.subject(), format!("{:?} is not an AWS region name", region.value))
+                    .hint("write a region such as eu-west-1"),
+            );
+        }
+    }
+    region
+}
+
+/// The image repository to build and push (`--image`, `REPOSITORY_URI`); missing or wrong is a problem.
+fn image_repository(
+    args: &RunArgs,
+    origins: &impl ArgOrigins,
+    problems: &mut Vec<Problem>,
+) -> Option<Sourced<Repository>> {
+    let image_origin = origins.origin("image", "--image", Some(names::REPOSITORY_URI));
+    let Some(text) = args.image.as_deref().map(str::trim).filter(|text| !text.is_empty()) else {
+        problems
+            .push(Problem::new("--image", "no image repository is given").hint(
+                "pass --image REPO or set REPOSITORY_URI, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/app",
+            ));
+        return None;
+    };
+    match Repository::parse(text) {
+        Ok(repository) => Some(Sourced { value: repository, origin: image_origin }),
+        Err(message) => {
+            problems.push(
+                Problem::new(image_origin.subject(), message)
+                    .hint("an image repository looks like registry.example.com/team/app"),
+            );
+            None
+        }
+    }
+}
+
+/// The registries to log into with an ECR token: the image's own registry if it is ECR's, then each
+/// of `--ecr-registry` (`ECR_REGISTRY`) once, with the region its host names, else the configured one.
+fn ecr_logins(
+    args: &RunArgs,
+    origins: &impl ArgOrigins,
+    image: Option<&Sourced<Repository>>,
+    region: Option<&Sourced<String>>,
+    problems: &mut Vec<Problem>,
+) -> Vec<EcrLogin> {
+    let mut ecr_logins: Vec<EcrLogin> = Vec::new();
+    if let Some(image) = image {
+        if let Some(ecr) = EcrRegistry::detect(image.value.registry()) {
+            ecr_logins.push(EcrLogin { registry: ecr.host, region: Some(ecr.region), origin: image.origin.clone() });
+        }
+    }
+    let ecr_origin = origins.origin("ecr_registries", "--ecr-registry", Some(names::ECR_REGISTRY));
+    for entry in args.ecr_registries.iter().map(|entry| entry.trim()).filter(|entry| !entry.is_empty()) {
+        match normalise_registry(entry) {
+            Ok(host) => {
+                if ecr_logins.iter().any(|login| login.registry == host) {
+                    continue;
+                }
+                let region =
+                    EcrRegistry::detect(&host).map(|ecr| ecr.region).or_else(|| region.map(|r| r.value.clone()));
+                ecr_logins.push(EcrLogin { registry: host, region, origin: ecr_origin.clone() });
+            }
+            Err(message) => problems.push(Problem::new(ecr_origin.subject(), message).hint(REGISTRY_HINT)),
+        }
+    }
+    ecr_logins
+}
+
+/// The container name for imagedefinitions.json (`--image-definitions`), trimmed; an empty one or
+/// one with control characters is a problem.
+fn image_definitions(args: &RunArgs, problems: &mut Vec<Problem>) -> Option<String> {
+    let name = args.image_definitions.as_ref()?;
+    if name.trim().is_empty() || name.chars().any(|c| c.is_control()) {
+        problems.push(
+            Problem::new("--image-definitions", "the container name is empty or holds control characters")
+                .hint("give the container name of the ECS task definition, e.g. web"),
+        );
+    }
+    Some(name.trim().to_string())
+}
+
+/// Where to write the build's metadata (`--metadata-file`), absolute; a directory, or a file in a
+/// directory that does not exist, is a problem.
+fn metadata_file(args: &RunArgs, cwd: &Path, problems: &mut Vec<Problem>) -> Option<PathBuf> {
+    let path = absolute(args.metadata_file.as_ref()?, cwd);
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if path.is_dir() {
+        problems.push(
+            Problem::new("--metadata-file", format!("{} is a directory", path.display()))
+                .hint("name a file, e.g. --metadata-file build-metadata.json"),
+        );
+    } else if !dir.is_dir() {
+        problems.push(
+            Problem::new("--metadata-file", format!("the directory {} does not exist", dir.display()))
+                .hint("create it first, or name a file in an existing directory"),
+        );
+    }
+    Some(path)
+}
+
+/// The build cache budget of each host (`--keep-storage`, `AGENT_KEEP_STORAGE`), if given.
+fn keep_storage(args: &RunArgs, origins: &impl ArgOrigins, problems: &mut Vec<Problem>) -> Option<Sourced<Budget>> {
+    let text = args.keep_storage.as_deref().filter(|text| !text.trim().is_empty())?;
+    let origin = origins.origin("keep_storage", "--keep-storage", Some("AGENT_KEEP_STORAGE"));
+    match Budget::parse(text) {
+        Ok(budget) => Some(Sourced { value: budget, origin }),
+        Err(message) => {
+            problems.push(
+                Problem::new(origin.subject(), message)
+                    .hint("give a size as docker does, binary: e.g. 40GB (40 GiB), 500MB, 1.5g"),
+            );
+            None
+        }
+    }
+}
+
+/// The docker CLI's configuration directory: `DOCKER_CONFIG` (absolute), else `~/.docker`, else
+/// `/root/.docker`.
+fn docker_config_dir(env: &Environment, home: Option<&Path>, cwd: &Path) -> PathBuf {
+    env.get("DOCKER_CONFIG")
+        .map(|dir| absolute(Path::new(dir), cwd))
+        .or_else(|| home.map(|home| home.join(".docker")))
+        .unwrap_or_else(|| PathBuf::from("/root/.docker"))
+}
+
 /// Checks that every line of known_hosts text is an entry.
 pub fn check_known_hosts(text: &str, subject: &str) -> Result<(), Problem> {
     let mut known = KnownHosts::default();
@@ -590,6 +724,7 @@ pub fn host_value(text: &str, tls: bool, origin: &Origin, problems: &mut Vec<Pro
     }
 }
 
+/// A secret as given: an `SSM:` reference kept for later, or the value; `None` with the problem recorded.
 fn secret_value(text: &str, name: &'static str, problems: &mut Vec<Problem>) -> Option<Value<Secret>> {
     match SsmRef::parse(text) {
         Ok(Some(reference)) => Some(Value::Ssm(reference)),
@@ -601,6 +736,8 @@ fn secret_value(text: &str, name: &'static str, problems: &mut Vec<Problem>) -> 
     }
 }
 
+/// A plain value as given: an `SSM:` reference kept for later, or the text; `None` with the problem
+/// recorded.
 fn plain_value(text: &str, name: &'static str, problems: &mut Vec<Problem>) -> Option<Value<String>> {
     match SsmRef::parse(text) {
         Ok(Some(reference)) => Some(Value::Ssm(reference)),
@@ -632,6 +769,8 @@ pub fn normalise_registry(text: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{text:?} is not a registry host"))
 }
 
+/// A file the agent writes: the path given (absolute), else `default` under HOME; `None` when HOME
+/// is not set either (the problem recorded).
 fn path_in_home(
     given: Option<&Path>,
     flag: &'static str,
@@ -659,6 +798,8 @@ pub(crate) fn absolute(path: &Path, cwd: &Path) -> PathBuf {
     joined.components().filter(|component| !matches!(component, std::path::Component::CurDir)).collect()
 }
 
+/// The tags to build and push: each `--tag`, else `latest` and `IMAGE_TAG` or the commit's first 7
+/// characters; without duplicates. `None` when a tag is wrong (the problems recorded).
 fn default_or_given_tags(
     args: &RunArgs,
     env: &Environment,
@@ -699,6 +840,9 @@ fn default_or_given_tags(
     ok.then_some(Sourced { value: tags, origin })
 }
 
+/// What to build and how, checked: the context and Dockerfile, the build args and labels, the
+/// builder and progress, the target, the platforms, the secrets and SSH agents, the context key.
+/// `None` when any of it is wrong (the problems recorded).
 fn check_build(
     args: &RunArgs,
     env: &Environment,
@@ -707,6 +851,45 @@ fn check_build(
     problems: &mut Vec<Problem>,
 ) -> Option<Build> {
     let before = problems.len();
+    let files = context_and_dockerfile(args, cwd, problems);
+    let build_args = build_args(args, env, problems);
+    let labels = labels(args, env, revision, problems);
+    let builder = builder(args, env, problems);
+    let progress = progress_mode(args.progress, env, problems);
+    check_target(args, problems);
+    let passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
+    let platforms = platforms(args, env, passphrase.as_ref(), problems);
+    let mounts = mounts(args, env, passphrase.as_ref(), builder.as_ref(), cwd, problems);
+    let context_key = context_key(args, env, problems);
+    let source_root = env.get("CODEBUILD_SRC_DIR").filter(|dir| !dir.trim().is_empty()).map(PathBuf::from);
+    let builder = builder.filter(|_| problems.len() == before)?;
+    let spec = BuildSpec {
+        context: files.context,
+        dockerfile: files.dockerfile,
+        build_args,
+        target: args.target.clone(),
+        labels,
+        platform: platforms.single,
+        pull: args.pull,
+        no_cache: args.no_cache,
+        builder,
+        progress,
+        context_key,
+        source_root,
+        stable_mtimes: args.stable_mtimes.unwrap_or(false),
+    };
+    Some(Build { spec, platform_hosts: platforms.hosts, secrets: mounts.secrets, ssh: mounts.ssh })
+}
+
+/// The build context and the Dockerfile, absolute.
+struct BuildFiles {
+    context: PathBuf,
+    dockerfile: PathBuf,
+}
+
+/// The build context (`--context`), which must be a directory, and the Dockerfile (`--file`, else
+/// the context's `Dockerfile`), which must exist.
+fn context_and_dockerfile(args: &RunArgs, cwd: &Path, problems: &mut Vec<Problem>) -> BuildFiles {
     let context = absolute(&args.context, cwd);
     if !context.is_dir() {
         let message = if context.exists() { "is not a directory" } else { "does not exist" };
@@ -725,7 +908,12 @@ fn check_build(
                 .hint("pass --file PATH to name the Dockerfile"),
         );
     }
+    BuildFiles { context, dockerfile }
+}
 
+/// The build args (`--build-arg KEY=VALUE`, or `KEY` for the environment's value, registered with
+/// the redactor); one without a valid name is a problem.
+fn build_args(args: &RunArgs, env: &Environment, problems: &mut Vec<Problem>) -> Vec<BuildArg> {
     let mut build_args = Vec::new();
     for text in &args.build_args {
         let (key, value) = match text.split_once('=') {
@@ -749,7 +937,17 @@ fn check_build(
         }
         build_args.push(BuildArg { key: key.to_string(), value, from_env });
     }
+    build_args
+}
 
+/// The image's labels: each `--label KEY=VALUE`, then the revision and the creation time
+/// (`SOURCE_DATE_EPOCH`) unless given.
+fn labels(
+    args: &RunArgs,
+    env: &Environment,
+    revision: Option<&str>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(String, String)> {
     let mut labels = Vec::new();
     for text in &args.labels {
         match text.split_once('=') {
@@ -779,8 +977,13 @@ fn check_build(
         ),
         None => {}
     }
+    labels
+}
 
-    let builder = match (args.builder, env.get("DOCKER_BUILDKIT").map(str::trim)) {
+/// The daemon's builder: `--builder`, else `DOCKER_BUILDKIT` read as the docker CLI does, else auto;
+/// `None` when `DOCKER_BUILDKIT` is no boolean (the problem recorded).
+fn builder(args: &RunArgs, env: &Environment, problems: &mut Vec<Problem>) -> Option<Sourced<Builder>> {
+    match (args.builder, env.get("DOCKER_BUILDKIT").map(str::trim)) {
         (Some(builder), _) => Some(Sourced { value: builder, origin: Origin::Flag("--builder") }),
         (None, None | Some("")) => Some(Sourced { value: Builder::Auto, origin: Origin::Default }),
         // The docker CLI reads it as a Go boolean.
@@ -799,10 +1002,11 @@ fn check_build(
                 None
             }
         },
-    };
+    }
+}
 
-    let progress = progress_mode(args.progress, env, problems);
-
+/// Checks that `--target` names a stage: not empty, without whitespace.
+fn check_target(args: &RunArgs, problems: &mut Vec<Problem>) {
     if let Some(target) = &args.target {
         if target.trim().is_empty() || target.chars().any(char::is_whitespace) {
             problems.push(
@@ -811,28 +1015,54 @@ fn check_build(
             );
         }
     }
+}
+
+/// The platforms to build for: one (or none) for the build itself, or two or more each with its host.
+struct Platforms {
+    /// The one platform of `--platform`; `None` when none or two or more are given.
+    single: Option<Platform>,
+    /// Each platform with its host, when two or more are given; else empty.
+    hosts: Vec<crate::config::platforms::PlatformHost>,
+}
+
+/// The platforms of `--platform` (`PLATFORMS`): one is the build's own; two or more are each given
+/// their host (`DOCKER_HOST_<ARCH>` and its SSH key), with `passphrase` for the keys.
+fn platforms(args: &RunArgs, env: &Environment, passphrase: Option<&Secret>, problems: &mut Vec<Problem>) -> Platforms {
     let platforms = match &args.platform {
         Some(text) => crate::config::platforms::parse_list(text, problems),
         None => Vec::new(),
     };
-    let passphrase = env.get(names::JETS_SSH_KEY_PASSPHRASE).map(Secret::new);
-    let platform_hosts = match platforms.len() {
+    let hosts = match platforms.len() {
         0 | 1 => Vec::new(),
         _ => {
             let tls = env.get("DOCKER_TLS_VERIFY").is_some();
-            crate::config::platforms::hosts_for(&platforms, env, tls, passphrase.as_ref(), problems)
+            crate::config::platforms::hosts_for(&platforms, env, tls, passphrase, problems)
         }
     };
+    let single = platforms.first().filter(|_| hosts.is_empty()).cloned();
+    Platforms { single, hosts }
+}
 
+/// What the build's session serves: its secrets and SSH agents.
+struct Mounts {
+    secrets: Vec<crate::config::mounts::BuildSecret>,
+    ssh: Vec<crate::config::mounts::SshForward>,
+}
+
+/// The build's secrets (`--secret`) and SSH agents (`--ssh`, with `passphrase` for their keys);
+/// either with the classic builder chosen is a problem, as they need BuildKit.
+fn mounts(
+    args: &RunArgs,
+    env: &Environment,
+    passphrase: Option<&Secret>,
+    builder: Option<&Sourced<Builder>>,
+    cwd: &Path,
+    problems: &mut Vec<Problem>,
+) -> Mounts {
     let secrets = crate::config::mounts::parse_secrets(&args.secrets, env, cwd, problems);
-    let ssh = crate::config::mounts::parse_ssh(
-        &args.ssh,
-        env.get(names::JETS_SSH_KEY).is_some(),
-        passphrase.as_ref(),
-        cwd,
-        problems,
-    );
-    if let Some(Sourced { value: Builder::Classic, origin }) = &builder {
+    let ssh =
+        crate::config::mounts::parse_ssh(&args.ssh, env.get(names::JETS_SSH_KEY).is_some(), passphrase, cwd, problems);
+    if let Some(Sourced { value: Builder::Classic, origin }) = builder {
         let needs = [("--secret", !args.secrets.is_empty()), ("--ssh", !args.ssh.is_empty())];
         for (flag, given) in needs {
             if given {
@@ -844,43 +1074,26 @@ fn check_build(
             }
         }
     }
+    Mounts { secrets, ssh }
+}
 
-    let context_key = match args.context_key.as_deref() {
-        None => None,
-        Some(key) if key.trim().is_empty() => {
-            problems.push(
-                Problem::new("--context-key", "is empty")
-                    .hint("give a name for this app's context, or leave it out to derive one"),
-            );
-            None
-        }
-        Some(key) => {
-            let origin = if env.get("AGENT_CONTEXT_KEY") == Some(key) {
-                Origin::Env("AGENT_CONTEXT_KEY")
-            } else {
-                Origin::Flag("--context-key")
-            };
-            Some(Sourced { value: key.to_string(), origin })
-        }
+/// The name of this app's build context (`--context-key`, `AGENT_CONTEXT_KEY`), if given; an empty
+/// one is a problem.
+fn context_key(args: &RunArgs, env: &Environment, problems: &mut Vec<Problem>) -> Option<Sourced<String>> {
+    let key = args.context_key.as_deref()?;
+    if key.trim().is_empty() {
+        problems.push(
+            Problem::new("--context-key", "is empty")
+                .hint("give a name for this app's context, or leave it out to derive one"),
+        );
+        return None;
+    }
+    let origin = if env.get("AGENT_CONTEXT_KEY") == Some(key) {
+        Origin::Env("AGENT_CONTEXT_KEY")
+    } else {
+        Origin::Flag("--context-key")
     };
-    let source_root = env.get("CODEBUILD_SRC_DIR").filter(|dir| !dir.trim().is_empty()).map(PathBuf::from);
-    let builder = builder.filter(|_| problems.len() == before)?;
-    let spec = BuildSpec {
-        context,
-        dockerfile,
-        build_args,
-        target: args.target.clone(),
-        labels,
-        platform: platforms.first().filter(|_| platform_hosts.is_empty()).cloned(),
-        pull: args.pull,
-        no_cache: args.no_cache,
-        builder,
-        progress,
-        context_key,
-        source_root,
-        stable_mtimes: args.stable_mtimes.unwrap_or(false),
-    };
-    Some(Build { spec, platform_hosts, secrets, ssh })
+    Some(Sourced { value: key.to_string(), origin })
 }
 
 /// The build's log: `--progress` (or `AGENT_PROGRESS`), else `BUILDKIT_PROGRESS` with the docker
