@@ -1,6 +1,7 @@
 //! The integration tests: one binary that runs the real `agent` executable, against the real
 //! servers of the test world (`scripts/testworld up`) where a test needs them.
 
+mod aarch64;
 mod agent;
 mod budget;
 mod build;
