@@ -1,6 +1,8 @@
 # The agent's own image: the static release binary and the few files it needs at run time, on
-# nothing else. scripts/image stages its context under target/image/context/ (this file, the
-# binary, rootfs/, home/, work/) and builds it with the agent itself. To use it:
+# nothing else, for linux/amd64 and linux/arm64. scripts/image stages its context under
+# target/image/context/ (this file, both binaries, rootfs/, home/, work/) and builds it with the
+# agent itself: for the local daemon's platform as agent:VERSION and agent:latest, and with
+# `--push REPOSITORY` as one image index of both platforms. To use it:
 #
 #   docker run --rm -e DOCKER_HOST -e JETS_SSH_KEY -e JETS_SSH_KNOWN -e REPOSITORY_URI \
 #     -v "$PWD:/work" agent:latest run
@@ -20,7 +22,10 @@ COPY rootfs/ /
 # The agent user's home (0700) and working directory; the context's entries are owned by 0:0.
 COPY --chown=1000:1000 home/ /home/
 COPY --chown=1000:1000 work/ /work/
-COPY agent /agent
+# The binary of the platform being built: agent-amd64 or agent-arm64 (BuildKit sets TARGETARCH;
+# scripts/image gives it to a classic build).
+ARG TARGETARCH
+COPY agent-${TARGETARCH} /agent
 
 USER agent
 # Not HOME: `agent run` sends the working directory as the build context by default, and HOME

@@ -12,6 +12,10 @@ world:
 world-down:
 	scripts/testworld down
 
+# Both static binaries and SHA256SUMS in target/dist/release/ (scripts/release).
+release:
+	scripts/release
+
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings

@@ -2,12 +2,14 @@
 //! environment and a temporary HOME, and captures what it did.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One run of the agent, before it starts.
 pub struct Agent {
+    /// The executable: this build's `agent` unless `program` names another (the aarch64 one).
+    program: PathBuf,
     args: Vec<String>,
     env: BTreeMap<String, String>,
     pub home: tempfile::TempDir,
@@ -48,7 +50,7 @@ impl Agent {
         let mut env = BTreeMap::new();
         env.insert("PATH".to_string(), std::env::var("PATH").unwrap_or_default());
         env.insert("HOME".to_string(), home.path().display().to_string());
-        Agent { args: Vec::new(), env, home, work }
+        Agent { program: PathBuf::from(env!("CARGO_BIN_EXE_agent")), args: Vec::new(), env, home, work }
     }
 
     pub fn args<I, S>(mut self, args: I) -> Self
@@ -64,6 +66,7 @@ impl Agent {
     /// working directory.
     pub fn args_cloned(&self, extra: &[&str]) -> Agent {
         Agent {
+            program: self.program.clone(),
             args: self.args.iter().cloned().chain(extra.iter().map(|arg| arg.to_string())).collect(),
             env: self.env.clone(),
             home: tempfile::tempdir().expect("temp HOME"),
@@ -75,6 +78,12 @@ impl Agent {
     fn with_dockerfile(self) -> Agent {
         std::fs::write(self.work.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n")
             .expect("write Dockerfile");
+        self
+    }
+
+    /// Runs another build of the agent (a static binary of another machine, under QEMU).
+    pub fn program(mut self, path: &Path) -> Self {
+        self.program = path.to_path_buf();
         self
     }
 
@@ -128,7 +137,7 @@ impl Agent {
     /// Runs the agent to its end and returns what it did; the temp dirs stay for inspection.
     pub fn run(&self) -> Outcome {
         let started = Instant::now();
-        let output = Command::new(env!("CARGO_BIN_EXE_agent"))
+        let output = Command::new(&self.program)
             .args(&self.args)
             .env_clear()
             .envs(&self.env)

@@ -18,13 +18,13 @@ fn image() -> String {
     format!("agent:{VERSION}")
 }
 
-/// target/x86_64-unknown-linux-gnu/PROFILE/agent, as scripts/release leaves it: the release
+/// target/dist/PROFILE/agent-x86_64-linux, as scripts/release leaves it (stripped): the release
 /// profile, or the one `AGENT_PROFILE` names (scripts/test sets quick-static).
 fn release_binary() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("target"), |dir| manifest.join(dir));
     let profile = std::env::var("AGENT_PROFILE").unwrap_or_else(|_| "release".to_string());
-    let bin = target.join("x86_64-unknown-linux-gnu").join(profile).join("agent");
+    let bin = target.join("dist").join(profile).join("agent-x86_64-linux");
     assert!(bin.is_file(), "no release binary at {}: {NOT_BUILT}", bin.display());
     bin
 }

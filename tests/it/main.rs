@@ -8,6 +8,7 @@
 //! over the SSH transport, dropped mid-request), `parsers` (the parsers never panic, on corpora),
 //! and the helpers of `dry_run`, `pool` and `budget` (`nodes::affinity::order`, `output::human_bytes`).
 
+mod aarch64;
 mod agent;
 mod budget;
 mod build;

@@ -16,7 +16,7 @@ use crate::agent::{Agent, Outcome};
 use crate::world::{NOT_UP, World, on_every_engine, read};
 
 pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Where the registry API is asked: the htpasswd hub or the ECR stand-in (basic auth), or the
@@ -97,7 +97,7 @@ impl World {
     }
 
     /// The config (as JSON) of the image manifest `name@digest`.
-    fn image_config(&self, api: Api, name: &str, digest: &str) -> serde_json::Value {
+    pub(crate) fn image_config(&self, api: Api, name: &str, digest: &str) -> serde_json::Value {
         let (manifest, _) = self.manifest(api, name, digest, &format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}"));
         let config = manifest["config"]["digest"].as_str().expect("config digest");
         let (status, _, body) = self.registry_get(api, name, &format!("blobs/{config}"), "*/*");
@@ -382,7 +382,7 @@ impl World {
     }
 }
 
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 on_every_engine! {
     /// Issue 15 end to end: `--platform linux/amd64,linux/arm64` with a host per arch builds both at

@@ -108,7 +108,7 @@ fn base64_pieces(bytes: &[u8]) -> Vec<String> {
 /// Every form in which a secret could be printed: as it is, JSON- and Debug-escaped (also JSON
 /// inside Debug), each URL-encoded with `+` and `%20` for a space, and base64 (std and URL-safe,
 /// alone and inside a longer message).
-fn forms(secret: &str) -> Vec<String> {
+pub(crate) fn forms(secret: &str) -> Vec<String> {
     let json = json_escaped(secret);
     let mut forms = Vec::new();
     for escaped in [secret.to_string(), json.clone(), debug_escaped(secret), debug_escaped(&json)] {
@@ -128,7 +128,7 @@ fn forms(secret: &str) -> Vec<String> {
 
 /// The forms of a registry login: the password's, and base64 of `user:password` (config.json's
 /// `auth`, a Basic authorization) and of the `X-Registry-Auth` JSON.
-fn login_forms(user: &str, password: &str) -> Vec<String> {
+pub(crate) fn login_forms(user: &str, password: &str) -> Vec<String> {
     let mut all = forms(password);
     let pair = format!("{user}:{password}");
     all.push(pair.clone());
@@ -139,7 +139,7 @@ fn login_forms(user: &str, password: &str) -> Vec<String> {
     all
 }
 
-fn assert_no_form(outcome: &Outcome, what: &str, forms: &[String]) {
+pub(crate) fn assert_no_form(outcome: &Outcome, what: &str, forms: &[String]) {
     let output = outcome.all_output();
     for form in forms {
         assert!(!output.contains(form.as_str()), "{what} appears in the output as {form:?}:\n{output}");
