@@ -102,15 +102,22 @@ impl<'a> Runner<'a> {
         self.resolved.as_ref().ok_or_else(|| Error::Internal("resolved above".to_string()))
     }
 
+    /// The typed configuration, once [`Runner::resolved`] has made it.
+    fn typed(&self) -> Result<&Resolved> {
+        self.resolved
+            .as_ref()
+            .ok_or_else(|| Error::Internal("the configuration was read before it was resolved".into()))
+    }
+
     fn hosts(&self) -> Result<&Hosts> {
         self.hosts.as_ref().ok_or_else(|| Error::Internal("a step needed a host before the connection".to_string()))
     }
 
-    /// The single-platform run's one slot, and its host.
-    fn single_slot(&mut self) -> Result<(&mut SlotBuild, &Host)> {
+    /// The single-platform run's one slot, its host, and the logins.
+    fn single_slot(&mut self) -> Result<(&mut SlotBuild, &Host, &[Credential])> {
         let host = self.hosts.as_ref().ok_or_else(|| Error::Internal("a build step before the connection".into()))?;
         let slot = self.slots.first_mut().ok_or_else(|| Error::Internal("a step of the build before it".into()))?;
-        Ok((slot, host.for_slot(0)?))
+        Ok((slot, host.for_slot(0)?, &self.credentials))
     }
 
     async fn resolve_ssm(&mut self, references: &[(Origin, SsmRef)]) -> Result<String> {
@@ -257,9 +264,8 @@ impl<'a> Runner<'a> {
         };
         let mounts = crate::config::resolve::session_mounts(build, self.resolved()?)?;
         self.slots = vec![SlotBuild::new(image, tags, None, &build.spec, *push, *compare, self.connect_timeout)];
-        let credentials = self.credentials.clone();
-        let (slot, host) = self.single_slot()?;
-        let built = slot.build(host, mounts, &credentials).await?;
+        let (slot, host, credentials) = self.single_slot()?;
+        let built = slot.build(host, mounts, credentials).await?;
         Ok(format!("{} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()))
     }
 
@@ -427,9 +433,8 @@ impl StepRunner for Runner<'_> {
                 return Ok(None);
             }
             Step::KeepUnchanged { .. } => {
-                let credentials = self.credentials.clone();
-                let (slot, host) = self.single_slot()?;
-                match slot.compare(host, &credentials).await? {
+                let (slot, host, credentials) = self.single_slot()?;
+                match slot.compare(host, credentials).await? {
                     Comparison::Classic => "built with the classic builder: every tag is pushed".to_string(),
                     Comparison::Changed(reason) => format!("changed ({reason}): every tag is pushed"),
                     Comparison::Unchanged(kept) => {
@@ -438,9 +443,8 @@ impl StepRunner for Runner<'_> {
                 }
             }
             Step::Push { reference, .. } => {
-                let credentials = self.credentials.clone();
-                let (slot, host) = self.single_slot()?;
-                match slot.push(host, reference, &credentials).await? {
+                let (slot, host, credentials) = self.single_slot()?;
+                match slot.push(host, reference, credentials).await? {
                     TagPush::Kept(line) => line,
                     TagPush::Pushed(pushed) => format!("pushed {pushed}"),
                 }
@@ -450,9 +454,9 @@ impl StepRunner for Runner<'_> {
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, platforms } if !platforms.is_empty() => {
-                let resolved = self.resolved()?.clone();
-                let hosts = self.hosts()?;
-                let placement = placement::of_run(&resolved, hosts)?;
+                self.resolved()?;
+                let (resolved, hosts) = (self.typed()?, self.hosts()?);
+                let placement = placement::of_run(resolved, hosts)?;
                 let mut builds = Vec::new();
                 for (index, slot) in self.slots.iter().enumerate() {
                     let built =
@@ -463,7 +467,7 @@ impl StepRunner for Runner<'_> {
                         names: slot.references(),
                         built,
                         digest: slot.digest.clone().filter(|_| *pushed),
-                        placement: placement::of_slot(&resolved, hosts, index)?,
+                        placement: placement::of_slot(resolved, hosts, index)?,
                     });
                 }
                 let digest = self.index_digest.as_deref().filter(|_| *pushed);
@@ -471,8 +475,8 @@ impl StepRunner for Runner<'_> {
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, .. } => {
-                let resolved = self.resolved()?.clone();
-                let placement = placement::of_slot(&resolved, self.hosts()?, 0)?;
+                self.resolved()?;
+                let placement = placement::of_slot(self.typed()?, self.hosts()?, 0)?;
                 let slot = self
                     .slots
                     .first()
