@@ -68,7 +68,7 @@ async fn run(args: &cli::RunArgs, matches: &clap::ArgMatches) -> Result<(), Erro
         (false, true) => Mode::Check,
         (false, false) => Mode::Run,
     };
-    let mut runner = Runner::new(&config);
+    let mut runner = Runner::new(&config)?;
     let result = plan::execute(&plan, mode, &mut runner).await;
     runner.finish().await;
     result

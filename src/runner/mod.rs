@@ -47,7 +47,8 @@ pub struct Runner<'a> {
     /// and the prune (six); and the AWS region (`AWS_REGION`) for SSM and ECR tokens.
     connect_timeout: Duration,
     region: Option<String>,
-    /// The configuration's values, typed, once resolved.
+    /// The configuration's values, typed: from the start when it holds no `SSM:` reference, else
+    /// once the step that fetches them has run.
     resolved: Option<Resolved>,
     /// The AWS SDK configuration, loaded on first use.
     aws: Option<aws_config::SdkConfig>,
@@ -66,12 +67,17 @@ pub struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(config: &'a Config) -> Self {
-        Runner {
+    /// A run of `config`; without `SSM:` references, its values are typed here, before any step.
+    pub fn new(config: &'a Config) -> Result<Self> {
+        let resolved = match config.ssm_references().is_empty() {
+            true => Some(Resolved::new(config, &BTreeMap::new())?),
+            false => None,
+        };
+        Ok(Runner {
             config,
             connect_timeout: config.connect_timeout,
             region: config.region.as_ref().map(|region| region.value.clone()),
-            resolved: None,
+            resolved,
             aws: None,
             ecr_tokens: EcrTokens::default(),
             hosts: None,
@@ -79,7 +85,7 @@ impl<'a> Runner<'a> {
             credentials: Vec::new(),
             slots: Vec::new(),
             index_digest: None,
-        }
+        })
     }
 
     async fn aws(&mut self) -> aws_config::SdkConfig {
@@ -91,22 +97,10 @@ impl<'a> Runner<'a> {
         config
     }
 
-    /// The typed configuration; without `SSM:` references it needs no step to resolve it.
-    fn resolved(&mut self) -> Result<&Resolved> {
-        if self.resolved.is_none() {
-            if !self.config.ssm_references().is_empty() {
-                return Err(Error::Internal("an SSM: reference was used before it was resolved".to_string()));
-            }
-            self.resolved = Some(Resolved::new(self.config, &BTreeMap::new())?);
-        }
-        self.resolved.as_ref().ok_or_else(|| Error::Internal("resolved above".to_string()))
-    }
-
-    /// The typed configuration, once [`Runner::resolved`] has made it.
-    fn typed(&self) -> Result<&Resolved> {
-        self.resolved
-            .as_ref()
-            .ok_or_else(|| Error::Internal("the configuration was read before it was resolved".into()))
+    /// The typed configuration.
+    fn resolved(&self) -> Result<&Resolved> {
+        let unresolved = || Error::Internal("an SSM: reference was used before it was resolved".to_string());
+        self.resolved.as_ref().ok_or_else(unresolved)
     }
 
     fn hosts(&self) -> Result<&Hosts> {
@@ -454,8 +448,7 @@ impl StepRunner for Runner<'_> {
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, platforms } if !platforms.is_empty() => {
-                self.resolved()?;
-                let (resolved, hosts) = (self.typed()?, self.hosts()?);
+                let (resolved, hosts) = (self.resolved()?, self.hosts()?);
                 let placement = placement::of_run(resolved, hosts)?;
                 let mut builds = Vec::new();
                 for (index, slot) in self.slots.iter().enumerate() {
@@ -475,8 +468,7 @@ impl StepRunner for Runner<'_> {
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, .. } => {
-                self.resolved()?;
-                let placement = placement::of_slot(self.typed()?, self.hosts()?, 0)?;
+                let placement = placement::of_slot(self.resolved()?, self.hosts()?, 0)?;
                 let slot = self
                     .slots
                     .first()
