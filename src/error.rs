@@ -326,6 +326,12 @@ impl Error {
                     format!("the Dockerfile mounts the ssh agent {id:?}: give --ssh {id}=KEYFILE")
                 })
             }
+            Error::Build { message, .. } if killed_by_sigkill(message) => Some(
+                "the step was killed (SIGKILL, exit code 137), most often by the host's out-of-memory killer: its \
+                 kernel log says so (`journalctl -k` or `dmesg` on the host: \"Out of memory: Killed process\"); give \
+                 the host more memory, or the step less to do at once (fewer parallel jobs)"
+                    .to_string(),
+            ),
             Error::Build { .. } => Some("fix the Dockerfile or the sources, then run again".to_string()),
             Error::Push { message, .. } => Some(
                 if message.contains("unauthorized") || message.contains("denied") {
@@ -397,6 +403,15 @@ fn refused_by_a_registry(message: &str) -> bool {
         .any(|sign| message.contains(sign))
 }
 
+/// Whether the daemon says a step's process ended with exit code 137 (128 + SIGKILL): BuildKit's
+/// "did not complete successfully: exit code: 137" (20.10: "executor failed running [...]: exit code:
+/// 137"), the classic builder's "returned a non-zero code: 137". Read from the daemon's error, never
+/// from the step's own output.
+fn killed_by_sigkill(message: &str) -> bool {
+    let message = message.trim_end();
+    message.ends_with("exit code: 137") || message.ends_with("returned a non-zero code: 137")
+}
+
 /// The id of a `RUN --mount=type=secret,required=true` that BuildKit found no value for: its
 /// message reads "secret ID: not found".
 pub fn missing_build_secret(message: &str) -> Option<&str> {
@@ -436,6 +451,27 @@ mod tests {
         assert_eq!(missing_ssh_id(ssh), Some("github"));
         let error = Error::Build { step: None, message: ssh.to_string(), output: Vec::new() };
         assert!(error.hint().unwrap().contains("--ssh github="), "{:?}", error.hint());
+    }
+
+    /// Issue 23: a step killed with SIGKILL (the OOM killer's signal) keeps the build's class, with a
+    /// hint about memory; any other exit code keeps the Dockerfile's hint.
+    #[test]
+    fn a_step_killed_with_sigkill_gets_the_memory_hint() {
+        let messages = [
+            "process \"/bin/busybox sh -c kill -9 $$\" did not complete successfully: exit code: 137",
+            "executor failed running [/bin/busybox sh -c kill -9 $$]: exit code: 137",
+            "The command '/bin/busybox sh -c kill -9 $$' returned a non-zero code: 137",
+        ];
+        for message in messages {
+            let error = Error::Build { step: None, message: message.to_string(), output: Vec::new() };
+            assert_eq!(error.exit_code(), exit::BUILD);
+            assert!(error.hint().unwrap().contains("out-of-memory killer"), "{message}: {:?}", error.hint());
+        }
+        let other = Error::Build { step: None, message: "exit code: 1137".to_string(), output: Vec::new() };
+        assert!(other.hint().unwrap().contains("fix the Dockerfile"), "{:?}", other.hint());
+        let output = vec!["exit code: 137".to_string()];
+        let printed = Error::Build { step: None, message: "exit code: 1".to_string(), output };
+        assert!(printed.hint().unwrap().contains("fix the Dockerfile"), "the step's own output is not read");
     }
 
     #[test]

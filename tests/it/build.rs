@@ -374,3 +374,36 @@ fn four_runs_of_different_apps_against_one_host_at_once_all_succeed() {
         assert_eq!(outcome.stderr.matches("connected over ssh").count(), 1, "{}", outcome.stderr);
     }
 }
+
+on_every_engine! {
+    /// Issue 23: a RUN step whose process is killed with SIGKILL (what the host's out-of-memory
+    /// killer sends; here a shell the step starts, since the step's first process is its
+    /// container's init, which a signal from inside cannot kill) fails the build with its class (50)
+    /// and a hint about memory, read from the daemon's error, on each engine and with either
+    /// builder; nothing is pushed.
+    fn a_step_killed_with_sigkill_fails_the_build_with_the_memory_hint(engine) {
+        let world = World::shared();
+        let _cache = engine.cache_lock(false);
+        for builder in ["buildkit", "classic"] {
+            let repository = unique(&format!("sigkill-{builder}"));
+            let agent = full_run(world, &repository).env("DOCKER_HOST", &engine.docker_host);
+            let app = example_app(agent.work.path());
+            std::fs::write(
+                app.join("Dockerfile"),
+                format!(
+                    "FROM scratch\nCOPY busybox /bin/busybox\n\
+                     RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {repository}; /bin/busybox sh -c 'kill -9 $$'; exit $?\"]\n"
+                ),
+            )
+            .unwrap();
+            let outcome = agent.args(["run", "--context", app.to_str().unwrap(), "--builder", builder]).run();
+            outcome.expect_code(50);
+            // BuildKit counts the steps after FROM (2/2), the classic builder FROM too (3/3).
+            assert!(outcome.stderr.contains("/2 RUN [") || outcome.stderr.contains("/3 RUN ["), "{}", outcome.stderr);
+            assert!(outcome.stderr.contains("137"), "{}", outcome.stderr);
+            assert!(outcome.stderr.contains("killed (SIGKILL, exit code 137)"), "{builder}: {}", outcome.stderr);
+            assert!(outcome.stderr.contains("out-of-memory killer"), "{builder}: {}", outcome.stderr);
+            assert!(world.ecr_tags(&repository).is_empty(), "nothing may be pushed after a failed build");
+        }
+    }
+}
