@@ -47,8 +47,15 @@ pub mod exit {
     pub const DAEMON: u8 = 30;
     /// The Docker daemon's API is older than the agent supports.
     pub const DAEMON_TOO_OLD: u8 = 31;
+    /// The host's disk filled up during the build, the export or the push.
+    pub const HOST_DISK_FULL: u8 = 32;
+    /// The host's Docker could not run a step for a reason of its own (networking, the container
+    /// runtime, the storage driver, a daemon restart mid-build).
+    pub const HOST_RUNTIME: u8 = 33;
     /// A registry login failed (Docker Hub, a private registry, or ECR).
     pub const LOGIN: u8 = 40;
+    /// A registry answered 429 Too Many Requests (a base image's pull, a login, a push, the comparison).
+    pub const RATE_LIMITED: u8 = 41;
     /// The image build failed.
     pub const BUILD: u8 = 50;
     /// Pushing a tag failed.
@@ -74,7 +81,10 @@ pub mod exit {
         (TCP, "tcp", "the TCP connection to the daemon failed or dropped"),
         (DAEMON, "daemon", "the Docker daemon did not answer or answered with an error"),
         (DAEMON_TOO_OLD, "daemon-too-old", "the Docker daemon's API is too old"),
+        (HOST_DISK_FULL, "host-disk-full", "the host's disk filled up during the build, the export or the push"),
+        (HOST_RUNTIME, "host-runtime", "the host's Docker could not run a step (networking, runtime, storage)"),
         (LOGIN, "login", "a registry login failed"),
+        (RATE_LIMITED, "rate-limited", "a registry answered 429 Too Many Requests"),
         (BUILD, "build", "the image build failed"),
         (PUSH, "push", "pushing a tag failed"),
     ];
@@ -194,6 +204,19 @@ pub enum Error {
     #[error("failed to push {reference} to {registry}: {message}")]
     Push { reference: String, registry: String, message: String },
 
+    /// The host's disk filled up: the daemon said "no space left on device" (see
+    /// [`crate::docker::cause`]). `disk` is the host's disk line, when the daemon answered it.
+    #[error("the disk of the Docker host {target} is full: {during} failed: {message}{}", .disk.as_ref().map(|disk| format!(" (host disk: {disk})")).unwrap_or_default())]
+    HostDiskFull { target: String, during: String, message: String, disk: Option<String> },
+
+    /// The host's Docker could not run a step for a reason of its own (see [`crate::docker::cause`]).
+    #[error("the Docker host {target} could not carry out {during}: {message}")]
+    HostRuntime { target: String, during: String, message: String },
+
+    /// A registry answered 429 Too Many Requests.
+    #[error("{registry} refused {during} with 429 Too Many Requests (a rate limit): {message}")]
+    RateLimited { registry: String, during: String, message: String },
+
     /// A bug: something the agent assumed could not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -228,6 +251,9 @@ impl Error {
             Error::Build { .. } => exit::BUILD,
             Error::Push { .. } => exit::PUSH,
             Error::Login { .. } => exit::LOGIN,
+            Error::HostDiskFull { .. } => exit::HOST_DISK_FULL,
+            Error::HostRuntime { .. } => exit::HOST_RUNTIME,
+            Error::RateLimited { .. } => exit::RATE_LIMITED,
             Error::Internal(_) => exit::INTERNAL,
             Error::Platform { source, .. } => source.exit_code(),
         }
@@ -332,6 +358,11 @@ impl Error {
                  the host more memory, or the step less to do at once (fewer parallel jobs)"
                     .to_string(),
             ),
+            Error::Build { message, output, .. } if step_exited(message) && says_disk_full(output) => Some(
+                "the step's output says a disk filled up: if it is the host's (`df -h /var/lib/docker` on the host), free \
+                 it (`docker builder prune` there, or --keep-storage SIZE) or give the host a bigger disk; else fix the step"
+                    .to_string(),
+            ),
             Error::Build { .. } => Some("fix the Dockerfile or the sources, then run again".to_string()),
             Error::Push { message, .. } => Some(
                 if message.contains("unauthorized") || message.contains("denied") {
@@ -341,6 +372,19 @@ impl Error {
                 }
                 .to_string(),
             ),
+            Error::HostDiskFull { .. } => Some(
+                "free the host's disk: `docker builder prune` on the host (or --keep-storage SIZE, which prunes each \
+                 host's build cache down to SIZE after every run), `docker image prune -a` for old images, or give \
+                 the host a bigger disk; nothing was pushed"
+                    .to_string(),
+            ),
+            Error::HostRuntime { .. } => Some(
+                "the host's Docker is broken, not the Dockerfile: read the daemon's log on the host (`journalctl -u \
+                 docker`) and restart it (`systemctl restart docker`, which also recreates its bridge and iptables \
+                 rules), then run again"
+                    .to_string(),
+            ),
+            Error::RateLimited { registry, .. } => Some(rate_limit_hint(registry)),
             Error::Internal(_) => Some("this is a bug in the agent; please report it with the log above".to_string()),
             Error::Platform { source, .. } => source.hint(),
         }
@@ -395,6 +439,19 @@ pub enum ConnectClass {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What to do about a registry's rate limit: log in, a pull-through cache, or later.
+fn rate_limit_hint(registry: &str) -> String {
+    if registry == "docker.io" || registry.ends_with("docker.io") {
+        "Docker Hub limits anonymous pulls per address (a NAT'd CodeBuild shares one): log in with DOCKER_USER/DOCKER_PASS, \
+         pull the base images through ECR's pull-through cache for Docker Hub, or run again later"
+            .to_string()
+    } else {
+        format!(
+            "log in to {registry} (its limit for anonymous clients is lower), pull through a cache, or run again later"
+        )
+    }
+}
+
 /// Whether a build failed because a registry refused to serve a base image without a login.
 fn refused_by_a_registry(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
@@ -410,6 +467,23 @@ fn refused_by_a_registry(message: &str) -> bool {
 fn killed_by_sigkill(message: &str) -> bool {
     let message = message.trim_end();
     message.ends_with("exit code: 137") || message.ends_with("returned a non-zero code: 137")
+}
+
+/// Whether the message is a step's process ending with a non-zero exit code: BuildKit's
+/// "did not complete successfully: exit code: N" (20.10: "executor failed running [...]: exit
+/// code: N"), the classic builder's "returned a non-zero code: N".
+pub fn step_exited(message: &str) -> bool {
+    let message = message.trim_end();
+    let code_at_end = |sign: &str| {
+        message.rsplit_once(sign).is_some_and(|(_, code)| !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit()))
+    };
+    code_at_end("exit code: ") || code_at_end("returned a non-zero code: ")
+}
+
+/// Whether a step's last output lines say ENOSPC: only a hint, never the class (the step's output
+/// is the step's own; see [`crate::docker::cause`]).
+fn says_disk_full(output: &[String]) -> bool {
+    output.iter().any(|line| line.to_ascii_lowercase().contains("no space left on device"))
 }
 
 /// The id of a `RUN --mount=type=secret,required=true` that BuildKit found no value for: its

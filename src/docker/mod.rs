@@ -2,6 +2,7 @@
 //! its check, the host's disk use, and the build cache budget.
 
 pub mod budget;
+pub mod cause;
 pub mod daemon;
 pub mod disk;
 pub mod host;

@@ -207,8 +207,13 @@ impl Context {
 }
 
 /// The failure of a context upload as the run reports it: the file, and what happened to it.
+/// An upload the daemon stopped reading (a broken pipe: it answered, e.g. that its disk is full)
+/// is no failure of the file's: the daemon's answer is the run's error.
 pub fn send_failure(slot: &SendFailure) -> Option<Error> {
     let (path, source) = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()?;
+    if source.kind() == io::ErrorKind::BrokenPipe {
+        return None;
+    }
     let changed = source.kind() == io::ErrorKind::InvalidData;
     Some(Error::LocalFile {
         action: "send",

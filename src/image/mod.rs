@@ -65,7 +65,10 @@ pub async fn build_on(
     let request =
         BuildRequest { context, reference, build, cache_from, mounts, shared_key: build.shared_key(reference) };
     let engine = Engine::on(build.builder.value, facts);
-    let summary = self::build(daemon, request, engine, credentials).await?;
+    let summary = match self::build(daemon, request, engine, credentials).await {
+        Ok(summary) => summary,
+        Err(error) => return Err(crate::docker::cause::named(daemon, "the build", error).await),
+    };
     Ok(metadata::Built { engine, summary, context_files, context_bytes })
 }
 
@@ -477,10 +480,11 @@ pub async fn push(
 ) -> Result<Pushed, Error> {
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=PUSH_ATTEMPTS {
+        let failed = |error| crate::docker::cause::named(daemon, "the push", error);
         match push_once(daemon, reference, registry, credentials).await {
             Ok(summary) => return Ok(summary),
-            Err(PushFailure::Final(error)) => return Err(error),
-            Err(PushFailure::Transient(error)) if attempt == PUSH_ATTEMPTS => return Err(error),
+            Err(PushFailure::Final(error)) => return Err(failed(error).await),
+            Err(PushFailure::Transient(error)) if attempt == PUSH_ATTEMPTS => return Err(failed(error).await),
             Err(PushFailure::Transient(error)) => {
                 tracing::warn!("push {reference} failed ({error}); retrying in {}s", delay.as_secs());
                 tokio::time::sleep(delay).await;

@@ -20,6 +20,7 @@ mod context_vs_cli;
 mod dry_run;
 mod engines;
 mod faults;
+mod host_faults;
 mod hosts;
 mod image;
 mod logins;
