@@ -198,7 +198,14 @@ pub enum Error {
 
     /// The build failed.
     #[error("the build failed{}: {message}", .step.as_ref().map(|step| format!(" at {step}")).unwrap_or_default())]
-    Build { step: Option<String>, message: String, output: Vec<String> },
+    Build {
+        step: Option<String>,
+        message: String,
+        output: Vec<String>,
+        /// How many of the Dockerfile's steps the host carried out (not from its cache) before the
+        /// failure: with none, a pool may give the build to its next host.
+        built: usize,
+    },
 
     /// A push failed.
     #[error("failed to push {reference} to {registry}: {message}")]
@@ -207,11 +214,24 @@ pub enum Error {
     /// The host's disk filled up: the daemon said "no space left on device" (see
     /// [`crate::docker::cause`]). `disk` is the host's disk line, when the daemon answered it.
     #[error("the disk of the Docker host {target} is full: {during} failed: {message}{}", .disk.as_ref().map(|disk| format!(" (host disk: {disk})")).unwrap_or_default())]
-    HostDiskFull { target: String, during: String, message: String, disk: Option<String> },
+    HostDiskFull {
+        target: String,
+        during: String,
+        message: String,
+        disk: Option<String>,
+        /// Steps the host carried out before the failure, when known (see [`Error::Build`]).
+        built: Option<usize>,
+    },
 
     /// The host's Docker could not run a step for a reason of its own (see [`crate::docker::cause`]).
     #[error("the Docker host {target} could not carry out {during}: {message}")]
-    HostRuntime { target: String, during: String, message: String },
+    HostRuntime {
+        target: String,
+        during: String,
+        message: String,
+        /// Steps the host carried out before the failure, when known (see [`Error::Build`]).
+        built: Option<usize>,
+    },
 
     /// A registry answered 429 Too Many Requests.
     #[error("{registry} refused {during} with 429 Too Many Requests (a rate limit): {message}")]
@@ -227,6 +247,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the host failed on its own (its disk, its runtime) before it carried out any step
+    /// of the build: then another host of a pool may take the build, with nothing run twice.
+    pub fn host_failed_before_any_step(&self) -> bool {
+        matches!(self, Error::HostDiskFull { built: Some(0), .. } | Error::HostRuntime { built: Some(0), .. })
+    }
+
     /// The documented exit code of this failure's class.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -514,7 +540,7 @@ mod tests {
     fn missing_secrets_and_ssh_ids_are_named_in_the_hint() {
         let message = "failed to compute cache key: secret npm_token: not found";
         assert_eq!(missing_build_secret(message), Some("npm_token"));
-        let error = Error::Build { step: None, message: message.to_string(), output: Vec::new() };
+        let error = Error::Build { step: None, message: message.to_string(), output: Vec::new(), built: 0 };
         assert!(error.hint().unwrap().contains("--secret id=npm_token,"), "{:?}", error.hint());
         assert_eq!(error.exit_code(), exit::BUILD);
         assert_eq!(missing_build_secret("image not found"), None);
@@ -523,7 +549,7 @@ mod tests {
         assert_eq!(missing_build_secret(docker_20_10), Some("npm_token"));
         let ssh = "failed to solve: no SSH key \"github\" forwarded from the client";
         assert_eq!(missing_ssh_id(ssh), Some("github"));
-        let error = Error::Build { step: None, message: ssh.to_string(), output: Vec::new() };
+        let error = Error::Build { step: None, message: ssh.to_string(), output: Vec::new(), built: 0 };
         assert!(error.hint().unwrap().contains("--ssh github="), "{:?}", error.hint());
     }
 
@@ -537,14 +563,14 @@ mod tests {
             "The command '/bin/busybox sh -c kill -9 $$' returned a non-zero code: 137",
         ];
         for message in messages {
-            let error = Error::Build { step: None, message: message.to_string(), output: Vec::new() };
+            let error = Error::Build { step: None, message: message.to_string(), output: Vec::new(), built: 0 };
             assert_eq!(error.exit_code(), exit::BUILD);
             assert!(error.hint().unwrap().contains("out-of-memory killer"), "{message}: {:?}", error.hint());
         }
-        let other = Error::Build { step: None, message: "exit code: 1137".to_string(), output: Vec::new() };
+        let other = Error::Build { step: None, message: "exit code: 1137".to_string(), output: Vec::new(), built: 0 };
         assert!(other.hint().unwrap().contains("fix the Dockerfile"), "{:?}", other.hint());
         let output = vec!["exit code: 137".to_string()];
-        let printed = Error::Build { step: None, message: "exit code: 1".to_string(), output };
+        let printed = Error::Build { step: None, message: "exit code: 1".to_string(), output, built: 0 };
         assert!(printed.hint().unwrap().contains("fix the Dockerfile"), "the step's own output is not read");
     }
 

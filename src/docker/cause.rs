@@ -31,12 +31,22 @@ pub async fn named(daemon: &Daemon, during: &str, error: Error) -> Error {
             Ok(Ok(used)) => Some(used.summary().trim_start_matches("host disk: ").to_string()),
             _ => None,
         };
-        return Error::HostDiskFull { target: daemon.target.clone(), during, message, disk };
+        return Error::HostDiskFull { target: daemon.target.clone(), during, message, disk, built: built(&error) };
     }
     if runtime_failed(&message) {
-        return Error::HostRuntime { target: daemon.target.clone(), during, message };
+        return Error::HostRuntime { target: daemon.target.clone(), during, message, built: built(&error) };
     }
     error
+}
+
+/// How many steps the host carried out before the failure, when known: a build's own count; none
+/// when the daemon refused the build's request itself (the classic builder's "answered 500").
+fn built(error: &Error) -> Option<usize> {
+    match error {
+        Error::Build { built, .. } => Some(*built),
+        Error::Daemon { detail, .. } if detail.starts_with("answered ") => Some(0),
+        _ => None,
+    }
 }
 
 /// The daemon's own words in a build's or a push's failure, or `None` when a step's process
@@ -124,6 +134,7 @@ mod tests {
             message: "process \"/bin/sh -c echo no space left on device; exit 1\" did not complete successfully: exit code: 1"
                 .to_string(),
             output: vec!["no space left on device".to_string()],
+            built: 1,
         };
         assert!(daemon_words(&error).is_none());
     }

@@ -245,6 +245,8 @@ impl Progress {
 
     /// The build failed with `message`: the error, naming the failing step with its last output.
     pub fn failure(&mut self, message: String) -> Error {
+        // The steps carried out, not from the cache; the classic builder's FROM is no work of the host's.
+        let built = self.summary.steps.iter().filter(|step| !step.cached && !is_from(&step.title)).count();
         let partial = std::mem::take(&mut self.pending);
         if let Some(step) = self.classic.as_mut() {
             if !partial.trim().is_empty() {
@@ -252,7 +254,7 @@ impl Progress {
             }
         }
         if let Some(step) = self.classic.take() {
-            return Error::Build { step: Some(step.title), message, output: step.output.into() };
+            return Error::Build { step: Some(step.title), message, output: step.output.into(), built };
         }
         // The failing step: BuildKit cancels the steps running beside it, and those report
         // "canceled" errors of their own.
@@ -272,11 +274,16 @@ impl Progress {
                     output.push(partial);
                 }
                 let step = step_title(&vertex.name).unwrap_or_else(|| vertex.name.clone());
-                Error::Build { step: Some(step), message, output }
+                Error::Build { step: Some(step), message, output, built }
             }
-            None => Error::Build { step: None, message, output: Vec::new() },
+            None => Error::Build { step: None, message, output: Vec::new(), built },
         }
     }
+}
+
+/// Whether a step's title is a `FROM` (`FROM scratch`, `FROM alpine:3`), in either builder's form.
+fn is_from(title: &str) -> bool {
+    title.split_whitespace().any(|word| word == "FROM")
 }
 
 /// Keeps the last [`TAIL`] lines.
@@ -496,9 +503,10 @@ mod tests {
             vertexes: vec![BkVertex { error: "exit code: 2".to_string(), ..vertex("c", "", false, 1, Some(2)) }],
             ..Default::default()
         });
-        let Error::Build { step, message, output } = progress.failure("failed".to_string()) else {
+        let Error::Build { step, message, output, built } = progress.failure("failed".to_string()) else {
             panic!("not a build error")
         };
+        assert_eq!(built, 0);
         assert_eq!(step.as_deref(), Some("step 3/3 RUN make"));
         assert_eq!(message, "failed");
         assert_eq!(output.len(), TAIL + 1);
@@ -527,11 +535,31 @@ mod tests {
             "Step 1/3 : FROM scratch\n ---> \nStep 2/3 : COPY a /a\n ---> Using cache\n ---> 1234\nStep 3/3 : RUN ma",
         );
         progress.text("ke\n ---> Running in 5678\ncc -o app\n");
-        let Error::Build { step, output, .. } = progress.failure("returned a non-zero code: 2".to_string()) else {
+        let Error::Build { step, output, built, .. } = progress.failure("returned a non-zero code: 2".to_string())
+        else {
             panic!("not a build error")
         };
         assert_eq!(step.as_deref(), Some("step 3/3 RUN make"));
         assert_eq!(output, ["cc -o app"]);
+        // FROM is no work of the host's, and the COPY came from its cache: nothing was built.
+        assert_eq!(built, 0);
+    }
+
+    #[test]
+    fn a_failure_counts_the_steps_the_host_carried_out_before_it() {
+        let mut progress = Progress::new(ProgressMode::Steps);
+        progress.text(
+            "Step 1/3 : FROM scratch
+ ---> 
+Step 2/3 : COPY a /a
+ ---> 1234
+Step 3/3 : RUN make
+",
+        );
+        let Error::Build { built, .. } = progress.failure("failed to create endpoint".to_string()) else {
+            panic!("not a build error")
+        };
+        assert_eq!(built, 1);
     }
 
     /// The log lines that `work` writes at the info level.

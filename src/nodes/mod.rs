@@ -38,6 +38,7 @@ pub struct Access<'a> {
 }
 
 /// Where one build may run: its candidates in the order they are tried.
+#[derive(Clone)]
 pub struct Slot {
     /// What the build is for in the log: its platform (`linux/arm64`), or empty for a single-platform run.
     pub name: String,
@@ -84,6 +85,10 @@ pub struct Hosts {
     failed: Vec<FailedHost>,
     /// For each slot, the indexes in `failed` of its candidates passed over, in the order tried.
     slot_failed: Vec<Vec<usize>>,
+    /// Each slot as given, and the index of the candidate that took it: for a failover after the
+    /// connection ([`Hosts::fail_over`]).
+    given: Vec<Slot>,
+    next: Vec<usize>,
 }
 
 /// A host of a slot that did not answer, and why; the next candidate took the slot.
@@ -94,6 +99,15 @@ pub struct FailedHost {
     pub reason: String,
     /// The error's exit class (`connection-refused`, `timeout`, …).
     pub class: &'static str,
+}
+
+impl FailedHost {
+    fn new(target: &DockerHost, error: &Error) -> FailedHost {
+        let reason = crate::secrets::redact(&error.to_string());
+        let code = error.exit_code();
+        let class = crate::error::exit::TABLE.iter().find(|row| row.0 == code).map_or("error", |row| row.1);
+        FailedHost { target: target.clone(), reason, class }
+    }
 }
 
 /// Whether an error means that the host does not answer (down, unreachable, not serving the daemon),
@@ -214,12 +228,7 @@ impl Hosts {
                 match outcome {
                     Ok(host) => hosts.push(host),
                     Err(error) if is_not_answering(&error) => {
-                        let reason = crate::secrets::redact(&error.to_string());
-                        let code = error.exit_code();
-                        let class =
-                            crate::error::exit::TABLE.iter().find(|row| row.0 == code).map_or("error", |row| row.1);
-                        let host = FailedHost { target: candidate.target.clone(), reason, class };
-                        failed.push((host, error));
+                        failed.push((FailedHost::new(&candidate.target, &error), error));
                     }
                     Err(error) => {
                         // The hosts connected so far are dropped with their connections.
@@ -282,7 +291,61 @@ impl Hosts {
             .collect::<Result<Vec<usize>>>()?;
         let failed = failed.into_iter().map(|(host, _)| host).collect();
         let slot_names = slots_given.iter().map(|slot| slot.name.clone()).collect();
-        Ok(Hosts { hosts, slots, slot_names, failed, slot_failed, disk_use: Vec::new() })
+        let given = slots_given.to_vec();
+        Ok(Hosts { hosts, slots, slot_names, failed, slot_failed, disk_use: Vec::new(), given, next })
+    }
+
+    /// Slot `slot`'s host failed the build on its own before it carried out any step (`error`: its
+    /// disk full, its runtime broken; see [`Error::host_failed_before_any_step`]), so nothing would
+    /// run twice elsewhere: the host is recorded as failed (the metadata names it) and the slot's next
+    /// candidate that answers takes the slot, connected and checked as at the start (within
+    /// `failover_timeout`, the last one within the connect timeout). Returns the new host, or `None`
+    /// when no candidate is left (a pool of one: the run fails with `error`).
+    pub async fn fail_over(
+        &mut self,
+        slot: usize,
+        error: &Error,
+        access: &Access<'_>,
+        failover_timeout: Duration,
+    ) -> Result<Option<&Host>> {
+        let candidates = self.given.get(slot).map(|given| given.candidates.clone()).unwrap_or_default();
+        if self.next.get(slot).is_none_or(|next| next + 1 >= candidates.len()) {
+            return Ok(None);
+        }
+        let target = self.for_slot(slot)?.target.clone();
+        self.record_failed(slot, FailedHost::new(&target, error));
+        let trusted = TrustedHosts::new(access.known_hosts_file);
+        loop {
+            self.next[slot] += 1;
+            let Some(candidate) = candidates.get(self.next[slot]) else { return Ok(None) };
+            if self.failed.iter().any(|host| host.target == candidate.target) {
+                continue;
+            }
+            if let Some(index) = self.hosts.iter().position(|host| host.target == candidate.target) {
+                self.slots[slot] = index;
+                return Ok(self.hosts.get(index));
+            }
+            let last = self.next[slot] + 1 == candidates.len();
+            let timeout = if last { access.connect_timeout } else { failover_timeout };
+            match attempt(candidate, access, &trusted, timeout, true).await {
+                Ok(host) => {
+                    self.hosts.push(host);
+                    self.slots[slot] = self.hosts.len() - 1;
+                    return Ok(self.hosts.last());
+                }
+                Err(error) if is_not_answering(&error) => {
+                    self.record_failed(slot, FailedHost::new(&candidate.target, &error));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn record_failed(&mut self, slot: usize, host: FailedHost) {
+        self.failed.push(host);
+        if let Some(passed) = self.slot_failed.get_mut(slot) {
+            passed.push(self.failed.len() - 1);
+        }
     }
 
     /// The candidates of slot `slot` that did not answer before its host took it, in the order tried.

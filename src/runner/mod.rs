@@ -64,6 +64,17 @@ pub struct Runner<'a> {
     slots: Vec<SlotBuild>,
     /// The manifest digest of the image index (multi-platform runs), for the metadata file.
     index_digest: Option<String>,
+    /// How the hosts were reached, kept for a failover after the connection.
+    reach: Option<Reach>,
+}
+
+/// The connect step's settings, owned: what [`Access`] borrows for a failover during the build.
+struct Reach {
+    read_timeout: Duration,
+    failover_timeout: Duration,
+    tls: Option<Tls>,
+    ssh_key_file: std::path::PathBuf,
+    known_hosts_file: std::path::PathBuf,
 }
 
 impl<'a> Runner<'a> {
@@ -85,6 +96,7 @@ impl<'a> Runner<'a> {
             credentials: Vec::new(),
             slots: Vec::new(),
             index_digest: None,
+            reach: None,
         })
     }
 
@@ -205,7 +217,43 @@ impl<'a> Runner<'a> {
             }
         }
         self.hosts = Some(hosts);
+        self.reach = Some(Reach {
+            read_timeout: *read_timeout,
+            failover_timeout,
+            tls,
+            ssh_key_file: ssh_key_file.clone(),
+            known_hosts_file: known_hosts_file.clone(),
+        });
         Ok(outcome)
+    }
+
+    /// Slot `slot`'s host failed the build on its own before it carried out any step: the slot's
+    /// next host takes it (see [`Hosts::fail_over`]), with a warning. Whether one did.
+    async fn fail_over(&mut self, slot: usize, error: &Error) -> Result<bool> {
+        let reach = self.reach.as_ref().ok_or_else(|| Error::Internal("a failover before the connection".into()))?;
+        let resolved = self.resolved.as_ref().ok_or_else(|| Error::Internal("a failover before the values".into()))?;
+        let access = Access {
+            connect_timeout: self.connect_timeout,
+            read_timeout: reach.read_timeout,
+            tls: reach.tls.as_ref(),
+            ssh_key_file: &reach.ssh_key_file,
+            ssh_key_passphrase: resolved.ssh_key_passphrase.as_ref(),
+            known_hosts_file: &reach.known_hosts_file,
+        };
+        let hosts = self.hosts.as_mut().ok_or_else(|| Error::Internal("a failover before the connection".into()))?;
+        let failed = hosts.for_slot(slot)?.target.to_string();
+        let class =
+            crate::error::exit::TABLE.iter().find(|row| row.0 == error.exit_code()).map_or("error", |row| row.1);
+        let Some(host) = hosts.fail_over(slot, error, &access, reach.failover_timeout).await? else {
+            return Ok(false);
+        };
+        let target = host.target.to_string();
+        let fallback = if resolved.on_fallback(&host.target) { " (the fallback, whose cache may be cold)" } else { "" };
+        tracing::warn!(
+            "{failed} failed the build before it ran any step [{class}]: {}; {target}{fallback} takes the build",
+            crate::secrets::redact(&error.to_string())
+        );
+        Ok(true)
     }
 
     async fn check_hosts(&mut self, needs_buildkit: &[&'static str]) -> Result<String> {
@@ -256,11 +304,21 @@ impl<'a> Runner<'a> {
         let Step::Build { build, image, tags, push, compare } = step else {
             return Err(Error::Internal("the build from another step".into()));
         };
-        let mounts = crate::config::resolve::session_mounts(build, self.resolved()?)?;
-        self.slots = vec![SlotBuild::new(image, tags, None, &build.spec, *push, *compare, self.connect_timeout)];
-        let (slot, host, credentials) = self.single_slot()?;
-        let built = slot.build(host, mounts, credentials).await?;
-        Ok(format!("{} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()))
+        loop {
+            let mounts = crate::config::resolve::session_mounts(build, self.resolved()?)?;
+            self.slots = vec![SlotBuild::new(image, tags, None, &build.spec, *push, *compare, self.connect_timeout)];
+            let (slot, host, credentials) = self.single_slot()?;
+            let error = match slot.build(host, mounts, credentials).await {
+                Ok(built) => {
+                    return Ok(format!("{} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
+                }
+                Err(error) => error,
+            };
+            // A pool's next host takes a build its host failed before running anything.
+            if !error.host_failed_before_any_step() || !self.fail_over(0, &error).await? {
+                return Err(error);
+            }
+        }
     }
 
     /// Builds every platform at once, each on its slot's host, and tags and pushes it from there

@@ -156,3 +156,57 @@ on_every_engine! {
         }
     }
 }
+
+/// A pool gives a build to its next host when its host failed on its own before it ran any step
+/// (here its disk is full when the build starts): nothing runs twice, the warning names the host,
+/// its class and the one that took the build, the metadata lists it under `agent.failed_hosts`, and
+/// the image is pushed from the fallback. With either builder.
+#[test]
+fn a_pool_gives_the_build_to_its_next_host_when_its_host_fails_before_any_step() {
+    let world = World::shared();
+    let engine = world.engine("20.10");
+    let host = FaultHost::up(&engine, 200);
+    host.fill();
+    for builder in ["buildkit", "classic"] {
+        let repository = unique(&format!("disk-full-failover-{builder}"));
+        let work = tempfile::tempdir().unwrap();
+        let app = app(work.path(), &format!("echo {repository}"));
+        let metadata = work.path().join("metadata.json");
+        let agent = full_run(world, &repository)
+            .env("DOCKER_HOST", host.docker_host(world))
+            .env("AGENT_FALLBACK_HOST", world.ssh_url());
+        let outcome = agent
+            .args(["run", "--context", app.to_str().unwrap(), "--builder", builder])
+            .args(["--metadata-file", metadata.to_str().unwrap()])
+            .run();
+        outcome.expect_code(0);
+        let warning = format!("{} failed the build before it ran any step [host-disk-full]", host.docker_host(world));
+        assert!(outcome.stderr.contains(&warning), "{builder}: {}", outcome.stderr);
+        assert!(outcome.stderr.contains("takes the build"), "{builder}: {}", outcome.stderr);
+        assert!(!world.ecr_tags(&repository).is_empty(), "{}", outcome.stderr);
+        let metadata: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metadata).unwrap()).unwrap();
+        assert_eq!(metadata["agent.fallback"], true, "{metadata}");
+        assert_eq!(metadata["agent.failed_hosts"][0]["class"], "host-disk-full", "{metadata}");
+    }
+}
+
+/// A host that failed after it ran a step (its bridge gone, the build's COPY steps done, its RUN
+/// refused a network) keeps the build's failure: the pool's next host does not take it, so that
+/// no step runs twice.
+#[test]
+fn a_host_that_failed_after_a_step_ran_is_not_failed_over() {
+    let world = World::shared();
+    let engine = world.engine("20.10");
+    let host = FaultHost::up(&engine, 200);
+    host.delete_bridge();
+    let repository = unique("no-bridge-no-failover");
+    let work = tempfile::tempdir().unwrap();
+    let app = app(work.path(), &format!("echo {repository}"));
+    let agent = full_run(world, &repository)
+        .env("DOCKER_HOST", host.docker_host(world))
+        .env("AGENT_FALLBACK_HOST", world.ssh_url());
+    let outcome = agent.args(["run", "--context", app.to_str().unwrap()]).run();
+    outcome.expect_code(33);
+    assert!(!outcome.stderr.contains("takes the build"), "{}", outcome.stderr);
+    assert!(world.ecr_tags(&repository).is_empty(), "nothing may be pushed");
+}
