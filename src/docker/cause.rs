@@ -1,6 +1,7 @@
 //! Whose failure it was: a build or a push that the daemon failed is the Dockerfile's (or the
 //! registry login's) unless the daemon's own words say it was the host's — its disk full, its
-//! networking, container runtime or storage driver broken — or a registry's rate limit.
+//! networking, container runtime or storage driver broken, the daemon restarted under the build —
+//! or a registry's rate limit.
 //!
 //! Read from the daemon's error, never from a step's output: a step that exited non-zero failed
 //! in its own way, whatever it printed (a `RUN df` that prints "no space left on device" is not a
@@ -15,10 +16,25 @@ use crate::error::{Error, step_exited};
 
 /// How long the disk line may take when the disk is full: the error is printed without it after.
 const DISK_LINE_WAIT: Duration = Duration::from_secs(5);
+/// How long a daemon that broke off a build is given to answer again, as one restarted by
+/// systemd does (docker.service restarts it after 2 s) — then the build died with its daemon, a
+/// fault of the host's; a daemon still silent after it stays a daemon failure (`daemon`, 30).
+const DAEMON_BACK_WAIT: Duration = Duration::from_secs(10);
 
 /// `error`, named as the host's when the daemon's words say so; `during` names what failed
 /// ("the build", "the push of REF").
 pub async fn named(daemon: &Daemon, during: &str, error: Error) -> Error {
+    if let Error::Daemon { detail, .. } = &error {
+        if detail.starts_with("broke off") && answers_again(daemon).await {
+            let message = format!("the daemon {detail}, and answers again: it restarted (or crashed) during {during}");
+            return Error::HostRuntime {
+                target: daemon.target.clone(),
+                during: during.to_string(),
+                message,
+                built: None,
+            };
+        }
+    }
     let Some(message) = daemon_words(&error) else { return error };
     let during = match &error {
         Error::Build { step: Some(step), .. } => format!("{during} at {step}"),
@@ -37,6 +53,18 @@ pub async fn named(daemon: &Daemon, during: &str, error: Error) -> Error {
         return Error::HostRuntime { target: daemon.target.clone(), during, message, built: built(&error) };
     }
     error
+}
+
+/// Whether the daemon answers a ping within [`DAEMON_BACK_WAIT`].
+async fn answers_again(daemon: &Daemon) -> bool {
+    let deadline = tokio::time::Instant::now() + DAEMON_BACK_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), daemon.docker.ping()).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
 }
 
 /// How many steps the host carried out before the failure, when known: a build's own count; none

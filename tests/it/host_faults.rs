@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::agent::{Agent, Outcome};
+use crate::agent::{Agent, Outcome, Watch};
 use crate::build::{full_run, unique};
 use crate::world::{Engine, World, on_every_engine};
 
@@ -59,6 +59,13 @@ impl FaultHost {
                 std::fs::remove_file(path).unwrap();
             }
         }
+    }
+
+    /// Restarts its dockerd as systemd does for `systemctl restart docker` (an update): SIGTERM,
+    /// then started again.
+    fn restart_daemon(&self) {
+        let status = Command::new(script()).args(["restart", self.dir.path().to_str().unwrap()]).status().unwrap();
+        assert!(status.success(), "fault-host restart");
     }
 
     fn delete_bridge(&self) {
@@ -209,4 +216,34 @@ fn a_host_that_failed_after_a_step_ran_is_not_failed_over() {
     outcome.expect_code(33);
     assert!(!outcome.stderr.contains("takes the build"), "{}", outcome.stderr);
     assert!(world.ecr_tags(&repository).is_empty(), "nothing may be pushed");
+}
+
+on_every_engine! {
+    /// The host's daemon restarted during a BuildKit build (`systemctl restart docker`, as an update
+    /// does): BuildKit's build dies with it, the stream breaks off, and the daemon answers again
+    /// within seconds: `host-runtime` (33), saying it restarted — not a daemon that is down (30).
+    /// (The classic builder's build outlives a graceful restart: dockerd waits for it.)
+    fn a_daemon_restarted_during_the_build_is_host_runtime(engine) {
+        let world = World::shared();
+        let host = FaultHost::up(engine, 200);
+        let repository = unique("restarted");
+        let work = tempfile::tempdir().unwrap();
+        let marker = format!("running-{}", std::process::id());
+        let app = app(work.path(), &format!("echo {marker}; sleep 30"));
+        let agent = full_run(world, &repository)
+            .env("DOCKER_HOST", host.docker_host(world))
+            .args(["run", "--context", app.to_str().unwrap(), "--builder", "buildkit"]);
+        let watch = Watch::default();
+        let outcome = std::thread::scope(|scope| {
+            let run = scope.spawn(|| agent.run_watched(&watch));
+            watch.wait_for(&marker, std::time::Duration::from_secs(60));
+            host.restart_daemon();
+            run.join().unwrap()
+        });
+        outcome.expect_code(33);
+        assert!(outcome.stderr.contains("it restarted (or crashed) during the build"), "{}", outcome.stderr);
+        assert!(outcome.stderr.contains("journalctl -u docker"), "{}", outcome.stderr);
+        assert!(outcome.elapsed < std::time::Duration::from_secs(30), "took {:?}", outcome.elapsed);
+        assert!(world.ecr_tags(&repository).is_empty(), "nothing may be pushed");
+    }
 }
