@@ -101,6 +101,51 @@ pub async fn resolve_ssm(
     Ok(values)
 }
 
+/// Writes `value` into Parameter Store as a SecureString named `name` (`agent host keygen`,
+/// `keyscan --put-parameter`), encrypted with the account's default key; an existing parameter is
+/// replaced only with `overwrite`. The caller registers a secret value with the redactor first.
+pub async fn put_parameter(
+    config: &aws_config::SdkConfig,
+    name: &str,
+    value: &str,
+    description: &str,
+    overwrite: bool,
+) -> Result<i64, Error> {
+    let failed = |detail: String, hint: String| Error::ParameterWrite { parameter: name.to_string(), detail, hint };
+    if config.region().is_none_or(|region| region.as_ref().trim().is_empty()) {
+        return Err(failed(
+            "no AWS region is configured".to_string(),
+            "set AWS_REGION to the region of the CodeBuild project, or pass --region".to_string(),
+        ));
+    }
+    let client = aws_sdk_ssm::Client::new(config);
+    let output = client
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .description(description)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(overwrite)
+        .send()
+        .await
+        .map_err(|error| {
+            if error.code() == Some("ParameterAlreadyExists") {
+                return failed(
+                    "the parameter already exists".to_string(),
+                    "the agent never replaces a parameter unless told: give --overwrite to replace it, or another name"
+                        .to_string(),
+                );
+            }
+            match sdk_error(error, format!("SSM:{name}"), String::new(), "ssm:PutParameter") {
+                Error::Secrets { detail, hint, .. } => {
+                    failed(detail, hint.replace("kms:Decrypt for SecureString", "kms:Encrypt for a SecureString"))
+                }
+                other => other,
+            }
+        })?;
+    Ok(output.version())
+}
+
 /// ECR passwords by region: one GetAuthorizationToken call per region, started early (while the
 /// hosts are connected: they do not depend on each other) and awaited by the ECR logins.
 #[derive(Default)]

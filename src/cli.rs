@@ -43,6 +43,75 @@ pub struct Cli {
 pub enum Command {
     /// Build the image on the Docker host and push its tags (or, with --dry, print the plan)
     Run(RunArgs),
+    /// Set up a remote Docker host: its host keys and a login key, into Parameter Store
+    /// (`agent run --check` checks a host)
+    #[command(subcommand)]
+    Host(HostCommand),
+}
+
+/// The `agent host` commands.
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Print every host key the host's sshd offers as hashed known_hosts lines (stdout), each
+    /// key's type and SHA256 fingerprint on stderr to compare with the host's own; optionally
+    /// store the lines in Parameter Store, for JETS_SSH_KNOWN: SSM:NAME
+    Keyscan(KeyscanArgs),
+    /// Make a new ed25519 key pair to log in to the host with: the private key goes into Parameter
+    /// Store as a SecureString and nowhere else (for JETS_SSH_KEY: SSM:NAME); the public key line
+    /// is printed on stdout, for the host's authorized_keys
+    Keygen(KeygenArgs),
+}
+
+/// The flags of `agent host keyscan`.
+#[derive(Debug, Clone, Args)]
+pub struct KeyscanArgs {
+    /// The host: ssh://[user@]host[:port], as in DOCKER_HOST (a socket path after it is ignored)
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Also store the lines in Parameter Store as a SecureString of this name (e.g. /ci/docker/known_hosts)
+    #[arg(long, value_name = "NAME")]
+    pub put_parameter: Option<String>,
+
+    /// Replace the parameter if it exists (never replaced otherwise)
+    #[arg(long, requires = "put_parameter")]
+    pub overwrite: bool,
+
+    /// The AWS region of the parameter [default: AWS_REGION, else AWS_DEFAULT_REGION]
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Seconds to wait for the host's sshd
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+
+    /// Print what would be done, and do nothing: no connection, no parameter written
+    #[arg(long)]
+    pub dry: bool,
+}
+
+/// The flags of `agent host keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// The SecureString parameter that receives the private key (e.g. /ci/docker/ssh-key)
+    #[arg(long, value_name = "NAME", required = true)]
+    pub put_parameter: String,
+
+    /// The comment of the public key line [default: agent SSM:NAME]
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+
+    /// Replace the parameter if it exists (never replaced otherwise)
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// The AWS region of the parameter [default: AWS_REGION, else AWS_DEFAULT_REGION]
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Print what would be done, and do nothing: no key made, no parameter written
+    #[arg(long)]
+    pub dry: bool,
 }
 
 /// The flags of `agent run`.

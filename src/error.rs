@@ -20,7 +20,8 @@ pub mod exit {
     pub const CONFIG: u8 = 3;
     /// A local file could not be read or written (ssh key, known_hosts, docker config, output).
     pub const LOCAL_FILE: u8 = 4;
-    /// An `SSM:` reference could not be resolved (missing, denied, no region, no credentials).
+    /// An `SSM:` reference could not be resolved (missing, denied, no region, no credentials), or
+    /// `agent host` could not write a parameter.
     pub const SECRETS: u8 = 10;
     /// The daemon's host name could not be resolved.
     pub const NAME_RESOLUTION: u8 = 20;
@@ -68,7 +69,7 @@ pub mod exit {
         (USAGE, "usage", "the command line could not be parsed"),
         (CONFIG, "config", "flags or environment variables hold invalid values"),
         (LOCAL_FILE, "local-file", "a local file could not be read or written"),
-        (SECRETS, "secrets", "an SSM: reference could not be resolved"),
+        (SECRETS, "secrets", "an SSM: reference could not be resolved, or a parameter written"),
         (NAME_RESOLUTION, "name-resolution", "the daemon's host name did not resolve"),
         (CONNECTION_REFUSED, "connection-refused", "the daemon's host refused the connection"),
         (TIMEOUT, "timeout", "connecting or waiting for an answer timed out"),
@@ -192,6 +193,10 @@ pub enum Error {
     #[error("failed to resolve {parameter} (from {variable}): {detail}")]
     Secrets { parameter: String, variable: String, detail: String, hint: String },
 
+    /// A parameter could not be written into Parameter Store (`agent host`).
+    #[error("failed to write the parameter {parameter}: {detail}")]
+    ParameterWrite { parameter: String, detail: String, hint: String },
+
     /// A registry login failed.
     #[error("failed to log in to {registry}: {detail}")]
     Login { registry: String, detail: String, hint: String },
@@ -273,7 +278,7 @@ impl Error {
             Error::Ssh { .. } => exit::SSH,
             Error::Daemon { .. } => exit::DAEMON,
             Error::DaemonTooOld { .. } => exit::DAEMON_TOO_OLD,
-            Error::Secrets { .. } => exit::SECRETS,
+            Error::Secrets { .. } | Error::ParameterWrite { .. } => exit::SECRETS,
             Error::Build { .. } => exit::BUILD,
             Error::Push { .. } => exit::PUSH,
             Error::Login { .. } => exit::LOGIN,
@@ -356,7 +361,9 @@ impl Error {
             ),
             Error::Daemon { .. } => Some("check that dockerd runs on the host: `systemctl status docker`".to_string()),
             Error::DaemonTooOld { .. } => Some("upgrade Docker on the host".to_string()),
-            Error::Secrets { hint, .. } | Error::Login { hint, .. } => Some(hint.clone()),
+            Error::Secrets { hint, .. } | Error::Login { hint, .. } | Error::ParameterWrite { hint, .. } => {
+                Some(hint.clone())
+            }
             Error::Build { message, .. } if refused_by_a_registry(message) => Some(
                 "log in to the base image's registry: DOCKER_REGISTRY with DOCKER_USER/DOCKER_PASS, or ECR_REGISTRY \
                  for ECR"

@@ -1,7 +1,8 @@
 //! `agent` builds Docker images in AWS CodeBuild on a remote Docker host that keeps its layer
 //! cache between builds. The folders are listed in the order a run meets them:
 //!
-//! - [`run`]: the top level that ties the rest together (`main.rs` calls only it);
+//! - [`run`]: the top level that ties the rest together (`main.rs` calls only it); [`host`]: the
+//!   `agent host` commands that set a remote host up (its host keys, a login key);
 //! - [`cli`]: the command line (clap) and the environment variables it reads;
 //! - [`config`]: flags and environment turned into one validated [`config::Config`] (`SSM:`
 //!   references kept as such), then resolved ([`config::resolve`]) into the typed values the steps read;
@@ -31,6 +32,7 @@
 //! - [`error`]: the one error type and its documented exit codes.
 
 // The flow of a run, in order (one module a group, so that rustfmt keeps the order).
+pub mod host;
 pub mod run;
 
 pub mod cli;

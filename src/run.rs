@@ -40,6 +40,7 @@ pub fn main() -> ExitCode {
             let run_matches = matches.subcommand_matches("run").expect("the run subcommand was parsed");
             runtime.block_on(run(args, run_matches))
         }
+        Command::Host(command) => runtime.block_on(crate::host::run(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

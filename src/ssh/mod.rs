@@ -6,6 +6,7 @@ pub mod account;
 pub mod files;
 pub mod install;
 pub mod key;
+pub mod keyscan;
 pub mod known_hosts;
 pub mod login;
 pub mod transport;

@@ -15,10 +15,10 @@ fn free_port() -> u16 {
 }
 
 /// A server process this test started, with its descendants killed when it is dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     _dir: tempfile::TempDir,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Server {
@@ -68,6 +68,12 @@ fn wait_for_port(port: u16) {
 
 /// An sshd of this test's own, configured as the world's but on another port.
 fn own_sshd(world: &World) -> (Server, String) {
+    own_sshd_authorizing(world, None)
+}
+
+/// [`own_sshd`], reading the test user's authorized keys from `authorized_keys` when given (a
+/// file of the test's own) rather than the world's.
+pub(crate) fn own_sshd_authorizing(world: &World, authorized_keys: Option<&Path>) -> (Server, String) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config: String = read(&world.state_dir.join("sshd_config"))
@@ -77,6 +83,8 @@ fn own_sshd(world: &World) -> (Server, String) {
                 format!("Port {port}")
             } else if line.starts_with("PidFile ") {
                 format!("PidFile {}", dir.path().join("sshd.pid").display())
+            } else if let (true, Some(file)) = (line.starts_with("AuthorizedKeysFile "), authorized_keys) {
+                format!("AuthorizedKeysFile {}", file.display())
             } else {
                 line.to_string()
             }
