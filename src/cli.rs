@@ -371,7 +371,7 @@ mod tests {
     fn repeatable_flags_collect() {
         let (cli, _) =
             parse(["agent", "run", "--tag", "a", "-t", "b", "--build-arg", "X=1", "--build-arg", "Y"]).unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else { panic!("not a run") };
         assert_eq!(args.tags, ["a", "b"]);
         assert_eq!(args.build_args, ["X=1", "Y"]);
     }

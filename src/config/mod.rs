@@ -1149,7 +1149,7 @@ pub(crate) mod tests {
         let mut full = vec!["agent", "run"];
         full.extend_from_slice(argv);
         let (cli, _) = parse(full).unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else { panic!("not a run") };
         let mut env = env.to_vec();
         env.push(("HOME", "/home/ci"));
         Config::new(&args, &AllFlags, &Environment::from_pairs(env), cwd)

@@ -488,7 +488,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
         let (cli, _) = crate::cli::parse(["agent", "run", "--image", "app", "--secret", "id=t,env=TOKEN"]).unwrap();
-        let crate::cli::Command::Run(args) = cli.command;
+        let crate::cli::Command::Run(args) = cli.command else { panic!("not a run") };
         let env = crate::cli::Environment::from_pairs([("TOKEN", "auto-builder-secret"), ("HOME", "/home/ci")]);
         let config = crate::config::Config::new(&args, &crate::config::AllFlags, &env, dir.path()).unwrap();
         let facts = |os: &str, api: &str| crate::docker::daemon::Facts {
