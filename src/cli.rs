@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build the image on the Docker host and push its tags (or, with --dry, print the plan)
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Set up a remote Docker host: its host keys and a login key, into Parameter Store
     /// (`agent run --check` checks a host)
     #[command(subcommand)]

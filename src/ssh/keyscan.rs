@@ -85,8 +85,7 @@ async fn shown_key(
     let name = lookup_name(host, port);
     let handshake = async {
         let tcp = connect_tcp("ssh", host, port).await?;
-        let mut preferred = russh::Preferred::default();
-        preferred.key = Cow::Owned(vec![algorithm.clone()]);
+        let preferred = russh::Preferred { key: Cow::Owned(vec![algorithm.clone()]), ..Default::default() };
         let config = Arc::new(client::Config { preferred, nodelay: true, ..Default::default() });
         let shown = Arc::new(Mutex::new(None));
         let outcome = client::connect_stream(config, tcp, Catch { shown: shown.clone() }).await;
