@@ -39,8 +39,13 @@ impl SshTarget {
         }
     }
 
+    /// The commands that print the host's keys, for a hint: the agent's own, and OpenSSH's.
     fn keyscan(&self) -> String {
-        format!("ssh-keyscan -H -p {} {}", self.port, self.host)
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        format!(
+            "agent host keyscan ssh://{}@{host}:{}` or `ssh-keyscan -H -p {} {}",
+            self.user, self.port, self.port, self.host
+        )
     }
 }
 

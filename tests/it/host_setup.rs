@@ -170,3 +170,20 @@ fn keyscan_names_what_is_wrong_with_the_host() {
     dry.expect_code(0);
     assert!(dry.stdout.is_empty(), "no key is made by a dry run");
 }
+
+/// The example host's CloudFormation template (examples/host) is valid: cfn-lint, from PyPI,
+/// installed into the world's venv by `scripts/testworld install`.
+#[test]
+fn the_host_template_passes_cfn_lint() {
+    let world = World::shared();
+    let cfn_lint = world.python.parent().expect("the venv's bin").join("cfn-lint");
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/host/host.yaml");
+    let output = Command::new(&cfn_lint).arg(&template).output().expect("cfn-lint (scripts/testworld install)");
+    assert!(
+        output.status.success(),
+        "cfn-lint {}:\n{}{}",
+        template.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
