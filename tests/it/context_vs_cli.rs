@@ -72,6 +72,12 @@ const CASES: &[Case] = &[
     Case { name: "dockerfile-in-ignored-dir", ignore: Some("docker/\n"), dockerfile: "docker/Dockerfile" },
     Case { name: "dockerfile-outside", ignore: Some("*.tmp\n"), dockerfile: "../Dockerfile" },
     Case { name: "dockerfile-outside-no-ignore", ignore: None, dockerfile: "../Dockerfile" },
+    // Issue 26: Go's filepath.Clean keeps a leading `..`, so these exceptions re-include nothing.
+    Case { name: "dot-dot-exceptions", ignore: Some("*\n!../a.txt\n!sub/../../keep.txt\n"), dockerfile: "Dockerfile" },
+    // moby's matcher: `**` inside a segment, a `dir/**` that keeps `dir`, `[^…]` classes. (Not
+    // `**.log`: Docker 20.10's CLI matches it as `(.*/)?\.log`, today's patternmatcher as any path
+    // ending in `.log`; the agent follows today's.)
+    Case { name: "moby-double-stars", ignore: Some("sub**/*.md\ndocs/**\n[^a-k]*.txt\n"), dockerfile: "Dockerfile" },
 ];
 
 /// Lays out a case: `<dir>/ctx/` with the tree, and the Dockerfile where the case puts it.
