@@ -214,7 +214,7 @@ pub enum Error {
     HostRuntime { target: String, during: String, message: String },
 
     /// A registry answered 429 Too Many Requests.
-    #[error("{registry} refused {during} with 429 Too Many Requests (a rate limit): {message}")]
+    #[error("{registry} answered 429 Too Many Requests (a rate limit) during {during}: {message}")]
     RateLimited { registry: String, during: String, message: String },
 
     /// A bug: something the agent assumed could not happen.
@@ -441,13 +441,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What to do about a registry's rate limit: log in, a pull-through cache, or later.
 fn rate_limit_hint(registry: &str) -> String {
-    if registry == "docker.io" || registry.ends_with("docker.io") {
-        "Docker Hub limits anonymous pulls per address (a NAT'd CodeBuild shares one): log in with DOCKER_USER/DOCKER_PASS, \
-         pull the base images through ECR's pull-through cache for Docker Hub, or run again later"
+    if registry.contains("docker.io") {
+        "Docker Hub limits pulls per address, anonymous ones most (a NAT'd CodeBuild shares one address): log in with \
+         DOCKER_USER/DOCKER_PASS, pull the base images through ECR's pull-through cache for Docker Hub (FROM \
+         ECR_REGISTRY/docker-hub/library/IMAGE:TAG), or run again later"
             .to_string()
     } else {
         format!(
-            "log in to {registry} (its limit for anonymous clients is lower), pull through a cache, or run again later"
+            "log in to {registry} (DOCKER_REGISTRY with DOCKER_USER/DOCKER_PASS: anonymous clients get the lowest \
+             limit), pull its images through a pull-through cache, or run again later"
         )
     }
 }
