@@ -28,6 +28,7 @@ mod parsers;
 mod platform;
 mod pool;
 mod progress;
+mod rate_limits;
 mod redaction;
 mod session;
 mod ssh;
