@@ -550,6 +550,32 @@ mod tests {
         assert!(printed.hint().unwrap().contains("fix the Dockerfile"), "the step's own output is not read");
     }
 
+    /// Issue 23: a rate limit's hint: for Docker Hub the login and ECR's pull-through cache in the
+    /// form a Dockerfile names it; for another registry its login; both say later.
+    #[test]
+    fn a_rate_limit_hint_names_the_ways_out() {
+        let limited = |registry: &str| Error::RateLimited {
+            registry: registry.to_string(),
+            during: "the build".to_string(),
+            message: "toomanyrequests: You have reached your pull rate limit.".to_string(),
+        };
+        let hub = limited("Docker Hub (docker.io)");
+        assert_eq!(hub.exit_code(), exit::RATE_LIMITED);
+        let hint = hub.hint().unwrap();
+        for words in ["DOCKER_USER/DOCKER_PASS", "ECR_REGISTRY/docker-hub/library/IMAGE:TAG", "run again later"] {
+            assert!(hint.contains(words), "{words}: {hint}");
+        }
+        let other = limited("ghcr.io").hint().unwrap();
+        for words in ["log in to ghcr.io", "pull-through cache", "run again later"] {
+            assert!(other.contains(words), "{words}: {other}");
+        }
+        assert_eq!(
+            hub.to_string(),
+            "Docker Hub (docker.io) answered 429 Too Many Requests (a rate limit) during the build: toomanyrequests: You \
+             have reached your pull rate limit."
+        );
+    }
+
     #[test]
     fn exit_codes_are_unique_and_listed_in_order() {
         let codes: Vec<u8> = exit::TABLE.iter().map(|row| row.0).collect();

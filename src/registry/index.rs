@@ -439,6 +439,24 @@ mod tests {
         assert!(!is_not_found(&OciDistributionError::GenericError(Some("connection reset".to_string()))));
     }
 
+    /// Issue 23: a 429 that outlasted the retries is rate-limited (exit 41), naming the registry
+    /// as the user knows it; any other registry error stays the push's.
+    #[test]
+    fn a_429_after_the_retries_is_rate_limited_and_names_the_registry() {
+        let hub = IndexPusher::new(&Repository::parse("me/app").unwrap(), None, Duration::from_secs(5));
+        let limited = OciDistributionError::ServerError {
+            code: 429,
+            url: "https://index.docker.io/v2/me/app/manifests/v1".to_string(),
+            message: String::new(),
+        };
+        let error = hub.error("v1", "pushing the image index".to_string(), limited);
+        assert_eq!(error.exit_code(), crate::error::exit::RATE_LIMITED);
+        assert!(error.to_string().starts_with("Docker Hub (docker.io) answered 429"), "{error}");
+        assert!(error.to_string().contains("pushing the image index (after 30s of retries)"), "{error}");
+        let other = OciDistributionError::ServerError { code: 503, url: String::new(), message: String::new() };
+        assert_eq!(hub.error("v1", "pushing".to_string(), other).exit_code(), crate::error::exit::PUSH);
+    }
+
     #[test]
     fn docker_hub_official_images_get_the_library_prefix() {
         let official = IndexPusher::new(&Repository::parse("alpine").unwrap(), None, Duration::from_secs(5));
