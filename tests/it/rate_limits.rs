@@ -267,3 +267,54 @@ fn the_comparison_answered_429_is_retried_and_keeps_the_unchanged_image() {
     assert!(second.stderr.contains("unchanged since "), "{}", second.stderr);
     assert!(!second.stderr.contains("pushed sha256:"), "{}", second.stderr);
 }
+
+/// Whether a request puts a manifest: the image index's push.
+fn manifest_put(method: &str, path: &str) -> bool {
+    method == "PUT" && path.contains("/manifests/")
+}
+
+/// The agent's own push of a multi-platform image index, in front of the Docker Hub stand-in:
+/// answered 429 twice, it is retried and lands; answered 429 to every put, it is rate-limited
+/// (exit 41) naming the registry once its 30 s of retries are spent, and no index is pushed.
+#[test]
+fn the_image_index_push_retries_a_429_and_then_is_rate_limited() {
+    use agent::registry::Credential;
+    use agent::registry::index::push_index;
+    use agent::registry::reference::Repository;
+    use agent::secrets::Secret;
+
+    let world = World::shared();
+    let (name, images) = crate::platform::two_platform_images(world, crate::platform::Api::Hub, "index-429");
+    let hub = RateLimitedRegistry::in_front_of(port_of(&world.hub_registry), manifest_put);
+    let repository = Repository::parse(&format!("{}/{name}", hub.host())).unwrap();
+    let credential = Credential::new(hub.host(), world.hub_user.clone(), Secret::new(world.hub_pass()));
+    let push = |tag: &str| {
+        let tags = [tag.to_string()];
+        let timeout = std::time::Duration::from_secs(20);
+        crate::platform::runtime().block_on(push_index(&repository, Some(&credential), &tags, &images, timeout))
+    };
+
+    hub.limit(2);
+    let pushed = push("retried").unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(hub.answered(), 2);
+    let (_, digest) =
+        world.manifest(crate::platform::Api::Hub, &name, "retried", crate::platform::DOCKER_MANIFEST_LIST);
+    assert_eq!(digest, pushed.digest);
+
+    hub.limit(usize::MAX);
+    let started = std::time::Instant::now();
+    let error = push("limited").expect_err("a registry answering 429 to every put");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert_eq!(error.exit_code(), 41, "{error}");
+    let message = error.to_string();
+    assert!(message.starts_with(&format!("{} answered 429 Too Many Requests", hub.host())), "{message}");
+    assert!(message.contains("pushing the image index (after 30s of retries)"), "{message}");
+    assert!(!message.contains(&world.hub_pass()), "{message}");
+    let (status, _, _) = world.registry_get(
+        crate::platform::Api::Hub,
+        &name,
+        "manifests/limited",
+        crate::platform::DOCKER_MANIFEST_LIST,
+    );
+    assert_eq!(status, 404, "no index may be pushed under the tag");
+}
