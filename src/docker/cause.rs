@@ -95,6 +95,10 @@ pub fn limiting_registry(message: &str, step: Option<&str>) -> Option<String> {
     };
     let from_step = || {
         let step = step?;
+        // `COPY --from=IMAGE`: the image is pulled as a base image is.
+        if let Some((_, image)) = step.split_once(" --from=") {
+            return image.split_whitespace().next().map(registry_of);
+        }
         let rest = step.split_once("FROM ").or_else(|| step.split_once("metadata for "))?.1;
         rest.split_whitespace().find(|word| !word.starts_with("--")).map(registry_of)
     };
@@ -277,6 +281,13 @@ mod tests {
             limiting_registry(classic, Some("step 1/2 FROM --platform=linux/arm64 ghcr.io/o/i")).as_deref(),
             Some("ghcr.io")
         );
+        // Docker 20.10, the classic builder, `COPY --from=IMAGE`
+        let copy = "step 3/3 COPY --from=127.0.0.1:45429/tools:1 /bin/tool /bin/tool";
+        let from_flag = "invalid from flag value 127.0.0.1:45429/tools:1: toomanyrequests: You have reached your pull \
+                         rate limit. You may increase the limit by authenticating and upgrading: \
+                         https://www.docker.com/increase-rate-limit";
+        assert!(says_rate_limited(from_flag));
+        assert_eq!(limiting_registry(from_flag, Some(copy)).as_deref(), Some(stand_in));
         assert_eq!(limiting_registry(classic, None), None, "the docker.com link is not a registry");
         assert!(!says_rate_limited("failed to compute cache key: \"/blob\" not found"));
     }
