@@ -446,6 +446,10 @@ fn rate_limit_hint(registry: &str) -> String {
          DOCKER_USER/DOCKER_PASS, pull the base images through ECR's pull-through cache for Docker Hub (FROM \
          ECR_REGISTRY/docker-hub/library/IMAGE:TAG), or run again later"
             .to_string()
+    } else if registry.contains(".dkr.ecr.") {
+        "ECR throttles requests per account and region (its service quotas, e.g. for image pushes and pulls): run \
+         again later, spread the builds that push at once, or ask AWS for a higher quota"
+            .to_string()
     } else {
         format!(
             "log in to {registry} (DOCKER_REGISTRY with DOCKER_USER/DOCKER_PASS: anonymous clients get the lowest \
@@ -565,6 +569,8 @@ mod tests {
         for words in ["DOCKER_USER/DOCKER_PASS", "ECR_REGISTRY/docker-hub/library/IMAGE:TAG", "run again later"] {
             assert!(hint.contains(words), "{words}: {hint}");
         }
+        let ecr = limited("123456789012.dkr.ecr.eu-west-1.amazonaws.com").hint().unwrap();
+        assert!(ecr.contains("ECR throttles") && ecr.contains("run again later"), "{ecr}");
         let other = limited("ghcr.io").hint().unwrap();
         for words in ["log in to ghcr.io", "pull-through cache", "run again later"] {
             assert!(other.contains(words), "{words}: {other}");
