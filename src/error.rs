@@ -239,7 +239,7 @@ pub enum Error {
     },
 
     /// A registry answered 429 Too Many Requests.
-    #[error("{registry} refused {during} with 429 Too Many Requests (a rate limit): {message}")]
+    #[error("{registry} answered 429 Too Many Requests (a rate limit) during {during}: {message}")]
     RateLimited { registry: String, during: String, message: String },
 
     /// A bug: something the agent assumed could not happen.
@@ -474,13 +474,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What to do about a registry's rate limit: log in, a pull-through cache, or later.
 fn rate_limit_hint(registry: &str) -> String {
-    if registry == "docker.io" || registry.ends_with("docker.io") {
-        "Docker Hub limits anonymous pulls per address (a NAT'd CodeBuild shares one): log in with DOCKER_USER/DOCKER_PASS, \
-         pull the base images through ECR's pull-through cache for Docker Hub, or run again later"
+    if registry.contains("docker.io") {
+        "Docker Hub limits pulls per address, anonymous ones most (a NAT'd CodeBuild shares one address): log in with \
+         DOCKER_USER/DOCKER_PASS, pull the base images through ECR's pull-through cache for Docker Hub (FROM \
+         ECR_REGISTRY/docker-hub/library/IMAGE:TAG), or run again later"
+            .to_string()
+    } else if registry.contains(".dkr.ecr.") {
+        "ECR throttles requests per account and region (its service quotas, e.g. for image pushes and pulls): run \
+         again later, spread the builds that push at once, or ask AWS for a higher quota"
             .to_string()
     } else {
         format!(
-            "log in to {registry} (its limit for anonymous clients is lower), pull through a cache, or run again later"
+            "log in to {registry} (DOCKER_REGISTRY with DOCKER_USER/DOCKER_PASS: anonymous clients get the lowest \
+             limit), pull its images through a pull-through cache, or run again later"
         )
     }
 }
@@ -579,6 +585,34 @@ mod tests {
         let output = vec!["exit code: 137".to_string()];
         let printed = Error::Build { step: None, message: "exit code: 1".to_string(), output, built: 0 };
         assert!(printed.hint().unwrap().contains("fix the Dockerfile"), "the step's own output is not read");
+    }
+
+    /// Issue 23: a rate limit's hint: for Docker Hub the login and ECR's pull-through cache in the
+    /// form a Dockerfile names it; for another registry its login; both say later.
+    #[test]
+    fn a_rate_limit_hint_names_the_ways_out() {
+        let limited = |registry: &str| Error::RateLimited {
+            registry: registry.to_string(),
+            during: "the build".to_string(),
+            message: "toomanyrequests: You have reached your pull rate limit.".to_string(),
+        };
+        let hub = limited("Docker Hub (docker.io)");
+        assert_eq!(hub.exit_code(), exit::RATE_LIMITED);
+        let hint = hub.hint().unwrap();
+        for words in ["DOCKER_USER/DOCKER_PASS", "ECR_REGISTRY/docker-hub/library/IMAGE:TAG", "run again later"] {
+            assert!(hint.contains(words), "{words}: {hint}");
+        }
+        let ecr = limited("123456789012.dkr.ecr.eu-west-1.amazonaws.com").hint().unwrap();
+        assert!(ecr.contains("ECR throttles") && ecr.contains("run again later"), "{ecr}");
+        let other = limited("ghcr.io").hint().unwrap();
+        for words in ["log in to ghcr.io", "pull-through cache", "run again later"] {
+            assert!(other.contains(words), "{words}: {other}");
+        }
+        assert_eq!(
+            hub.to_string(),
+            "Docker Hub (docker.io) answered 429 Too Many Requests (a rate limit) during the build: toomanyrequests: You \
+             have reached your pull rate limit."
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub async fn named(daemon: &Daemon, during: &str, error: Error) -> Error {
     };
     // The classic builder's failures are the daemon's answer to the request: "answered 500: …".
     let message = strip_status(message).to_string();
+    if says_rate_limited(&message) {
+        return rate_limited(&error, during, message);
+    }
     if disk_full(&message) {
         let disk = match tokio::time::timeout(DISK_LINE_WAIT, disk::disk_use(daemon)).await {
             Ok(Ok(used)) => Some(used.summary().trim_start_matches("host disk: ").to_string()),
@@ -95,6 +98,82 @@ fn strip_status(detail: &str) -> &str {
         .and_then(|rest| rest.split_once(": "))
         .filter(|(status, _)| status.len() == 3 && status.bytes().all(|b| b.is_ascii_digit()))
         .map_or(detail, |(_, message)| message)
+}
+
+/// A registry's 429 Too Many Requests in the daemon's (or a registry's) words. Docker 20.10's
+/// BuildKit: "pulling from host HOST failed with status code [manifests TAG]: 429 Too Many
+/// Requests"; 26's and 28's: "unexpected status from HEAD request to URL: 429 Too Many Requests";
+/// the classic builder, a push and Docker Hub's body: "toomanyrequests: You have reached your pull
+/// rate limit…"; the `/auth` login check: "login attempt to URL failed with status: 429 Too Many
+/// Requests".
+pub fn says_rate_limited(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("too many requests") || message.contains("toomanyrequests")
+}
+
+/// The registry a rate-limit message names, as the user knows it (Docker Hub's hosts are
+/// "Docker Hub (docker.io)"): the host of a registry API URL in it (`http://HOST/v2/…`; the
+/// docker.com link of Docker Hub's message is not one), BuildKit 0.8's "pulling from host HOST",
+/// an image reference it names, else the image of the failing step (`FROM REF`, `[internal] load
+/// metadata for REF`): the classic builder says only "toomanyrequests: …".
+pub fn limiting_registry(message: &str, step: Option<&str>) -> Option<String> {
+    let from_url = message.match_indices("://").find_map(|(at, sign)| {
+        let rest = &message[at + sign.len()..];
+        let (host, path) = rest.split_once('/')?;
+        (path == "v2" || path.starts_with("v2/")).then_some(host).filter(|host| !host.is_empty())
+    });
+    let from_words = || {
+        let after = |sign: &str| message.split_once(sign).map(|(_, rest)| rest);
+        let host = after("pulling from host ").and_then(|rest| rest.split_whitespace().next());
+        let reference = after("resolve reference \"").and_then(|rest| rest.split('"').next()).or_else(|| {
+            let word = after("resolve source metadata for ")?.split_whitespace().next()?;
+            Some(word.trim_end_matches(':'))
+        });
+        host.map(str::to_string).or_else(|| reference.map(registry_of))
+    };
+    let from_step = || {
+        let step = step?;
+        // `COPY --from=IMAGE`: the image is pulled as a base image is.
+        if let Some((_, image)) = step.split_once(" --from=") {
+            return image.split_whitespace().next().map(registry_of);
+        }
+        let rest = step.split_once("FROM ").or_else(|| step.split_once("metadata for "))?.1;
+        rest.split_whitespace().find(|word| !word.starts_with("--")).map(registry_of)
+    };
+    from_url.map(str::to_string).or_else(from_words).or_else(from_step).map(|host| registry_name(&host))
+}
+
+/// The registry of an image reference: its first component when that is a host (it has a `.` or
+/// a `:`, or is `localhost`), else Docker Hub.
+fn registry_of(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.to_string(),
+        _ => "docker.io".to_string(),
+    }
+}
+
+/// A registry host as the user knows it: Docker Hub's (`docker.io`, `registry-1.docker.io`,
+/// `index.docker.io`) are "Docker Hub (docker.io)".
+pub fn registry_name(host: &str) -> String {
+    if ["docker.io", "registry-1.docker.io", "index.docker.io", "registry.hub.docker.com"].contains(&host) {
+        "Docker Hub (docker.io)".to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+/// A registry's 429 as [`Error::RateLimited`], naming the registry from the daemon's words, else
+/// from the failing step's image, else the push's registry.
+fn rate_limited(error: &Error, during: String, message: String) -> Error {
+    let (step, pushed_to, during) = match error {
+        Error::Build { step, .. } => (step.as_deref(), None, during),
+        Error::Push { reference, registry, .. } => (None, Some(registry.as_str()), format!("{during} of {reference}")),
+        _ => (None, None, during),
+    };
+    let registry = limiting_registry(&message, step)
+        .or_else(|| pushed_to.map(registry_name))
+        .unwrap_or_else(|| "a registry".to_string());
+    Error::RateLimited { registry, during, message }
 }
 
 /// ENOSPC, as the daemon writes it: "write /var/lib/docker/overlay2/…/blob: no space left on
@@ -180,5 +259,88 @@ mod tests {
                        container process: exec: \"/bin/nope\": stat /bin/nope: no such file or directory: unknown";
         assert!(!runtime_failed(missing));
         assert!(!runtime_failed("failed to compute cache key: \"/blob\" not found"));
+    }
+
+    /// The daemons' own words for a base image's registry answering 429 (verbatim from Docker
+    /// 20.10, 26 and 28, BuildKit and the classic builder, against the tests' stand-in), the push's
+    /// and the login check's, and Docker Hub's as users meet it: each names the registry.
+    #[test]
+    fn a_429_in_the_daemons_words_names_the_registry() {
+        let stand_in = "127.0.0.1:45429";
+        let cases = [
+            // Docker 20.10, BuildKit
+            (
+                "failed to solve with frontend dockerfile.v0: failed to create LLB definition: pulling from host \
+              127.0.0.1:45429 failed with status code [manifests 1]: 429 Too Many Requests",
+                None,
+            ),
+            // Docker 26 and 28, BuildKit
+            (
+                "127.0.0.1:45429/library/base:1: failed to resolve source metadata for 127.0.0.1:45429/library/base:1: \
+              unexpected status from HEAD request to http://127.0.0.1:45429/v2/library/base/manifests/1: 429 Too Many \
+              Requests",
+                None,
+            ),
+            // Docker 20.10 and 26, the classic builder (and their pushes): the registry is not named
+            (
+                "toomanyrequests: You have reached your pull rate limit. You may increase the limit by authenticating \
+              and upgrading: https://www.docker.com/increase-rate-limit",
+                Some("step 1/4 FROM 127.0.0.1:45429/library/base:1"),
+            ),
+            // Docker 28, the classic builder (containerd image store)
+            (
+                "unknown: failed to resolve reference \"127.0.0.1:45429/library/base:1\": unexpected status from HEAD \
+              request to http://127.0.0.1:45429/v2/library/base/manifests/1: 429 Too Many Requests",
+                None,
+            ),
+            // Docker 28, a push
+            (
+                "unexpected status from HEAD request to http://127.0.0.1:45429/v2/rl/probe/blobs/sha256:8c2f: 429 Too \
+              Many Requests",
+                None,
+            ),
+            // every engine, the /auth login check
+            ("login attempt to http://127.0.0.1:45429/v2/ failed with status: 429 Too Many Requests", None),
+        ];
+        for (message, step) in cases {
+            assert!(says_rate_limited(message), "{message}");
+            assert_eq!(limiting_registry(message, step).as_deref(), Some(stand_in), "{message}");
+        }
+        let hub = "docker.io/library/alpine:3.19: failed to resolve source metadata for docker.io/library/alpine:3.19: \
+                   failed to copy: httpReadSeeker: failed open: unexpected status code \
+                   https://registry-1.docker.io/v2/library/alpine/manifests/sha256:51b6: 429 Too Many Requests - Server \
+                   message: toomanyrequests: You have reached your pull rate limit.";
+        assert_eq!(limiting_registry(hub, None).as_deref(), Some("Docker Hub (docker.io)"));
+        let classic = "toomanyrequests: You have reached your pull rate limit.";
+        assert_eq!(
+            limiting_registry(classic, Some("step 1/2 FROM alpine:3.19 AS base")).as_deref(),
+            Some("Docker Hub (docker.io)")
+        );
+        assert_eq!(
+            limiting_registry(classic, Some("step 1/2 FROM --platform=linux/arm64 ghcr.io/o/i")).as_deref(),
+            Some("ghcr.io")
+        );
+        // Docker 20.10, the classic builder, `COPY --from=IMAGE`
+        let copy = "step 3/3 COPY --from=127.0.0.1:45429/tools:1 /bin/tool /bin/tool";
+        let from_flag = "invalid from flag value 127.0.0.1:45429/tools:1: toomanyrequests: You have reached your pull \
+                         rate limit. You may increase the limit by authenticating and upgrading: \
+                         https://www.docker.com/increase-rate-limit";
+        assert!(says_rate_limited(from_flag));
+        assert_eq!(limiting_registry(from_flag, Some(copy)).as_deref(), Some(stand_in));
+        assert_eq!(limiting_registry(classic, None), None, "the docker.com link is not a registry");
+        assert!(!says_rate_limited("failed to compute cache key: \"/blob\" not found"));
+    }
+
+    /// A step of the user's that prints a 429 (a `curl` in a RUN) and exits non-zero is its own
+    /// failure, not a rate limit.
+    #[test]
+    fn a_step_that_prints_a_429_is_not_a_rate_limit() {
+        let error = Error::Build {
+            step: Some("step 3/4 RUN curl -f https://example.com".to_string()),
+            message: "process \"/bin/sh -c curl -f https://example.com\" did not complete successfully: exit code: 22"
+                .to_string(),
+            output: vec!["curl: (22) The requested URL returned error: 429 Too Many Requests".to_string()],
+        };
+        assert!(daemon_words(&error).is_none());
     }
 }

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use crate::docker::daemon::{Daemon, Facts};
 use crate::error::Error;
 use crate::output::human_bytes;
-use crate::registry::Credential;
+use crate::registry::{Credential, rate_limit};
 use progress::Progress;
 use spec::{BuildSpec, Builder};
 
@@ -118,7 +118,18 @@ pub async fn pull_for_cache(daemon: &Daemon, reference: &str, registry: &str, cr
     let started = Instant::now();
     while let Some(item) = stream.next().await {
         if let Err(error) = item {
-            tracing::info!("no {reference} to use as cache ({})", first_line(&error.to_string()));
+            let error = error.to_string();
+            if crate::docker::cause::says_rate_limited(&error) {
+                let by = crate::docker::cause::limiting_registry(&error, None)
+                    .unwrap_or_else(|| crate::docker::cause::registry_name(registry));
+                tracing::warn!(
+                    "no {reference} to use as cache: rate-limited, {by} answered 429 Too Many Requests ({}); the \
+                     build goes on without it",
+                    first_line(&error)
+                );
+            } else {
+                tracing::info!("no {reference} to use as cache ({})", first_line(&error));
+            }
             return false;
         }
     }
@@ -471,7 +482,8 @@ impl std::fmt::Display for Pushed {
     }
 }
 
-/// Pushes one tag with the registry's credentials, retrying transient failures with backoff.
+/// Pushes one tag with the registry's credentials, retrying transient failures with backoff, and
+/// a registry's 429 as long as [`rate_limit::PATIENCE`] allows (the daemon relays no Retry-After).
 pub async fn push(
     daemon: &Daemon,
     reference: &str,
@@ -479,24 +491,38 @@ pub async fn push(
     credentials: &[Credential],
 ) -> Result<Pushed, Error> {
     let mut delay = Duration::from_secs(1);
-    for attempt in 1..=PUSH_ATTEMPTS {
+    let mut attempt = 0;
+    let mut rate_limit = rate_limit::Backoff::default();
+    loop {
+        attempt += 1;
         let failed = |error| crate::docker::cause::named(daemon, "the push", error);
         match push_once(daemon, reference, registry, credentials).await {
             Ok(summary) => return Ok(summary),
             Err(PushFailure::Final(error)) => return Err(failed(error).await),
-            Err(PushFailure::Transient(error)) if attempt == PUSH_ATTEMPTS => return Err(failed(error).await),
+            Err(PushFailure::Transient(error)) if attempt >= PUSH_ATTEMPTS => return Err(failed(error).await),
             Err(PushFailure::Transient(error)) => {
                 tracing::warn!("push {reference} failed ({error}); retrying in {}s", delay.as_secs());
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
+            Err(PushFailure::RateLimited(error)) => match rate_limit.next_wait() {
+                Some(wait) => {
+                    tracing::warn!(
+                        "push {reference}: rate-limited, the registry answered 429 Too Many Requests; retrying in {}s",
+                        wait.as_secs()
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                None => return Err(failed(error).await),
+            },
         }
     }
-    unreachable!("the loop returns on its last attempt")
 }
 
 enum PushFailure {
     Transient(Error),
+    /// A registry's 429 Too Many Requests: retried as long as the rate limit's patience allows.
+    RateLimited(Error),
     Final(Error),
 }
 
@@ -511,9 +537,13 @@ async fn push_once(
     let mut stream = daemon.docker.push_image(repository, Some(options), credentials_for(credentials, registry));
     // An error the daemon reports in the push's stream, classed for the retry loop.
     let failure = |message: String| {
-        let transient = is_transient(&message);
+        let (rate_limited, transient) = (crate::docker::cause::says_rate_limited(&message), is_transient(&message));
         let error = Error::Push { reference: reference.to_string(), registry: registry.to_string(), message };
-        if transient { PushFailure::Transient(error) } else { PushFailure::Final(error) }
+        match (rate_limited, transient) {
+            (true, _) => PushFailure::RateLimited(error),
+            (false, true) => PushFailure::Transient(error),
+            (false, false) => PushFailure::Final(error),
+        }
     };
     let (mut pushed, mut existed) = (0usize, 0usize);
     let mut digest = None;

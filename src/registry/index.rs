@@ -24,9 +24,9 @@ use oci_client::{Client, Reference};
 use sha2::Digest as _;
 
 use crate::error::Error;
-use crate::registry::Credential;
 pub use crate::registry::reference::Platform;
 use crate::registry::reference::{DOCKER_HUB, Repository};
+use crate::registry::{Credential, rate_limit};
 
 /// One platform's image, already pushed to the repository: its manifest's digest (`sha256:…`, as
 /// the daemon's push reports it).
@@ -96,6 +96,13 @@ impl IndexPusher {
     }
 
     fn error(&self, what: &str, context: String, error: OciDistributionError) -> Error {
+        if rate_limit::is_rate_limited(&error) {
+            return Error::RateLimited {
+                registry: crate::docker::cause::registry_name(self.repository.registry()),
+                during: format!("{context} (after {}s of retries)", rate_limit::PATIENCE.as_secs()),
+                message: error.to_string(),
+            };
+        }
         let detail = match &error {
             OciDistributionError::UnauthorizedError { .. } => {
                 "unauthorized: the registry refused the credentials (or there were none)".to_string()
@@ -119,8 +126,9 @@ impl IndexPusher {
         let reference = self.reference_by_digest(&image.digest);
         let context = || format!("reading the {} manifest {}", image.platform, image.digest);
         let (body, digest) = self
-            .client
-            .pull_manifest_raw(&reference, &self.auth, MANIFEST_MEDIA_TYPES)
+            .patiently("a manifest's read", || {
+                self.client.pull_manifest_raw(&reference, &self.auth, MANIFEST_MEDIA_TYPES)
+            })
             .await
             .map_err(|error| self.error(tag, context(), error))?;
         let fields: serde_json::Value = serde_json::from_slice(&body).map_err(|error| Error::Push {
@@ -148,9 +156,11 @@ impl IndexPusher {
             registry: self.repository.registry().to_string(),
             message: format!("{}: {error}", context()),
         })?;
-        let mut config = Vec::new();
-        self.client
-            .pull_blob(&reference, &manifest.config, &mut config)
+        let config = self
+            .patiently("a config's read", || async {
+                let mut config = Vec::new();
+                self.client.pull_blob(&reference, &manifest.config, &mut config).await.map(|()| config)
+            })
             .await
             .map_err(|error| self.error(tag, format!("reading the {} image's config", image.platform), error))?;
         let config: serde_json::Value = serde_json::from_slice(&config).unwrap_or_default();
@@ -186,8 +196,8 @@ impl IndexPusher {
     /// Fetches the token for `operation` (bearer flow) once for the repository, so that the
     /// requests that follow share it instead of each asking the token server.
     pub async fn authorize(&self, tag: &str, operation: oci_client::RegistryOperation) -> Result<(), Error> {
-        self.client
-            .auth(&self.reference_by_tag(tag), &self.auth, operation)
+        let reference = self.reference_by_tag(tag);
+        self.patiently("the login", || self.client.auth(&reference, &self.auth, operation))
             .await
             .map(drop)
             .map_err(|error| self.error(tag, format!("logging in to {}", self.repository.registry()), error))
@@ -197,10 +207,12 @@ impl IndexPusher {
     pub async fn push(&self, tag: &str, index: &IndexBody) -> Result<String, Error> {
         let content_type = http::HeaderValue::from_static(index.media_type);
         self.client.store_auth_if_needed(self.reference_by_tag(tag).resolve_registry(), &self.auth).await;
-        self.client
-            .push_manifest_raw(&self.reference_by_tag(tag), index.bytes.clone(), content_type)
-            .await
-            .map_err(|error| self.error(tag, "pushing the image index".to_string(), error))?;
+        let reference = self.reference_by_tag(tag);
+        self.patiently("the index's push", || {
+            self.client.push_manifest_raw(&reference, index.bytes.clone(), content_type.clone())
+        })
+        .await
+        .map_err(|error| self.error(tag, "pushing the image index".to_string(), error))?;
         Ok(index.digest.clone())
     }
 }
@@ -223,7 +235,9 @@ impl IndexPusher {
     pub async fn tag_manifest(&self, tag: &str) -> Result<Option<TagManifest>, OciDistributionError> {
         let reference = self.reference_by_tag(tag);
         let accepted = [MANIFEST_MEDIA_TYPES, &[IMAGE_MANIFEST_LIST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE]].concat();
-        let (bytes, digest) = match self.client.pull_manifest_raw(&reference, &self.auth, &accepted).await {
+        let pulled =
+            self.patiently("a tag's read", || self.client.pull_manifest_raw(&reference, &self.auth, &accepted));
+        let (bytes, digest) = match pulled.await {
             Ok(pulled) => pulled,
             Err(error) if is_not_found(&error) => return Ok(None),
             Err(error) => return Err(error),
@@ -242,9 +256,12 @@ impl IndexPusher {
         &self,
         descriptor: &oci_client::manifest::OciDescriptor,
     ) -> Result<Vec<u8>, OciDistributionError> {
-        let mut out = Vec::new();
-        self.client.pull_blob(&self.reference_by_tag(crate::registry::reference::LATEST), descriptor, &mut out).await?;
-        Ok(out)
+        let reference = self.reference_by_tag(crate::registry::reference::LATEST);
+        self.patiently("a config's read", || async {
+            let mut out = Vec::new();
+            self.client.pull_blob(&reference, descriptor, &mut out).await.map(|()| out)
+        })
+        .await
     }
 
     /// Puts `manifest` (bytes as the registry served them) under `tag`: a registry-side tag, no
@@ -253,7 +270,20 @@ impl IndexPusher {
         let content_type = http::HeaderValue::from_str(&manifest.media_type)
             .map_err(|_| OciDistributionError::GenericError(Some("an unreadable media type".to_string())))?;
         self.client.store_auth_if_needed(self.reference_by_tag(tag).resolve_registry(), &self.auth).await;
-        self.client.push_manifest_raw(&self.reference_by_tag(tag), manifest.bytes.clone(), content_type).await.map(drop)
+        let reference = self.reference_by_tag(tag);
+        self.patiently("a tag's push", || {
+            self.client.push_manifest_raw(&reference, manifest.bytes.clone(), content_type.clone())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `call`, again after each 429 within the rate limit's patience (see [`rate_limit`]).
+    async fn patiently<T, Fut>(&self, what: &str, call: impl FnMut() -> Fut) -> Result<T, OciDistributionError>
+    where
+        Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+    {
+        rate_limit::patiently(&crate::docker::cause::registry_name(self.repository.registry()), what, call).await
     }
 }
 
@@ -407,6 +437,24 @@ mod tests {
         assert!(!is_not_found(&envelope(OciErrorCode::Denied)));
         assert!(!is_not_found(&envelope(OciErrorCode::Unauthorized)));
         assert!(!is_not_found(&OciDistributionError::GenericError(Some("connection reset".to_string()))));
+    }
+
+    /// Issue 23: a 429 that outlasted the retries is rate-limited (exit 41), naming the registry
+    /// as the user knows it; any other registry error stays the push's.
+    #[test]
+    fn a_429_after_the_retries_is_rate_limited_and_names_the_registry() {
+        let hub = IndexPusher::new(&Repository::parse("me/app").unwrap(), None, Duration::from_secs(5));
+        let limited = OciDistributionError::ServerError {
+            code: 429,
+            url: "https://index.docker.io/v2/me/app/manifests/v1".to_string(),
+            message: String::new(),
+        };
+        let error = hub.error("v1", "pushing the image index".to_string(), limited);
+        assert_eq!(error.exit_code(), crate::error::exit::RATE_LIMITED);
+        assert!(error.to_string().starts_with("Docker Hub (docker.io) answered 429"), "{error}");
+        assert!(error.to_string().contains("pushing the image index (after 30s of retries)"), "{error}");
+        let other = OciDistributionError::ServerError { code: 503, url: String::new(), message: String::new() };
+        assert_eq!(hub.error("v1", "pushing".to_string(), other).exit_code(), crate::error::exit::PUSH);
     }
 
     #[test]

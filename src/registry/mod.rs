@@ -3,6 +3,7 @@
 //! so later buildspec commands (`docker push`, `docker run` of a private image) are logged in too.
 
 pub mod index;
+pub mod rate_limit;
 pub mod reference;
 pub mod unchanged;
 
@@ -43,6 +44,14 @@ pub async fn log_in(daemon: &Daemon, credential: &Credential, hint: &str) -> Res
     match daemon.auth(&credential.server_address(), &credential.user, &credential.password).await {
         Ok(()) => Ok(()),
         Err(AuthError::Transport(error)) => Err(error),
+        // The daemon's words: "login attempt to URL failed with status: 429 Too Many Requests".
+        Err(AuthError::Refused { message, .. }) if crate::docker::cause::says_rate_limited(&message) => {
+            Err(Error::RateLimited {
+                registry: crate::docker::cause::registry_name(&credential.registry),
+                during: "the login".to_string(),
+                message,
+            })
+        }
         Err(AuthError::Refused { status, message }) => Err(Error::Login {
             registry: credential.registry.clone(),
             detail: format!("the registry refused the credentials ({status}: {message})"),

@@ -95,7 +95,7 @@ pub async fn registry_images(
     let manifests = manifests
         .into_iter()
         .zip(tags)
-        .map(|(manifest, tag)| manifest.map_err(|error| format!("the registry's {tag}: {error}")))
+        .map(|(manifest, tag)| manifest.map_err(|error| format!("the registry's {tag}: {}", registry_failure(&error))))
         .collect::<Result<Vec<Option<TagManifest>>, String>>()?;
     let mut distinct: Vec<(&TagManifest, oci_client::manifest::OciImageManifest)> = Vec::new();
     for manifest in manifests.iter().flatten() {
@@ -116,12 +116,25 @@ pub async fn registry_images(
     let configs = distinct.iter().map(|(manifest, parsed)| async {
         let context =
             |error: &dyn std::fmt::Display| format!("the config of the registry's {}: {error}", manifest.digest);
-        let bytes = registry.blob(&parsed.config).await.map_err(|error| context(&error))?;
+        let bytes = registry.blob(&parsed.config).await.map_err(|error| context(&registry_failure(&error)))?;
         let config: Value = serde_json::from_slice(&bytes).map_err(|error| context(&error))?;
         Ok::<_, String>((manifest.digest.clone(), parsed.config.digest.clone(), config))
     });
     let configs = futures_util::future::try_join_all(configs).await?;
     Ok(RegistryImages { registry, tags: tags.to_vec(), manifests, configs })
+}
+
+/// A registry call's failure as the comparison's reason to push: a 429 that outlasted the retries
+/// is said plainly (the pushes may well pass: Docker Hub counts manifest reads as pulls, not pushes).
+fn registry_failure(error: &oci_client::errors::OciDistributionError) -> String {
+    if crate::registry::rate_limit::is_rate_limited(error) {
+        format!(
+            "rate-limited: the registry still answered 429 Too Many Requests after {}s of retries",
+            crate::registry::rate_limit::PATIENCE.as_secs()
+        )
+    } else {
+        error.to_string()
+    }
 }
 
 /// Compares the image `local` (a reference the daemon knows) with what the registry holds (as
@@ -191,7 +204,9 @@ async fn compare(daemon: &Daemon, local: &str, images: &RegistryImages) -> Resul
             .map_err(|error| error.to_string())?;
         let puts = missing.iter().map(|tag| registry.put_manifest(tag, manifest));
         for (result, tag) in futures_util::future::join_all(puts).await.into_iter().zip(&missing) {
-            result.map_err(|error| format!("putting the registry's {digest} under {tag}: {error}"))?;
+            result.map_err(|error| {
+                format!("putting the registry's {digest} under {tag}: {}", registry_failure(&error))
+            })?;
         }
     }
     Ok(Verdict::Unchanged(Kept {

@@ -4,8 +4,9 @@
 //!
 //! A few call the library instead, where the executable cannot show what they check: `hosts`
 //! (`nodes::Hosts::connect` over the world's sshd: one connection per target, the slots' order),
-//! `platform` (`registry::index::push_index` against the world's registries), `ssh` (a daemon
-//! over the SSH transport, dropped mid-request), `parsers` (the parsers never panic, on corpora),
+//! `platform` (`registry::index::push_index` against the world's registries; `rate_limits`, the
+//! same behind a stand-in answering 429), `ssh` (a daemon over the SSH transport, dropped
+//! mid-request), `parsers` (the parsers never panic, on corpora),
 //! and the helpers of `dry_run`, `pool` and `budget` (`nodes::affinity::order`, `output::human_bytes`).
 
 mod aarch64;
@@ -29,6 +30,7 @@ mod parsers;
 mod platform;
 mod pool;
 mod progress;
+mod rate_limits;
 mod redaction;
 mod session;
 mod ssh;

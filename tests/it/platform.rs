@@ -60,7 +60,7 @@ impl World {
 
     /// `GET http://REGISTRY/v2/NAME/WHAT` with the login (given to curl on stdin, never on its
     /// command line) and an Accept header: the status, the response headers and the body.
-    fn registry_get(&self, api: Api, name: &str, what: &str, accept: &str) -> (u16, String, Vec<u8>) {
+    pub(crate) fn registry_get(&self, api: Api, name: &str, what: &str, accept: &str) -> (u16, String, Vec<u8>) {
         let (user, password) = match api {
             Api::Ecr => (&self.ecr_user, self.ecr_pass()),
             Api::Hub | Api::TokenHub => (&self.hub_user, self.hub_pass()),
@@ -187,7 +187,7 @@ fn the_arm64_host_over_ssh_builds_an_arm64_image_whose_run_steps_see_aarch64() {
 
 /// Pushes the two single-platform images of one repository: amd64 on the world's daemon, arm64 on
 /// the arm64 host; returns the repository's path in the registry and the digests the registry has.
-fn two_platform_images(world: &World, api: Api, what: &str) -> (String, Vec<PlatformImage>) {
+pub(crate) fn two_platform_images(world: &World, api: Api, what: &str) -> (String, Vec<PlatformImage>) {
     let name = unique(what);
     let image = format!("{}/{name}", world.registry(api));
     let amd64 = world.login(api, Agent::new().env("DOCKER_HOST", world.docker_tcp_url()));
@@ -206,7 +206,7 @@ fn two_platform_images(world: &World, api: Api, what: &str) -> (String, Vec<Plat
     (name, images)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 

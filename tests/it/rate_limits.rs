@@ -1,0 +1,320 @@
+//! Issue 23, `rate-limited` (exit 41): a registry that answers 429 Too Many Requests. Each test
+//! starts a registry stand-in of its own on loopback (the daemon speaks plain HTTP to 127.0.0.0/8):
+//! it answers 429 with Docker Hub's JSON body and `Retry-After: 1`, to every request or to the
+//! first few a test picks, passing the others to the world's ECR stand-in. The daemon's words for
+//! a 429 differ between Docker 20.10 and the newer engines, and between BuildKit and the classic
+//! builder: the daemon-facing tests run on every engine of the world, with both builders.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::agent::{Agent, Outcome};
+use crate::build::{full_run, unique};
+use crate::world::{Engine, World, on_every_engine, port_of};
+
+/// Docker Hub's body for a 429, word for word.
+const DOCKER_HUB_429: &str = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit"}]}"#;
+
+/// A registry stand-in on 127.0.0.1: 429 to the requests `picks` chooses while its budget of 429s
+/// lasts; every other request passed to `upstream` (a registry of the world), or, without one,
+/// answered 429 too. Each request gets a connection of its own (`Connection: close`).
+struct RateLimitedRegistry {
+    port: u16,
+    /// The 429s still to answer.
+    remaining: Arc<AtomicUsize>,
+    /// The 429s answered.
+    answered: Arc<AtomicUsize>,
+}
+
+impl RateLimitedRegistry {
+    /// Every request answered 429.
+    fn always() -> RateLimitedRegistry {
+        Self::start(None, usize::MAX, |_, _| true)
+    }
+
+    /// In front of the registry on `upstream`; no 429 until [`Self::limit`].
+    fn in_front_of(upstream: u16, picks: fn(&str, &str) -> bool) -> RateLimitedRegistry {
+        Self::start(Some(upstream), 0, picks)
+    }
+
+    fn start(upstream: Option<u16>, count: usize, picks: fn(&str, &str) -> bool) -> RateLimitedRegistry {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (remaining, answered) = (Arc::new(AtomicUsize::new(count)), Arc::new(AtomicUsize::new(0)));
+        let (budget, counter) = (remaining.clone(), answered.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (budget, counter) = (budget.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    let limit = |method: &str, path: &str| {
+                        let limited = upstream.is_none()
+                            || (picks(method, path)
+                                && budget
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                                    .is_ok());
+                        if limited {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
+                        limited
+                    };
+                    let _ = serve_one(client, upstream, limit);
+                });
+            }
+        });
+        RateLimitedRegistry { port, remaining, answered }
+    }
+
+    /// The next `count` picked requests are answered 429.
+    fn limit(&self, count: usize) {
+        self.remaining.store(count, Ordering::SeqCst);
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+fn serve_one(
+    mut client: std::net::TcpStream,
+    upstream: Option<u16>,
+    limit: impl Fn(&str, &str) -> bool,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        // The daemon tries TLS first on a loopback registry: answer as Go's HTTP server does to a
+        // TLS hello ("HTTP/" where a TLS record should be), which is what makes containerd's
+        // resolver (Docker 26, 28) fall back to plain HTTP; 20.10 falls back on any failure.
+        if buffer.first() == Some(&0x16) {
+            client.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")?;
+            return client.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end;
+        }
+        let n = client.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    let limited = limit(method, path);
+    let Some(upstream) = upstream.filter(|_| !limited) else {
+        let body = if method == "HEAD" { "" } else { DOCKER_HUB_429 };
+        write!(
+            client,
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\n\
+             Docker-Distribution-Api-Version: registry/2.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            DOCKER_HUB_429.len()
+        )?;
+        return client.shutdown(std::net::Shutdown::Both);
+    };
+    let mut request: String = head
+        .split("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    request.push_str("Connection: close\r\n\r\n");
+    let mut server = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+    server.write_all(request.as_bytes())?;
+    server.write_all(&buffer[end + 4..])?;
+    let (mut from_client, mut to_server) = (client.try_clone()?, server.try_clone()?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_client, &mut to_server);
+        let _ = to_server.shutdown(std::net::Shutdown::Write);
+    });
+    std::io::copy(&mut server, &mut client)?;
+    client.shutdown(std::net::Shutdown::Both)
+}
+
+/// A context of a static busybox, a file of `nonce` (so its layers are this test's own) and
+/// `from` as its base image.
+fn app(dir: &Path, from: &str, nonce: &str) -> PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::copy("/bin/busybox", app.join("busybox")).expect("busybox (from busybox-static)");
+    std::fs::write(app.join("nonce.txt"), nonce).unwrap();
+    std::fs::write(
+        app.join("Dockerfile"),
+        format!(
+            "FROM {from}\nCOPY busybox /bin/busybox\nCOPY nonce.txt /nonce.txt\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo built\"]\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+fn run_on(engine: &Engine, agent: Agent, app: &Path, extra: &[&str]) -> Outcome {
+    agent.env("DOCKER_HOST", &engine.docker_host).args(["run", "--context", app.to_str().unwrap()]).args(extra).run()
+}
+
+/// What every rate-limited report says, whoever the registry: its name, the 429, the hint's three
+/// ways out; not the Dockerfile's hint.
+fn assert_rate_limited(outcome: &Outcome, registry: &str, during: &str) {
+    outcome.expect_code(41);
+    let stderr = &outcome.stderr;
+    assert!(stderr.contains(&format!("error: {registry} answered 429 Too Many Requests")), "{stderr}");
+    assert!(stderr.contains(&format!("during {during}")), "{stderr}");
+    assert!(stderr.contains(&format!("hint: log in to {registry}")), "{stderr}");
+    assert!(stderr.contains("pull-through cache"), "{stderr}");
+    assert!(stderr.contains("run again later"), "{stderr}");
+    assert!(!stderr.contains("fix the Dockerfile"), "{stderr}");
+}
+
+on_every_engine! {
+    /// A base image whose registry answers 429: `rate-limited` (41) naming the registry, from the
+    /// daemon's own words (BuildKit names the host; the classic builder only says
+    /// "toomanyrequests", so the registry is read from the failing FROM), with either builder;
+    /// nothing pushed.
+    fn a_base_image_pull_answered_429_is_rate_limited(engine) {
+        let world = World::shared();
+        let hub = RateLimitedRegistry::always();
+        for builder in ["buildkit", "classic"] {
+            let repository = unique(&format!("rate-limited-from-{builder}"));
+            let work = tempfile::tempdir().unwrap();
+            let app = app(work.path(), &format!("{}/library/base:1", hub.host()), &repository);
+            let outcome = run_on(engine, full_run(world, &repository), &app, &["--builder", builder]);
+            assert_rate_limited(&outcome, &hub.host(), "the build at ");
+            assert!(world.ecr_tags(&repository).is_empty(), "nothing may be pushed");
+        }
+    }
+}
+
+on_every_engine! {
+    /// A push to a registry that answers 429 to everything: the cache pull says it is rate-limited
+    /// and the build goes on; the push is retried for the rate limit's patience (30 s), then the
+    /// run is `rate-limited` (41) naming the registry and the tag.
+    fn a_push_answered_429_is_rate_limited_after_the_retries(engine) {
+        let world = World::shared();
+        let registry = RateLimitedRegistry::always();
+        let repository = unique("rate-limited-push");
+        let work = tempfile::tempdir().unwrap();
+        let app = app(work.path(), "scratch", &repository);
+        let agent = full_run(world, &repository).env("REPOSITORY_URI", format!("{}/{repository}", registry.host()));
+        let outcome = run_on(engine, agent, &app, &["--always-push", "-t", "latest"]);
+        let reference = format!("{}/{repository}:latest", registry.host());
+        assert_rate_limited(&outcome, &registry.host(), &format!("the push of {reference}"));
+        assert!(outcome.stderr.contains("to use as cache: rate-limited"), "{}", outcome.stderr);
+        assert!(outcome.stderr.contains("retrying in 15s"), "{}", outcome.stderr);
+        assert!(outcome.elapsed >= std::time::Duration::from_secs(30), "{:?}", outcome.elapsed);
+        assert!(registry.answered() >= 6, "{} answers of 429", registry.answered());
+    }
+}
+
+on_every_engine! {
+    /// The daemon's login check (`/auth`) answered 429 is `rate-limited`, not a refused login.
+    fn a_login_answered_429_is_rate_limited_not_refused(engine) {
+        let world = World::shared();
+        let registry = RateLimitedRegistry::always();
+        let repository = unique("rate-limited-login");
+        let work = tempfile::tempdir().unwrap();
+        let app = app(work.path(), "scratch", &repository);
+        let agent = full_run(world, &repository)
+            .env("DOCKER_REGISTRY", registry.host())
+            .env("DOCKER_USER", &world.hub_user)
+            .env("DOCKER_PASS", world.hub_pass());
+        let outcome = run_on(engine, agent, &app, &[]);
+        assert_rate_limited(&outcome, &registry.host(), "the login");
+        assert!(!outcome.stderr.contains("refused the credentials"), "{}", outcome.stderr);
+        assert!(world.ecr_tags(&repository).is_empty(), "nothing may be pushed");
+    }
+}
+
+/// Whether a request reads a manifest: the comparison's first call for each tag.
+fn manifest_read(method: &str, path: &str) -> bool {
+    method == "GET" && path.contains("/manifests/")
+}
+
+/// The agent's own registry call, the comparison before the pushes, answered 429 twice (with
+/// `Retry-After: 1`) in front of the ECR stand-in: retried, it finds the registry's image the same
+/// and keeps it, and nothing is pushed.
+#[test]
+fn the_comparison_answered_429_is_retried_and_keeps_the_unchanged_image() {
+    let world = World::shared();
+    let engine = world.engine("20.10");
+    let _cache = engine.cache_lock(false);
+    let ecr = RateLimitedRegistry::in_front_of(port_of(&world.ecr_registry), manifest_read);
+    let repository = unique("rate-limited-compare");
+    let work = tempfile::tempdir().unwrap();
+    let app = app(work.path(), "scratch", &repository);
+    let agent = || {
+        full_run(world, &repository)
+            .env("ECR_REGISTRY", ecr.host())
+            .env("REPOSITORY_URI", format!("{}/{repository}", ecr.host()))
+    };
+    let first = run_on(&engine, agent(), &app, &["-t", "latest"]);
+    first.expect_code(0);
+    assert_eq!(world.ecr_tags(&repository), ["latest"], "{}", first.stderr);
+
+    ecr.limit(2);
+    let second = run_on(&engine, agent(), &app, &["-t", "latest"]);
+    second.expect_code(0);
+    assert_eq!(ecr.answered(), 2, "{}", second.stderr);
+    let retried =
+        format!("{} answered a tag's read with 429 Too Many Requests (rate-limited); retrying in 1s", ecr.host());
+    assert!(second.stderr.contains(&retried), "{}", second.stderr);
+    assert!(second.stderr.contains("retrying in 2s"), "{}", second.stderr);
+    assert!(second.stderr.contains("unchanged since "), "{}", second.stderr);
+    assert!(!second.stderr.contains("pushed sha256:"), "{}", second.stderr);
+}
+
+/// Whether a request puts a manifest: the image index's push.
+fn manifest_put(method: &str, path: &str) -> bool {
+    method == "PUT" && path.contains("/manifests/")
+}
+
+/// The agent's own push of a multi-platform image index, in front of the Docker Hub stand-in:
+/// answered 429 twice, it is retried and lands; answered 429 to every put, it is rate-limited
+/// (exit 41) naming the registry once its 30 s of retries are spent, and no index is pushed.
+#[test]
+fn the_image_index_push_retries_a_429_and_then_is_rate_limited() {
+    use agent::registry::Credential;
+    use agent::registry::index::push_index;
+    use agent::registry::reference::Repository;
+    use agent::secrets::Secret;
+
+    let world = World::shared();
+    let (name, images) = crate::platform::two_platform_images(world, crate::platform::Api::Hub, "index-429");
+    let hub = RateLimitedRegistry::in_front_of(port_of(&world.hub_registry), manifest_put);
+    let repository = Repository::parse(&format!("{}/{name}", hub.host())).unwrap();
+    let credential = Credential::new(hub.host(), world.hub_user.clone(), Secret::new(world.hub_pass()));
+    let push = |tag: &str| {
+        let tags = [tag.to_string()];
+        let timeout = std::time::Duration::from_secs(20);
+        crate::platform::runtime().block_on(push_index(&repository, Some(&credential), &tags, &images, timeout))
+    };
+
+    hub.limit(2);
+    let pushed = push("retried").unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(hub.answered(), 2);
+    let (_, digest) =
+        world.manifest(crate::platform::Api::Hub, &name, "retried", crate::platform::DOCKER_MANIFEST_LIST);
+    assert_eq!(digest, pushed.digest);
+
+    hub.limit(usize::MAX);
+    let started = std::time::Instant::now();
+    let error = push("limited").expect_err("a registry answering 429 to every put");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert_eq!(error.exit_code(), 41, "{error}");
+    let message = error.to_string();
+    assert!(message.starts_with(&format!("{} answered 429 Too Many Requests", hub.host())), "{message}");
+    assert!(message.contains("pushing the image index (after 30s of retries)"), "{message}");
+    assert!(!message.contains(&world.hub_pass()), "{message}");
+    let (status, _, _) = world.registry_get(
+        crate::platform::Api::Hub,
+        &name,
+        "manifests/limited",
+        crate::platform::DOCKER_MANIFEST_LIST,
+    );
+    assert_eq!(status, 404, "no index may be pushed under the tag");
+}
