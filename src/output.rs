@@ -215,6 +215,29 @@ pub fn report(event: Event<'_>) {
     }
 }
 
+/// Text from the host or a registry (step names, warnings, output lines, daemon and registry
+/// errors), made safe for one log line: every control character but tab — newlines, ESC, BEL, DEL
+/// and the C1 controls — written as an escape (`\n`, `\r`, `\x1b`, `\u{9b}`), so that a hostile
+/// Dockerfile or host can neither forge a log line (a newline and a fake `INFO done:`) nor hide or
+/// restyle one (terminal sequences), in the text log and the JSON one alike.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c != '\t' && (c.is_control() || c == '\u{2028}' || c == '\u{2029}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) && (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Prints text on stdout, redacted.
 pub fn print(text: &str) {
     let mut stdout = io::stdout().lock();
@@ -278,6 +301,15 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_from_a_host_are_escaped_but_tabs_kept() {
+        assert_eq!(escape_controls("plain\ttext é"), "plain\ttext é");
+        assert_eq!(escape_controls("a\n[ 0.1s]  INFO done"), "a\\n[ 0.1s]  INFO done");
+        assert_eq!(escape_controls("\x1b[2J\x07x\r"), "\\x1b[2J\\x07x\\r");
+        assert_eq!(escape_controls("\u{9b}31m\u{7f}"), "\\u{9b}31m\\x7f");
+        assert_eq!(escape_controls("line\u{2028}sep"), "line\\u{2028}sep");
+    }
     use tracing::Level;
 
     #[test]

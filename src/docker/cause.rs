@@ -340,6 +340,7 @@ mod tests {
             message: "process \"/bin/sh -c curl -f https://example.com\" did not complete successfully: exit code: 22"
                 .to_string(),
             output: vec!["curl: (22) The requested URL returned error: 429 Too Many Requests".to_string()],
+            built: 2,
         };
         assert!(daemon_words(&error).is_none());
     }
