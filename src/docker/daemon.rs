@@ -254,6 +254,7 @@ impl Daemon {
                 };
             }
             B::DockerResponseServerError { status_code, message } => {
+                let message = crate::output::escape_controls(message);
                 return Error::Daemon {
                     target: self.target.clone(),
                     detail: format!("answered {status_code}: {message}"),

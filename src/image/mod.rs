@@ -537,6 +537,7 @@ async fn push_once(
     let mut stream = daemon.docker.push_image(repository, Some(options), credentials_for(credentials, registry));
     // An error the daemon reports in the push's stream, classed for the retry loop.
     let failure = |message: String| {
+        let message = crate::output::escape_controls(&message).into_owned();
         let (rate_limited, transient) = (crate::docker::cause::says_rate_limited(&message), is_transient(&message));
         let error = Error::Push { reference: reference.to_string(), registry: registry.to_string(), message };
         match (rate_limited, transient) {

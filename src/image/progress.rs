@@ -12,6 +12,7 @@ use bollard::moby::buildkit::v1::StatusResponse;
 
 use crate::error::Error;
 use crate::image::spec::ProgressMode;
+use crate::output::escape_controls;
 
 /// Output lines of the failing step shown when a build fails.
 const TAIL: usize = 20;
@@ -175,7 +176,7 @@ impl Progress {
             }
             let vertex = self.vertices.entry(update.digest).or_default();
             if !update.name.is_empty() {
-                vertex.name = update.name;
+                vertex.name = escape_controls(&update.name).into_owned();
             }
             vertex.cached |= update.cached;
             // protobuf Timestamps (bollard does not export their type)
@@ -183,7 +184,7 @@ impl Progress {
             vertex.started = seconds(update.started.map(|t| (t.seconds, t.nanos))).or(vertex.started);
             vertex.completed = seconds(update.completed.map(|t| (t.seconds, t.nanos))).or(vertex.completed);
             if !update.error.is_empty() {
-                vertex.error = update.error;
+                vertex.error = escape_controls(&update.error).into_owned();
             }
         }
         for log in status.logs {
@@ -195,7 +196,7 @@ impl Progress {
             }
         }
         for warning in status.warnings {
-            tracing::warn!("build warning: {}", String::from_utf8_lossy(&warning.short).trim());
+            tracing::warn!("build warning: {}", escape_controls(String::from_utf8_lossy(&warning.short).trim()));
         }
         self.report_completed();
     }
@@ -245,6 +246,7 @@ impl Progress {
 
     /// The build failed with `message`: the error, naming the failing step with its last output.
     pub fn failure(&mut self, message: String) -> Error {
+        let message = escape_controls(&message).into_owned();
         // The steps carried out, not from the cache; the classic builder's FROM is no work of the host's.
         let built = self.summary.steps.iter().filter(|step| !step.cached && !is_from(&step.title)).count();
         let partial = std::mem::take(&mut self.pending);
@@ -319,7 +321,8 @@ impl Vertex {
 /// classic builder colours a step's stderr).
 fn clean_line(raw: &str) -> String {
     let line = raw.trim_end();
-    without_escapes(line.rsplit('\r').next().unwrap_or(line))
+    // Colours and cursor moves dropped, whatever control is left escaped (see [`escape_controls`]).
+    escape_controls(&without_escapes(line.rsplit('\r').next().unwrap_or(line))).into_owned()
 }
 
 /// The text without ANSI escape sequences: CSI (`ESC [ params final`, colours and cursor moves),

@@ -100,7 +100,7 @@ impl IndexPusher {
             return Error::RateLimited {
                 registry: crate::docker::cause::registry_name(self.repository.registry()),
                 during: format!("{context} (after {}s of retries)", rate_limit::PATIENCE.as_secs()),
-                message: error.to_string(),
+                message: crate::output::escape_controls(&error.to_string()).into_owned(),
             };
         }
         let detail = match &error {
@@ -112,6 +112,7 @@ impl IndexPusher {
             }
             other => other.to_string(),
         };
+        let detail = crate::output::escape_controls(&detail);
         Error::Push {
             reference: format!("{}:{what}", self.repository),
             registry: self.repository.registry().to_string(),

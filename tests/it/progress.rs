@@ -199,3 +199,50 @@ fn the_metadata_file_without_a_push_has_no_digest() {
     assert!(json["containerimage.config.digest"].as_str().is_some_and(|id| id.starts_with("sha256:")), "{json}");
     assert_eq!(json["image.name"], "agent-it/metadata:latest", "{json}");
 }
+
+crate::world::on_every_engine! {
+    /// Issue 26: text from the host reaches the log escaped. A step whose Dockerfile line holds raw
+    /// ESC and BEL bytes (a terminal title, a screen clear) and whose output forges a log line:
+    /// every control character but tab is escaped in the step's name, its output, the daemon's
+    /// error and the final report, with either builder, in the text and the JSON log; no line of
+    /// the log starts with the forged text.
+    fn text_from_the_host_reaches_the_log_escaped(engine) {
+        let world = World::shared();
+        let nonce = token("hostile");
+        for builder in ["buildkit", "classic"] {
+            for format in ["text", "json"] {
+                let agent = Agent::new()
+                    .env("DOCKER_HOST", &engine.docker_host)
+                    .env("JETS_SSH_KEY", crate::world::read(&world.key_ed25519))
+                    .env("JETS_SSH_KNOWN", crate::world::read(&world.known_hosts_hashed));
+                let app = agent.work.path().join("app");
+                std::fs::create_dir_all(&app).unwrap();
+                std::fs::copy("/bin/busybox", app.join("busybox")).unwrap();
+                std::fs::write(
+                    app.join("Dockerfile"),
+                    format!(
+                        "FROM scratch\nCOPY busybox /bin/busybox\n\
+                         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox --install -s /bin\"]\n\
+                         RUN echo '\x1b]0;title\x07\x1b[2J hidden {nonce}'; printf '\\n[ 9.99s]  INFO done: forged\\n'; exit 3\n"
+                    ),
+                )
+                .unwrap();
+                let outcome = agent
+                    .args(["run", "--image", "agent-it/hostile-text", "--no-push", "--builder", builder])
+                    .args(["--log-format", format, "--context", app.to_str().unwrap()])
+                    .run();
+                outcome.expect_code(50);
+                let output = outcome.all_output();
+                assert!(!output.contains('\x1b') && !output.contains('\x07'), "{builder}/{format}: {output:?}");
+                assert!(output.contains("\\x1b"), "{builder}/{format}: the escape is shown: {output}");
+                assert!(output.contains(&nonce), "{builder}/{format}: {output}");
+                assert!(!outcome.stderr.lines().any(|line| line.starts_with("[ 9.99s]")), "{builder}/{format}: {output}");
+                if format == "json" {
+                    for line in outcome.stderr.lines().filter(|line| line.starts_with('{')) {
+                        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+                    }
+                }
+            }
+        }
+    }
+}
