@@ -114,6 +114,15 @@ pub struct KeygenArgs {
     pub dry: bool,
 }
 
+/// What the `--ssh` agents sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SshSign {
+    /// SSH user authentication only.
+    Logins,
+    /// Any data.
+    Anything,
+}
+
 /// The flags of `agent run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -195,6 +204,16 @@ pub struct RunArgs {
     /// ID=PATH[,PATH] (private key files), held in memory; repeatable; needs BuildKit
     #[arg(long = "ssh", value_name = "default|ID=PATH")]
     pub ssh: Vec<String>,
+
+    /// What the --ssh agents sign for the build: `logins`, SSH user authentication only (what ssh
+    /// and git over SSH ask for), or `anything` (e.g. `ssh-keygen -Y sign`, commit signing)
+    #[arg(long, value_enum, default_value_t = SshSign::Logins, env = "AGENT_SSH_SIGN", value_name = "WHAT")]
+    pub ssh_sign: SshSign,
+
+    /// Let --ssh forward a key that also logs into a host of the run (JETS_SSH_KEY, JETS_SSH_KEY_<ARCH>):
+    /// whoever is root on the build's host could then log into the others with it while the build runs
+    #[arg(long, env = "AGENT_SSH_FORWARD_LOGIN_KEY")]
+    pub ssh_forward_login_key: bool,
 
     /// The name under which the Docker host keeps its copy of the context between BuildKit builds,
     /// so that only changed files are sent [default: derived from the image repository and the

@@ -110,6 +110,10 @@ pub struct Build {
     pub secrets: Vec<crate::config::mounts::BuildSecret>,
     /// `--ssh`: the forwarded agents and their keys.
     pub ssh: Vec<crate::config::mounts::SshForward>,
+    /// `--ssh-sign anything`: the agents sign any data, not only SSH logins.
+    pub ssh_sign_anything: bool,
+    /// `--ssh-forward-login-key`: `--ssh` may forward a key that logs into a host of the run.
+    pub ssh_forward_login_key: bool,
 }
 
 impl Build {
@@ -878,7 +882,14 @@ fn check_build(
         source_root,
         stable_mtimes: args.stable_mtimes.unwrap_or(false),
     };
-    Some(Build { spec, platform_hosts: platforms.hosts, secrets: mounts.secrets, ssh: mounts.ssh })
+    Some(Build {
+        spec,
+        platform_hosts: platforms.hosts,
+        secrets: mounts.secrets,
+        ssh: mounts.ssh,
+        ssh_sign_anything: args.ssh_sign == crate::cli::SshSign::Anything,
+        ssh_forward_login_key: args.ssh_forward_login_key,
+    })
 }
 
 /// The build context and the Dockerfile, absolute.

@@ -142,7 +142,7 @@ impl Resolved {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let ssh_key_passphrase = config.ssh_key_passphrase.clone();
-        Ok(Resolved {
+        let resolved = Resolved {
             hosts: pool,
             fallback_host,
             ssh_key,
@@ -151,13 +151,65 @@ impl Resolved {
             build_secrets,
             platforms,
             ssh_key_passphrase,
-        })
+        };
+        if !config.build.ssh_forward_login_key {
+            let problems = resolved.forwarded_login_keys(&config.build.ssh);
+            if !problems.is_empty() {
+                return Err(Error::Config(problems));
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Each `--ssh` that would forward a key that also logs into an `ssh://` host of the run: a
+    /// shared host's root could log into the run's other hosts with it while the build runs.
+    fn forwarded_login_keys(&self, forwards: &[crate::config::mounts::SshForward]) -> Vec<crate::error::Problem> {
+        let ssh = |host: &DockerHost| matches!(host, DockerHost::Ssh { .. });
+        let mut logins: Vec<(&SshKey, String)> = Vec::new();
+        let shared_hosts: Vec<String> =
+            self.hosts.iter().chain(&self.fallback_host).filter(|host| ssh(host)).map(DockerHost::to_string).collect();
+        if let Some(key) = &self.ssh_key {
+            if let Some(first) = shared_hosts.first() {
+                logins.push((key, format!("JETS_SSH_KEY, the login key of {first}")));
+            }
+        }
+        for each in &self.platforms {
+            if let (Some(host), Some(key)) = (&each.host, &each.ssh_key) {
+                if ssh(host) {
+                    logins.push((key, format!("the login key of {host} ({})", each.platform)));
+                }
+            }
+        }
+        let mut problems = Vec::new();
+        for forward in forwards {
+            let keys: Vec<&SshKey> = match &forward.keys {
+                crate::config::mounts::SshKeys::JetsSshKey => self.ssh_key.iter().map(|key| key.as_ref()).collect(),
+                crate::config::mounts::SshKeys::Files(files) => files.iter().map(|file| file.key.as_ref()).collect(),
+            };
+            let shared = logins.iter().find(|(login, _)| {
+                keys.iter().any(|key| key.key.public_key().key_data() == login.key.public_key().key_data())
+            });
+            if let Some((_, what)) = shared {
+                problems.push(
+                    crate::error::Problem::new(
+                        format!("--ssh {}", forward.id),
+                        format!("would forward {what}: whoever is root on the build's host could log into the run's hosts with it while the build runs"),
+                    )
+                    .hint(format!(
+                        "forward a deploy key of its own (--ssh {}=PATH, a key that only reads the repositories the \
+                         build clones), or give --ssh-forward-login-key (AGENT_SSH_FORWARD_LOGIN_KEY=true) to forward it anyway",
+                        forward.id
+                    )),
+                );
+            }
+        }
+        problems
     }
 }
 
 /// The build's secrets and ssh agents, as its session serves them, from the resolved values.
 pub fn session_mounts(build: &crate::config::Build, resolved: &Resolved) -> Result<SessionMounts, crate::error::Error> {
-    let mut mounts = SessionMounts::default();
+    let mut mounts = SessionMounts { ssh_sign_anything: build.ssh_sign_anything, ..SessionMounts::default() };
     for secret in &build.secrets {
         let value = resolved
             .build_secrets

@@ -304,7 +304,7 @@ async fn build_with_session(
             agents.join(", ")
         );
     }
-    let agents = crate::session::ssh_forward::SshAgents::start(&mounts.ssh)
+    let agents = crate::session::ssh_forward::SshAgents::start(&mounts.ssh, mounts.ssh_sign_anything)
         .await
         .map_err(|error| Error::Internal(error.to_string()))?;
     let (secrets, secrets_methods) = mounts.secrets.service();

@@ -141,7 +141,8 @@ impl Step {
             Step::Build { build, image, tags, push, .. } => {
                 let reference = &image.with_tag(&tags[0]);
                 let cache_image = push.then(|| image.with_tag(LATEST));
-                let Build { spec, platform_hosts, secrets, ssh } = build.as_ref();
+                let Build { spec, platform_hosts, secrets, ssh, ssh_sign_anything, ssh_forward_login_key } =
+                    build.as_ref();
                 let BuildSpec {
                     context,
                     dockerfile,
@@ -215,7 +216,17 @@ impl Step {
                     lines.push(format!("secret {} from {} (value {MASK})", secret.id, secret.source.describe()));
                 }
                 for forward in ssh {
-                    lines.push(format!("ssh agent {} holding {} (in memory)", forward.id, forward.describe()));
+                    lines.push(format!(
+                        "ssh agent {} holding {} (in memory), signing {}{}",
+                        forward.id,
+                        forward.describe(),
+                        if *ssh_sign_anything { "anything (--ssh-sign anything)" } else { "SSH logins only" },
+                        if *ssh_forward_login_key {
+                            "; a host login key may be forwarded (--ssh-forward-login-key)"
+                        } else {
+                            ""
+                        }
+                    ));
                 }
                 lines.push(match builder.value {
                     Builder::Auto => format!(

@@ -238,6 +238,8 @@ impl Health for Healthy {
 pub struct SessionMounts {
     pub secrets: build_secrets::BuildSecrets,
     pub ssh: Vec<(String, Vec<std::sync::Arc<russh::keys::PrivateKey>>)>,
+    /// `--ssh-sign anything`: the agents sign any data, not only SSH logins (see [`ssh_forward`]).
+    pub ssh_sign_anything: bool,
 }
 
 #[cfg(test)]

@@ -251,7 +251,8 @@ fn add_ssh_keygen(context: &Path) -> String {
 }
 
 /// `--ssh` runs: the build step signs with the forwarded agent (ssh-keygen -Y sign with only the
-/// public key in hand) and verifies the signature against the expected public key.
+/// public key in hand: no SSH login, so `--ssh-sign anything`) and verifies the signature against
+/// the expected public key; the log names the signature with the key's fingerprint.
 fn ssh_forwarding_proves_the_key(engine: &Engine, agent: Agent, public_key: &str, ssh_flag: &str) {
     let mut context = agent.work.path().join("context");
     std::fs::create_dir_all(&context).unwrap();
@@ -273,9 +274,11 @@ fn ssh_forwarding_proves_the_key(engine: &Engine, agent: Agent, public_key: &str
     let image = format!("agent-it/ssh:{tag}");
     let outcome = agent
         .args(["-vv", "run", "--context", context.to_str().unwrap(), "--image", "agent-it/ssh", "--tag", &tag])
-        .args(["--no-push", "--builder", "buildkit", "--ssh", ssh_flag])
+        .args(["--no-push", "--builder", "buildkit", "--ssh", ssh_flag, "--ssh-sign", "anything"])
         .run();
     outcome.expect_code(0);
+    assert!(outcome.stderr.contains("bytes that are no SSH login with"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("SHA256:"), "{}", outcome.stderr);
     let seen = engine
         .docker()
         .args(["run", "--rm", "--entrypoint", "/bin/cat", &image, "/ssh-seen"])
@@ -290,8 +293,67 @@ on_every_engine! {
         let world = World::shared();
         let _cache = engine.cache_lock(false);
         let public = std::fs::read_to_string(world.key_ed25519.with_extension("pub")).unwrap();
-        ssh_forwarding_proves_the_key(engine, over_ssh_to(engine), &public, "default");
+        // JETS_SSH_KEY logs into the host too: forwarded only when told.
+        let agent = over_ssh_to(engine).env("AGENT_SSH_FORWARD_LOGIN_KEY", "true");
+        ssh_forwarding_proves_the_key(engine, agent, &public, "default");
     }
+}
+
+/// Issue 26: a key that logs into a host of the run is not forwarded unless the run says so: by
+/// `--ssh default` (JETS_SSH_KEY) or by a key file holding the same key; a config error (exit 3)
+/// with the deploy-key hint, before anything connects.
+#[test]
+fn a_login_key_of_the_run_is_not_forwarded_unless_told() {
+    let world = World::shared();
+    for flag in ["default".to_string(), format!("git={}", world.key_ed25519.display())] {
+        let outcome =
+            crate::build::over_ssh(world).args(["run", "--image", "agent-it/login-key", "--ssh", &flag]).run();
+        outcome.expect_code(3);
+        let id = flag.split('=').next().unwrap();
+        assert!(
+            outcome.stderr.contains(&format!("--ssh {id}: would forward JETS_SSH_KEY, the login key of ssh://")),
+            "{}",
+            outcome.stderr
+        );
+        assert!(outcome.stderr.contains("a deploy key of its own"), "{}", outcome.stderr);
+        assert!(outcome.stderr.contains("--ssh-forward-login-key"), "{}", outcome.stderr);
+        assert!(!outcome.stderr.contains("connect to"), "refused before connecting: {}", outcome.stderr);
+    }
+    // Another key is forwarded as ever.
+    let outcome = crate::build::over_ssh(world)
+        .args(["run", "--dry", "--image", "agent-it/login-key", "--ssh", &format!("git={}", world.key_ecdsa.display())])
+        .run();
+    outcome.expect_code(0);
+    assert!(outcome.stdout.contains("signing SSH logins only"), "{}", outcome.stdout);
+}
+
+/// Issue 26: a forwarded agent signs SSH logins only, unless `--ssh-sign anything`: a build step
+/// that asks it to sign other data (`ssh-keygen -Y sign`) is refused, and the log says so with the
+/// key's fingerprint and how to allow it.
+#[test]
+fn a_forwarded_agent_refuses_to_sign_what_is_no_ssh_login() {
+    let world = World::shared();
+    let public = std::fs::read_to_string(world.key_ecdsa.with_extension("pub")).unwrap();
+    let agent = Agent::new();
+    let mut context = agent.work.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    let copies = add_ssh_keygen(&context);
+    context = busybox_context(
+        agent.work.path(),
+        &format!(
+            "{copies}COPY key.pub /\nRUN --mount=type=ssh,id=git echo {} > /data && ssh-keygen -Y sign -f /key.pub -n agent-test /data",
+            unique("nonce")
+        ),
+    );
+    std::fs::write(context.join("key.pub"), public).unwrap();
+    let outcome = agent
+        .args(["run", "--context", context.to_str().unwrap(), "--image", "agent-it/ssh-refused", "--tag", &unique("t")])
+        .args(["--no-push", "--builder", "buildkit", "--ssh", &format!("git={}", world.key_ecdsa.display())])
+        .run();
+    outcome.expect_code(50);
+    assert!(outcome.stderr.contains("ssh agent \"git\": refused to sign"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("ecdsa-sha2-nistp256 SHA256:"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("unless --ssh-sign anything"), "{}", outcome.stderr);
 }
 
 #[test]
