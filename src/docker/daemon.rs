@@ -25,6 +25,14 @@ pub const MINIMUM_API: (u32, u32) = (1, 24);
 /// The first API with BuildKit outside experimental mode (Docker 18.09).
 pub const BUILDKIT_API: (u32, u32) = (1, 39);
 
+/// The most of an answer's body the agent reads (`/system/df` lists every image and cache record:
+/// about 1 kB each, so 16 MiB holds a host of 15 000): a host that answers more gets a clear error
+/// rather than the agent's memory.
+pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// The most of an error's body the agent reads (a daemon's error is a line of JSON).
+pub const MAX_ERROR_ANSWER: usize = 64 * 1024;
+
 /// Seconds a single API request may take before bollard gives up (builds and pushes stream, and
 /// each chunk resets nothing: so this is generous).
 pub const REQUEST_TIMEOUT_SECS: u64 = 3600;
@@ -370,10 +378,8 @@ impl Daemon {
             .map_err(|error| Error::Internal(format!("failed to make the request for {what}: {error}")))?;
         let response = self.raw_request(request).await?;
         let status = response.status();
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .map_err(|error| self.broke_off(what, &error))?
-            .to_bytes();
+        let limit = if status.is_success() { MAX_ANSWER } else { MAX_ERROR_ANSWER };
+        let body = self.read_body(response.into_body(), limit, what).await?;
         if !status.is_success() {
             return Err(Error::Daemon {
                 target: self.target.clone(),
@@ -417,10 +423,8 @@ impl Daemon {
         let response = self.send_on_own_stream(request, true).await?;
         if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             let status = response.status();
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .map(|body| String::from_utf8_lossy(&body.to_bytes()).trim().to_string())
-                .unwrap_or_default();
+            let body = self.read_body(response.into_body(), MAX_ERROR_ANSWER, "the BuildKit session").await?;
+            let body = crate::output::escape_controls(String::from_utf8_lossy(&body).trim()).into_owned();
             return Err(Error::Daemon {
                 target: self.target.clone(),
                 detail: format!("refused the BuildKit session ({status}): {body}"),
@@ -438,6 +442,32 @@ impl Daemon {
                 detail: tls_detail(&error),
             })
         })
+    }
+
+    /// An answer's body, at most `limit` bytes of it: a longer one is the daemon's error, naming
+    /// `what` and the limit.
+    pub async fn read_body(
+        &self,
+        body: hyper::body::Incoming,
+        limit: usize,
+        what: &str,
+    ) -> Result<bytes::Bytes, Error> {
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(Error::Daemon {
+                target: self.target.clone(),
+                detail: format!(
+                    "answered more than {} for {what}: the agent reads at most that much of an answer",
+                    crate::output::human_bytes(limit as u64)
+                ),
+            }),
+            Err(error) => Err(match error.downcast::<hyper::Error>() {
+                Ok(error) => self.broke_off(what, &*error),
+                Err(error) => {
+                    Error::Daemon { target: self.target.clone(), detail: format!("broke off {what}: {error}") }
+                }
+            }),
+        }
     }
 
     /// A raw stream that broke off mid-answer (`what`: e.g. "the build"): the SSH connection's

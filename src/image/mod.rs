@@ -44,6 +44,11 @@ pub struct BuildRequest<'a> {
     pub shared_key: crate::session::context_key::SharedKey,
 }
 
+/// The longest message of the build's stream (one line of JSON) the agent takes: BuildKit's status
+/// messages carry a batch of vertices and log chunks, far below this; a host that sends an endless
+/// line gets a clear error instead of the agent's memory.
+const MAX_BUILD_MESSAGE: usize = 16 * 1024 * 1024;
+
 /// The build step on one host: the cache image pulled if the host lacks it (given up after
 /// `cache_wait`), the context scanned, the engine chosen from the host's facts, the image built.
 pub async fn build_on(
@@ -371,7 +376,7 @@ async fn run_session_build(
     let status = response.status();
     let mut body = response.into_body();
     if !status.is_success() {
-        let text = http_body_util::BodyExt::collect(body).await.map(|body| body.to_bytes()).unwrap_or_default();
+        let text = daemon.read_body(body, crate::docker::daemon::MAX_ERROR_ANSWER, "the build's refusal").await?;
         let message = serde_json::from_slice::<serde_json::Value>(&text)
             .ok()
             .and_then(|value| value.get("message").and_then(|message| message.as_str()).map(str::to_string))
@@ -380,6 +385,8 @@ async fn run_session_build(
     }
     let mut progress = Progress::new(mode);
     let mut pending: Vec<u8> = Vec::new();
+    // How much of `pending` holds no newline: each frame is scanned once, not the whole line again.
+    let mut scanned = 0;
     loop {
         let frame = match http_body_util::BodyExt::frame(&mut body).await {
             None => break,
@@ -388,7 +395,21 @@ async fn run_session_build(
         };
         let Ok(data) = frame.into_data() else { continue };
         pending.extend_from_slice(&data);
-        while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
+        loop {
+            let Some(newline) = pending[scanned..].iter().position(|byte| *byte == b'\n').map(|at| scanned + at) else {
+                scanned = pending.len();
+                if pending.len() > MAX_BUILD_MESSAGE {
+                    return Err(Error::Daemon {
+                        target: daemon.target.clone(),
+                        detail: format!(
+                            "sent a build message longer than {} without its end: the agent reads at most that much of one",
+                            crate::output::human_bytes(MAX_BUILD_MESSAGE as u64)
+                        ),
+                    });
+                }
+                break;
+            };
+            scanned = 0;
             let line: Vec<u8> = pending.drain(..=newline).collect();
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;

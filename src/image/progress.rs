@@ -101,6 +101,10 @@ impl Progress {
     /// Text from the classic builder's stream (it may end mid-line).
     pub fn text(&mut self, text: &str) {
         self.pending.push_str(text);
+        if self.pending.len() > MAX_OUTPUT_LINE && !self.pending.contains('\n') {
+            let piece = cut_line(&std::mem::take(&mut self.pending));
+            self.pending = format!("{piece}\n");
+        }
         while let Some(newline) = self.pending.find('\n') {
             let line: String = self.pending.drain(..=newline).collect();
             let line = clean_line(&line);
@@ -194,6 +198,11 @@ impl Progress {
                 let line: Vec<u8> = vertex.partial.drain(..=newline).collect();
                 vertex.take_line(&String::from_utf8_lossy(&line), self.show_output);
             }
+            // An endless line is shown in pieces, so that it holds no more than this much.
+            while vertex.partial.len() > MAX_OUTPUT_LINE {
+                let piece: Vec<u8> = vertex.partial.drain(..MAX_OUTPUT_LINE).collect();
+                vertex.take_line(&cut_line(&String::from_utf8_lossy(&piece)), self.show_output);
+            }
         }
         for warning in status.warnings {
             tracing::warn!("build warning: {}", escape_controls(String::from_utf8_lossy(&warning.short).trim()));
@@ -286,6 +295,15 @@ impl Progress {
 /// Whether a step's title is a `FROM` (`FROM scratch`, `FROM alpine:3`), in either builder's form.
 fn is_from(title: &str) -> bool {
     title.split_whitespace().any(|word| word == "FROM")
+}
+
+/// The longest output line kept whole: a longer one (a host's or a step's endless line) is cut
+/// into pieces of this size, so that neither its buffer nor its scanning grows with it.
+const MAX_OUTPUT_LINE: usize = 64 * 1024;
+
+/// A piece of an over-long line, marked as cut.
+fn cut_line(piece: &str) -> String {
+    format!("{piece} [line cut at {} kB]", MAX_OUTPUT_LINE / 1024)
 }
 
 /// Keeps the last [`TAIL`] lines.
@@ -424,6 +442,32 @@ mod tests {
             vertex.completed.as_mut().unwrap().seconds = completed;
         }
         vertex
+    }
+
+    #[test]
+    fn an_endless_output_line_is_cut_and_holds_bounded_memory() {
+        let mut progress = Progress::new(ProgressMode::Plain);
+        progress.status(StatusResponse {
+            vertexes: vec![vertex("c", "[2/2] RUN yes", false, 1, None)],
+            ..Default::default()
+        });
+        let chunk = vec![b'y'; 100 * 1024];
+        for _ in 0..50 {
+            progress.status(StatusResponse {
+                logs: vec![VertexLog { vertex: "c".to_string(), msg: chunk.clone(), ..Default::default() }],
+                ..Default::default()
+            });
+            assert!(progress.vertices["c"].partial.len() <= MAX_OUTPUT_LINE, "the line's buffer is bounded");
+        }
+        let output = &progress.vertices["c"].output;
+        assert!(output.iter().all(|line| line.len() <= MAX_OUTPUT_LINE + 32), "the kept lines are bounded");
+        assert!(output.iter().any(|line| line.ends_with("[line cut at 64 kB]")), "{:?}", output.len());
+        // The classic builder's text stream too.
+        let mut classic = Progress::new(ProgressMode::Plain);
+        for _ in 0..50 {
+            classic.text(&"y".repeat(100 * 1024));
+            assert!(classic.pending.len() <= MAX_OUTPUT_LINE + 100 * 1024 + 32);
+        }
     }
 
     #[test]
