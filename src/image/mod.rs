@@ -268,23 +268,10 @@ async fn build_with_session(
     use crate::session::{SessionBuilder, auth::Logins, filesync};
     let context_dir = &request.build.context;
     let dockerfile = &request.build.dockerfile;
-    let dockerfile_dir = dockerfile.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     let dockerfile_name = dockerfile.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    let dirs = HashMap::from([
-        (
-            "context".to_string(),
-            filesync::SyncedDir {
-                root: context_dir.clone(),
-                excludes: Some(context::read_dockerignore(context_dir)?),
-                counted: true,
-                git: if request.build.stable_mtimes { stable_mtimes(context_dir) } else { None },
-            },
-        ),
-        (
-            "dockerfile".to_string(),
-            filesync::SyncedDir { root: dockerfile_dir, excludes: None, counted: false, git: None },
-        ),
-    ]);
+    let excludes = context::read_dockerignore(context_dir)?;
+    let git = if request.build.stable_mtimes { stable_mtimes(context_dir) } else { None };
+    let dirs = filesync::build_dirs(context_dir, dockerfile, excludes, git);
     let syncer = filesync::FileSyncer::new(dirs);
     let counters = syncer.counters();
     let (files, files_methods) = syncer.service();

@@ -34,6 +34,16 @@ const DATA_CHUNK: usize = 256 * 1024;
 const QUEUE: usize = 16;
 /// Files read at once (fsutil's sender runs four).
 const READERS: usize = 4;
+/// The largest packet the daemon may send: its packets are REQ, FIN and ERR, a few bytes each
+/// (an ERR a line of text); a larger one fails the call rather than filling the agent's memory.
+const MAX_INCOMING_PACKET: usize = 64 * 1024;
+/// Requests queued beyond the walk's files: a receiver asks for each file once, so the queue never
+/// needs more than the files (it must not block the receiver while it still reads STATs).
+const EXTRA_REQUESTS: usize = 64;
+/// The most include patterns and follow paths one call may name, and the longest of them: a
+/// Dockerfile's COPY sources are far fewer and shorter; a host that sends more gets an error.
+const MAX_PATTERNS: usize = 4096;
+const MAX_PATTERN_BYTES: usize = 4096;
 
 /// Go's `os.FileMode` type and permission bits, as fsutil puts them in a STAT.
 mod go_mode {
@@ -53,8 +63,47 @@ pub struct SyncedDir {
     /// Whether what is sent from it counts in [`Counters`] (the context does, the Dockerfile's
     /// directory does not).
     pub counted: bool,
+    /// The names BuildKit must read, which the client's excludes do not hide (`.dockerignore`,
+    /// the Dockerfile and its own `.dockerignore`, when they are in the directory).
+    pub exempt: Vec<String>,
+    /// When set, the only names the directory serves, whatever the daemon asks: the Dockerfile's
+    /// directory serves the Dockerfile and the two ignore files, nothing else of what is beside it.
+    pub only: Option<Vec<String>>,
     /// With `--stable-mtimes`: git's index of the checkout, and the directory's path in it.
     pub git: Option<(Arc<GitIndex>, String)>,
+}
+
+/// The two directories of a build, as BuildKit asks for them: `context` (counted, its
+/// .dockerignore always applied but to the names BuildKit must read) and `dockerfile` (the
+/// Dockerfile's directory, which serves only the Dockerfile and the ignore files).
+pub fn build_dirs(
+    context: &Path,
+    dockerfile: &Path,
+    excludes: DockerIgnore,
+    git: Option<(Arc<GitIndex>, String)>,
+) -> HashMap<String, SyncedDir> {
+    let dockerfile_dir = dockerfile.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = dockerfile.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    // `.dockerignore`, and the Dockerfile with its own ignore file when it is in the context (as
+    // the docker CLI sends them whatever .dockerignore says).
+    let mut exempt = vec![".dockerignore".to_string()];
+    if let Ok(inside) = dockerfile.strip_prefix(context) {
+        let inside = inside.to_string_lossy().into_owned();
+        exempt.push(format!("{inside}.dockerignore"));
+        exempt.push(inside);
+    }
+    let context_dir =
+        SyncedDir { root: context.to_path_buf(), excludes: Some(excludes), counted: true, git, exempt, only: None };
+    let only = vec![name.clone(), format!("{name}.dockerignore"), ".dockerignore".to_string()];
+    let dockerfile_dir = SyncedDir {
+        root: dockerfile_dir,
+        excludes: None,
+        counted: false,
+        git: None,
+        exempt: Vec::new(),
+        only: Some(only),
+    };
+    HashMap::from([("context".to_string(), context_dir), ("dockerfile".to_string(), dockerfile_dir)])
 }
 
 /// What the session sent from the counted directories, over all the daemon's calls: the bytes
@@ -98,15 +147,22 @@ impl FileSyncer {
 
     /// The service, and the methods to announce.
     pub fn service(self) -> (FileSyncServer<FileSyncer>, &'static [&'static str]) {
-        let server = FileSyncServer::new(self).max_decoding_message_size(16 << 20).max_encoding_message_size(16 << 20);
+        let server = FileSyncServer::new(self)
+            .max_decoding_message_size(MAX_INCOMING_PACKET)
+            .max_encoding_message_size(16 << 20);
         (server, &["DiffCopy"])
     }
 }
 
-/// The daemon's filter for one call: from the call's metadata.
+/// The daemon's filter for one call: from the call's metadata, within the client's own bounds.
 #[derive(Debug, Default)]
 struct Filter {
+    /// The client's excludes: they always apply (the daemon's patterns narrow, never widen).
     client: Option<DockerIgnore>,
+    /// Names the client's excludes do not hide (see [`SyncedDir::exempt`]).
+    exempt: Vec<String>,
+    /// The only names served, when set (see [`SyncedDir::only`]).
+    only: Option<Vec<String>>,
     excludes: Option<DockerIgnore>,
     /// Include patterns and follow paths, as cleaned segment lists: an entry is sent if one
     /// matches it or one of its parents, and directories on the way to one are sent too.
@@ -115,11 +171,18 @@ struct Filter {
 
 impl Filter {
     fn excluded(&self, path: &str) -> bool {
-        self.client.as_ref().is_some_and(|ignore| ignore.excludes(path))
-            || self.excludes.as_ref().is_some_and(|ignore| ignore.excludes(path))
+        if self.only.as_ref().is_some_and(|only| !only.iter().any(|name| name == path)) {
+            return true;
+        }
+        let client = self.client.as_ref().is_some_and(|ignore| ignore.excludes(path))
+            && !self.exempt.iter().any(|name| name == path);
+        client || self.excludes.as_ref().is_some_and(|ignore| ignore.excludes(path))
     }
 
     fn walk_excluded_dir(&self, path: &str) -> bool {
+        if self.only.is_some() {
+            return false;
+        }
         // An excluded directory is still walked when an exception may bring back a file in it.
         let hopeless = |ignore: &Option<DockerIgnore>| {
             ignore.as_ref().is_some_and(|ignore| ignore.excludes(path) && !ignore.has_exceptions())
@@ -142,7 +205,11 @@ impl Filter {
 }
 
 fn pattern_segments(pattern: &str) -> Vec<String> {
-    pattern.split('/').filter(|segment| !segment.is_empty() && *segment != ".").map(str::to_string).collect()
+    let mut segments: Vec<String> =
+        pattern.split('/').filter(|segment| !segment.is_empty() && *segment != ".").map(str::to_string).collect();
+    // `**/**` means what `**` means; collapsed, a run of them costs one step.
+    segments.dedup_by(|next, previous| next == "**" && previous == "**");
+    segments
 }
 
 /// Whether all of `path` matches all of `pattern` (`**` any number of segments).
@@ -171,11 +238,14 @@ fn prefix_matches(pattern: &[String], dir: &[&str]) -> bool {
     }
 }
 
-/// One entry of the walk: its STAT, and where to read it.
+/// One entry of the walk: its STAT, where to read it, and which file the walk saw there.
 #[derive(Debug)]
 struct Entry {
     stat: Stat,
     path: PathBuf,
+    /// Its device and inode: a file swapped for another (or for a symlink) between the walk and
+    /// the daemon's request is not served.
+    identity: (u64, u64),
 }
 
 /// Walks `root` as fsutil does: each directory's entries sorted by name, depth first, a
@@ -214,7 +284,11 @@ fn walk_dir(
             if (!excluded || filter.walk_excluded_dir(&relative)) && filter.may_select_below(&segments) {
                 let mark = out.len();
                 let keep_self = !excluded && filter.selected(&segments);
-                out.push(Entry { stat: stat(&relative, &meta, None), path: path.clone() });
+                out.push(Entry {
+                    stat: stat(&relative, &meta, None),
+                    path: path.clone(),
+                    identity: (meta.dev(), meta.ino()),
+                });
                 let below = walk_dir(&path, prefix, filter, git, out)?;
                 if keep_self || below {
                     any = true;
@@ -232,7 +306,7 @@ fn walk_dir(
                     stat.mod_time = mtime;
                 }
             }
-            out.push(Entry { stat, path });
+            out.push(Entry { stat, path, identity: (meta.dev(), meta.ino()) });
             any = true;
         }
         prefix.pop();
@@ -338,10 +412,19 @@ impl FileSync for FileSyncer {
         let mut includes = metadata_values(metadata, "include-patterns");
         let follow = metadata_values(metadata, "followpaths");
         includes.extend(follow.iter().cloned());
+        let patterns = includes.iter().chain(&excludes);
+        if includes.len() + excludes.len() > MAX_PATTERNS || patterns.clone().any(|p| p.len() > MAX_PATTERN_BYTES) {
+            return Err(Status::invalid_argument(format!(
+                "the host named {} patterns for {name:?}, or one longer than {MAX_PATTERN_BYTES} bytes: the agent takes at \
+                 most {MAX_PATTERNS}",
+                includes.len() + excludes.len()
+            )));
+        }
         let filter = Filter {
-            // The daemon asking for a few named files (the .dockerignore, the Dockerfile) gets
-            // them even where the client's excludes would leave them out.
-            client: if follow.is_empty() { dir.excludes.clone() } else { None },
+            // The client's excludes always apply; only the names BuildKit must read pass them.
+            client: dir.excludes.clone(),
+            exempt: dir.exempt.clone(),
+            only: dir.only.clone(),
             excludes: (!excludes.is_empty()).then(|| DockerIgnore::parse(&excludes.join("\n"))),
             includes: includes.iter().map(|pattern| pattern_segments(pattern)).collect(),
         };
@@ -360,22 +443,30 @@ impl FileSync for FileSyncer {
         let mut incoming = request.into_inner();
         // The receiver's requests are read at once, whatever the sender is doing: a receiver
         // blocked on sending REQs must never block the STATs it has yet to read.
-        let (requests_in, mut requests) = mpsc::unbounded_channel::<Result<Packet, Status>>();
+        // Bounded by the files of the walk (each may be asked for once), each request kept without
+        // its data, so that a host that stops reading while it sends cannot grow the agent's memory.
+        let (requests_in, mut requests) = mpsc::channel::<Result<Packet, Status>>(entries.len() + EXTRA_REQUESTS);
         tokio::spawn(async move {
-            while let Some(message) = incoming.next().await {
+            while let Some(mut message) = incoming.next().await {
                 let end = message.is_err();
-                if requests_in.send(message).is_err() || end {
+                if let Ok(packet) = &mut message {
+                    if packet.r#type != PacketType::PacketErr as i32 {
+                        packet.data = Vec::new();
+                    }
+                    packet.stat = None;
+                }
+                if requests_in.send(message).await.is_err() || end {
                     break;
                 }
             }
         });
         let counters = dir.counted.then(|| self.counters.clone());
         tokio::spawn(async move {
-            let files: Vec<Option<(PathBuf, String)>> = entries
+            let files: Vec<Option<(PathBuf, String, (u64, u64))>> = entries
                 .iter()
                 .map(|entry| {
                     (entry.stat.mode & (go_mode::DIR | go_mode::SYMLINK) == 0)
-                        .then(|| (entry.path.clone(), entry.stat.path.clone()))
+                        .then(|| (entry.path.clone(), entry.stat.path.clone(), entry.identity))
                 })
                 .collect();
             for entry in entries {
@@ -401,7 +492,7 @@ impl FileSync for FileSyncer {
                 match PacketType::try_from(message.r#type) {
                     Ok(PacketType::PacketReq) => {
                         let id = message.id as usize;
-                        let Some(Some((path, relative))) = files.get(id) else {
+                        let Some(Some((path, relative, identity))) = files.get(id) else {
                             let _ = sender.send(Err(Status::invalid_argument(format!("invalid file id {id}")))).await;
                             return;
                         };
@@ -417,8 +508,9 @@ impl FileSync for FileSyncer {
                         // interleaved (the receiver sorts them out by id), as fsutil's sender does.
                         let Ok(permit) = readers.clone().acquire_owned().await else { return };
                         let (sender, path, counters, id) = (sender.clone(), path.clone(), counters.clone(), message.id);
+                        let identity = *identity;
                         tokio::task::spawn_blocking(move || {
-                            if let Err(error) = send_file(&sender, id, &path, counters.as_deref()) {
+                            if let Err(error) = send_file(&sender, id, &path, identity, counters.as_deref()) {
                                 let mut failure = packet(PacketType::PacketErr);
                                 failure.data = format!("cannot read {}: {error}", path.display()).into_bytes();
                                 let _ = sender.blocking_send(Ok(failure));
@@ -458,11 +550,18 @@ fn send_file(
     sender: &mpsc::Sender<Result<Packet, Status>>,
     id: u32,
     path: &Path,
+    identity: (u64, u64),
     counters: Option<&Counters>,
 ) -> std::io::Result<()> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the session ended");
-    let mut file = std::fs::File::open(path)?;
+    // Not through a symlink, and only the file the walk saw (a file replaced since is not served).
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let meta = file.metadata()?;
+    if (meta.dev(), meta.ino()) != identity || !meta.is_file() {
+        return Err(std::io::Error::other("it was replaced since the walk listed it"));
+    }
     loop {
         let mut data = vec![0u8; DATA_CHUNK];
         let mut filled = 0;

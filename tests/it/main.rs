@@ -23,6 +23,7 @@ mod engines;
 pub(crate) mod faults;
 mod host_faults;
 mod host_setup;
+mod hostile_session;
 mod hosts;
 mod image;
 mod logins;

@@ -1,0 +1,186 @@
+//! Issue 26: the session's FileSync against a hostile daemon — one played by this test, speaking
+//! FileSync's gRPC to the agent's own service as BuildKit does, but asking for what BuildKit never
+//! asks: every file (`followpaths=**`), the whole directory above the context through the
+//! Dockerfile's directory, a file swapped for a symlink after the walk, far too many patterns.
+//! A real daemon cannot be made to misbehave this way.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use agent::session::dockerignore::DockerIgnore;
+use agent::session::filesync::{FileSyncer, build_dirs};
+use bollard::fsutil::types::Packet;
+use bollard::fsutil::types::packet::PacketType;
+use bollard::moby::filesync::packet::file_sync_client::FileSyncClient;
+use futures_util::StreamExt;
+
+/// The agent's FileSync service for a build of `context` with `dockerfile`, on a loopback port.
+async fn serve(context: &Path, dockerfile: &Path) -> String {
+    let ignore = DockerIgnore::parse(&std::fs::read_to_string(context.join(".dockerignore")).unwrap_or_default());
+    let (service, _) = FileSyncer::new(build_dirs(context, dockerfile, ignore, None)).service();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    address
+}
+
+/// One DiffCopy call as a daemon makes it: the directory and its metadata; the paths of the STATs
+/// the agent sends, then (after asking for each file in `fetch`, by its index) what each held.
+async fn sync(
+    address: &str,
+    dir: &str,
+    metadata: &[(&str, &str)],
+    fetch: &[&str],
+) -> Result<(Vec<String>, HashMap<String, Vec<u8>>), tonic::Status> {
+    let mut client = FileSyncClient::connect(address.to_string()).await.unwrap();
+    let (requests, outgoing) = tokio::sync::mpsc::channel::<Packet>(16);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    request.metadata_mut().insert("dir-name", dir.parse().unwrap());
+    for (key, value) in metadata {
+        let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes()).unwrap();
+        request.metadata_mut().append(key, value.parse().unwrap());
+    }
+    let mut incoming = client.diff_copy(request).await?.into_inner();
+    let mut paths = Vec::new();
+    let mut ids = HashMap::new();
+    let mut index = 0u32;
+    while let Some(packet) = incoming.next().await {
+        let packet = packet?;
+        match packet.stat {
+            Some(stat) => {
+                ids.insert(index, stat.path.clone());
+                paths.push(stat.path);
+                index += 1;
+            }
+            None => break,
+        }
+    }
+    let mut contents = HashMap::new();
+    for wanted in fetch {
+        let Some((id, _)) = ids.iter().find(|(_, path)| path == wanted) else { continue };
+        let req = Packet { r#type: PacketType::PacketReq as i32, stat: None, id: *id, data: Vec::new() };
+        requests.send(req).await.unwrap();
+        let mut data = Vec::new();
+        while let Some(packet) = incoming.next().await {
+            let packet = packet?;
+            if packet.r#type == PacketType::PacketErr as i32 {
+                return Err(tonic::Status::aborted(String::from_utf8_lossy(&packet.data).into_owned()));
+            }
+            if packet.data.is_empty() {
+                break;
+            }
+            data.extend(packet.data);
+        }
+        contents.insert(wanted.to_string(), data);
+    }
+    let fin = Packet { r#type: PacketType::PacketFin as i32, stat: None, id: 0, data: Vec::new() };
+    let _ = requests.send(fin).await;
+    Ok((paths, contents))
+}
+
+/// checkout/secret-above.txt, checkout/Dockerfile.outside, checkout/app/{Dockerfile, .dockerignore,
+/// app.txt, secret.env, private/key}: `.dockerignore` leaves out `secret.env` and `private`.
+fn checkout(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let app = dir.join("app");
+    std::fs::create_dir_all(app.join("private")).unwrap();
+    std::fs::write(dir.join("secret-above.txt"), "above").unwrap();
+    std::fs::write(dir.join("Dockerfile.outside"), "FROM scratch\n").unwrap();
+    std::fs::write(app.join("Dockerfile"), "FROM scratch\nCOPY . /\n").unwrap();
+    std::fs::write(app.join(".dockerignore"), "secret.env\nprivate\n").unwrap();
+    std::fs::write(app.join("app.txt"), "app").unwrap();
+    std::fs::write(app.join("secret.env"), "TOKEN=hunter2").unwrap();
+    std::fs::write(app.join("private/key"), "key").unwrap();
+    (app.clone(), app.join("Dockerfile"))
+}
+
+#[tokio::test]
+async fn an_ignored_file_is_never_served_whatever_the_daemon_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (context, dockerfile) = checkout(dir.path());
+    let address = serve(&context, &dockerfile).await;
+    for metadata in [
+        vec![("followpaths", "**")],
+        vec![("followpaths", "secret.env"), ("followpaths", "private/key")],
+        vec![("include-patterns", "**")],
+        vec![],
+    ] {
+        let (paths, _) = sync(&address, "context", &metadata, &[]).await.unwrap();
+        assert!(
+            !paths.iter().any(|path| path == "secret.env" || path.starts_with("private")),
+            "{metadata:?}: {paths:?}"
+        );
+    }
+    // The names BuildKit must read pass the excludes, and followpaths narrow the rest.
+    let (paths, contents) =
+        sync(&address, "context", &[("followpaths", ".dockerignore")], &[".dockerignore"]).await.unwrap();
+    assert_eq!(paths, [".dockerignore"]);
+    assert_eq!(contents[".dockerignore"], b"secret.env\nprivate\n");
+    let (paths, _) = sync(&address, "context", &[], &[]).await.unwrap();
+    assert!(paths.contains(&"app.txt".to_string()), "{paths:?}");
+}
+
+#[tokio::test]
+async fn the_dockerfiles_directory_serves_only_the_dockerfile_and_its_ignore_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (context, _) = checkout(dir.path());
+    // `-f ../Dockerfile.outside`: the Dockerfile's directory is the checkout above the context.
+    let dockerfile = dir.path().join("Dockerfile.outside");
+    let address = serve(&context, &dockerfile).await;
+    for metadata in [vec![("followpaths", "**")], vec![], vec![("include-patterns", "*")]] {
+        let (paths, _) = sync(&address, "dockerfile", &metadata, &[]).await.unwrap();
+        assert_eq!(paths, ["Dockerfile.outside"], "{metadata:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_file_swapped_for_a_symlink_after_the_walk_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (context, dockerfile) = checkout(dir.path());
+    let address = serve(&context, &dockerfile).await;
+    let mut client = FileSyncClient::connect(address.clone()).await.unwrap();
+    let (requests, outgoing) = tokio::sync::mpsc::channel::<Packet>(16);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    request.metadata_mut().insert("dir-name", "context".parse().unwrap());
+    let mut incoming = client.diff_copy(request).await.unwrap().into_inner();
+    let mut id = None;
+    let mut index = 0u32;
+    while let Some(packet) = incoming.next().await {
+        let Some(stat) = packet.unwrap().stat else { break };
+        if stat.path == "app.txt" {
+            id = Some(index);
+        }
+        index += 1;
+    }
+    // Between the walk and the request: app.txt becomes a link to the secret above the context.
+    std::fs::remove_file(context.join("app.txt")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret-above.txt"), context.join("app.txt")).unwrap();
+    let req = Packet { r#type: PacketType::PacketReq as i32, stat: None, id: id.unwrap(), data: Vec::new() };
+    requests.send(req).await.unwrap();
+    let answer = incoming.next().await.unwrap().unwrap();
+    assert_eq!(answer.r#type, PacketType::PacketErr as i32, "not served: {answer:?}");
+    assert!(!String::from_utf8_lossy(&answer.data).contains("above"));
+}
+
+#[tokio::test]
+async fn too_many_patterns_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (context, dockerfile) = checkout(dir.path());
+    let address = serve(&context, &dockerfile).await;
+    // Thousands of patterns do not even reach the service: the HTTP/2 server refuses their headers.
+    let patterns: Vec<String> = (0..5000).map(|n| format!("dir{n}/**")).collect();
+    let metadata: Vec<(&str, &str)> = patterns.iter().map(|pattern| ("include-patterns", pattern.as_str())).collect();
+    assert!(sync(&address, "context", &metadata, &[]).await.is_err());
+    // One pattern longer than the agent takes: a clear error.
+    let long = "a".repeat(5000);
+    let error = sync(&address, "context", &[("include-patterns", long.as_str())], &[]).await.unwrap_err();
+    assert!(error.message().contains("the agent takes at most 4096"), "{error:?}");
+    // Many `**` in one pattern cost steps, not time.
+    let deep = format!("{}x", "**/".repeat(16));
+    let started = std::time::Instant::now();
+    sync(&address, "context", &[("include-patterns", deep.as_str())], &[]).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+}
