@@ -1,6 +1,7 @@
 //! The image: the build context, the build on the daemon with its progress in the log, the tags,
 //! and the pushes with each registry's credentials.
 
+pub mod cache_miss;
 pub mod context;
 pub mod definitions;
 pub mod metadata;
@@ -66,7 +67,7 @@ pub async fn build_on(
         BuildRequest { context, reference, build, cache_from, mounts, shared_key: build.shared_key(reference) };
     let engine = Engine::on(build.builder.value, facts);
     let summary = self::build(daemon, request, engine, credentials).await?;
-    Ok(metadata::Built { engine, summary, context_files, context_bytes })
+    Ok(metadata::Built { engine, summary, context_files, context_bytes, cache: None })
 }
 
 /// What the build step hands to [`build_on`].
@@ -316,8 +317,14 @@ async fn build_with_session(
         bytes: counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
         files_walked: request.context.files as u64,
         bytes_walked: request.context.bytes,
+        paths: counters.paths(),
+        synced: counters.synced_paths(),
+        every_file: counters.every_file_asked(),
     };
     tracing::info!("{}", sent.describe());
+    if sent.paths.len() > cache_miss::NAMED_IN_A_LINE {
+        tracing::debug!("context: every file sent: {}", sent.paths.join(", "));
+    }
     summary.context = Some(sent);
     Ok(summary)
 }
@@ -409,8 +416,8 @@ impl Progress {
     }
 }
 
-/// How much of the context crossed the wire in a session build.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// How much of the context crossed the wire in a session build, and which files.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ContextSent {
     /// Files and bytes sent as FileSync DATA (what BuildKit did not have).
     pub files: u64,
@@ -418,16 +425,25 @@ pub struct ContextSent {
     /// Files and bytes of the context after .dockerignore.
     pub files_walked: u64,
     pub bytes_walked: u64,
+    /// The files sent, relative to the context, in the order BuildKit asked for them: those whose
+    /// size, mode or mtime differed from the host's copy.
+    pub paths: Vec<String>,
+    /// Of those, the ones the build's own sync asked for (not only the frontend, by name).
+    pub synced: Vec<String>,
+    /// Whether the build's sync asked for every file it listed (the host had no copy of them, or
+    /// every one changed).
+    pub every_file: bool,
 }
 
 impl ContextSent {
-    /// `context: sent 1 of 301 files, 1.0 MB of 301.0 MB`.
+    /// `context: sent 2 of 301 files (src/app.rb, Gemfile.lock), 1.0 MB of 301.0 MB`.
     pub fn describe(&self) -> String {
         format!(
-            "context: sent {} of {} file{}, {} of {}",
+            "context: sent {} of {} file{}{}, {} of {}",
             self.files,
             self.files_walked,
             if self.files_walked == 1 { "" } else { "s" },
+            cache_miss::named_paths(&self.paths),
             human_bytes(self.bytes),
             human_bytes(self.bytes_walked)
         )

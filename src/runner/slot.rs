@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::image::cache_miss::{self, CacheReport, Evidence};
 use crate::image::metadata::Built;
 use crate::image::spec::{BuildArg, BuildSpec};
 use crate::image::{self, BuildJob, Engine, Pushed};
@@ -34,6 +35,8 @@ pub struct SlotBuild {
     timeout: Duration,
     /// The registry's answer, asked for when the build started.
     asked: Option<tokio::task::JoinHandle<Asked>>,
+    /// The registry's answer once waited for (to explain the cache), kept for the comparison.
+    answer: Option<Asked>,
     pub built: Option<Built>,
     kept: Option<Kept>,
     /// The manifest digest of the first tag pushed, or of the registry's image kept.
@@ -76,6 +79,7 @@ impl SlotBuild {
             compare: push && compare,
             timeout,
             asked: None,
+            answer: None,
             built: None,
             kept: None,
             digest: None,
@@ -114,8 +118,39 @@ impl SlotBuild {
             mounts,
             cache_wait: self.timeout * 3,
         };
-        let built = image::build_on(&host.daemon, host.facts.as_ref(), request, credentials).await?;
+        let mut built = image::build_on(&host.daemon, host.facts.as_ref(), request, credentials).await?;
+        let report = self.explain_cache(&built, &spec).await;
+        tracing::info!("{}", report.line());
+        built.cache = Some(report);
         Ok(self.built.insert(built))
+    }
+
+    /// Why the build's cache missed (see [`cache_miss`]). The registry's image, asked for while the
+    /// image built, is waited for only when a build argument is the one reason left to look for.
+    async fn explain_cache(&mut self, built: &Built, spec: &BuildSpec) -> CacheReport {
+        let sent = built.summary.context.as_ref();
+        let build_args: Vec<(String, String)> = spec
+            .build_args
+            .iter()
+            .filter_map(|arg| arg.value.as_ref().map(|value| (arg.key.clone(), value.clone())))
+            .collect();
+        let mut evidence = Evidence {
+            engine: built.engine,
+            steps: &built.summary.steps,
+            changed: sent.map(|sent| sent.synced.as_slice()),
+            every_file: sent.is_some_and(|sent| sent.every_file),
+            build_args: &build_args,
+            compared: None,
+        };
+        let report = cache_miss::explain(&evidence);
+        if !cache_miss::wants_compared_image(&report, &evidence) {
+            return report;
+        }
+        let Some(asked) = self.asked.take() else { return report };
+        let answer = asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}")));
+        let answer = self.answer.insert(answer);
+        evidence.compared = answer.as_ref().ok().and_then(RegistryImages::compared_config);
+        cache_miss::explain(&evidence)
     }
 
     /// Compares the built image with what the registry holds under the tags: the same image is
@@ -125,9 +160,12 @@ impl SlotBuild {
         if built.engine != Engine::BuildKit {
             return Ok(Comparison::Classic);
         }
-        let asked = match self.asked.take() {
-            Some(asked) => asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}"))),
-            None => {
+        let asked = match (self.answer.take(), self.asked.take()) {
+            (Some(answer), _) => answer,
+            (None, Some(asked)) => {
+                asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}")))
+            }
+            (None, None) => {
                 let credential = credentials.iter().find(|credential| credential.registry == self.image.registry());
                 unchanged::registry_images(&self.image, &self.tags, credential, self.timeout).await
             }

@@ -59,22 +59,61 @@ pub struct SyncedDir {
 
 /// What the session sent from the counted directories, over all the daemon's calls: the bytes
 /// of every DATA packet, and the distinct files (BuildKit may ask for the same one in two calls,
-/// e.g. `.dockerignore` alone first, then with the whole context).
+/// e.g. `.dockerignore` alone first, then with the whole context), in the order they were asked
+/// for. BuildKit asks only for the files whose size, mode or mtime differ from its copy: these
+/// are the files that changed since the last build under the same shared key.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub bytes: AtomicU64,
-    files: std::sync::Mutex<std::collections::HashSet<String>>,
+    files: std::sync::Mutex<SentFiles>,
+    /// Whether a sync of the build asked for every file it listed, two or more: the host had no
+    /// copy of them (or every one changed, as a fresh clone's new mtimes do).
+    every_file: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct SentFiles {
+    seen: std::collections::HashSet<String>,
+    /// Each path once, in the order asked; with whether only the frontend asked for it (reading
+    /// `.dockerignore` before the build: Docker 26 and 28 ask for it on every build).
+    paths: Vec<(String, bool)>,
 }
 
 impl Counters {
     /// Distinct files sent.
     pub fn files(&self) -> u64 {
-        self.files.lock().map(|files| files.len() as u64).unwrap_or_default()
+        self.files.lock().map(|files| files.paths.len() as u64).unwrap_or_default()
     }
 
-    fn sent(&self, path: &str) {
+    /// Every path sent, relative to its directory, in the order asked for.
+    pub fn paths(&self) -> Vec<String> {
+        self.files.lock().map(|files| files.paths.iter().map(|(path, _)| path.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The paths sent for the build's own sync of the directory (not only to the frontend, which
+    /// reads `.dockerignore` by name).
+    pub fn synced_paths(&self) -> Vec<String> {
+        let files = self.files.lock();
+        files
+            .map(|files| files.paths.iter().filter(|(_, named)| !named).map(|(path, _)| path.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether a sync of the build asked for every file it listed.
+    pub fn every_file_asked(&self) -> bool {
+        self.every_file.load(Ordering::Relaxed)
+    }
+
+    fn sent(&self, path: &str, named: bool) {
         if let Ok(mut files) = self.files.lock() {
-            files.insert(path.to_string());
+            if files.seen.insert(path.to_string()) {
+                files.paths.push((path.to_string(), named));
+            } else if !named {
+                // Asked by name first, then by the build's sync: the build reads it too.
+                if let Some(entry) = files.paths.iter_mut().find(|(seen, _)| seen == path) {
+                    entry.1 = false;
+                }
+            }
         }
     }
 }
@@ -319,6 +358,12 @@ fn query_unescape(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether a call's `followpaths` name only `.dockerignore` files: the frontend reading them
+/// before the build, not the build's own sync (whose `followpaths` are the `COPY` sources).
+fn frontend_reads(follow: &[String]) -> bool {
+    !follow.is_empty() && follow.iter().all(|path| path.ends_with(".dockerignore"))
+}
+
 fn packet(kind: PacketType) -> Packet {
     Packet { r#type: kind as i32, stat: None, id: 0, data: Vec::new() }
 }
@@ -370,6 +415,7 @@ impl FileSync for FileSyncer {
             }
         });
         let counters = dir.counted.then(|| self.counters.clone());
+        let named = frontend_reads(&follow);
         tokio::spawn(async move {
             let files: Vec<Option<(PathBuf, String)>> = entries
                 .iter()
@@ -411,7 +457,7 @@ impl FileSync for FileSyncer {
                             return;
                         }
                         if let Some(counters) = &counters {
-                            counters.sent(relative);
+                            counters.sent(relative, named);
                         }
                         // Files are read on blocking threads, a few at a time, their packets
                         // interleaved (the receiver sorts them out by id), as fsutil's sender does.
@@ -427,6 +473,12 @@ impl FileSync for FileSyncer {
                         });
                     }
                     Ok(PacketType::PacketFin) => {
+                        let listed = files.iter().flatten().count();
+                        if let Some(counters) = counters.as_ref().filter(|_| !named && listed > 1) {
+                            if served.iter().filter(|served| **served).count() == listed {
+                                counters.every_file.store(true, Ordering::Relaxed);
+                            }
+                        }
                         // Every file asked for is sent before FIN (the receiver waits for them).
                         let _ = readers.acquire_many(READERS as u32).await;
                         let _ = sender.send(Ok(packet(PacketType::PacketFin))).await;

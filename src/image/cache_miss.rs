@@ -1,0 +1,456 @@
+//! Why the cache missed: after a build, how many of its steps were CACHED and the first step that
+//! was not, with the one reason the agent can prove — the files its own FileSync sender was asked
+//! for because they changed, when they are among a `COPY`/`ADD` step's sources; a build argument
+//! whose value differs from the one the registry's image was built with (read from that image's
+//! history); or else "not known". Never a guess presented as a fact (moby/moby#34715).
+
+use serde_json::{Value, json};
+
+use super::{Engine, StepRecord};
+
+/// Paths named in a line before "and N more".
+pub const NAMED_IN_A_LINE: usize = 3;
+
+/// What the agent knows about one build, to explain its cache.
+pub struct Evidence<'a> {
+    pub engine: Engine,
+    /// Each Dockerfile step, as the build reported it.
+    pub steps: &'a [StepRecord],
+    /// The context's files the host asked for (their size, mode or mtime differed from its copy),
+    /// relative to the context; `None` when the agent cannot know (the classic builder is sent the
+    /// whole context).
+    pub changed: Option<&'a [String]>,
+    /// Whether the build's sync asked for every file it listed: the host had no copy of them, or
+    /// every one changed (a fresh clone's new mtimes).
+    pub every_file: bool,
+    /// The build arguments given with a value (`KEY=VALUE`, or `KEY` from the environment).
+    pub build_args: &'a [(String, String)],
+    /// The image the build is compared with (the registry's, under the first tag): its config.
+    pub compared: Option<&'a Value>,
+}
+
+/// The cache line of one build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheReport {
+    /// Steps counted (the classic builder's `FROM` steps, never CACHED there, are not).
+    pub steps: usize,
+    pub cached: usize,
+    /// The first step that was not CACHED, and why; `None` when every step was.
+    pub first_rebuilt: Option<Rebuilt>,
+}
+
+/// The first step that was not CACHED.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebuilt {
+    /// As BuildKit names it: `[5/6] COPY src/ /app/src/`.
+    pub step: String,
+    /// Its counter without the total, as "after step N" names it: `5`, `build 2`.
+    pub number: String,
+    pub reason: Reason,
+    /// The steps after it that were not CACHED either.
+    pub after: usize,
+}
+
+/// What the agent can prove about why a step was rebuilt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// A `COPY`/`ADD` step whose sources hold these changed files.
+    FilesChanged(Vec<String>),
+    /// A `COPY`/`ADD` step of the context when every file the build reads was sent: the host had
+    /// no copy of them, or every one changed.
+    EveryFileSent,
+    /// These build arguments differ from the values the compared image was built with.
+    BuildArgs(Vec<String>),
+    /// Nothing the agent can prove; the note says why, when it can.
+    NotKnown(Option<&'static str>),
+}
+
+impl Reason {
+    /// The reason's kind, for the metadata file.
+    fn kind(&self) -> &'static str {
+        match self {
+            Reason::FilesChanged(_) => "files-changed",
+            Reason::EveryFileSent => "every-file-sent",
+            Reason::BuildArgs(_) => "build-args",
+            Reason::NotKnown(_) => "not-known",
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Reason::FilesChanged(files) => format!("{} changed", some_of(files)),
+            Reason::EveryFileSent => {
+                "every file it reads was sent (the host had no copy, or every mtime changed: see --stable-mtimes)"
+                    .to_string()
+            }
+            Reason::BuildArgs(names) => format!(
+                "the build argument{} {} differ{} from the registry's image",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                if names.len() == 1 { "s" } else { "" }
+            ),
+            Reason::NotKnown(None) => "not known".to_string(),
+            Reason::NotKnown(Some(note)) => format!("not known ({note})"),
+        }
+    }
+}
+
+/// The note of a classic build's unknown reason.
+const CLASSIC_NOTE: &str = "the classic builder is sent the whole context and does not say which files changed";
+
+/// The build's cache, explained.
+pub fn explain(evidence: &Evidence<'_>) -> CacheReport {
+    let steps: Vec<&StepRecord> = evidence
+        .steps
+        .iter()
+        .filter(|step| !(evidence.engine == Engine::Classic && instruction_of(&step.title).1.starts_with("FROM ")))
+        .collect();
+    let cached = steps.iter().filter(|step| step.cached).count();
+    let first = steps.iter().position(|step| !step.cached);
+    let first_rebuilt = first.map(|at| {
+        let (number, instruction) = instruction_of(&steps[at].title);
+        Rebuilt {
+            step: format!("[{number}] {instruction}"),
+            number: number.rsplit_once('/').map_or(number, |(done, _)| done).to_string(),
+            reason: reason(evidence, instruction),
+            after: steps[at + 1..].iter().filter(|step| !step.cached).count(),
+        }
+    });
+    CacheReport { steps: steps.len(), cached, first_rebuilt }
+}
+
+/// Whether the reason of the first rebuilt step could still be a build argument, found in the
+/// compared image (which the caller may have to wait for).
+pub fn wants_compared_image(report: &CacheReport, evidence: &Evidence<'_>) -> bool {
+    evidence.compared.is_none()
+        && !evidence.build_args.is_empty()
+        && report.first_rebuilt.as_ref().is_some_and(|rebuilt| matches!(rebuilt.reason, Reason::NotKnown(_)))
+}
+
+fn reason(evidence: &Evidence<'_>, instruction: &str) -> Reason {
+    if let Some(sources) = context_sources(instruction) {
+        match evidence.changed {
+            Some(changed) => {
+                let files: Vec<String> =
+                    changed.iter().filter(|path| sources.iter().any(|source| reads(source, path))).cloned().collect();
+                if !files.is_empty() {
+                    return if evidence.every_file { Reason::EveryFileSent } else { Reason::FilesChanged(files) };
+                }
+            }
+            None => return Reason::NotKnown(Some(CLASSIC_NOTE)),
+        }
+    }
+    let args = evidence.compared.map(|config| args_that_differ(evidence.build_args, config)).unwrap_or_default();
+    if !args.is_empty() {
+        return Reason::BuildArgs(args);
+    }
+    Reason::NotKnown(None)
+}
+
+/// A step title (`step 5/6 COPY src/ /app/src/`, `step build 2/5 RUN make`) as its counter
+/// (`5/6`, `build 2/5`) and its instruction.
+fn instruction_of(title: &str) -> (&str, &str) {
+    let rest = title.strip_prefix("step ").unwrap_or(title);
+    let mut end = 0;
+    for token in rest.split(' ') {
+        end += token.len();
+        let counter = token.split_once('/').is_some_and(|(done, total)| {
+            !done.is_empty() && !total.is_empty() && done.chars().chain(total.chars()).all(|c| c.is_ascii_digit())
+        });
+        if counter {
+            return (&rest[..end], rest[end..].trim_start());
+        }
+        end += 1;
+        if end > rest.len() {
+            break;
+        }
+    }
+    ("", rest)
+}
+
+/// The context paths a `COPY`/`ADD` instruction reads (`.` for all of it); `None` for any other
+/// instruction and for a `COPY --from=` (it reads another stage or image, not the context).
+fn context_sources(instruction: &str) -> Option<Vec<String>> {
+    let (command, arguments) = instruction.split_once(' ')?;
+    if !command.eq_ignore_ascii_case("COPY") && !command.eq_ignore_ascii_case("ADD") {
+        return None;
+    }
+    let arguments = arguments.trim();
+    let words: Vec<String> = if arguments.starts_with('[') {
+        // The exec form: a JSON array whose flags come before it.
+        serde_json::from_str(arguments).ok()?
+    } else {
+        let mut words = Vec::new();
+        let mut rest = arguments;
+        // Flags come first, then the sources and the destination; a JSON array may follow flags.
+        while let Some(word) = rest.split_whitespace().next().filter(|word| word.starts_with("--")) {
+            if word.starts_with("--from=") {
+                return None;
+            }
+            rest = rest.trim_start()[word.len()..].trim_start();
+        }
+        if rest.starts_with('[') {
+            serde_json::from_str(rest).ok()?
+        } else {
+            words.extend(rest.split_whitespace().map(str::to_string));
+            words
+        }
+    };
+    let (_, sources) = words.split_last()?;
+    let sources: Vec<String> = sources
+        .iter()
+        .filter(|source| !source.contains("://") && !source.starts_with("<<") && !source.starts_with("git@"))
+        .map(|source| normalise(source))
+        .collect();
+    Some(sources)
+}
+
+/// A source as a context-relative path: without `./`, leading and trailing slashes (`.` for the
+/// whole context).
+fn normalise(source: &str) -> String {
+    let segments: Vec<&str> = source.split('/').filter(|segment| !segment.is_empty() && *segment != ".").collect();
+    if segments.is_empty() { ".".to_string() } else { segments.join("/") }
+}
+
+/// Whether a `COPY` source (a path or a pattern) reads `path`: it names the file, a directory the
+/// file is under, or matches one of them.
+fn reads(source: &str, path: &str) -> bool {
+    if source == "." {
+        return true;
+    }
+    let pattern: Vec<&str> = source.split('/').collect();
+    let path: Vec<&str> = path.split('/').collect();
+    path.len() >= pattern.len()
+        && pattern.iter().zip(&path).all(|(pattern, segment)| crate::session::dockerignore::glob(pattern, segment))
+}
+
+/// The build arguments of `given` whose value differs from the one a step of the compared image
+/// was built with. A `RUN` step records the build arguments in its history entry as `|N KEY=VALUE
+/// … command` (BuildKit prefixes `RUN `); an argument counts only when it is there, and when the
+/// text after `KEY=` is not the value given (so a value holding a space is never misread as another).
+fn args_that_differ(given: &[(String, String)], config: &Value) -> Vec<String> {
+    let entries = config["history"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let recorded: Vec<&str> = entries
+        .iter()
+        .filter_map(|entry| entry["created_by"].as_str())
+        .filter_map(|created_by| created_by.strip_prefix("RUN ").unwrap_or(created_by).strip_prefix('|'))
+        .filter_map(|rest| rest.split_once(' ').map(|(_, args)| args))
+        .collect();
+    let mut names = Vec::new();
+    for (key, value) in given {
+        let needle = format!("{key}=");
+        let differs = recorded.iter().any(|args| {
+            let at = args.match_indices(&needle).find(|(at, _)| *at == 0 || args.as_bytes()[at - 1] == b' ');
+            at.is_some_and(|(at, _)| {
+                let recorded = &args[at + needle.len()..];
+                !(recorded == value || recorded.starts_with(&format!("{value} ")))
+            })
+        });
+        if differs && !names.contains(key) {
+            names.push(key.clone());
+        }
+    }
+    names
+}
+
+/// The first few paths, then "and N more".
+fn some_of(paths: &[String]) -> String {
+    let named = paths.iter().take(NAMED_IN_A_LINE).cloned().collect::<Vec<_>>().join(", ");
+    match paths.len().saturating_sub(NAMED_IN_A_LINE) {
+        0 => named,
+        more => format!("{named} and {more} more"),
+    }
+}
+
+/// `(a, b, c and 2 more)`, or nothing for no paths: the files a context line names.
+pub fn named_paths(paths: &[String]) -> String {
+    if paths.is_empty() { String::new() } else { format!(" ({})", some_of(paths)) }
+}
+
+impl CacheReport {
+    /// `cache: 4 of 6 steps CACHED; [5/6] COPY src/ /app/src/ rebuilt: src/nonce.txt changed; 1
+    /// more step rebuilt after step 5`.
+    pub fn line(&self) -> String {
+        let Some(rebuilt) = &self.first_rebuilt else {
+            return match self.steps {
+                0 => "cache: no step to cache".to_string(),
+                steps => format!("cache: every step CACHED ({steps} of {steps})"),
+            };
+        };
+        let mut line = format!(
+            "cache: {} of {} step{} CACHED; {} rebuilt: {}",
+            self.cached,
+            self.steps,
+            if self.steps == 1 { "" } else { "s" },
+            rebuilt.step,
+            rebuilt.reason.text()
+        );
+        if rebuilt.after > 0 {
+            line.push_str(&format!(
+                "; {} more step{} rebuilt after step {}",
+                rebuilt.after,
+                if rebuilt.after == 1 { "" } else { "s" },
+                rebuilt.number
+            ));
+        }
+        line
+    }
+
+    /// The metadata file's `agent.cache`, every text redacted (a file or argument name may hold a
+    /// secret's value by mistake; a value is never there).
+    pub fn to_json(&self) -> Value {
+        let redact = crate::secrets::redact;
+        let first = self.first_rebuilt.as_ref().map(|rebuilt| {
+            let mut object = json!({
+                "step": redact(&rebuilt.step),
+                "reason": rebuilt.reason.kind(),
+                "text": redact(&rebuilt.reason.text()),
+                "rebuilt_after": rebuilt.after,
+            });
+            match &rebuilt.reason {
+                Reason::FilesChanged(files) => {
+                    object["files"] = json!(files.iter().map(|f| redact(f)).collect::<Vec<_>>())
+                }
+                Reason::BuildArgs(names) => {
+                    object["build_args"] = json!(names.iter().map(|name| redact(name)).collect::<Vec<_>>())
+                }
+                Reason::EveryFileSent | Reason::NotKnown(_) => {}
+            }
+            object
+        });
+        json!({
+            "steps": self.steps,
+            "cached": self.cached,
+            "first_rebuilt": first,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(title: &str, cached: bool) -> StepRecord {
+        StepRecord { title: title.to_string(), cached, seconds: 0.1 }
+    }
+
+    fn app_steps(rebuilt_from: usize) -> Vec<StepRecord> {
+        let titles = [
+            "step 1/6 COPY busybox /bin/busybox",
+            "step 2/6 RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox --install -s /bin\"]",
+            "step 3/6 COPY deps.txt /app/deps.txt",
+            "step 4/6 RUN sh -c 'sleep 4'",
+            "step 5/6 COPY src/ /app/src/",
+            "step 6/6 RUN sh -c 'cat /app/src/* | wc -c'",
+        ];
+        titles.iter().enumerate().map(|(at, title)| step(title, at + 1 < rebuilt_from)).collect()
+    }
+
+    fn evidence<'a>(steps: &'a [StepRecord], changed: Option<&'a [String]>) -> Evidence<'a> {
+        Evidence { engine: Engine::BuildKit, steps, changed, every_file: false, build_args: &[], compared: None }
+    }
+
+    #[test]
+    fn a_changed_source_file_names_its_copy_step_and_the_steps_after_it_once() {
+        let steps = app_steps(5);
+        let changed = ["src/nonce.txt".to_string()];
+        let report = explain(&evidence(&steps, Some(&changed)));
+        assert_eq!(
+            report.line(),
+            "cache: 4 of 6 steps CACHED; [5/6] COPY src/ /app/src/ rebuilt: src/nonce.txt changed; 1 more step \
+             rebuilt after step 5"
+        );
+        assert_eq!(report.to_json()["first_rebuilt"]["files"], json!(["src/nonce.txt"]));
+        assert_eq!(report.to_json()["first_rebuilt"]["reason"], "files-changed");
+    }
+
+    #[test]
+    fn every_step_cached_says_so() {
+        let steps = app_steps(7);
+        let report = explain(&evidence(&steps, Some(&[])));
+        assert_eq!(report.line(), "cache: every step CACHED (6 of 6)");
+        assert_eq!(report.to_json()["first_rebuilt"], Value::Null);
+    }
+
+    #[test]
+    fn a_rebuilt_step_whose_sources_hold_no_changed_file_is_not_known() {
+        let steps = app_steps(3);
+        let changed = ["src/main.sh".to_string()];
+        let report = explain(&evidence(&steps, Some(&changed)));
+        assert_eq!(report.first_rebuilt.unwrap().reason, Reason::NotKnown(None));
+    }
+
+    #[test]
+    fn the_classic_builder_never_names_files_and_its_from_step_is_not_counted() {
+        let mut steps = vec![step("step 1/7 FROM scratch", false)];
+        steps.extend(app_steps(5).into_iter().map(|mut step| {
+            step.title = step.title.replace("/6", "/7");
+            step
+        }));
+        let mut evidence = evidence(&steps, None);
+        evidence.engine = Engine::Classic;
+        let report = explain(&evidence);
+        assert_eq!((report.steps, report.cached), (6, 4));
+        assert_eq!(report.first_rebuilt.unwrap().reason, Reason::NotKnown(Some(CLASSIC_NOTE)));
+    }
+
+    #[test]
+    fn copy_sources_are_read_from_the_instruction() {
+        assert_eq!(context_sources("COPY src/ /app/src/"), Some(vec!["src".to_string()]));
+        assert_eq!(context_sources("COPY --chown=1:1 ./a b/*.rb /app/"), Some(vec!["a".into(), "b/*.rb".into()]));
+        assert_eq!(context_sources("COPY . /ctx/"), Some(vec![".".to_string()]));
+        assert_eq!(context_sources("COPY [\"a b\", \"/c\"]"), Some(vec!["a b".to_string()]));
+        assert_eq!(context_sources("COPY --link [\"x\", \"/c\"]"), Some(vec!["x".to_string()]));
+        assert_eq!(context_sources("ADD https://example.com/a.tgz ./b /c"), Some(vec!["b".to_string()]));
+        assert_eq!(context_sources("COPY --from=build /out /app"), None);
+        assert_eq!(context_sources("RUN make"), None);
+    }
+
+    #[test]
+    fn a_source_reads_the_file_itself_what_is_under_it_and_what_its_pattern_matches() {
+        assert!(reads("src", "src/app.rb") && reads("src", "src") && reads(".", "anything/at/all"));
+        assert!(reads("*.lock", "Gemfile.lock") && reads("sr?", "src/a/b"));
+        assert!(!reads("src", "srcx/a") && !reads("src/a", "src") && !reads("*.lock", "dir/Gemfile.lock"));
+    }
+
+    #[test]
+    fn titles_split_into_counter_and_instruction() {
+        assert_eq!(instruction_of("step 5/6 COPY src/ /app/src/"), ("5/6", "COPY src/ /app/src/"));
+        assert_eq!(instruction_of("step build 2/5 RUN make"), ("build 2/5", "RUN make"));
+    }
+
+    #[test]
+    fn a_build_argument_is_named_only_when_the_compared_history_records_another_value() {
+        let config = json!({"history": [
+            {"created_by": "COPY busybox /bin/busybox # buildkit"},
+            {"created_by": "RUN |2 VERSION=1 NOTE=a b /bin/sh -c echo $VERSION # buildkit"},
+            {"created_by": "|1 CLASSIC=x /bin/sh -c echo"},
+        ]});
+        let given = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(args_that_differ(&given(&[("VERSION", "2")]), &config), ["VERSION"]);
+        assert!(args_that_differ(&given(&[("VERSION", "1"), ("NOTE", "a b")]), &config).is_empty());
+        // "a" could be the start of "a b": not a proof.
+        assert!(args_that_differ(&given(&[("NOTE", "a")]), &config).is_empty());
+        assert_eq!(args_that_differ(&given(&[("CLASSIC", "y")]), &config), ["CLASSIC"]);
+        assert!(args_that_differ(&given(&[("UNRECORDED", "1")]), &config).is_empty());
+
+        let steps = app_steps(2);
+        let args = given(&[("VERSION", "2")]);
+        let mut evidence = evidence(&steps, Some(&[]));
+        evidence.build_args = &args;
+        let report = explain(&evidence);
+        assert!(wants_compared_image(&report, &evidence));
+        evidence.compared = Some(&config);
+        let report = explain(&evidence);
+        assert!(report.line().contains("rebuilt: the build argument VERSION differs from the registry's image"));
+    }
+
+    #[test]
+    fn long_lists_of_paths_are_cut() {
+        let paths: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|p| p.to_string()).collect();
+        assert_eq!(named_paths(&paths), " (a, b, c and 2 more)");
+        assert_eq!(named_paths(&[]), "");
+    }
+}
