@@ -296,6 +296,12 @@ impl CacheReport {
         line
     }
 
+    /// The first rebuilt step's reason, as the metadata file names it; `every-step-cached` when
+    /// there is none.
+    pub fn reason_kind(&self) -> &'static str {
+        self.first_rebuilt.as_ref().map_or("every-step-cached", |rebuilt| rebuilt.reason.kind())
+    }
+
     /// The metadata file's `agent.cache`, every text redacted (a file or argument name may hold a
     /// secret's value by mistake; a value is never there).
     pub fn to_json(&self) -> Value {

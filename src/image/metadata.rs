@@ -23,6 +23,9 @@ pub struct Built {
     pub context_bytes: u64,
     /// Why the cache missed, as the cache line says it (see [`super::cache_miss`]).
     pub cache: Option<super::cache_miss::CacheReport>,
+    /// The context's part of the build's time: the agent's walk of it, and with BuildKit its
+    /// transfer.
+    pub context_time: std::time::Duration,
 }
 
 /// Writes the metadata file (atomically) for the build, with the first push's digest if `pushed`.
@@ -152,7 +155,8 @@ impl BuildMetadata<'_> {
             .iter()
             .map(|step| {
                 json!({
-                    "step": step.title,
+                    // BuildKit names a step with its build arguments' values expanded.
+                    "step": crate::secrets::redact(&step.title),
                     "cached": step.cached,
                     "seconds": (step.seconds * 1000.0).round() / 1000.0,
                 })

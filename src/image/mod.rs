@@ -61,13 +61,18 @@ pub async fn build_on(
             cache_from.push(cache_image.to_string());
         }
     }
+    let scan_started = Instant::now();
     let context = context::Context::scan_off_runtime(&build.context, &build.dockerfile).await?;
+    let scan_time = scan_started.elapsed();
     let (context_files, context_bytes) = (context.files as u64, context.bytes);
     let request =
         BuildRequest { context, reference, build, cache_from, mounts, shared_key: build.shared_key(reference) };
     let engine = Engine::on(build.builder.value, facts);
     let summary = self::build(daemon, request, engine, credentials).await?;
-    Ok(metadata::Built { engine, summary, context_files, context_bytes, cache: None })
+    // The context's part of the build: the walk here, and with BuildKit its transfer (the classic
+    // builder's upload goes on beside its build: it cannot be told apart).
+    let context_time = scan_time + summary.context.as_ref().map_or(Duration::ZERO, |sent| sent.sync_time);
+    Ok(metadata::Built { engine, summary, context_files, context_bytes, cache: None, context_time })
 }
 
 /// What the build step hands to [`build_on`].
@@ -320,6 +325,7 @@ async fn build_with_session(
         paths: counters.paths(),
         synced: counters.synced_paths(),
         every_file: counters.every_file_asked(),
+        sync_time: counters.sync_time(),
     };
     tracing::info!("{}", sent.describe());
     if sent.paths.len() > cache_miss::NAMED_IN_A_LINE {
@@ -433,6 +439,8 @@ pub struct ContextSent {
     /// Whether the build's sync asked for every file it listed (the host had no copy of them, or
     /// every one changed).
     pub every_file: bool,
+    /// How long the build's sync took, from BuildKit's call to its end.
+    pub sync_time: Duration,
 }
 
 impl ContextSent {

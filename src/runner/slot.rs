@@ -120,7 +120,13 @@ impl SlotBuild {
         };
         let mut built = image::build_on(&host.daemon, host.facts.as_ref(), request, credentials).await?;
         let report = self.explain_cache(&built, &spec).await;
-        tracing::info!("{}", report.line());
+        tracing::info!(
+            cache.steps = report.steps,
+            cache.cached = report.cached,
+            cache.reason = report.reason_kind(),
+            "{}",
+            report.line()
+        );
         built.cache = Some(report);
         Ok(self.built.insert(built))
     }

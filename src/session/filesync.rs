@@ -69,6 +69,8 @@ pub struct Counters {
     /// Whether a sync of the build asked for every file it listed, two or more: the host had no
     /// copy of them (or every one changed, as a fresh clone's new mtimes do).
     every_file: std::sync::atomic::AtomicBool,
+    /// The time the build's syncs took, from the daemon's call to its FIN, in nanoseconds.
+    sync_nanos: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +99,11 @@ impl Counters {
         files
             .map(|files| files.paths.iter().filter(|(_, named)| !named).map(|(path, _)| path.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The time the build's syncs of the directory took (from the daemon's call to its FIN).
+    pub fn sync_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.sync_nanos.load(Ordering::Relaxed))
     }
 
     /// Whether a sync of the build asked for every file it listed.
@@ -374,6 +381,7 @@ impl FileSync for FileSyncer {
     type TarStreamStream = futures_util::stream::BoxStream<'static, Result<Packet, Status>>;
 
     async fn diff_copy(&self, request: Request<Streaming<Packet>>) -> Result<Response<Self::DiffCopyStream>, Status> {
+        let called = std::time::Instant::now();
         let metadata = request.metadata();
         let name = metadata_values(metadata, "dir-name").into_iter().next().unwrap_or_default();
         let Some(dir) = self.dirs.get(&name).cloned() else {
@@ -481,6 +489,10 @@ impl FileSync for FileSyncer {
                         }
                         // Every file asked for is sent before FIN (the receiver waits for them).
                         let _ = readers.acquire_many(READERS as u32).await;
+                        if let Some(counters) = counters.as_ref().filter(|_| !named) {
+                            let nanos = u64::try_from(called.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                            counters.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
+                        }
                         let _ = sender.send(Ok(packet(PacketType::PacketFin))).await;
                         return;
                     }
