@@ -2,7 +2,8 @@
 //! was not, with the one reason the agent can prove — the files its own FileSync sender was asked
 //! for because they changed, when they are among a `COPY`/`ADD` step's sources; a build argument
 //! whose value differs from the one the registry's image was built with (read from that image's
-//! history); or else "not known". Never a guess presented as a fact (moby/moby#34715).
+//! history); a base image whose layers are not the ones that image was built on; or else "not
+//! known". Never a guess presented as a fact (moby/moby#34715).
 
 use serde_json::{Value, json};
 
@@ -27,12 +28,25 @@ pub struct Evidence<'a> {
     pub build_args: &'a [(String, String)],
     /// The image the build is compared with (the registry's, under the first tag): its config.
     pub compared: Option<&'a Value>,
+    /// The base image of the first rebuilt step's stage, as its registry has it now.
+    pub base: Option<&'a BaseCheck>,
+}
+
+/// A stage's base image (its `FROM`), checked against the compared image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseCheck {
+    /// As the `FROM` step names it (`host/repo:tag`, with `@sha256:…` on newer engines).
+    pub name: String,
+    /// The manifest digest it resolves to now (the platform's).
+    pub digest: String,
+    /// Whether its layers are the first layers of the compared image (the image was built on it).
+    pub under_the_compared_image: bool,
 }
 
 /// The cache line of one build.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheReport {
-    /// Steps counted (the classic builder's `FROM` steps, never CACHED there, are not).
+    /// Steps counted (`FROM` steps are not: neither builder ever calls them CACHED).
     pub steps: usize,
     pub cached: usize,
     /// The first step that was not CACHED, and why; `None` when every step was.
@@ -61,6 +75,9 @@ pub enum Reason {
     EveryFileSent,
     /// These build arguments differ from the values the compared image was built with.
     BuildArgs(Vec<String>),
+    /// The stage's base image (as named, and the digest it resolves to now) is not the one the
+    /// compared image was built on: its layers are not that image's first layers.
+    BaseImage { name: String, digest: String },
     /// Nothing the agent can prove; the note says why, when it can.
     NotKnown(Option<&'static str>),
 }
@@ -72,6 +89,7 @@ impl Reason {
             Reason::FilesChanged(_) => "files-changed",
             Reason::EveryFileSent => "every-file-sent",
             Reason::BuildArgs(_) => "build-args",
+            Reason::BaseImage { .. } => "base-image",
             Reason::NotKnown(_) => "not-known",
         }
     }
@@ -89,6 +107,11 @@ impl Reason {
                 names.join(", "),
                 if names.len() == 1 { "s" } else { "" }
             ),
+            Reason::BaseImage { name, digest } => {
+                let short = digest.get(..19).unwrap_or(digest);
+                let name = name.split_once('@').map_or(name.as_str(), |(name, _)| name);
+                format!("the base image {name} ({short}) is not the one the registry's image was built on")
+            }
             Reason::NotKnown(None) => "not known".to_string(),
             Reason::NotKnown(Some(note)) => format!("not known ({note})"),
         }
@@ -100,11 +123,7 @@ const CLASSIC_NOTE: &str = "the classic builder is sent the whole context and do
 
 /// The build's cache, explained.
 pub fn explain(evidence: &Evidence<'_>) -> CacheReport {
-    let steps: Vec<&StepRecord> = evidence
-        .steps
-        .iter()
-        .filter(|step| !(evidence.engine == Engine::Classic && instruction_of(&step.title).1.starts_with("FROM ")))
-        .collect();
+    let steps: Vec<&StepRecord> = evidence.steps.iter().filter(|step| !is_from(step)).collect();
     let cached = steps.iter().filter(|step| step.cached).count();
     let first = steps.iter().position(|step| !step.cached);
     let first_rebuilt = first.map(|at| {
@@ -119,15 +138,42 @@ pub fn explain(evidence: &Evidence<'_>) -> CacheReport {
     CacheReport { steps: steps.len(), cached, first_rebuilt }
 }
 
-/// Whether the reason of the first rebuilt step could still be a build argument, found in the
-/// compared image (which the caller may have to wait for).
-pub fn wants_compared_image(report: &CacheReport, evidence: &Evidence<'_>) -> bool {
-    evidence.compared.is_none()
-        && !evidence.build_args.is_empty()
-        && report.first_rebuilt.as_ref().is_some_and(|rebuilt| matches!(rebuilt.reason, Reason::NotKnown(_)))
+/// Whether the first rebuilt step has no reason yet: the compared image (which the caller may have
+/// to wait for) and the base image may still give one.
+pub fn unexplained(report: &CacheReport) -> bool {
+    report.first_rebuilt.as_ref().is_some_and(|rebuilt| matches!(rebuilt.reason, Reason::NotKnown(_)))
+}
+
+fn is_from(step: &StepRecord) -> bool {
+    instruction_of(&step.title).1.starts_with("FROM ")
+}
+
+/// The base image (`FROM`) of the first rebuilt step, when that step is the first of its stage:
+/// the one step a moved base rebuilds first. `None` for `FROM scratch`.
+pub fn base_of_first_rebuilt(steps: &[StepRecord], report: &CacheReport) -> Option<String> {
+    let rebuilt = report.first_rebuilt.as_ref()?;
+    let at = steps.iter().position(|step| {
+        let (counter, instruction) = instruction_of(&step.title);
+        format!("[{counter}] {instruction}") == rebuilt.step
+    })?;
+    let from = steps[..at].last().filter(|step| is_from(step))?;
+    let (from_counter, instruction) = instruction_of(&from.title);
+    let (counter, _) = instruction_of(&steps[at].title);
+    let position = |counter: &str| {
+        let (stage, number) = counter.rsplit_once(' ').unwrap_or(("", counter));
+        let number: u32 = number.split_once('/')?.0.parse().ok()?;
+        Some((stage.to_string(), number))
+    };
+    let ((from_stage, from_number), (stage, number)) = (position(from_counter)?, position(counter)?);
+    if from_stage != stage || from_number + 1 != number {
+        return None;
+    }
+    let name = instruction.split_whitespace().skip(1).find(|word| !word.starts_with("--"))?;
+    (name != "scratch").then(|| name.to_string())
 }
 
 fn reason(evidence: &Evidence<'_>, instruction: &str) -> Reason {
+    let mut note = None;
     if let Some(sources) = context_sources(instruction) {
         match evidence.changed {
             Some(changed) => {
@@ -137,14 +183,17 @@ fn reason(evidence: &Evidence<'_>, instruction: &str) -> Reason {
                     return if evidence.every_file { Reason::EveryFileSent } else { Reason::FilesChanged(files) };
                 }
             }
-            None => return Reason::NotKnown(Some(CLASSIC_NOTE)),
+            None => note = Some(CLASSIC_NOTE),
         }
     }
     let args = evidence.compared.map(|config| args_that_differ(evidence.build_args, config)).unwrap_or_default();
     if !args.is_empty() {
         return Reason::BuildArgs(args);
     }
-    Reason::NotKnown(None)
+    if let Some(base) = evidence.base.filter(|base| !base.under_the_compared_image) {
+        return Reason::BaseImage { name: base.name.clone(), digest: base.digest.clone() };
+    }
+    Reason::NotKnown(note)
 }
 
 /// A step title (`step 5/6 COPY src/ /app/src/`, `step build 2/5 RUN make`) as its counter
@@ -320,6 +369,9 @@ impl CacheReport {
                 Reason::BuildArgs(names) => {
                     object["build_args"] = json!(names.iter().map(|name| redact(name)).collect::<Vec<_>>())
                 }
+                Reason::BaseImage { name, digest } => {
+                    object["base_image"] = json!({ "name": redact(name), "digest": digest });
+                }
                 Reason::EveryFileSent | Reason::NotKnown(_) => {}
             }
             object
@@ -353,7 +405,15 @@ mod tests {
     }
 
     fn evidence<'a>(steps: &'a [StepRecord], changed: Option<&'a [String]>) -> Evidence<'a> {
-        Evidence { engine: Engine::BuildKit, steps, changed, every_file: false, build_args: &[], compared: None }
+        Evidence {
+            engine: Engine::BuildKit,
+            steps,
+            changed,
+            every_file: false,
+            build_args: &[],
+            compared: None,
+            base: None,
+        }
     }
 
     #[test]
@@ -447,10 +507,50 @@ mod tests {
         let mut evidence = evidence(&steps, Some(&[]));
         evidence.build_args = &args;
         let report = explain(&evidence);
-        assert!(wants_compared_image(&report, &evidence));
+        assert!(unexplained(&report));
         evidence.compared = Some(&config);
         let report = explain(&evidence);
         assert!(report.line().contains("rebuilt: the build argument VERSION differs from the registry's image"));
+    }
+
+    #[test]
+    fn a_from_step_is_never_counted_and_names_the_base_of_its_stages_first_step() {
+        let steps = vec![
+            step("step 1/3 FROM 127.0.0.1:5000/base:1@sha256:0ffe31a253a5f3470cda", false),
+            step("step 2/3 COPY a /a", false),
+            step("step 3/3 RUN make", false),
+        ];
+        let report = explain(&evidence(&steps, Some(&[])));
+        assert_eq!((report.steps, report.cached), (2, 0));
+        assert_eq!(
+            base_of_first_rebuilt(&steps, &report).as_deref(),
+            Some("127.0.0.1:5000/base:1@sha256:0ffe31a253a5f3470cda")
+        );
+        let moved = BaseCheck {
+            name: "127.0.0.1:5000/base:1@sha256:0ffe31a253a5f3470cda".to_string(),
+            digest: "sha256:0ffe31a253a5f3470cda".to_string(),
+            under_the_compared_image: false,
+        };
+        let mut evidence = evidence(&steps, Some(&[]));
+        evidence.base = Some(&moved);
+        assert_eq!(
+            explain(&evidence).line(),
+            "cache: 0 of 2 steps CACHED; [2/3] COPY a /a rebuilt: the base image 127.0.0.1:5000/base:1 \
+             (sha256:0ffe31a253a5) is not the one the registry's image was built on; 1 more step rebuilt after step 2"
+        );
+        let same = BaseCheck { under_the_compared_image: true, ..moved.clone() };
+        evidence.base = Some(&same);
+        assert_eq!(explain(&evidence).first_rebuilt.unwrap().reason, Reason::NotKnown(None));
+        // Not the stage's first step, or FROM scratch: no base to look at.
+        let later =
+            [step("step 1/3 FROM x:1", false), step("step 2/3 COPY a /a", true), step("step 3/3 RUN make", false)];
+        assert_eq!(base_of_first_rebuilt(&later, &explain(&evidence_of(&later))), None);
+        let scratch = [step("step 1/2 FROM scratch", false), step("step 2/2 COPY a /a", false)];
+        assert_eq!(base_of_first_rebuilt(&scratch, &explain(&evidence_of(&scratch))), None);
+    }
+
+    fn evidence_of(steps: &[StepRecord]) -> Evidence<'_> {
+        evidence(steps, Some(&[]))
     }
 
     #[test]

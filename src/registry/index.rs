@@ -237,6 +237,20 @@ impl IndexPusher {
         Ok(Some(TagManifest { bytes, digest, media_type }))
     }
 
+    /// The manifest a digest names, as it is (an image's manifest or an index).
+    pub async fn manifest_by_digest(&self, digest: &str) -> Result<TagManifest, OciDistributionError> {
+        let reference = self.reference_by_digest(digest);
+        let accepted = [MANIFEST_MEDIA_TYPES, &[IMAGE_MANIFEST_LIST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE]].concat();
+        let (bytes, digest) = self.client.pull_manifest_raw(&reference, &self.auth, &accepted).await?;
+        let fields: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let media_type = match fields["mediaType"].as_str() {
+            Some(media_type) => media_type.to_string(),
+            None if fields["config"].is_object() => OCI_IMAGE_MEDIA_TYPE.to_string(),
+            None => OCI_IMAGE_INDEX_MEDIA_TYPE.to_string(),
+        };
+        Ok(TagManifest { bytes, digest, media_type })
+    }
+
     /// A blob of the repository (an image's config), whole.
     pub async fn blob(
         &self,

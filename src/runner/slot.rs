@@ -7,14 +7,14 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::image::cache_miss::{self, CacheReport, Evidence};
+use crate::image::cache_miss::{self, BaseCheck, CacheReport, Evidence};
 use crate::image::metadata::Built;
 use crate::image::spec::{BuildArg, BuildSpec};
 use crate::image::{self, BuildJob, Engine, Pushed};
 use crate::nodes::Host;
-use crate::registry::Credential;
 use crate::registry::reference::{LATEST, Platform, Repository, platform_tag};
 use crate::registry::unchanged::{self, Kept, RegistryImages, Verdict};
+use crate::registry::{Credential, base_image};
 use crate::session::SessionMounts;
 
 type Asked = std::result::Result<RegistryImages, String>;
@@ -119,7 +119,7 @@ impl SlotBuild {
             cache_wait: self.timeout * 3,
         };
         let mut built = image::build_on(&host.daemon, host.facts.as_ref(), request, credentials).await?;
-        let report = self.explain_cache(&built, &spec).await;
+        let report = self.explain_cache(&built, &spec, host, credentials).await;
         tracing::info!(
             cache.steps = report.steps,
             cache.cached = report.cached,
@@ -131,9 +131,16 @@ impl SlotBuild {
         Ok(self.built.insert(built))
     }
 
-    /// Why the build's cache missed (see [`cache_miss`]). The registry's image, asked for while the
-    /// image built, is waited for only when a build argument is the one reason left to look for.
-    async fn explain_cache(&mut self, built: &Built, spec: &BuildSpec) -> CacheReport {
+    /// Why the build's cache missed (see [`cache_miss`]). When the files do not explain the first
+    /// rebuilt step, the registry's image (asked for while the image built) is waited for, to look
+    /// for a build argument, then for the base image of the step's stage.
+    async fn explain_cache(
+        &mut self,
+        built: &Built,
+        spec: &BuildSpec,
+        host: &Host,
+        credentials: &[Credential],
+    ) -> CacheReport {
         let sent = built.summary.context.as_ref();
         let build_args: Vec<(String, String)> = spec
             .build_args
@@ -147,16 +154,51 @@ impl SlotBuild {
             every_file: sent.is_some_and(|sent| sent.every_file),
             build_args: &build_args,
             compared: None,
+            base: None,
         };
         let report = cache_miss::explain(&evidence);
-        if !cache_miss::wants_compared_image(&report, &evidence) {
+        if !cache_miss::unexplained(&report) {
             return report;
         }
-        let Some(asked) = self.asked.take() else { return report };
-        let answer = asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}")));
-        let answer = self.answer.insert(answer);
-        evidence.compared = answer.as_ref().ok().and_then(RegistryImages::compared_config);
+        let Some(compared) = self.compared_config().await else { return report };
+        evidence.compared = Some(&compared);
+        let report = cache_miss::explain(&evidence);
+        if !cache_miss::unexplained(&report) {
+            return report;
+        }
+        let Some(name) = cache_miss::base_of_first_rebuilt(&built.summary.steps, &report) else { return report };
+        let platform = match (&self.platform, host.facts.as_ref()) {
+            (Some(platform), _) => (platform.os.clone(), platform.architecture.clone()),
+            (None, Some(facts)) => (facts.os.clone(), facts.arch.clone()),
+            (None, None) => return report,
+        };
+        let read = base_image::layers(&name, (&platform.0, &platform.1), credentials, self.timeout).await;
+        let layers = match read {
+            Ok(layers) => layers,
+            Err(error) => {
+                tracing::debug!("the base image {name} was not read from its registry: {error}");
+                return report;
+            }
+        };
+        let compared_layers = base_image::diff_ids(&compared);
+        let check = BaseCheck {
+            under_the_compared_image: compared_layers.starts_with(&layers.diff_ids),
+            name,
+            digest: layers.digest,
+        };
+        evidence.base = Some(&check);
         cache_miss::explain(&evidence)
+    }
+
+    /// The config of the registry's image under the first tag that has one, once the registry has
+    /// answered (the answer is kept for the comparison).
+    async fn compared_config(&mut self) -> Option<serde_json::Value> {
+        if self.answer.is_none() {
+            let asked = self.asked.take()?;
+            let answer = asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}")));
+            self.answer = Some(answer);
+        }
+        self.answer.as_ref()?.as_ref().ok()?.compared_config().cloned()
     }
 
     /// Compares the built image with what the registry holds under the tags: the same image is
