@@ -10,13 +10,18 @@ use crate::agent::{Agent, Outcome};
 use crate::build::{example_app, full_run, unique};
 use crate::world::{Engine, World, on_every_engine, read};
 
-/// The log line that starts with `prefix` (after the time and level), e.g. `cache: `.
+/// The info line whose message starts with `prefix` (after the time, the level and, with `-v`, the
+/// target), e.g. `cache: `; the rest of its message.
 fn line<'a>(outcome: &'a Outcome, prefix: &str) -> &'a str {
-    let marker = format!("INFO {prefix}");
     outcome
         .stderr
         .lines()
-        .find_map(|line| line.split_once(&marker).map(|(_, rest)| rest))
+        .filter_map(|line| line.split_once(" INFO ").map(|(_, message)| message))
+        .map(|message| match message.split_once(": ") {
+            Some((target, rest)) if target.starts_with("agent::") => rest,
+            _ => message,
+        })
+        .find_map(|message| message.strip_prefix(prefix))
         .unwrap_or_else(|| panic!("no `{prefix}` line:\n{}", outcome.stderr))
 }
 
@@ -118,10 +123,13 @@ on_every_engine! {
         )
         .unwrap();
         let metadata_file = first.work.path().join("metadata.json");
+        // At the most verbose level: the secret's value must not show there either.
         let run = |version: &str, token: &str| {
             let outcome = full_run(world, &repository)
                 .env("DOCKER_HOST", &engine.docker_host)
                 .env("TOKEN", token)
+                .env("RUST_LOG", "trace")
+                .args(["-vv"])
                 .args(["run", "--context", app.to_str().unwrap(), "--metadata-file", metadata_file.to_str().unwrap()])
                 .args(["--build-arg", &format!("VERSION={version}"), "--build-arg", "TOKEN"])
                 .run();
@@ -148,7 +156,11 @@ on_every_engine! {
         assert_eq!(first_rebuilt["reason"], "build-args", "{meta}");
         assert_eq!(first_rebuilt["build_args"], serde_json::json!(["TOKEN"]), "{meta}");
         for outcome in [&version_changed, &token_changed] {
-            for secret in [token(1), token(2)] {
+            let base64 = |text: &str| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(text)
+            };
+            for secret in [token(1), token(2), base64(&token(1)), base64(&token(2))] {
                 assert!(!outcome.all_output().contains(&secret), "the secret build argument's value was shown:\n{}", outcome.stderr);
             }
         }
@@ -217,4 +229,63 @@ fn the_classic_builder_says_not_known_for_a_changed_file() {
     assert!(cache.ends_with("does not say which files changed); 2 more steps rebuilt after step 6"), "{cache}");
     assert!(!cache.contains("nonce"), "{cache}");
     crate::world::remove_images_after_the_run(&[&format!("{}/{repository}:latest", world.ecr_registry)]);
+}
+
+on_every_engine! {
+    /// The base image moves under its tag (pushed again with other content): the child's first
+    /// step after `FROM` is rebuilt, and the line names the base, whose layers are not the ones the
+    /// registry's image was built on; built again, every step is CACHED. The base is built and
+    /// pushed by the agent on the world's 20.10 daemon, into the Docker Hub stand-in.
+    fn a_moved_base_image_is_named(engine) {
+        let world = World::shared();
+        let _cache = engine.cache_lock(false);
+        let hub_login = |agent: Agent| {
+            agent
+                .env("DOCKER_REGISTRY", &world.hub_registry)
+                .env("DOCKER_USER", &world.hub_user)
+                .env("DOCKER_PASS", world.hub_pass())
+        };
+        let base = format!("{}/{}", world.hub_registry, unique("cachewhy-base"));
+        let holder = Agent::new();
+        let base_dir = holder.work.path().join("base");
+        std::fs::create_dir_all(&base_dir).unwrap();
+        std::fs::copy("/bin/busybox", base_dir.join("busybox")).unwrap();
+        std::fs::write(base_dir.join("Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\nCOPY version /version\n")
+            .unwrap();
+        let push_base = |version: &str| {
+            std::fs::write(base_dir.join("version"), format!("{base} {version}")).unwrap();
+            let outcome = hub_login(crate::build::over_ssh(world))
+                .args(["run", "--context", base_dir.to_str().unwrap(), "--image", &base, "--tag", "1"])
+                .run();
+            outcome.expect_code(0);
+        };
+        push_base("one");
+
+        let repository = unique("cachewhy-child");
+        let app = holder.work.path().join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("a"), &repository).unwrap();
+        std::fs::write(app.join("Dockerfile"), format!("FROM {base}:1\nCOPY a /a\n")).unwrap();
+        let child = || {
+            let outcome = hub_login(full_run(world, &repository))
+                .env("DOCKER_HOST", &engine.docker_host)
+                .args(["run", "--context", app.to_str().unwrap()])
+                .run();
+            outcome.expect_code(0);
+            outcome
+        };
+        child();
+        assert_eq!(line(&child(), "cache: "), "every step CACHED (1 of 1)");
+        push_base("two");
+        let moved = child();
+        let cache = line(&moved, "cache: ");
+        assert!(
+            cache.starts_with(&format!("0 of 1 step CACHED; [2/2] COPY a /a rebuilt: the base image {base}:1 (sha256:")),
+            "{}",
+            moved.stderr
+        );
+        assert!(cache.ends_with(") is not the one the registry's image was built on"), "{cache}");
+        assert_eq!(line(&child(), "cache: "), "every step CACHED (1 of 1)");
+        crate::world::remove_images_after_the_run(&[&format!("{base}:1")]);
+    }
 }
