@@ -289,3 +289,37 @@ on_every_engine! {
         crate::world::remove_images_after_the_run(&[&format!("{base}:1")]);
     }
 }
+
+/// With `--log-format json` the closing line carries its figures as fields, and the cache line its
+/// counts and reason.
+#[test]
+fn json_logs_carry_the_closing_lines_figures_and_the_cache_lines_counts() {
+    let world = World::shared();
+    let repository = unique("cachewhy-json");
+    let first = full_run(world, &repository);
+    let app = example_app(first.work.path());
+    std::fs::write(app.join("src/id.txt"), &repository).unwrap();
+    let run = || {
+        let outcome = full_run(world, &repository)
+            .args(["run", "--context", app.to_str().unwrap(), "--no-push", "--log-format", "json"])
+            .run();
+        outcome.expect_code(0);
+        outcome
+    };
+    run();
+    let outcome = run();
+    let events: Vec<serde_json::Value> =
+        outcome.stderr.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    let message =
+        |event: &serde_json::Value, prefix: &str| event["message"].as_str().is_some_and(|m| m.starts_with(prefix));
+    let done = events.iter().find(|event| message(event, "done: ")).unwrap_or_else(|| panic!("{}", outcome.stderr));
+    assert!(done["message"].as_str().unwrap().contains(" — connect "), "{done}");
+    assert!(done["seconds.total"].as_f64().unwrap() > 0.0, "{done}");
+    assert!(done["seconds.build"].as_f64().unwrap() > 0.0, "{done}");
+    assert_eq!(done["seconds.push"].as_f64(), Some(0.0), "{done}");
+    assert_eq!((done["cache.steps"].as_u64(), done["cache.cached"].as_u64()), (Some(6), Some(6)), "{done}");
+    let cache = events.iter().find(|event| message(event, "cache: ")).unwrap_or_else(|| panic!("{}", outcome.stderr));
+    assert_eq!(cache["cache.reason"], "every-step-cached", "{cache}");
+    assert_eq!((cache["cache.steps"].as_u64(), cache["cache.cached"].as_u64()), (Some(6), Some(6)), "{cache}");
+    crate::world::remove_images_after_the_run(&[&format!("{}/{repository}:latest", world.ecr_registry)]);
+}
