@@ -145,7 +145,8 @@ pub fn unexplained(report: &CacheReport) -> bool {
 }
 
 fn is_from(step: &StepRecord) -> bool {
-    instruction_of(&step.title).1.starts_with("FROM ")
+    let instruction = instruction_of(&step.title).1;
+    instruction.split_whitespace().next().is_some_and(|word| word.eq_ignore_ascii_case("FROM"))
 }
 
 /// The base image (`FROM`) of the first rebuilt step, when that step is the first of its stage:
@@ -545,7 +546,8 @@ mod tests {
         let later =
             [step("step 1/3 FROM x:1", false), step("step 2/3 COPY a /a", true), step("step 3/3 RUN make", false)];
         assert_eq!(base_of_first_rebuilt(&later, &explain(&evidence_of(&later))), None);
-        let scratch = [step("step 1/2 FROM scratch", false), step("step 2/2 COPY a /a", false)];
+        let scratch = [step("step 1/2 from scratch", false), step("step 2/2 COPY a /a", false)];
+        assert_eq!(explain(&evidence_of(&scratch)).steps, 1, "a lowercase `from` is a FROM step too");
         assert_eq!(base_of_first_rebuilt(&scratch, &explain(&evidence_of(&scratch))), None);
     }
 

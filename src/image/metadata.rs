@@ -28,6 +28,15 @@ pub struct Built {
     pub context_time: std::time::Duration,
 }
 
+impl Built {
+    /// The build's steps and how many were CACHED, as the cache line counts them (without `FROM`).
+    pub fn step_counts(&self) -> (usize, usize) {
+        self.cache
+            .as_ref()
+            .map_or((self.summary.steps.len(), self.summary.cached()), |cache| (cache.steps, cache.cached))
+    }
+}
+
 /// Writes the metadata file (atomically) for the build, with the first push's digest if `pushed`.
 pub fn write(
     path: &std::path::Path,

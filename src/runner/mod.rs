@@ -262,8 +262,8 @@ impl<'a> Runner<'a> {
         let mounts = crate::config::resolve::session_mounts(build, self.resolved()?)?;
         self.slots = vec![SlotBuild::new(image, tags, None, &build.spec, *push, *compare, self.connect_timeout)];
         let (slot, host, credentials) = self.single_slot()?;
-        let built = slot.build(host, mounts, credentials).await?;
-        Ok(format!("{} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()))
+        let (steps, cached) = slot.build(host, mounts, credentials).await?.step_counts();
+        Ok(format!("{steps} steps, {cached} CACHED"))
     }
 
     /// Builds every platform at once, each on its slot's host, and tags and pushes it from there
@@ -301,7 +301,8 @@ impl<'a> Runner<'a> {
         for slot in &slots {
             let built = slot.built.as_ref().ok_or_else(|| Error::Internal("a platform's build is missing".into()))?;
             let platform = slot.platform.as_ref().map(ToString::to_string).unwrap_or_default();
-            outcome.push(format!("{platform} {} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
+            let (steps, cached) = built.step_counts();
+            outcome.push(format!("{platform} {steps} steps, {cached} CACHED"));
         }
         self.slots = slots;
         Ok(outcome.join("; "))
@@ -498,10 +499,7 @@ impl StepRunner for Runner<'_> {
         // A multi-platform run's builds go at once: the longest context is the one waited for.
         let built = self.slots.iter().filter_map(|slot| slot.built.as_ref());
         built.fold(BuildFigures::default(), |figures, built| {
-            let (steps, cached) = built
-                .cache
-                .as_ref()
-                .map_or((built.summary.steps.len(), built.summary.cached()), |cache| (cache.steps, cache.cached));
+            let (steps, cached) = built.step_counts();
             BuildFigures {
                 context: figures.context.max(built.context_time),
                 steps: figures.steps + steps,

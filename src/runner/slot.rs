@@ -167,15 +167,20 @@ impl SlotBuild {
             return report;
         }
         let Some(name) = cache_miss::base_of_first_rebuilt(&built.summary.steps, &report) else { return report };
-        let platform = match (&self.platform, host.facts.as_ref()) {
+        // The build's platform: the slot's, or `--platform`, else the daemon's own.
+        let platform = match (&spec.platform, host.facts.as_ref()) {
             (Some(platform), _) => (platform.os.clone(), platform.architecture.clone()),
             (None, Some(facts)) => (facts.os.clone(), facts.arch.clone()),
             (None, None) => return report,
         };
-        let read = base_image::layers(&name, (&platform.0, &platform.1), credentials, self.timeout).await;
-        let layers = match read {
-            Ok(layers) => layers,
-            Err(error) => {
+        let read = base_image::layers(&name, (&platform.0, &platform.1), credentials, self.timeout);
+        let layers = match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(layers)) => layers,
+            Err(_) => {
+                tracing::debug!("the base image {name} was not read from its registry within {:?}", self.timeout);
+                return report;
+            }
+            Ok(Err(error)) => {
                 tracing::debug!("the base image {name} was not read from its registry: {error}");
                 return report;
             }
@@ -249,13 +254,8 @@ impl SlotBuild {
     /// The whole slot at once (each platform of a multi-platform run): build, tag, compare, push,
     /// each logged.
     pub async fn complete(&mut self, host: &Host, mounts: SessionMounts, credentials: &[Credential]) -> Result<()> {
-        let built = self.build(host, mounts, credentials).await?;
-        tracing::info!(
-            "built on {}: {} steps, {} CACHED",
-            host.target,
-            built.summary.steps.len(),
-            built.summary.cached()
-        );
+        let (steps, cached) = self.build(host, mounts, credentials).await?.step_counts();
+        tracing::info!("built on {}: {steps} steps, {cached} CACHED", host.target);
         let references = self.references();
         for reference in &references[1..] {
             image::tag(&host.daemon, &references[0], reference).await?;
