@@ -11,6 +11,8 @@ use super::{Engine, StepRecord};
 
 /// Paths named in a line before "and N more".
 pub const NAMED_IN_A_LINE: usize = 3;
+/// Paths the metadata file lists for a step (a tree of thousands changed is counted, not listed).
+const LISTED_IN_METADATA: usize = 100;
 
 /// What the agent knows about one build, to explain its cache.
 pub struct Evidence<'a> {
@@ -365,7 +367,9 @@ impl CacheReport {
             });
             match &rebuilt.reason {
                 Reason::FilesChanged(files) => {
-                    object["files"] = json!(files.iter().map(|f| redact(f)).collect::<Vec<_>>())
+                    let listed: Vec<String> = files.iter().take(LISTED_IN_METADATA).map(|f| redact(f)).collect();
+                    object["files"] = json!(listed);
+                    object["files_changed"] = json!(files.len());
                 }
                 Reason::BuildArgs(names) => {
                     object["build_args"] = json!(names.iter().map(|name| redact(name)).collect::<Vec<_>>())
@@ -428,6 +432,7 @@ mod tests {
              rebuilt after step 5"
         );
         assert_eq!(report.to_json()["first_rebuilt"]["files"], json!(["src/nonce.txt"]));
+        assert_eq!(report.to_json()["first_rebuilt"]["files_changed"], 1);
         assert_eq!(report.to_json()["first_rebuilt"]["reason"], "files-changed");
     }
 
