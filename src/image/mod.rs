@@ -1,5 +1,5 @@
-//! The image: the build context, the build on the daemon with its progress in the log, the tags,
-//! and the pushes with each registry's credentials.
+//! The image: the build context, the build on the daemon with its progress in the log and why its
+//! cache missed ([`cache_miss`]), the tags, and the pushes with each registry's credentials.
 
 pub mod cache_miss;
 pub mod context;
