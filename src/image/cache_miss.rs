@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Engine, StepRecord};
+use super::StepRecord;
 
 /// Paths named in a line before "and N more".
 pub const NAMED_IN_A_LINE: usize = 3;
@@ -16,7 +16,6 @@ const LISTED_IN_METADATA: usize = 100;
 
 /// What the agent knows about one build, to explain its cache.
 pub struct Evidence<'a> {
-    pub engine: Engine,
     /// Each Dockerfile step, as the build reported it.
     pub steps: &'a [StepRecord],
     /// The context's files the host asked for (their size, mode or mtime differed from its copy),
@@ -410,15 +409,7 @@ mod tests {
     }
 
     fn evidence<'a>(steps: &'a [StepRecord], changed: Option<&'a [String]>) -> Evidence<'a> {
-        Evidence {
-            engine: Engine::BuildKit,
-            steps,
-            changed,
-            every_file: false,
-            build_args: &[],
-            compared: None,
-            base: None,
-        }
+        Evidence { steps, changed, every_file: false, build_args: &[], compared: None, base: None }
     }
 
     #[test]
@@ -459,8 +450,7 @@ mod tests {
             step.title = step.title.replace("/6", "/7");
             step
         }));
-        let mut evidence = evidence(&steps, None);
-        evidence.engine = Engine::Classic;
+        let evidence = evidence(&steps, None);
         let report = explain(&evidence);
         assert_eq!((report.steps, report.cached), (6, 4));
         assert_eq!(report.first_rebuilt.unwrap().reason, Reason::NotKnown(Some(CLASSIC_NOTE)));

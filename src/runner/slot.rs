@@ -148,7 +148,6 @@ impl SlotBuild {
             .filter_map(|arg| arg.value.as_ref().map(|value| (arg.key.clone(), value.clone())))
             .collect();
         let mut evidence = Evidence {
-            engine: built.engine,
             steps: &built.summary.steps,
             changed: sent.map(|sent| sent.synced.as_slice()),
             every_file: sent.is_some_and(|sent| sent.every_file),
