@@ -240,7 +240,7 @@ pub struct RunFigures {
 
 /// The prefixes of the fields that carry a line's figures for JSON logs: the text line says them
 /// already in its message, so the text format leaves them out.
-const FIGURE_FIELDS: &[&str] = &["seconds.", "cache."];
+const FIGURE_FIELDS: &[&str] = &["seconds.", "cache.", "context."];
 
 /// The one reporter: each text field of the event is redacted before it is formatted into the log
 /// line (a value is never split or escaped by formatting before the redactor sees it).

@@ -327,7 +327,14 @@ async fn build_with_session(
         every_file: counters.every_file_asked(),
         sync_time: counters.sync_time(),
     };
-    tracing::info!("{}", sent.describe());
+    tracing::info!(
+        context.sent_files = sent.files,
+        context.sent_bytes = sent.bytes,
+        context.files = sent.files_walked,
+        context.bytes = sent.bytes_walked,
+        "{}",
+        sent.describe()
+    );
     if sent.paths.len() > cache_miss::NAMED_IN_A_LINE {
         tracing::debug!("context: every file sent: {}", sent.paths.join(", "));
     }

@@ -320,6 +320,10 @@ fn json_logs_carry_the_closing_lines_figures_and_the_cache_lines_counts() {
     assert_eq!((done["cache.steps"].as_u64(), done["cache.cached"].as_u64()), (Some(6), Some(6)), "{done}");
     let cache = events.iter().find(|event| message(event, "cache: ")).unwrap_or_else(|| panic!("{}", outcome.stderr));
     assert_eq!(cache["cache.reason"], "every-step-cached", "{cache}");
+    let context =
+        events.iter().find(|event| message(event, "context: ")).unwrap_or_else(|| panic!("{}", outcome.stderr));
+    assert_eq!(context["context.sent_bytes"].as_u64(), Some(0), "{context}");
+    assert!(context["context.files"].as_u64().unwrap() > 0, "{context}");
     assert_eq!((cache["cache.steps"].as_u64(), cache["cache.cached"].as_u64()), (Some(6), Some(6)), "{cache}");
     crate::world::remove_images_after_the_run(&[&format!("{}/{repository}:latest", world.ecr_registry)]);
 }
