@@ -313,9 +313,18 @@ fn some_of(paths: &[String]) -> String {
     }
 }
 
-/// `(a, b, c and 2 more)`, or nothing for no paths: the files a context line names.
-pub fn named_paths(paths: &[String]) -> String {
-    if paths.is_empty() { String::new() } else { format!(" ({})", some_of(paths)) }
+/// ` (a, b, c and 2 more)`, or nothing for no paths: the files a context line names; those only
+/// the frontend asked for (`.dockerignore`, which Docker 26 and 28 read again on every build) after
+/// the build's own, said apart: ` (src/app.rb; .dockerignore for the frontend)`.
+pub fn named_paths(synced: &[String], frontend_only: &[String]) -> String {
+    let frontend = (!frontend_only.is_empty()).then(|| format!("{} for the frontend", some_of(frontend_only)));
+    let build = (!synced.is_empty()).then(|| some_of(synced));
+    match (build, frontend) {
+        (None, None) => String::new(),
+        (Some(build), None) => format!(" ({build})"),
+        (None, Some(frontend)) => format!(" ({frontend})"),
+        (Some(build), Some(frontend)) => format!(" ({build}; {frontend})"),
+    }
 }
 
 impl CacheReport {
@@ -553,7 +562,10 @@ mod tests {
     #[test]
     fn long_lists_of_paths_are_cut() {
         let paths: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|p| p.to_string()).collect();
-        assert_eq!(named_paths(&paths), " (a, b, c and 2 more)");
-        assert_eq!(named_paths(&[]), "");
+        assert_eq!(named_paths(&paths, &[]), " (a, b, c and 2 more)");
+        assert_eq!(named_paths(&[], &[]), "");
+        let ignore = [".dockerignore".to_string()];
+        assert_eq!(named_paths(&[], &ignore), " (.dockerignore for the frontend)");
+        assert_eq!(named_paths(&paths[..1], &ignore), " (a; .dockerignore for the frontend)");
     }
 }

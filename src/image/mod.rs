@@ -451,6 +451,12 @@ pub struct ContextSent {
 }
 
 impl ContextSent {
+    /// The files only the frontend asked for (`.dockerignore`, read before the build).
+    fn frontend_only(&self) -> Vec<String> {
+        let synced: std::collections::HashSet<&String> = self.synced.iter().collect();
+        self.paths.iter().filter(|path| !synced.contains(path)).cloned().collect()
+    }
+
     /// `context: sent 2 of 301 files (src/app.rb, Gemfile.lock), 1.0 MB of 301.0 MB`.
     pub fn describe(&self) -> String {
         format!(
@@ -458,7 +464,7 @@ impl ContextSent {
             self.files,
             self.files_walked,
             if self.files_walked == 1 { "" } else { "s" },
-            cache_miss::named_paths(&self.paths),
+            cache_miss::named_paths(&self.synced, &self.frontend_only()),
             human_bytes(self.bytes),
             human_bytes(self.bytes_walked)
         )
