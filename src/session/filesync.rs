@@ -561,6 +561,24 @@ fn send_file(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_files_sent_are_kept_in_the_order_asked_and_the_frontends_reads_said_apart() {
+        assert!(frontend_reads(&[".dockerignore".to_string()]));
+        assert!(frontend_reads(&["Dockerfile.dockerignore".to_string(), ".dockerignore".to_string()]));
+        assert!(!frontend_reads(&[]) && !frontend_reads(&["busybox".to_string(), "src".to_string()]));
+        let counters = Counters::default();
+        counters.sent(".dockerignore", true);
+        counters.sent("src/b", false);
+        counters.sent("src/a", false);
+        counters.sent("src/b", false);
+        assert_eq!(counters.files(), 3);
+        assert_eq!(counters.paths(), [".dockerignore", "src/b", "src/a"]);
+        assert_eq!(counters.synced_paths(), ["src/b", "src/a"]);
+        // Asked by the build's sync too (a `COPY . /`): the build reads it.
+        counters.sent(".dockerignore", false);
+        assert_eq!(counters.synced_paths(), [".dockerignore", "src/b", "src/a"]);
+    }
+
     fn tree(files: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for name in files {
