@@ -6,7 +6,8 @@
 //! - [`cli`]: the command line (clap) and the environment variables it reads;
 //! - [`config`]: flags and environment turned into one validated [`config::Config`] (`SSM:`
 //!   references kept as such), then resolved ([`config::resolve`]) into the typed values the steps read;
-//! - [`plan`]: the ordered steps a run consists of, printed by `--dry`, executed by `run`;
+//! - [`plan`]: the ordered steps a run consists of, printed by `--dry`, executed by `run`, each
+//!   timed once into its phase;
 //! - [`runner`]: the run-state, each step handed to the domain that does its work, and the one
 //!   pipeline (build, tag, compare, push) every slot goes through;
 //! - [`nodes`]: the hosts a run builds on, connected and checked together, failing over along each
@@ -18,7 +19,8 @@
 //! - [`docker`]: one daemon: its address, the bollard client and its check, disk use, the cache budget;
 //! - [`registry`]: logins and config.json, image references, the image index, the comparison with
 //!   what the registry holds;
-//! - [`image`]: the build on a daemon, its context, progress and metadata, imagedefinitions.json;
+//! - [`image`]: the build on a daemon, its context, progress, why its cache missed, and metadata,
+//!   imagedefinitions.json;
 //! - [`session`]: the agent's own BuildKit session (FileSync, credentials, build secrets, SSH
 //!   agents, .dockerignore, the context key);
 //!

@@ -172,8 +172,36 @@ where
                 }
             }
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        let mut fields = TextFields { writer: writer.by_ref(), result: Ok(()) };
+        event.record(&mut fields);
+        fields.result?;
         writeln!(writer)
+    }
+}
+
+/// An event's fields in a text line, as tracing's default writes them (the message, then
+/// `name=value` for each other field), without the figures a JSON log gets ([`FIGURE_FIELDS`]).
+struct TextFields<'w> {
+    writer: tracing_subscriber::fmt::format::Writer<'w>,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for TextFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_err() || FIGURE_FIELDS.iter().any(|prefix| field.name().starts_with(prefix)) {
+            return;
+        }
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{value:?}"),
+            name => write!(self.writer, " {name}={value:?}"),
+        };
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.record_debug(field, &format_args!("{value}")),
+            _ => self.record_debug(field, &value),
+        }
     }
 }
 
@@ -188,9 +216,31 @@ pub enum Event<'a> {
     StepDone { number: usize, total: usize, title: &'a str, outcome: &'a str, elapsed: std::time::Duration },
     /// The step failed (the error itself is reported once, at the end).
     StepFailed { number: usize, total: usize, title: &'a str, elapsed: std::time::Duration },
-    /// Every step succeeded.
-    RunDone { total: usize, elapsed: std::time::Duration },
+    /// Every step succeeded: where the time went, by phase (`connect 0.03, build 0.21 (…)`).
+    RunDone { total: usize, elapsed: std::time::Duration, phases: &'a str, figures: RunFigures },
 }
+
+/// The closing line's figures, as fields of its event in JSON logs (`seconds.connect`, …,
+/// `cache.steps`, `cache.cached`): seconds per phase (0 for a phase without a step).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RunFigures {
+    pub ssm: f64,
+    pub connect: f64,
+    pub logins: f64,
+    pub context: f64,
+    pub build: f64,
+    pub compare: f64,
+    pub push: f64,
+    pub files: f64,
+    pub prune: f64,
+    /// The build's steps, and how many were CACHED.
+    pub steps: usize,
+    pub cached: usize,
+}
+
+/// The prefixes of the fields that carry a line's figures for JSON logs: the text line says them
+/// already in its message, so the text format leaves them out.
+const FIGURE_FIELDS: &[&str] = &["seconds.", "cache.", "context."];
 
 /// The one reporter: each text field of the event is redacted before it is formatted into the log
 /// line (a value is never split or escaped by formatting before the redactor sees it).
@@ -209,8 +259,26 @@ pub fn report(event: Event<'_>) {
         Event::StepFailed { number, total, title, elapsed } => {
             tracing::error!("step {number}/{total} {}: failed ({:.2}s)", redact(title), elapsed.as_secs_f64());
         }
-        Event::RunDone { total, elapsed } => {
-            tracing::info!("done: {total} steps in {:.2}s", elapsed.as_secs_f64());
+        Event::RunDone { total, elapsed, phases, figures: f } => {
+            let seconds = (elapsed.as_secs_f64() * 1000.0).round() / 1000.0;
+            let dash = if phases.is_empty() { "" } else { " — " };
+            tracing::info!(
+                seconds.total = seconds,
+                seconds.ssm = f.ssm,
+                seconds.connect = f.connect,
+                seconds.logins = f.logins,
+                seconds.context = f.context,
+                seconds.build = f.build,
+                seconds.compare = f.compare,
+                seconds.push = f.push,
+                seconds.files = f.files,
+                seconds.prune = f.prune,
+                cache.steps = f.steps,
+                cache.cached = f.cached,
+                "done: {total} steps in {:.2}s{dash}{}",
+                elapsed.as_secs_f64(),
+                redact(phases)
+            );
         }
     }
 }

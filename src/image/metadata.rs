@@ -21,6 +21,20 @@ pub struct Built {
     /// The context after .dockerignore: files and bytes.
     pub context_files: u64,
     pub context_bytes: u64,
+    /// Why the cache missed, as the cache line says it (see [`super::cache_miss`]).
+    pub cache: Option<super::cache_miss::CacheReport>,
+    /// The context's part of the build's time: the agent's walk of it, and with BuildKit its
+    /// transfer.
+    pub context_time: std::time::Duration,
+}
+
+impl Built {
+    /// The build's steps and how many were CACHED, as the cache line counts them (without `FROM`).
+    pub fn step_counts(&self) -> (usize, usize) {
+        self.cache
+            .as_ref()
+            .map_or((self.summary.steps.len(), self.summary.cached()), |cache| (cache.steps, cache.cached))
+    }
 }
 
 /// Writes the metadata file (atomically) for the build, with the first push's digest if `pushed`.
@@ -47,6 +61,7 @@ pub fn write(
         summary: &built.summary,
         context_files: built.context_files,
         context_bytes: built.context_bytes,
+        cache: built.cache.as_ref(),
         placement: Some(placement),
     };
     crate::files::write_atomically(path, metadata.to_text().as_bytes(), 0o644, true, "--metadata-file")
@@ -94,6 +109,7 @@ pub fn write_platforms(
             summary: &platform.built.summary,
             context_files: platform.built.context_files,
             context_bytes: platform.built.context_bytes,
+            cache: platform.built.cache.as_ref(),
             placement: Some(&platform.placement),
         };
         each.insert(platform.platform.clone(), metadata.to_json());
@@ -116,6 +132,8 @@ pub struct BuildMetadata<'a> {
     /// The context after .dockerignore: files and bytes.
     pub context_files: u64,
     pub context_bytes: u64,
+    /// Why the cache missed (`agent.cache`).
+    pub cache: Option<&'a super::cache_miss::CacheReport>,
     /// Where the build ran, under `agent.` keys (`agent.host`, `agent.failed_hosts`, `agent.fallback`).
     pub placement: Option<&'a Map<String, Value>>,
 }
@@ -146,7 +164,8 @@ impl BuildMetadata<'_> {
             .iter()
             .map(|step| {
                 json!({
-                    "step": step.title,
+                    // BuildKit names a step with its build arguments' values expanded.
+                    "step": crate::secrets::redact(&step.title),
                     "cached": step.cached,
                     "seconds": (step.seconds * 1000.0).round() / 1000.0,
                 })
@@ -160,9 +179,13 @@ impl BuildMetadata<'_> {
                 "bytes": self.context_bytes,
                 // What crossed the wire: the whole context unless the build reports less (a file
                 // sync that sends only what changed).
-                "sent_bytes": self.summary.context.map_or(self.context_bytes, |sent| sent.bytes),
+                "sent_bytes": self.summary.context.as_ref().map_or(self.context_bytes, |sent| sent.bytes),
+                "sent_files": self.summary.context.as_ref().map_or(self.context_files, |sent| sent.files),
             }),
         );
+        if let Some(cache) = self.cache {
+            object.insert("agent.cache".to_string(), cache.to_json());
+        }
         if let Some(placement) = self.placement {
             object.extend(placement.iter().map(|(key, value)| (key.clone(), value.clone())));
         }
@@ -203,6 +226,7 @@ mod tests {
             engine: Engine::BuildKit,
             summary: &summary,
             context_files: 3,
+            cache: None,
             placement: None,
             context_bytes: 2048,
         };
@@ -217,7 +241,7 @@ mod tests {
                     { "step": "step 2/3 COPY busybox /bin/busybox", "cached": true, "seconds": 0.0 },
                     { "step": "step 3/3 RUN make", "cached": false, "seconds": 1.235 },
                 ],
-                "agent.context": { "files": 3, "bytes": 2048, "sent_bytes": 2048 },
+                "agent.context": { "files": 3, "bytes": 2048, "sent_bytes": 2048, "sent_files": 3 },
             })
         );
         assert!(metadata.to_text().ends_with("}\n"));
@@ -225,7 +249,8 @@ mod tests {
 
     #[test]
     fn metadata_without_a_push_has_no_digest_key() {
-        let sent = crate::image::ContextSent { files: 1, bytes: 10, files_walked: 1, bytes_walked: 20 };
+        let sent =
+            crate::image::ContextSent { files: 1, bytes: 10, files_walked: 1, bytes_walked: 20, ..Default::default() };
         let summary = BuildSummary { context: Some(sent), ..summary() };
         let names = ["app:latest".to_string()];
         let metadata = BuildMetadata {
@@ -234,6 +259,7 @@ mod tests {
             engine: Engine::Classic,
             summary: &summary,
             context_files: 1,
+            cache: None,
             placement: None,
             context_bytes: 20,
         };

@@ -1,6 +1,7 @@
-//! The image: the build context, the build on the daemon with its progress in the log, the tags,
-//! and the pushes with each registry's credentials.
+//! The image: the build context, the build on the daemon with its progress in the log and why its
+//! cache missed ([`cache_miss`]), the tags, and the pushes with each registry's credentials.
 
+pub mod cache_miss;
 pub mod context;
 pub mod definitions;
 pub mod metadata;
@@ -65,7 +66,9 @@ pub async fn build_on(
             cache_from.push(cache_image.to_string());
         }
     }
+    let scan_started = Instant::now();
     let context = context::Context::scan_off_runtime(&build.context, &build.dockerfile).await?;
+    let scan_time = scan_started.elapsed();
     let (context_files, context_bytes) = (context.files as u64, context.bytes);
     let request =
         BuildRequest { context, reference, build, cache_from, mounts, shared_key: build.shared_key(reference) };
@@ -74,7 +77,10 @@ pub async fn build_on(
         Ok(summary) => summary,
         Err(error) => return Err(crate::docker::cause::named(daemon, "the build", error).await),
     };
-    Ok(metadata::Built { engine, summary, context_files, context_bytes })
+    // The context's part of the build: the walk here, and with BuildKit its transfer (the classic
+    // builder's upload goes on beside its build: it cannot be told apart).
+    let context_time = scan_time + summary.context.as_ref().map_or(Duration::ZERO, |sent| sent.sync_time);
+    Ok(metadata::Built { engine, summary, context_files, context_bytes, cache: None, context_time })
 }
 
 /// What the build step hands to [`build_on`].
@@ -322,8 +328,22 @@ async fn build_with_session(
         bytes: counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
         files_walked: request.context.files as u64,
         bytes_walked: request.context.bytes,
+        paths: counters.paths(),
+        synced: counters.synced_paths(),
+        every_file: counters.every_file_asked(),
+        sync_time: counters.sync_time(),
     };
-    tracing::info!("{}", sent.describe());
+    tracing::info!(
+        context.sent_files = sent.files,
+        context.sent_bytes = sent.bytes,
+        context.files = sent.files_walked,
+        context.bytes = sent.bytes_walked,
+        "{}",
+        sent.describe()
+    );
+    if sent.paths.len() > cache_miss::NAMED_IN_A_LINE {
+        tracing::debug!("context: every file sent: {}", sent.paths.join(", "));
+    }
     summary.context = Some(sent);
     Ok(summary)
 }
@@ -431,8 +451,8 @@ impl Progress {
     }
 }
 
-/// How much of the context crossed the wire in a session build.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// How much of the context crossed the wire in a session build, and which files.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ContextSent {
     /// Files and bytes sent as FileSync DATA (what BuildKit did not have).
     pub files: u64,
@@ -440,16 +460,33 @@ pub struct ContextSent {
     /// Files and bytes of the context after .dockerignore.
     pub files_walked: u64,
     pub bytes_walked: u64,
+    /// The files sent, relative to the context, in the order BuildKit asked for them: those whose
+    /// size, mode or mtime differed from the host's copy.
+    pub paths: Vec<String>,
+    /// Of those, the ones the build's own sync asked for (not only the frontend, by name).
+    pub synced: Vec<String>,
+    /// Whether the build's sync asked for every file it listed (the host had no copy of them, or
+    /// every one changed).
+    pub every_file: bool,
+    /// How long the build's sync took, from BuildKit's call to its end.
+    pub sync_time: Duration,
 }
 
 impl ContextSent {
-    /// `context: sent 1 of 301 files, 1.0 MB of 301.0 MB`.
+    /// The files only the frontend asked for (`.dockerignore`, read before the build).
+    fn frontend_only(&self) -> Vec<String> {
+        let synced: std::collections::HashSet<&String> = self.synced.iter().collect();
+        self.paths.iter().filter(|path| !synced.contains(path)).cloned().collect()
+    }
+
+    /// `context: sent 2 of 301 files (src/app.rb, Gemfile.lock), 1.0 MB of 301.0 MB`.
     pub fn describe(&self) -> String {
         format!(
-            "context: sent {} of {} file{}, {} of {}",
+            "context: sent {} of {} file{}{}, {} of {}",
             self.files,
             self.files_walked,
             if self.files_walked == 1 { "" } else { "s" },
+            cache_miss::named_paths(&self.synced, &self.frontend_only()),
             human_bytes(self.bytes),
             human_bytes(self.bytes_walked)
         )

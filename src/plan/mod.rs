@@ -3,8 +3,10 @@
 //! cannot drift from the real one. [`render`] turns it into the dry run's text.
 
 mod render;
+pub mod timings;
 
 pub use render::render;
+pub use timings::{BuildFigures, Phase, Timings};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -392,6 +394,7 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
     }
     let total = plan.steps.len();
     let started = Instant::now();
+    let mut timings = Timings::default();
     for (index, step) in plan.steps.iter().enumerate() {
         let (number, title) = (index + 1, step.title());
         let title = title.as_str();
@@ -401,10 +404,14 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
         }
         report(Event::StepStarted { number, total, title });
         let step_started = Instant::now();
-        match runner.carry_out(step).await {
+        match runner.carry_out(step, &timings).await {
             Ok(outcome) => {
-                let outcome = outcome.as_deref().unwrap_or("ok");
-                report(Event::StepDone { number, total, title, outcome, elapsed: step_started.elapsed() });
+                let (outcome, elapsed) = (outcome.as_deref().unwrap_or("ok"), step_started.elapsed());
+                timings.add(step.phase(), elapsed);
+                if matches!(step, Step::Build { .. } | Step::BuildPlatforms { .. }) {
+                    timings.build_done(runner.build_figures());
+                }
+                report(Event::StepDone { number, total, title, outcome, elapsed });
             }
             Err(error) => {
                 report(Event::StepFailed { number, total, title, elapsed: step_started.elapsed() });
@@ -413,15 +420,22 @@ pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> R
         }
     }
     runner.after_steps(mode).await;
-    report(Event::RunDone { total, elapsed: started.elapsed() });
+    let phases = timings.line();
+    report(Event::RunDone { total, elapsed: started.elapsed(), phases: &phases, figures: timings.figures() });
     Ok(())
 }
 
 /// What executes a step. The agent's own runner does the real work; the plan does not care how.
 #[expect(async_fn_in_trait, reason = "the runner is used in this crate only, with one executor")]
 pub trait StepRunner {
-    /// Executes one step; `Ok(Some(text))` replaces "ok" in the step's log line.
-    async fn carry_out(&mut self, step: &Step) -> Result<Option<String>>;
+    /// Executes one step; `Ok(Some(text))` replaces "ok" in the step's log line. `timings` is where
+    /// the run's time went so far (for the metadata file).
+    async fn carry_out(&mut self, step: &Step, timings: &Timings) -> Result<Option<String>>;
+
+    /// After a build step: the context's part of its time and its CACHED steps.
+    fn build_figures(&self) -> BuildFigures {
+        BuildFigures::default()
+    }
 
     /// After the last step of a run that succeeded, before its closing line (e.g. the lines that
     /// come in the background, given their last chance).

@@ -228,6 +228,20 @@ pub struct TagManifest {
     pub media_type: String,
 }
 
+impl TagManifest {
+    /// A manifest as the registry served it; its media type from its body (an OCI manifest may
+    /// leave it out: then the OCI type; empty when the body names none and has no config).
+    fn read(bytes: bytes::Bytes, digest: String) -> Result<TagManifest, OciDistributionError> {
+        let fields: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let media_type = match fields["mediaType"].as_str() {
+            Some(media_type) => media_type.to_string(),
+            None if fields["config"].is_object() => OCI_IMAGE_MEDIA_TYPE.to_string(),
+            None => String::new(),
+        };
+        Ok(TagManifest { bytes, digest, media_type })
+    }
+}
+
 impl IndexPusher {
     /// The manifest `tag` points at, as it is: an image's manifest (Docker v2 schema 2 or OCI) or an
     /// index (the media type says which); `Ok(None)` when the registry has no such tag (or no such
@@ -243,13 +257,15 @@ impl IndexPusher {
             Err(error) if is_not_found(&error) => return Ok(None),
             Err(error) => return Err(error),
         };
-        let fields: serde_json::Value = serde_json::from_slice(&bytes)?;
-        let media_type = match fields["mediaType"].as_str() {
-            Some(media_type) => media_type.to_string(),
-            None if fields["config"].is_object() => OCI_IMAGE_MEDIA_TYPE.to_string(),
-            None => String::new(),
-        };
-        Ok(Some(TagManifest { bytes, digest, media_type }))
+        TagManifest::read(bytes, digest).map(Some)
+    }
+
+    /// The manifest a digest names, as it is (an image's manifest or an index).
+    pub async fn manifest_by_digest(&self, digest: &str) -> Result<TagManifest, OciDistributionError> {
+        let reference = self.reference_by_digest(digest);
+        let accepted = [MANIFEST_MEDIA_TYPES, &[IMAGE_MANIFEST_LIST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE]].concat();
+        let (bytes, digest) = self.client.pull_manifest_raw(&reference, &self.auth, &accepted).await?;
+        TagManifest::read(bytes, digest)
     }
 
     /// A blob of the repository (an image's config), whole.

@@ -79,6 +79,14 @@ pub struct RegistryImages {
     configs: Vec<(String, String, Value)>,
 }
 
+impl RegistryImages {
+    /// The config of the image under the first tag the registry holds: the image a build is
+    /// compared with first.
+    pub fn compared_config(&self) -> Option<&Value> {
+        self.configs.first().map(|(_, _, config)| config)
+    }
+}
+
 /// Asks the registry for the manifest of each of `tags` of `repository` and for the config of each
 /// manifest they point at. An `Err` is the reason the image is to be pushed (a registry error, a
 /// manifest list, another media type).

@@ -19,7 +19,7 @@ use crate::docker::host::Tls;
 use crate::error::{Error, Result};
 use crate::image;
 use crate::nodes::{Access, Host, Hosts};
-use crate::plan::{Mode, Step, StepRunner};
+use crate::plan::{BuildFigures, Mode, Step, StepRunner, Timings};
 use crate::registry::index::PlatformImage;
 use crate::registry::reference::{Platform, Repository};
 use crate::registry::{self, Credential};
@@ -35,6 +35,9 @@ const DISK_USE_MAX_IMAGES: u64 = 300;
 
 /// The prune of each host may take this many connect timeouts (2 minutes by default).
 const PRUNE_WAIT_FACTOR: u32 = 6;
+
+/// The metadata file's key for where the run's time went, up to the step that writes it.
+const TIMINGS_KEY: &str = "agent.timings";
 
 /// How long `--check` waits for the host's disk use line after its last step.
 const DISK_USE_CHECK_WAIT: Duration = Duration::from_secs(3);
@@ -310,7 +313,8 @@ impl<'a> Runner<'a> {
             let (slot, host, credentials) = self.single_slot()?;
             let error = match slot.build(host, mounts, credentials).await {
                 Ok(built) => {
-                    return Ok(format!("{} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
+                    let (steps, cached) = built.step_counts();
+                    return Ok(format!("{steps} steps, {cached} CACHED"));
                 }
                 Err(error) => error,
             };
@@ -356,7 +360,8 @@ impl<'a> Runner<'a> {
         for slot in &slots {
             let built = slot.built.as_ref().ok_or_else(|| Error::Internal("a platform's build is missing".into()))?;
             let platform = slot.platform.as_ref().map(ToString::to_string).unwrap_or_default();
-            outcome.push(format!("{platform} {} steps, {} CACHED", built.summary.steps.len(), built.summary.cached()));
+            let (steps, cached) = built.step_counts();
+            outcome.push(format!("{platform} {steps} steps, {cached} CACHED"));
         }
         self.slots = slots;
         Ok(outcome.join("; "))
@@ -459,7 +464,7 @@ impl<'a> Runner<'a> {
 }
 
 impl StepRunner for Runner<'_> {
-    async fn carry_out(&mut self, step: &Step) -> Result<Option<String>> {
+    async fn carry_out(&mut self, step: &Step, timings: &Timings) -> Result<Option<String>> {
         let outcome = match step {
             Step::ResolveSsm { references, .. } => self.resolve_ssm(references).await?,
             Step::InstallSshKey { path, .. } => {
@@ -507,7 +512,8 @@ impl StepRunner for Runner<'_> {
             }
             Step::WriteMetadata { path, names, pushed, platforms } if !platforms.is_empty() => {
                 let (resolved, hosts) = (self.resolved()?, self.hosts()?);
-                let placement = placement::of_run(resolved, hosts)?;
+                let mut placement = placement::of_run(resolved, hosts)?;
+                placement.insert(TIMINGS_KEY.to_string(), timings.to_json());
                 let mut builds = Vec::new();
                 for (index, slot) in self.slots.iter().enumerate() {
                     let built =
@@ -526,7 +532,8 @@ impl StepRunner for Runner<'_> {
                 format!("wrote {}", path.display())
             }
             Step::WriteMetadata { path, names, pushed, .. } => {
-                let placement = placement::of_slot(self.resolved()?, self.hosts()?, 0)?;
+                let mut placement = placement::of_slot(self.resolved()?, self.hosts()?, 0)?;
+                placement.insert(TIMINGS_KEY.to_string(), timings.to_json());
                 let slot = self
                     .slots
                     .first()
@@ -545,6 +552,19 @@ impl StepRunner for Runner<'_> {
             }
         };
         Ok(Some(outcome))
+    }
+
+    fn build_figures(&self) -> BuildFigures {
+        // A multi-platform run's builds go at once: the longest context is the one waited for.
+        let built = self.slots.iter().filter_map(|slot| slot.built.as_ref());
+        built.fold(BuildFigures::default(), |figures, built| {
+            let (steps, cached) = built.step_counts();
+            BuildFigures {
+                context: figures.context.max(built.context_time),
+                steps: figures.steps + steps,
+                cached: figures.cached + cached,
+            }
+        })
     }
 
     async fn after_steps(&mut self, mode: Mode) {

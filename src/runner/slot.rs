@@ -7,13 +7,14 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::image::cache_miss::{self, BaseCheck, CacheReport, Evidence};
 use crate::image::metadata::Built;
 use crate::image::spec::{BuildArg, BuildSpec};
 use crate::image::{self, BuildJob, Engine, Pushed};
 use crate::nodes::Host;
-use crate::registry::Credential;
 use crate::registry::reference::{LATEST, Platform, Repository, platform_tag};
 use crate::registry::unchanged::{self, Kept, RegistryImages, Verdict};
+use crate::registry::{Credential, base_image};
 use crate::session::SessionMounts;
 
 type Asked = std::result::Result<RegistryImages, String>;
@@ -34,6 +35,8 @@ pub struct SlotBuild {
     timeout: Duration,
     /// The registry's answer, asked for when the build started.
     asked: Option<tokio::task::JoinHandle<Asked>>,
+    /// The registry's answer once waited for (to explain the cache), kept for the comparison.
+    answer: Option<Asked>,
     pub built: Option<Built>,
     kept: Option<Kept>,
     /// The manifest digest of the first tag pushed, or of the registry's image kept.
@@ -76,6 +79,7 @@ impl SlotBuild {
             compare: push && compare,
             timeout,
             asked: None,
+            answer: None,
             built: None,
             kept: None,
             digest: None,
@@ -114,8 +118,91 @@ impl SlotBuild {
             mounts,
             cache_wait: self.timeout * 3,
         };
-        let built = image::build_on(&host.daemon, host.facts.as_ref(), request, credentials).await?;
+        let mut built = image::build_on(&host.daemon, host.facts.as_ref(), request, credentials).await?;
+        let report = self.explain_cache(&built, &spec, host, credentials).await;
+        tracing::info!(
+            cache.steps = report.steps,
+            cache.cached = report.cached,
+            cache.reason = report.reason_kind(),
+            "{}",
+            report.line()
+        );
+        built.cache = Some(report);
         Ok(self.built.insert(built))
+    }
+
+    /// Why the build's cache missed (see [`cache_miss`]). When the files do not explain the first
+    /// rebuilt step, the registry's image (asked for while the image built) is waited for, to look
+    /// for a build argument, then for the base image of the step's stage.
+    async fn explain_cache(
+        &mut self,
+        built: &Built,
+        spec: &BuildSpec,
+        host: &Host,
+        credentials: &[Credential],
+    ) -> CacheReport {
+        let sent = built.summary.context.as_ref();
+        let build_args: Vec<(String, String)> = spec
+            .build_args
+            .iter()
+            .filter_map(|arg| arg.value.as_ref().map(|value| (arg.key.clone(), value.clone())))
+            .collect();
+        let mut evidence = Evidence {
+            steps: &built.summary.steps,
+            changed: sent.map(|sent| sent.synced.as_slice()),
+            every_file: sent.is_some_and(|sent| sent.every_file),
+            build_args: &build_args,
+            compared: None,
+            base: None,
+        };
+        let report = cache_miss::explain(&evidence);
+        if !cache_miss::unexplained(&report) {
+            return report;
+        }
+        let Some(compared) = self.compared_config().await else { return report };
+        evidence.compared = Some(&compared);
+        let report = cache_miss::explain(&evidence);
+        if !cache_miss::unexplained(&report) {
+            return report;
+        }
+        let Some(name) = cache_miss::base_of_first_rebuilt(&built.summary.steps, &report) else { return report };
+        // The build's platform: the slot's, or `--platform`, else the daemon's own.
+        let platform = match (&spec.platform, host.facts.as_ref()) {
+            (Some(platform), _) => (platform.os.clone(), platform.architecture.clone()),
+            (None, Some(facts)) => (facts.os.clone(), facts.arch.clone()),
+            (None, None) => return report,
+        };
+        let read = base_image::layers(&name, (&platform.0, &platform.1), credentials, self.timeout);
+        let layers = match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(layers)) => layers,
+            Err(_) => {
+                tracing::debug!("the base image {name} was not read from its registry within {:?}", self.timeout);
+                return report;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!("the base image {name} was not read from its registry: {error}");
+                return report;
+            }
+        };
+        let compared_layers = base_image::diff_ids(&compared);
+        let check = BaseCheck {
+            under_the_compared_image: compared_layers.starts_with(&layers.diff_ids),
+            name,
+            digest: layers.digest,
+        };
+        evidence.base = Some(&check);
+        cache_miss::explain(&evidence)
+    }
+
+    /// The config of the registry's image under the first tag that has one, once the registry has
+    /// answered (the answer is kept for the comparison).
+    async fn compared_config(&mut self) -> Option<serde_json::Value> {
+        if self.answer.is_none() {
+            let asked = self.asked.take()?;
+            let answer = asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}")));
+            self.answer = Some(answer);
+        }
+        self.answer.as_ref()?.as_ref().ok()?.compared_config().cloned()
     }
 
     /// Compares the built image with what the registry holds under the tags: the same image is
@@ -125,9 +212,12 @@ impl SlotBuild {
         if built.engine != Engine::BuildKit {
             return Ok(Comparison::Classic);
         }
-        let asked = match self.asked.take() {
-            Some(asked) => asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}"))),
-            None => {
+        let asked = match (self.answer.take(), self.asked.take()) {
+            (Some(answer), _) => answer,
+            (None, Some(asked)) => {
+                asked.await.unwrap_or_else(|error| Err(format!("the registry was not asked: {error}")))
+            }
+            (None, None) => {
                 let credential = credentials.iter().find(|credential| credential.registry == self.image.registry());
                 unchanged::registry_images(&self.image, &self.tags, credential, self.timeout).await
             }
@@ -163,13 +253,8 @@ impl SlotBuild {
     /// The whole slot at once (each platform of a multi-platform run): build, tag, compare, push,
     /// each logged.
     pub async fn complete(&mut self, host: &Host, mounts: SessionMounts, credentials: &[Credential]) -> Result<()> {
-        let built = self.build(host, mounts, credentials).await?;
-        tracing::info!(
-            "built on {}: {} steps, {} CACHED",
-            host.target,
-            built.summary.steps.len(),
-            built.summary.cached()
-        );
+        let (steps, cached) = self.build(host, mounts, credentials).await?.step_counts();
+        tracing::info!("built on {}: {steps} steps, {cached} CACHED", host.target);
         let references = self.references();
         for reference in &references[1..] {
             image::tag(&host.daemon, &references[0], reference).await?;

@@ -108,22 +108,68 @@ pub fn build_dirs(
 
 /// What the session sent from the counted directories, over all the daemon's calls: the bytes
 /// of every DATA packet, and the distinct files (BuildKit may ask for the same one in two calls,
-/// e.g. `.dockerignore` alone first, then with the whole context).
+/// e.g. `.dockerignore` alone first, then with the whole context), in the order they were asked
+/// for. BuildKit asks only for the files whose size, mode or mtime differ from its copy: these
+/// are the files that changed since the last build under the same shared key.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub bytes: AtomicU64,
-    files: std::sync::Mutex<std::collections::HashSet<String>>,
+    files: std::sync::Mutex<SentFiles>,
+    /// Whether a sync of the build asked for every file it listed, two or more: the host had no
+    /// copy of them (or every one changed, as a fresh clone's new mtimes do).
+    every_file: std::sync::atomic::AtomicBool,
+    /// The time the build's syncs took, from the daemon's call to its FIN, in nanoseconds.
+    sync_nanos: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct SentFiles {
+    seen: std::collections::HashSet<String>,
+    /// Each path once, in the order asked; with whether only the frontend asked for it (reading
+    /// `.dockerignore` before the build: Docker 26 and 28 ask for it on every build).
+    paths: Vec<(String, bool)>,
 }
 
 impl Counters {
     /// Distinct files sent.
     pub fn files(&self) -> u64 {
-        self.files.lock().map(|files| files.len() as u64).unwrap_or_default()
+        self.files.lock().map(|files| files.paths.len() as u64).unwrap_or_default()
     }
 
-    fn sent(&self, path: &str) {
+    /// Every path sent, relative to its directory, in the order asked for.
+    pub fn paths(&self) -> Vec<String> {
+        self.files.lock().map(|files| files.paths.iter().map(|(path, _)| path.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The paths sent for the build's own sync of the directory (not only to the frontend, which
+    /// reads `.dockerignore` by name).
+    pub fn synced_paths(&self) -> Vec<String> {
+        let files = self.files.lock();
+        files
+            .map(|files| files.paths.iter().filter(|(_, named)| !named).map(|(path, _)| path.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The time the build's syncs of the directory took (from the daemon's call to its FIN).
+    pub fn sync_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.sync_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Whether a sync of the build asked for every file it listed.
+    pub fn every_file_asked(&self) -> bool {
+        self.every_file.load(Ordering::Relaxed)
+    }
+
+    fn sent(&self, path: &str, named: bool) {
         if let Ok(mut files) = self.files.lock() {
-            files.insert(path.to_string());
+            if files.seen.insert(path.to_string()) {
+                files.paths.push((path.to_string(), named));
+            } else if !named {
+                // Asked by name first, then by the build's sync: the build reads it too.
+                if let Some(entry) = files.paths.iter_mut().find(|(seen, _)| seen == path) {
+                    entry.1 = false;
+                }
+            }
         }
     }
 }
@@ -393,6 +439,12 @@ fn query_unescape(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether a call's `followpaths` name only `.dockerignore` files: the frontend reading them
+/// before the build, not the build's own sync (whose `followpaths` are the `COPY` sources).
+fn frontend_reads(follow: &[String]) -> bool {
+    !follow.is_empty() && follow.iter().all(|path| path.ends_with(".dockerignore"))
+}
+
 fn packet(kind: PacketType) -> Packet {
     Packet { r#type: kind as i32, stat: None, id: 0, data: Vec::new() }
 }
@@ -403,6 +455,7 @@ impl FileSync for FileSyncer {
     type TarStreamStream = futures_util::stream::BoxStream<'static, Result<Packet, Status>>;
 
     async fn diff_copy(&self, request: Request<Streaming<Packet>>) -> Result<Response<Self::DiffCopyStream>, Status> {
+        let called = std::time::Instant::now();
         let metadata = request.metadata();
         let name = metadata_values(metadata, "dir-name").into_iter().next().unwrap_or_default();
         let Some(dir) = self.dirs.get(&name).cloned() else {
@@ -461,6 +514,7 @@ impl FileSync for FileSyncer {
             }
         });
         let counters = dir.counted.then(|| self.counters.clone());
+        let named = frontend_reads(&follow);
         tokio::spawn(async move {
             let files: Vec<Option<(PathBuf, String, (u64, u64))>> = entries
                 .iter()
@@ -502,7 +556,7 @@ impl FileSync for FileSyncer {
                             return;
                         }
                         if let Some(counters) = &counters {
-                            counters.sent(relative);
+                            counters.sent(relative, named);
                         }
                         // Files are read on blocking threads, a few at a time, their packets
                         // interleaved (the receiver sorts them out by id), as fsutil's sender does.
@@ -519,8 +573,18 @@ impl FileSync for FileSyncer {
                         });
                     }
                     Ok(PacketType::PacketFin) => {
+                        let listed = files.iter().flatten().count();
+                        if let Some(counters) = counters.as_ref().filter(|_| !named && listed > 1) {
+                            if served.iter().filter(|served| **served).count() == listed {
+                                counters.every_file.store(true, Ordering::Relaxed);
+                            }
+                        }
                         // Every file asked for is sent before FIN (the receiver waits for them).
                         let _ = readers.acquire_many(READERS as u32).await;
+                        if let Some(counters) = counters.as_ref().filter(|_| !named) {
+                            let nanos = u64::try_from(called.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                            counters.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
+                        }
                         let _ = sender.send(Ok(packet(PacketType::PacketFin))).await;
                         return;
                     }
@@ -595,6 +659,24 @@ fn send_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_files_sent_are_kept_in_the_order_asked_and_the_frontends_reads_said_apart() {
+        assert!(frontend_reads(&[".dockerignore".to_string()]));
+        assert!(frontend_reads(&["Dockerfile.dockerignore".to_string(), ".dockerignore".to_string()]));
+        assert!(!frontend_reads(&[]) && !frontend_reads(&["busybox".to_string(), "src".to_string()]));
+        let counters = Counters::default();
+        counters.sent(".dockerignore", true);
+        counters.sent("src/b", false);
+        counters.sent("src/a", false);
+        counters.sent("src/b", false);
+        assert_eq!(counters.files(), 3);
+        assert_eq!(counters.paths(), [".dockerignore", "src/b", "src/a"]);
+        assert_eq!(counters.synced_paths(), ["src/b", "src/a"]);
+        // Asked by the build's sync too (a `COPY . /`): the build reads it.
+        counters.sent(".dockerignore", false);
+        assert_eq!(counters.synced_paths(), [".dockerignore", "src/b", "src/a"]);
+    }
 
     fn tree(files: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ mod budget;
 mod build;
 mod build_mounts;
 mod buildspec;
+mod cache_why;
 mod cli;
 mod config_errors;
 mod context_vs_cli;

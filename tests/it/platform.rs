@@ -647,3 +647,40 @@ fn a_tag_holding_an_image_index_is_pushed_over_as_before() {
     let (manifest, _) = world.manifest(Api::TokenHub, &name, "t1", &format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}"));
     assert_eq!(manifest["mediaType"], DOCKER_MANIFEST, "{manifest}");
 }
+
+/// Issue 24: with several platforms, each says why its cache missed, on its own lines prefixed
+/// with its platform, and in its own `agent.cache`; the closing line counts the steps of both.
+#[test]
+fn each_platform_says_why_its_cache_missed() {
+    let world = World::shared();
+    let image = format!("{}/{}", world.hub_registry, unique("cachewhy-platforms"));
+    let dir = tempfile::tempdir().unwrap();
+    let app = per_platform_app(dir.path(), world, None);
+    let metadata = dir.path().join("metadata.json");
+    let run = || {
+        let outcome = world
+            .login(Api::Hub, world.on_two_hosts())
+            .args(["run", "--context", app.to_str().unwrap(), "--image", &image, "--tag", "t1"])
+            .args(["--platform", "linux/amd64,linux/arm64", "--metadata-file", metadata.to_str().unwrap()])
+            .run();
+        outcome.expect_code(0);
+        outcome
+    };
+    run();
+    std::fs::write(app.join("run-id"), unique("again")).unwrap();
+    let outcome = run();
+    let metadata: serde_json::Value = serde_json::from_str(&read(&metadata)).expect("metadata JSON");
+    for arch in ["amd64", "arm64"] {
+        let sent = format!("[linux/{arch}] context: sent 1 of 4 files (run-id), ");
+        assert!(outcome.stderr.contains(&sent), "missing {sent:?} in\n{}", outcome.stderr);
+        let cache = format!(
+            "[linux/{arch}] cache: 1 of 3 steps CACHED; [2/3] COPY run-id / rebuilt: run-id changed; 1 more step \
+             rebuilt after step 2"
+        );
+        assert!(outcome.stderr.contains(&cache), "missing {cache:?} in\n{}", outcome.stderr);
+        let each = &metadata["agent.platforms"][format!("linux/{arch}")]["agent.cache"];
+        assert_eq!(each["first_rebuilt"]["files"], serde_json::json!(["run-id"]), "{metadata}");
+    }
+    assert!(outcome.stderr.contains("(2 of 6 CACHED)"), "{}", outcome.stderr);
+    assert_eq!(metadata["agent.timings"]["cached"], 2, "{metadata}");
+}
