@@ -321,10 +321,7 @@ impl Daemon {
             tokio::spawn(connection);
             let response = sender.send_request(request).await.map_err(|error| self.raw_failure(&error))?;
             let status = response.status();
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .map_err(|error| self.raw_failure(&error))?
-                .to_bytes();
+            let body = self.read_body(response.into_body(), MAX_ERROR_ANSWER, "the login").await?;
             Ok::<_, Error>((status, body))
         };
         // The daemon itself talks to the registry: give it more than a connect timeout.

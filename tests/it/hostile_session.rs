@@ -184,3 +184,70 @@ async fn too_many_patterns_are_refused_with_a_clear_error() {
     sync(&address, "context", &[("include-patterns", deep.as_str())], &[]).await.unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
 }
+
+/// This test process's resident memory, in bytes (nextest runs each test in a process of its own).
+fn resident() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A daemon that asks for every file and then stops reading: the agent's sender waits within its
+/// bounded queues (a few packets, four files read at once), and the requests it holds carry no
+/// data, so that its memory stays flat however long the daemon stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_stops_reading_keeps_the_agent_under_64_mb() {
+    let dir = tempfile::tempdir().unwrap();
+    let (context, dockerfile) = checkout(dir.path());
+    let blob = vec![7u8; 1024 * 1024];
+    for n in 0..200 {
+        std::fs::write(context.join(format!("blob{n:03}")), &blob).unwrap();
+    }
+    let address = serve(&context, &dockerfile).await;
+    let before = resident();
+    let mut client = FileSyncClient::connect(address).await.unwrap();
+    let (requests, outgoing) = tokio::sync::mpsc::channel::<Packet>(1024);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    request.metadata_mut().insert("dir-name", "context".parse().unwrap());
+    let mut incoming = client.diff_copy(request).await.unwrap().into_inner();
+    let mut files = Vec::new();
+    let mut index = 0u32;
+    while let Some(packet) = incoming.next().await {
+        let Some(stat) = packet.unwrap().stat else { break };
+        if stat.path.starts_with("blob") {
+            files.push(index);
+        }
+        index += 1;
+    }
+    // Every file asked for, each request padded as a hostile receiver may pad it; then silence.
+    for id in files {
+        let req = Packet { r#type: PacketType::PacketReq as i32, stat: None, id, data: vec![0; 60 * 1024] };
+        requests.send(req).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let grown = resident().saturating_sub(before);
+    assert!(grown < 64 * 1024 * 1024, "the agent grew by {} MB", grown / (1024 * 1024));
+}
+
+/// A packet larger than any a receiver sends (here 1 MiB) ends the call: the service reads at most
+/// 64 KiB of one.
+#[tokio::test]
+async fn an_oversized_packet_ends_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (context, dockerfile) = checkout(dir.path());
+    let address = serve(&context, &dockerfile).await;
+    let mut client = FileSyncClient::connect(address).await.unwrap();
+    let (requests, outgoing) = tokio::sync::mpsc::channel::<Packet>(4);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    request.metadata_mut().insert("dir-name", "context".parse().unwrap());
+    let mut incoming = client.diff_copy(request).await.unwrap().into_inner();
+    while let Some(packet) = incoming.next().await {
+        if packet.unwrap().stat.is_none() {
+            break;
+        }
+    }
+    let oversized = Packet { r#type: PacketType::PacketReq as i32, stat: None, id: 0, data: vec![0; 1024 * 1024] };
+    let _ = requests.send(oversized).await;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), incoming.next()).await;
+    assert!(matches!(next, Ok(Some(Err(_))) | Ok(None)), "the call must end: {next:?}");
+}
