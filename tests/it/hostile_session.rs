@@ -251,3 +251,100 @@ async fn an_oversized_packet_ends_the_call() {
     let next = tokio::time::timeout(std::time::Duration::from_secs(10), incoming.next()).await;
     assert!(matches!(next, Ok(Some(Err(_))) | Ok(None)), "the call must end: {next:?}");
 }
+
+/// A Docker daemon played by this test on a unix socket of its own: it answers the check (ping,
+/// version, info), opens the BuildKit session, then answers the build with one endless line. The
+/// agent must end with a clear error, its memory bounded.
+mod endless {
+    use std::path::Path;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const VERSION: &str =
+        r#"{"Version":"26.1.5","ApiVersion":"1.45","MinAPIVersion":"1.24","Os":"linux","Arch":"amd64"}"#;
+    const INFO: &str = r#"{"Driver":"overlay2","Images":1,"OSType":"linux","Architecture":"x86_64"}"#;
+
+    async fn answer(mut stream: tokio::net::UnixStream) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let path = head.split_whitespace().nth(1).unwrap_or_default().to_string();
+        let reply = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nApi-Version: 1.45\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        if path.ends_with("/_ping") {
+            let _ = stream.write_all(reply("OK").as_bytes()).await;
+        } else if path.ends_with("/version") {
+            let _ = stream.write_all(reply(VERSION).as_bytes()).await;
+        } else if path.ends_with("/info") {
+            let _ = stream.write_all(reply(INFO).as_bytes()).await;
+        } else if path.contains("/session") {
+            let _ = stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+                .await;
+            // Holds the session open, never speaking.
+            let mut sink = vec![0u8; 64 * 1024];
+            while stream.read(&mut sink).await.unwrap_or(0) > 0 {}
+        } else if path.contains("/build") {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
+            let chunk = format!("{:x}\r\n{}\r\n", 1024 * 1024, "y".repeat(1024 * 1024));
+            // An endless line: 1 MiB chunks with no newline, until the agent hangs up.
+            for _ in 0..4096 {
+                if stream.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        } else {
+            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}").await;
+        }
+    }
+
+    pub fn start(socket: &Path) {
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(answer(stream));
+                }
+            });
+        });
+    }
+}
+
+#[test]
+fn an_endless_build_line_ends_with_a_clear_error_and_bounded_memory() {
+    crate::world::World::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    endless::start(&socket);
+    let agent = crate::agent::Agent::new();
+    std::fs::write(agent.work.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    // GNU time reports the agent's peak resident memory (kB) on its last line.
+    let report = dir.path().join("time.txt");
+    let work = agent.work.path().to_str().unwrap().to_string();
+    let outcome = agent
+        .program(Path::new("/usr/bin/time"))
+        .args(["-o", report.to_str().unwrap(), "-f", "%M"])
+        .args([env!("CARGO_BIN_EXE_agent"), "run", "--image", "agent-it/endless", "--no-push", "--builder", "buildkit"])
+        .args(["--context", work.as_str()])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .run();
+    outcome.expect_code(30);
+    assert!(outcome.stderr.contains("sent a build message longer than"), "{}", outcome.stderr);
+    let peak_kb: u64 = std::fs::read_to_string(&report).unwrap().trim().lines().last().unwrap().parse().unwrap();
+    assert!(peak_kb < 64 * 1024, "the agent's peak memory was {} MB", peak_kb / 1024);
+}
