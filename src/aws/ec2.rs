@@ -233,13 +233,15 @@ async fn call(aws: &aws_config::SdkConfig, action: &str, id: &str) -> Result<Str
         .timeout(timeout.unwrap_or(Duration::from_secs(60)))
         .build()
         .map_err(|error| Error::Internal(format!("EC2 HTTP client: {error}")))?;
-    let request = reqwest::Request::try_from(request).map_err(|error| Error::Internal(format!("EC2 request: {error}")))?;
+    let request =
+        reqwest::Request::try_from(request).map_err(|error| Error::Internal(format!("EC2 request: {error}")))?;
     let response = client
         .execute(request)
         .await
         .map_err(|error| denied(format!("ec2:{action}: the EC2 endpoint {url} could not be reached ({error})")))?;
     let status = response.status();
-    let text = response.text().await.map_err(|error| denied(format!("ec2:{action}: the answer broke off ({error})")))?;
+    let text =
+        response.text().await.map_err(|error| denied(format!("ec2:{action}: the answer broke off ({error})")))?;
     if status.is_success() {
         return Ok(text);
     }
@@ -319,7 +321,9 @@ mod tests {
   </item></instancesSet></item></reservationSet>
 </DescribeInstancesResponse>"#;
         let leaves = leaves(xml);
-        let get = |suffix: &str| leaves.iter().filter(|(path, _)| path.ends_with(suffix)).map(|(_, text)| text.as_str()).collect::<Vec<_>>();
+        let get = |suffix: &str| {
+            leaves.iter().filter(|(path, _)| path.ends_with(suffix)).map(|(_, text)| text.as_str()).collect::<Vec<_>>()
+        };
         assert_eq!(get("instancesSet/item/instanceState/name"), ["stopped"]);
         assert_eq!(get("instancesSet/item/privateIpAddress"), ["10.0.0.5"]);
         assert!(get("instancesSet/item/ipAddress").is_empty());
