@@ -78,8 +78,13 @@ pub async fn ready_address(access: &InstanceAccess, id: &str, port: u16, timeout
     let deadline = started_at + timeout;
     let mut started: Option<Instant> = None;
     let mut last = String::new();
+    let timed_out = |last: &str| {
+        failure(id, InstanceFailure::Timeout, format!("not ready within {}s (last seen: {last})", timeout.as_secs()))
+    };
     loop {
-        let instance = describe(&access.aws, id).await?;
+        let instance = tokio::time::timeout_at(deadline.into(), describe(&access.aws, id))
+            .await
+            .map_err(|_| timed_out(&last))??;
         match instance.state.as_str() {
             "running" => {
                 let address = match access.address {
@@ -119,14 +124,11 @@ pub async fn ready_address(access: &InstanceAccess, id: &str, port: u16, timeout
                 last = state.to_string();
             }
         }
-        if Instant::now() + POLL > deadline {
-            return Err(failure(
-                id,
-                InstanceFailure::Timeout,
-                format!("not ready within {}s (last seen: {last})", timeout.as_secs()),
-            ));
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(timed_out(&last));
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(POLL.min(deadline - now)).await;
     }
 }
 
