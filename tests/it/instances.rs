@@ -250,3 +250,25 @@ fn an_instance_that_stays_pending_times_out_within_the_start_timeout() {
     assert!(outcome.stderr.contains("not ready within 4s (last seen: pending)"), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("--start-timeout"), "{}", outcome.stderr);
 }
+
+/// In a pool, a stopped instance is started, and has the failover timeout to come up before the next
+/// host takes the build (its start stands: the next run finds it running).
+#[test]
+fn a_pools_stopped_instance_is_started_and_passed_over_after_the_failover_timeout() {
+    let world = World::shared();
+    let id = "i-0aaaaaaaaaaaaaaa3";
+    let ec2 = stand_in(id, &["stopped", "pending"]);
+    let started = std::time::Instant::now();
+    let outcome = with_stand_in(over_ssh(world), &ec2)
+        .env("AGENT_HOSTS", instance_url(world, id))
+        .env("AGENT_FALLBACK_HOST", world.ssh_url())
+        .env("AGENT_FAILOVER_TIMEOUT", "2")
+        .args(["run", "--check", "--image", "app"])
+        .run();
+    outcome.expect_code(0);
+    assert_eq!(*ec2.starts.lock().unwrap(), 1, "its start was asked for");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(outcome.stderr.contains(&format!("{id}: not ready within 2s (last seen: ")), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("[timeout]; ssh://"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("building on the fallback"), "{}", outcome.stderr);
+}
