@@ -198,6 +198,12 @@ async fn call(aws: &aws_config::SdkConfig, action: &str, id: &str) -> Result<Str
         .provide_credentials()
         .await
         .map_err(|error| denied(format!("no AWS credentials were found ({error})")))?;
+    // Known to the redactor before anything is done with them (from CodeBuild's container
+    // credentials they were in no environment variable that `run` registered).
+    crate::secrets::redactor().register(credentials.secret_access_key());
+    if let Some(token) = credentials.session_token() {
+        crate::secrets::redactor().register(token);
+    }
     let url = endpoint(aws, &region);
     let body = form_urlencoded::Serializer::new(String::new())
         .append_pair("Action", action)

@@ -263,9 +263,10 @@ fn a_pools_stopped_instance_is_started_and_passed_over_after_the_failover_timeou
         .env("AGENT_HOSTS", instance_url(world, id))
         .env("AGENT_FALLBACK_HOST", world.ssh_url())
         .env("AGENT_FAILOVER_TIMEOUT", "2")
-        .args(["run", "--check", "--image", "app"])
+        .args(["run", "--check", "--image", "app", "-vv"])
         .run();
     outcome.expect_code(0);
+    assert!(!outcome.all_output().contains("test-secret-access-key"), "the secret key in the log at -vv");
     assert_eq!(*ec2.starts.lock().unwrap(), 1, "its start was asked for");
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     assert!(outcome.stderr.contains(&format!("{id}: not ready within 2s (last seen: ")), "{}", outcome.stderr);
