@@ -1239,6 +1239,22 @@ pub(crate) mod tests {
         assert_eq!(subjects, ["AGENT_HOSTS", "--failover-timeout"]);
     }
 
+    #[test]
+    fn an_instance_host_takes_the_start_timeout_and_the_address_kind() {
+        let dir = fixture();
+        let url = "ssh://ec2-user@i-0123456789abcdef0:2222";
+        let given = config(&["--image", "app", "--host", url], &[], dir.path()).unwrap();
+        assert_eq!(given.start_timeout, Duration::from_secs(180));
+        assert_eq!(given.host_address, crate::aws::ec2::AddressKind::Private);
+        let flags = ["--image", "app", "--host", url, "--start-timeout", "60", "--host-address", "public"];
+        let given = config(&flags, &[], dir.path()).unwrap();
+        assert_eq!(given.start_timeout, Duration::from_secs(60));
+        assert_eq!(given.host_address, crate::aws::ec2::AddressKind::Public);
+        let found = problems(&["--image", "app", "--start-timeout", "0"], &[]);
+        let subjects: Vec<&str> = found.iter().map(|(subject, _)| subject.as_str()).collect();
+        assert_eq!(subjects, ["--start-timeout"]);
+    }
+
     fn show(value: &Value<DockerHost>) -> String {
         match value {
             Value::Known(host) => host.to_string(),
