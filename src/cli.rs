@@ -77,13 +77,22 @@ pub struct KeyscanArgs {
     #[arg(long, requires = "put_parameter")]
     pub overwrite: bool,
 
-    /// The AWS region of the parameter [default: AWS_REGION, else AWS_DEFAULT_REGION]
+    /// The AWS region of the parameter, and of an EC2 instance [default: AWS_REGION, else AWS_DEFAULT_REGION]
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
 
     /// Seconds to wait for the host's sshd
     #[arg(long, default_value_t = 20, value_name = "SECONDS")]
     pub connect_timeout: u64,
+
+    /// For an EC2 instance (ssh://user@i-…): seconds it may take to be started, when stopped, and
+    /// answer
+    #[arg(long, default_value_t = 180, env = "AGENT_START_TIMEOUT", value_name = "SECONDS")]
+    pub start_timeout: u64,
+
+    /// For an EC2 instance: which of its addresses to scan, private or public
+    #[arg(long, value_enum, default_value_t, env = "AGENT_HOST_ADDRESS", value_name = "KIND")]
+    pub host_address: crate::aws::ec2::AddressKind,
 
     /// Print what would be done, and do nothing: no connection, no parameter written
     #[arg(long)]
@@ -105,7 +114,7 @@ pub struct KeygenArgs {
     #[arg(long)]
     pub overwrite: bool,
 
-    /// The AWS region of the parameter [default: AWS_REGION, else AWS_DEFAULT_REGION]
+    /// The AWS region of the parameter, and of an EC2 instance [default: AWS_REGION, else AWS_DEFAULT_REGION]
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
 
@@ -278,6 +287,16 @@ pub struct RunArgs {
     /// last one tried has the whole --connect-timeout
     #[arg(long, default_value_t = 5, env = "AGENT_FAILOVER_TIMEOUT", value_name = "SECONDS")]
     pub failover_timeout: u64,
+
+    /// Seconds an EC2 instance named as the host (ssh://user@i-…) may take to be started (when
+    /// stopped, or stopping) and to answer on its sshd
+    #[arg(long, default_value_t = 180, env = "AGENT_START_TIMEOUT", value_name = "SECONDS")]
+    pub start_timeout: u64,
+
+    /// Which address of an EC2 instance named as the host the agent connects to: private (CodeBuild
+    /// in the instance's VPC) or public
+    #[arg(long, value_enum, default_value_t, env = "AGENT_HOST_ADDRESS", value_name = "KIND")]
+    pub host_address: crate::aws::ec2::AddressKind,
 
     /// Seconds the SSH connection may go unanswered before the run fails as a dropped connection
     /// (a keepalive is sent every third of it; a build step may be silent for longer)

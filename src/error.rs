@@ -23,7 +23,10 @@ pub mod exit {
     /// An `SSM:` reference could not be resolved (missing, denied, no region, no credentials), or
     /// `agent host` could not write a parameter.
     pub const SECRETS: u8 = 10;
-    /// The daemon's host name could not be resolved.
+    /// EC2 refused or failed a call about the host's instance (`ssh://user@i-…`): permissions,
+    /// credentials, region, or an endpoint that cannot be reached.
+    pub const EC2: u8 = 11;
+    /// The daemon's host name could not be resolved (or its EC2 instance does not exist).
     pub const NAME_RESOLUTION: u8 = 20;
     /// The daemon's host refused the connection.
     pub const CONNECTION_REFUSED: u8 = 21;
@@ -70,6 +73,7 @@ pub mod exit {
         (CONFIG, "config", "flags or environment variables hold invalid values"),
         (LOCAL_FILE, "local-file", "a local file could not be read or written"),
         (SECRETS, "secrets", "an SSM: reference could not be resolved, or a parameter written"),
+        (EC2, "ec2", "EC2 refused or failed a call about the host's instance"),
         (NAME_RESOLUTION, "name-resolution", "the daemon's host name did not resolve"),
         (CONNECTION_REFUSED, "connection-refused", "the daemon's host refused the connection"),
         (TIMEOUT, "timeout", "connecting or waiting for an answer timed out"),
@@ -145,6 +149,10 @@ pub enum Error {
     /// The connection to the daemon's host could not be opened.
     #[error("failed to connect to {target}: {detail}")]
     Connect { target: String, class: ConnectClass, detail: String },
+
+    /// The EC2 instance named as the host could not be found, started or reached in time.
+    #[error("the EC2 instance {instance}: {detail}")]
+    Instance { instance: String, kind: InstanceFailure, detail: String },
 
     /// The SSH host key is in no known_hosts entry.
     #[error(
@@ -272,6 +280,11 @@ impl Error {
                 ConnectClass::Other if target.starts_with("ssh://") => exit::SSH,
                 ConnectClass::Other => exit::TCP,
             },
+            Error::Instance { kind, .. } => match kind {
+                InstanceFailure::NotFound | InstanceFailure::NoAddress => exit::NAME_RESOLUTION,
+                InstanceFailure::Timeout => exit::TIMEOUT,
+                InstanceFailure::Denied => exit::EC2,
+            },
             Error::HostKeyUnknown { .. } => exit::HOST_KEY_UNKNOWN,
             Error::HostKeyChanged { .. } | Error::HostKeyRevoked { .. } => exit::HOST_KEY_CHANGED,
             Error::RemoteSocket { .. } => exit::REMOTE_SOCKET,
@@ -294,6 +307,23 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Config(_) => None,
+            Error::Instance { instance, kind, .. } => Some(match kind {
+                InstanceFailure::NotFound => format!(
+                    "check the instance id in DOCKER_HOST and the region (AWS_REGION, --region): {instance} must \
+                     exist there and not be terminated"
+                ),
+                InstanceFailure::NoAddress => "AGENT_HOST_ADDRESS=public needs an instance with a public address \
+                                               (or leave it private: CodeBuild in the instance's VPC)"
+                    .to_string(),
+                InstanceFailure::Timeout => format!(
+                    "raise --start-timeout (AGENT_START_TIMEOUT), and check that {instance}'s sshd starts at boot and \
+                     that its security group lets the build in"
+                ),
+                InstanceFailure::Denied => "allow ec2:DescribeInstances and ec2:StartInstances (on the instance) to \
+                                            the build's role; check AWS_REGION and the network path to EC2 (a VPC \
+                                            endpoint or NAT, or AWS_ENDPOINT_URL_EC2)"
+                    .to_string(),
+            }),
             Error::LocalFile { hint, .. } => hint.clone(),
             Error::SshKey { error, .. } => Some(error.hint().to_string()),
             Error::KeyFileExists { .. } => Some(
@@ -457,6 +487,19 @@ impl Error {
         }
         Ok(())
     }
+}
+
+/// Why an EC2 instance named as the host could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceFailure {
+    /// EC2 knows no such instance (or it is terminated).
+    NotFound,
+    /// It runs, without an address of the kind asked for.
+    NoAddress,
+    /// It was not running with an sshd answering within the start timeout.
+    Timeout,
+    /// EC2 refused the call, or could not be asked (credentials, region, endpoint).
+    Denied,
 }
 
 /// The kind of failure when opening a connection, each with its own exit code.

@@ -24,7 +24,16 @@ pub async fn run(command: &HostCommand) -> Result<(), Error> {
 async fn keyscan(args: &KeyscanArgs) -> Result<(), Error> {
     let (host, port) = ssh_host(&args.url)?;
     let name = crate::ssh::known_hosts::lookup_name(&host, port);
+    let instance = crate::aws::ec2::is_instance_id(&host);
     if args.dry {
+        if instance {
+            tracing::info!(
+                "dry run: would ask EC2 for {host}'s {} address (starting it if stopped, up to {}s); the lines would \
+                 name {name}, which pins its keys whatever its address",
+                args.host_address.as_str(),
+                args.start_timeout
+            );
+        }
         tracing::info!("dry run: would ask {name}'s sshd for each of its host keys (ed25519, ecdsa, rsa)");
         if let Some(parameter) = &args.put_parameter {
             tracing::info!(
@@ -34,10 +43,26 @@ async fn keyscan(args: &KeyscanArgs) -> Result<(), Error> {
         }
         return Ok(());
     }
-    let keys = keyscan::scan(&host, port, Duration::from_secs(args.connect_timeout)).await?;
+    // An EC2 instance: reached at its address, its lines naming its id.
+    let address = match instance {
+        true => {
+            let access = crate::aws::ec2::InstanceAccess {
+                aws: crate::aws::sdk_config(args.region.as_deref(), Duration::from_secs(args.connect_timeout)).await,
+                address: args.host_address,
+                start_timeout: Duration::from_secs(args.start_timeout),
+            };
+            let timeout = access.start_timeout;
+            Some(crate::aws::ec2::ready_address(&access, &host, port, timeout).await?)
+        }
+        false => None,
+    };
+    let keys = keyscan::scan(&host, address.as_deref(), port, Duration::from_secs(args.connect_timeout)).await?;
     let lines: Vec<&str> = keys.iter().map(|key| key.known_hosts_line.as_str()).collect();
     for key in &keys {
-        tracing::info!("{name} offers {}", key.describe());
+        match &address {
+            Some(address) => tracing::info!("{name} (at {address}) offers {}", key.describe()),
+            None => tracing::info!("{name} offers {}", key.describe()),
+        }
     }
     tracing::info!(
         "compare these fingerprints with the host's own before you trust them: `ssh-keygen -lf \

@@ -26,7 +26,7 @@
 //!
 //! and the leaves every part uses:
 //!
-//! - [`aws`]: SSM parameters and ECR tokens;
+//! - [`aws`]: SSM parameters, ECR tokens, and EC2 instances as hosts (asked for, started);
 //! - [`secrets`]: `SSM:` references, sourced values, secret values and the redactor every output
 //!   passes through;
 //! - [`files`]: the user's files, written atomically;

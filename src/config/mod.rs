@@ -40,6 +40,10 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
+    /// How long an EC2 instance named as a host may take to be started and answer.
+    pub start_timeout: Duration,
+    /// Which address of such an instance is connected to.
+    pub host_address: crate::aws::ec2::AddressKind,
     /// How long the SSH connection may go unanswered (keepalives every third of it).
     pub read_timeout: Duration,
     /// The SSH private key to install and log in with (`JETS_SSH_KEY`), decoded.
@@ -209,6 +213,8 @@ impl Config {
                     failover_timeout: timeouts.failover,
                     tls: daemons.tls,
                     connect_timeout: timeouts.connect,
+                    start_timeout: timeouts.start,
+                    host_address: args.host_address,
                     read_timeout: timeouts.read,
                     ssh_key: ssh.key,
                     ssh_key_passphrase: ssh.key_passphrase,
@@ -376,6 +382,7 @@ fn fallback_host(
 /// How long to wait for the daemons.
 struct Timeouts {
     failover: Duration,
+    start: Duration,
     connect: Duration,
     read: Duration,
 }
@@ -394,6 +401,12 @@ fn timeouts(args: &RunArgs, problems: &mut Vec<Problem>) -> Timeouts {
                 .hint("give 3 seconds or more (a keepalive goes every third of it), e.g. 45"),
         );
     }
+    if args.start_timeout == 0 {
+        problems.push(
+            Problem::new("--start-timeout", "the timeout is 0 seconds")
+                .hint("give a number of seconds above 0, e.g. 180"),
+        );
+    }
     if args.connect_timeout == 0 {
         problems.push(
             Problem::new("--connect-timeout", "the timeout is 0 seconds")
@@ -402,6 +415,7 @@ fn timeouts(args: &RunArgs, problems: &mut Vec<Problem>) -> Timeouts {
     }
     Timeouts {
         failover: Duration::from_secs(args.failover_timeout.min(args.connect_timeout)),
+        start: Duration::from_secs(args.start_timeout),
         connect: Duration::from_secs(args.connect_timeout),
         read: Duration::from_secs(args.read_timeout),
     }
@@ -1223,6 +1237,22 @@ pub(crate) mod tests {
         let found = problems(&["--image", "app", "--failover-timeout", "0"], &[("AGENT_HOSTS", "ssh://ok,ftp://no")]);
         let subjects: Vec<&str> = found.iter().map(|(subject, _)| subject.as_str()).collect();
         assert_eq!(subjects, ["AGENT_HOSTS", "--failover-timeout"]);
+    }
+
+    #[test]
+    fn an_instance_host_takes_the_start_timeout_and_the_address_kind() {
+        let dir = fixture();
+        let url = "ssh://ec2-user@i-0123456789abcdef0:2222";
+        let given = config(&["--image", "app", "--host", url], &[], dir.path()).unwrap();
+        assert_eq!(given.start_timeout, Duration::from_secs(180));
+        assert_eq!(given.host_address, crate::aws::ec2::AddressKind::Private);
+        let flags = ["--image", "app", "--host", url, "--start-timeout", "60", "--host-address", "public"];
+        let given = config(&flags, &[], dir.path()).unwrap();
+        assert_eq!(given.start_timeout, Duration::from_secs(60));
+        assert_eq!(given.host_address, crate::aws::ec2::AddressKind::Public);
+        let found = problems(&["--image", "app", "--start-timeout", "0"], &[]);
+        let subjects: Vec<&str> = found.iter().map(|(subject, _)| subject.as_str()).collect();
+        assert_eq!(subjects, ["--start-timeout"]);
     }
 
     fn show(value: &Value<DockerHost>) -> String {

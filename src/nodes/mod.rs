@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use futures_util::future::{join_all, try_join_all};
 
+use crate::aws::ec2::{InstanceAccess, is_instance_id};
 use crate::docker::daemon::{Daemon, Facts};
 use crate::docker::disk::DiskUseWatch;
 use crate::docker::host::DockerHost;
 use crate::docker::host::Tls;
-use crate::error::{ConnectClass, Error, Problem, Result};
+use crate::error::{ConnectClass, Error, InstanceFailure, Problem, Result};
 use crate::secrets::Secret;
 use crate::ssh::account;
 use crate::ssh::key::SshKey;
@@ -35,6 +36,9 @@ pub struct Access<'a> {
     pub ssh_key_passphrase: Option<&'a Secret>,
     /// Trusted for every SSH host, with the candidate's own pasted known_hosts.
     pub known_hosts_file: &'a Path,
+    /// How EC2 instances named as hosts (`ssh://user@i-…`) are asked for and started; `None` when
+    /// no candidate is one.
+    pub instances: Option<&'a InstanceAccess>,
 }
 
 /// Where one build may run: its candidates in the order they are tried.
@@ -119,6 +123,9 @@ pub fn is_not_answering(error: &Error) -> bool {
     match error {
         Error::Connect { class, .. } => !matches!(class, ConnectClass::Tls),
         Error::Ssh { .. } | Error::RemoteSocket { .. } | Error::Daemon { .. } => true,
+        // An instance not ready in time, or gone (as a name that does not resolve); a refused EC2
+        // call or a missing address is the configuration's.
+        Error::Instance { kind, .. } => matches!(kind, InstanceFailure::Timeout | InstanceFailure::NotFound),
         _ => false,
     }
 }
@@ -173,7 +180,7 @@ impl Hosts {
         let mut next = vec![0usize; slots.len()];
         let mut chosen: Vec<Option<usize>> = vec![None; slots.len()];
         loop {
-            let mut attempts: Vec<(&Candidate, Duration, bool)> = Vec::new();
+            let mut attempts: Vec<(&Candidate, Duration, bool, Duration)> = Vec::new();
             for (index, slot) in slots.iter().enumerate() {
                 while chosen[index].is_none() {
                     let Some(candidate) = slot.candidates.get(next[index]) else {
@@ -209,7 +216,7 @@ impl Hosts {
                         let last = next[index] + 1 == slot.candidates.len();
                         if !attempts.iter().any(|(seen, ..)| seen.target == candidate.target) {
                             let timeout = if last { access.connect_timeout } else { failover_timeout };
-                            attempts.push((candidate, timeout, !last));
+                            attempts.push((candidate, timeout, !last, start_timeout(access, last, failover_timeout)));
                         }
                         break;
                     }
@@ -218,11 +225,9 @@ impl Hosts {
             if attempts.is_empty() {
                 break;
             }
-            let outcomes = join_all(
-                attempts
-                    .iter()
-                    .map(|(candidate, timeout, check)| attempt(candidate, access, &trusted, *timeout, *check)),
-            )
+            let outcomes = join_all(attempts.iter().map(|(candidate, timeout, check, start)| {
+                attempt(candidate, access, &trusted, *timeout, *check, *start)
+            }))
             .await;
             for ((candidate, ..), outcome) in attempts.iter().zip(outcomes) {
                 match outcome {
@@ -327,7 +332,8 @@ impl Hosts {
             }
             let last = self.next[slot] + 1 == candidates.len();
             let timeout = if last { access.connect_timeout } else { failover_timeout };
-            match attempt(candidate, access, &trusted, timeout, true).await {
+            let start = start_timeout(access, last, failover_timeout);
+            match attempt(candidate, access, &trusted, timeout, true, start).await {
                 Ok(host) => {
                     self.hosts.push(host);
                     self.slots[slot] = self.hosts.len() - 1;
@@ -450,15 +456,26 @@ fn for_platforms(error: Error, names: &[&str]) -> Error {
     Error::Platform { platform: names.join(", "), source: Box::new(error) }
 }
 
-/// One candidate tried: connected within `timeout`, and its daemon checked when `check`.
+/// How long an EC2 instance that is a candidate may take to be started and answer: the whole start
+/// timeout when it is the last candidate (or the only one); with a next one, the failover timeout —
+/// the user's word on how long a build waits for one host of a pool. Its start is asked for all the
+/// same, so the next run finds it running.
+fn start_timeout(access: &Access<'_>, last: bool, failover_timeout: Duration) -> Duration {
+    let start = access.instances.map_or(failover_timeout, |instances| instances.start_timeout);
+    if last { start } else { failover_timeout.min(start) }
+}
+
+/// One candidate tried: connected within `timeout` (an EC2 instance first made ready within
+/// `start_timeout`), and its daemon checked when `check`.
 async fn attempt(
     candidate: &Candidate,
     access: &Access<'_>,
     trusted: &TrustedHosts,
     timeout: Duration,
     check: bool,
+    start_timeout: Duration,
 ) -> Result<Host> {
-    let mut host = connect(candidate, access, trusted, timeout).await?;
+    let mut host = connect(candidate, access, trusted, timeout, start_timeout).await?;
     if check {
         // Within the failover timeout too: a daemon that hangs behind a live sshd must not cost
         // the whole connect timeout before the next host is tried.
@@ -478,6 +495,7 @@ async fn connect(
     access: &Access<'_>,
     trusted: &TrustedHosts,
     timeout: Duration,
+    start_timeout: Duration,
 ) -> Result<Host> {
     let target = &candidate.target;
     let daemon = match target {
@@ -510,7 +528,15 @@ async fn connect(
             };
             let keys = login_keys(name, candidate.ssh_key.as_deref(), access.ssh_key_file, access.ssh_key_passphrase)?;
             let known = trusted.for_host(candidate.known_hosts.as_deref())?;
-            let ssh = SshTarget { host: name.clone(), port: *port, user, socket: socket.clone() };
+            // An EC2 instance: known_hosts names it by its id, the connection goes to its address.
+            let address = match (is_instance_id(name), access.instances) {
+                (false, _) => None,
+                (true, Some(instances)) => {
+                    Some(crate::aws::ec2::ready_address(instances, name, *port, start_timeout).await?)
+                }
+                (true, None) => return Err(Error::Internal(format!("{name} is an instance, without EC2 access"))),
+            };
+            let ssh = SshTarget { host: name.clone(), address, port: *port, user, socket: socket.clone() };
             let timeouts = Timeouts { connect: timeout, keepalive: access.read_timeout / 3 };
             let session = SshSession::connect(ssh, &keys, known, timeouts).await?;
             Daemon::over_ssh(Arc::new(session), target.to_string(), access.connect_timeout)?

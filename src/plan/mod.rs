@@ -33,6 +33,9 @@ pub enum Step {
         /// The daemon to build on; with a pool, the host the image hashes to, else the pool's first.
         host: Sourced<Value<DockerHost>>,
         timeout: Duration,
+        /// For a host that is an EC2 instance: how long its start may take, and its address asked for.
+        start_timeout: Duration,
+        host_address: crate::aws::ec2::AddressKind,
         read_timeout: Duration,
         tls: Option<PathBuf>,
         /// With a pool or a fallback: how the host is chosen and what takes over.
@@ -191,6 +194,8 @@ impl Plan {
             pool,
             host: config.hosts[first].clone(),
             timeout: config.connect_timeout,
+            start_timeout: config.start_timeout,
+            host_address: config.host_address,
             read_timeout: config.read_timeout,
             tls: config.tls.as_ref().map(|tls| tls.cert_dir.clone()),
             platforms: config.build.platform_hosts.clone(),

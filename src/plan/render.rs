@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::{Plan, Pool, Step, join, show};
+use crate::aws::ec2::{AddressKind, is_instance_id};
 use crate::config::{Build, Sourced, Value};
 use crate::docker::host::DockerHost;
 use crate::image::spec::{BuildSpec, Builder, ProgressMode};
@@ -48,7 +49,10 @@ impl Step {
                     path.display()
                 ));
             }
-            Step::Connect { host, timeout, read_timeout, tls, platforms, pool, .. } => {
+            Step::Connect {
+                host, timeout, read_timeout, tls, platforms, pool, start_timeout, host_address, ..
+            } => {
+                lines.extend(instance_lines(self, *host_address, *start_timeout));
                 let default_host = match pool {
                     Some(pool) if pool.hosts.len() > 1 => {
                         "the pool's host for the image below, or the next that answers"
@@ -379,6 +383,36 @@ impl Sourced<Value<DockerHost>> {
     fn value_text(&self) -> String {
         show(&self.value)
     }
+}
+
+/// One line for each host of the connect step that is an EC2 instance: how it is reached and started.
+fn instance_lines(step: &Step, address: AddressKind, start_timeout: Duration) -> Vec<String> {
+    let Step::Connect { host, platforms, pool, .. } = step else { return Vec::new() };
+    let mut hosts: Vec<&Sourced<Value<DockerHost>>> = vec![host];
+    if let Some(pool) = pool {
+        hosts.extend(pool.hosts.iter().chain(&pool.fallback));
+    }
+    hosts.extend(platforms.iter().filter_map(|each| each.host.as_ref()));
+    let mut names: Vec<&str> = Vec::new();
+    for host in hosts {
+        if let Value::Known(DockerHost::Ssh { host, .. }) = &host.value
+            && is_instance_id(host)
+            && !names.contains(&host.as_str())
+        {
+            names.push(host);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            format!(
+                "connect to {name} (an EC2 instance: its {} address asked of EC2, started if stopped, up to {} s; \
+                 known_hosts lines naming {name} pin its key whatever its address)",
+                address.as_str(),
+                start_timeout.as_secs()
+            )
+        })
+        .collect()
 }
 
 impl Pool {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 
+use crate::aws::ec2::{InstanceAccess, is_instance_id};
 use crate::aws::{self, EcrTokens};
 use crate::config::Config;
 use crate::config::resolve::Resolved;
@@ -78,6 +79,7 @@ struct Reach {
     tls: Option<Tls>,
     ssh_key_file: std::path::PathBuf,
     known_hosts_file: std::path::PathBuf,
+    instances: Option<InstanceAccess>,
 }
 
 impl<'a> Runner<'a> {
@@ -146,6 +148,8 @@ impl<'a> Runner<'a> {
     async fn connect(&mut self, step: &Step) -> Result<String> {
         let Step::Connect {
             timeout,
+            start_timeout,
+            host_address,
             read_timeout,
             tls,
             pool,
@@ -165,6 +169,17 @@ impl<'a> Runner<'a> {
             self.ecr_tokens.prefetch(&config, logins.map(|(registry, region)| (registry.as_str(), region.as_deref())));
         }
         self.platforms = platforms.clone();
+        let slots = self.resolved()?.slots(repository);
+        // EC2 is asked only when a host is an instance (`ssh://user@i-…`).
+        let any_instance = slots.iter().flat_map(|slot| &slot.candidates).any(|candidate| {
+            matches!(&candidate.target, crate::docker::host::DockerHost::Ssh { host, .. } if is_instance_id(host))
+        });
+        let instances = match any_instance {
+            true => {
+                Some(InstanceAccess { aws: self.aws().await, address: *host_address, start_timeout: *start_timeout })
+            }
+            false => None,
+        };
         let resolved = self.resolved()?;
         let tls = tls.as_ref().map(|cert_dir| Tls { cert_dir: cert_dir.clone() });
         let access = Access {
@@ -174,8 +189,8 @@ impl<'a> Runner<'a> {
             ssh_key_file,
             ssh_key_passphrase: resolved.ssh_key_passphrase.as_ref(),
             known_hosts_file,
+            instances: instances.as_ref(),
         };
-        let slots = resolved.slots(repository);
         let failover_timeout = pool.as_ref().map_or(*timeout, |pool| pool.failover_timeout);
         let hosts = Hosts::connect_with_failover(&slots, &access, failover_timeout).await?;
         let single = resolved.platforms.is_empty();
@@ -226,6 +241,7 @@ impl<'a> Runner<'a> {
             tls,
             ssh_key_file: ssh_key_file.clone(),
             known_hosts_file: known_hosts_file.clone(),
+            instances,
         });
         Ok(outcome)
     }
@@ -242,6 +258,7 @@ impl<'a> Runner<'a> {
             ssh_key_file: &reach.ssh_key_file,
             ssh_key_passphrase: resolved.ssh_key_passphrase.as_ref(),
             known_hosts_file: &reach.known_hosts_file,
+            instances: reach.instances.as_ref(),
         };
         let hosts = self.hosts.as_mut().ok_or_else(|| Error::Internal("a failover before the connection".into()))?;
         let failed = hosts.for_slot(slot)?.target.to_string();

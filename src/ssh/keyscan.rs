@@ -44,8 +44,12 @@ impl ScannedKey {
 }
 
 /// Every host key that the sshd at `host:port` offers, in [`KEY_TYPES`]' order; each handshake
-/// within `timeout`. A host that cannot be reached fails with its connection class.
-pub async fn scan(host: &str, port: u16, timeout: Duration) -> Result<Vec<ScannedKey>, Error> {
+/// within `timeout`. The sshd is reached at `address` when given (an EC2 instance's), the lines name
+/// `host` (the instance's id, which pins its key whatever its address). A host that cannot be
+/// reached fails with its connection class.
+pub async fn scan(host: &str, address: Option<&str>, port: u16, timeout: Duration) -> Result<Vec<ScannedKey>, Error> {
+    let name_host = host;
+    let host = address.unwrap_or(host);
     // First a plain connection, so that a wrong name, a refusal or a timeout is said once, as such.
     let target = format!("ssh://{}", lookup_name(host, port));
     let timed_out = || Error::Connect {
@@ -71,7 +75,7 @@ pub async fn scan(host: &str, port: u16, timeout: Duration) -> Result<Vec<Scanne
             detail: "the server offered no host key of a type the agent knows".to_string(),
         }));
     }
-    let name = lookup_name(host, port);
+    let name = lookup_name(name_host, port);
     Ok(keys.into_iter().map(|key| ScannedKey { known_hosts_line: line(&name, &key), key }).collect())
 }
 

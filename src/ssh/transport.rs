@@ -24,7 +24,11 @@ use crate::error::{ConnectClass, Error};
 /// Where to connect and as whom.
 #[derive(Debug, Clone)]
 pub struct SshTarget {
+    /// The host's name: what known_hosts names it by, and what messages say (an EC2 instance's id).
     pub host: String,
+    /// Where the TCP connection goes when that is not `host` (an EC2 instance's address, which
+    /// changes on every start): known_hosts lines naming it are trusted too.
+    pub address: Option<String>,
     pub port: u16,
     pub user: String,
     pub socket: String,
@@ -88,6 +92,7 @@ struct Verdict {
 struct Verifier {
     known: Arc<KnownHosts>,
     host: String,
+    address: Option<String>,
     port: u16,
     verdict: Arc<Mutex<Verdict>>,
     /// How long the server may go unanswered (keepalive interval × ticks), for the end's reason.
@@ -125,8 +130,13 @@ impl client::Handler for Verifier {
             }
         };
         verdict.presented = Some(describe(key));
+        // A line naming the host (an instance's id pins its key whatever its address), else one naming
+        // the address it was reached at.
+        let by_address = || self.address.as_ref().map(|address| self.known.check(address, self.port, key));
         match self.known.check(&self.host, self.port, key) {
             Ok(()) => Ok(true),
+            // Only where no line pins the host itself: a changed key for the id stays changed.
+            Err(HostKeyError::Unknown { .. }) if matches!(by_address(), Some(Ok(()))) => Ok(true),
             Err(refused) => {
                 verdict.refused = Some(refused);
                 Ok(false)
@@ -138,8 +148,11 @@ impl client::Handler for Verifier {
 /// The host-key algorithms to offer: those known_hosts holds for the host, in russh's order of
 /// preference (an RSA entry means rsa-sha2-512 and rsa-sha2-256, never SHA-1). With none known,
 /// russh's default list, and the check refuses whatever the server presents.
-fn host_key_algorithms(known: &KnownHosts, host: &str, port: u16) -> Vec<Algorithm> {
-    let wanted = known.algorithms_for(host, port);
+fn host_key_algorithms(known: &KnownHosts, host: &str, address: Option<&str>, port: u16) -> Vec<Algorithm> {
+    let mut wanted = known.algorithms_for(host, port);
+    if let Some(address) = address {
+        wanted.extend(known.algorithms_for(address, port));
+    }
     russh::Preferred::DEFAULT
         .key
         .iter()
@@ -173,16 +186,19 @@ impl SshSession {
         // presents a key we can check. A server with none of them fails the negotiation: then
         // shake hands once more with russh's default list, only to see the key it presents and
         // refuse it with the fingerprints (exit 23/24) rather than a generic handshake error.
-        let known_algorithms = host_key_algorithms(&known, &target.host, target.port);
+        let known_algorithms = host_key_algorithms(&known, &target.host, target.address.as_deref(), target.port);
         let mut offers = vec![(!known_algorithms.is_empty()).then_some(known_algorithms)];
         if offers[0].is_some() {
             offers.push(None);
         }
         let mut handle = None;
         for algorithms in offers {
-            let tcp = tokio::time::timeout_at(deadline, connect_tcp("ssh", &target.host, target.port))
-                .await
-                .map_err(|_| timed_out("TCP connection"))??;
+            let tcp = tokio::time::timeout_at(
+                deadline,
+                connect_tcp("ssh", target.address.as_deref().unwrap_or(&target.host), target.port),
+            )
+            .await
+            .map_err(|_| timed_out("TCP connection"))??;
             let mut preferred = russh::Preferred::default();
             if let Some(algorithms) = algorithms {
                 preferred.key = Cow::Owned(algorithms);
@@ -200,6 +216,7 @@ impl SshSession {
             let verifier = Verifier {
                 known: known.clone(),
                 host: target.host.clone(),
+                address: target.address.clone(),
                 port: target.port,
                 verdict: verdict.clone(),
                 read_timeout: timeouts.keepalive * KEEPALIVE_TICKS,

@@ -23,6 +23,7 @@ fn access<'a>(key_file: &'a std::path::Path, known_hosts_file: &'a std::path::Pa
         ssh_key_file: key_file,
         ssh_key_passphrase: None,
         known_hosts_file,
+        instances: None,
     }
 }
 

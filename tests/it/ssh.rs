@@ -526,6 +526,7 @@ fn a_swallowed_ssh_failure_does_not_colour_a_later_unrelated_error() {
         assert!(known.add(&read(&world.known_hosts_plain), "the world's known_hosts").is_empty());
         let target = SshTarget {
             host: world.ssh_host.clone(),
+            address: None,
             port: world.ssh_port,
             user: world.ssh_user.clone(),
             socket: "/var/run/no-such-docker.sock".to_string(),

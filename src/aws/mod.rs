@@ -1,7 +1,10 @@
 //! AWS: resolving `SSM:` references (SSM GetParameters, decrypted, 10 names a call) and ECR
 //! registry tokens (GetAuthorizationToken, one call per region). Credentials come from the SDK's
 //! default chain (environment, profile, CodeBuild's container credentials); endpoints honour the
-//! SDK's own `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_SSM` and `AWS_ENDPOINT_URL_ECR`.
+//! SDK's own `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_SSM` and `AWS_ENDPOINT_URL_ECR`. [`ec2`]: an
+//! EC2 instance as the host, started when stopped.
+
+pub mod ec2;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
