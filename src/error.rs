@@ -283,7 +283,7 @@ impl Error {
             Error::Instance { kind, .. } => match kind {
                 InstanceFailure::NotFound | InstanceFailure::NoAddress => exit::NAME_RESOLUTION,
                 InstanceFailure::Timeout => exit::TIMEOUT,
-                InstanceFailure::Denied => exit::EC2,
+                InstanceFailure::Denied | InstanceFailure::KeyPush { .. } => exit::EC2,
             },
             Error::HostKeyUnknown { .. } => exit::HOST_KEY_UNKNOWN,
             Error::HostKeyChanged { .. } | Error::HostKeyRevoked { .. } => exit::HOST_KEY_CHANGED,
@@ -323,6 +323,12 @@ impl Error {
                                             the build's role; check AWS_REGION and the network path to EC2 (a VPC \
                                             endpoint or NAT, or AWS_ENDPOINT_URL_EC2)"
                     .to_string(),
+                InstanceFailure::KeyPush { user } => format!(
+                    "allow ec2-instance-connect:SendSSHPublicKey on {instance} to the build's role, with the condition \
+                     ec2:osuser = {user}; the instance must be running, with the ec2-instance-connect package \
+                     (preinstalled on Amazon Linux 2023 and Ubuntu); check AWS_REGION and the network path to \
+                     EC2 Instance Connect (AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT)"
+                ),
             }),
             Error::LocalFile { hint, .. } => hint.clone(),
             Error::SshKey { error, .. } => Some(error.hint().to_string()),
@@ -490,7 +496,7 @@ impl Error {
 }
 
 /// Why an EC2 instance named as the host could not be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstanceFailure {
     /// EC2 knows no such instance (or it is terminated).
     NotFound,
@@ -500,6 +506,9 @@ pub enum InstanceFailure {
     Timeout,
     /// EC2 refused the call, or could not be asked (credentials, region, endpoint).
     Denied,
+    /// EC2 Instance Connect did not take the run's key for `user` (permissions, the instance's
+    /// state, an endpoint that cannot be reached).
+    KeyPush { user: String },
 }
 
 /// The kind of failure when opening a connection, each with its own exit code.

@@ -14,14 +14,14 @@
 //! peaking at 2.0 GiB both; the stripped debug binary +0.19 MB. The answer's XML is read by
 //! [`leaves`], a reader of a dozen lines that knows elements and text only (what EC2 sends).
 //!
-//! Credentials and region come from the SDK's chain ([`super::sdk_config`]); the endpoint honours
+//! The call itself is [`signed::post`]: credentials and region from the SDK's chain, the endpoint
 //! `AWS_ENDPOINT_URL_EC2`, then `AWS_ENDPOINT_URL`, as the SDK does.
 
 use std::time::{Duration, Instant};
 
-use aws_credential_types::provider::ProvideCredentials;
 use tokio::io::AsyncReadExt;
 
+use super::signed;
 use crate::error::{Error, InstanceFailure};
 
 /// The EC2 Query API version the calls speak.
@@ -178,82 +178,23 @@ fn failure(instance: &str, kind: InstanceFailure, detail: String) -> Error {
     Error::Instance { instance: instance.to_string(), kind, detail }
 }
 
-/// The EC2 endpoint: `AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL` (the SDK's configuration), else the
-/// region's.
-fn endpoint(aws: &aws_config::SdkConfig, region: &str) -> String {
-    std::env::var("AWS_ENDPOINT_URL_EC2")
-        .ok()
-        .filter(|url| !url.trim().is_empty())
-        .or_else(|| aws.endpoint_url().map(str::to_string))
-        .unwrap_or_else(|| format!("https://ec2.{region}.amazonaws.com"))
-}
+/// The EC2 Query API.
+const EC2: signed::Service = signed::Service { signing_name: "ec2", endpoint_variable: "AWS_ENDPOINT_URL_EC2" };
 
 /// One signed Query call about instance `id`; its answer's text.
 async fn call(aws: &aws_config::SdkConfig, action: &str, id: &str) -> Result<String, Error> {
     let denied = |detail: String| failure(id, InstanceFailure::Denied, detail);
-    let region = aws.region().map(|region| region.to_string()).filter(|region| !region.trim().is_empty());
-    let region = region.ok_or_else(|| denied("no AWS region is configured".to_string()))?;
-    let provider = aws.credentials_provider().ok_or_else(|| denied("no AWS credentials were found".to_string()))?;
-    let credentials = provider
-        .provide_credentials()
-        .await
-        .map_err(|error| denied(format!("no AWS credentials were found ({error})")))?;
-    // Known to the redactor before anything is done with them (from CodeBuild's container
-    // credentials they were in no environment variable that `run` registered).
-    crate::secrets::redactor().register(credentials.secret_access_key());
-    if let Some(token) = credentials.session_token() {
-        crate::secrets::redactor().register(token);
-    }
-    let url = endpoint(aws, &region);
     let body = form_urlencoded::Serializer::new(String::new())
         .append_pair("Action", action)
         .append_pair("Version", API_VERSION)
         .append_pair("InstanceId.1", id)
         .finish();
-    let mut request = http::Request::builder()
-        .method("POST")
-        .uri(&url)
-        .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
-        .body(body)
-        .map_err(|error| denied(format!("the EC2 endpoint {url:?} is not a URL ({error})")))?;
-    let identity = aws_smithy_runtime_api::client::identity::Identity::from(credentials);
-    let settings = aws_sigv4::http_request::SigningSettings::default();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&region)
-        .name("ec2")
-        .time(std::time::SystemTime::now())
-        .settings(settings)
-        .build()
-        .map_err(|error| Error::Internal(format!("EC2 signing parameters: {error}")))?
-        .into();
-    let headers = request.headers().iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
-    let signable = aws_sigv4::http_request::SignableRequest::new(
-        "POST",
-        url.clone(),
-        headers,
-        aws_sigv4::http_request::SignableBody::Bytes(request.body().as_bytes()),
-    )
-    .map_err(|error| Error::Internal(format!("EC2 request: {error}")))?;
-    let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)
-        .map_err(|error| Error::Internal(format!("EC2 signing: {error}")))?
-        .into_parts();
-    instructions.apply_to_request_http1x(&mut request);
-    let timeout = aws.timeout_config().and_then(|timeouts| timeouts.operation_timeout());
-    let client = reqwest::Client::builder()
-        .timeout(timeout.unwrap_or(Duration::from_secs(60)))
-        .build()
-        .map_err(|error| Error::Internal(format!("EC2 HTTP client: {error}")))?;
-    let request =
-        reqwest::Request::try_from(request).map_err(|error| Error::Internal(format!("EC2 request: {error}")))?;
-    let response = client
-        .execute(request)
+    let what = format!("ec2:{action}");
+    let answer = signed::post(aws, &EC2, &what, "application/x-www-form-urlencoded; charset=utf-8", &[], body)
         .await
-        .map_err(|error| denied(format!("ec2:{action}: the EC2 endpoint {url} could not be reached ({error})")))?;
-    let status = response.status();
-    let text =
-        response.text().await.map_err(|error| denied(format!("ec2:{action}: the answer broke off ({error})")))?;
-    if status.is_success() {
+        .map_err(|unsent| unsent.into_error(denied))?;
+    let (status, text) = (answer.status, answer.text);
+    if (200..300).contains(&status) {
         return Ok(text);
     }
     let mut code = String::new();
@@ -265,7 +206,11 @@ async fn call(aws: &aws_config::SdkConfig, action: &str, id: &str) -> Result<Str
             message = value;
         }
     }
-    let detail = format!("ec2:{action} failed: {code}: {message} (HTTP {})", status.as_u16());
+    let detail = format!(
+        "ec2:{action} failed: {}: {} (HTTP {status})",
+        crate::output::escape_controls(&code),
+        crate::output::escape_controls(&message)
+    );
     Err(match code.as_str() {
         "InvalidInstanceID.NotFound" | "InvalidInstanceID.Malformed" => failure(id, InstanceFailure::NotFound, detail),
         _ => denied(detail),

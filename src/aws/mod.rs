@@ -2,9 +2,12 @@
 //! registry tokens (GetAuthorizationToken, one call per region). Credentials come from the SDK's
 //! default chain (environment, profile, CodeBuild's container credentials); endpoints honour the
 //! SDK's own `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_SSM` and `AWS_ENDPOINT_URL_ECR`. [`ec2`]: an
-//! EC2 instance as the host, started when stopped.
+//! EC2 instance as the host, started when stopped; [`instance_connect`]: a key pushed to it for the
+//! run; [`signed`]: the signed call both make without a service SDK.
 
 pub mod ec2;
+pub mod instance_connect;
+pub mod signed;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -135,7 +135,7 @@ impl Build {
 }
 
 /// The names of flags and variables, as messages and the plan show them.
-mod names {
+pub(crate) mod names {
     pub const DOCKER_HOST: &str = "DOCKER_HOST";
     pub const AGENT_HOSTS: &str = "AGENT_HOSTS";
     pub const AGENT_FALLBACK_HOST: &str = "AGENT_FALLBACK_HOST";
@@ -458,9 +458,19 @@ fn ssh_key(
     problems: &mut Vec<Problem>,
 ) -> Option<Sourced<Value<Arc<SshKey>>>> {
     let text = env.get(names::JETS_SSH_KEY)?;
+    // `ec2-instance-connect` is a word, not a secret: not handed to the redactor.
+    if crate::ssh::key::is_instance_connect_setting(text) {
+        return match SshKey::from_setting(text, None) {
+            Ok(key) => Some(Sourced { value: Value::Known(Arc::new(key)), origin: Origin::Env(names::JETS_SSH_KEY) }),
+            Err(error) => {
+                problems.push(Problem::new(names::JETS_SSH_KEY, error.to_string()).hint(error.hint()));
+                None
+            }
+        };
+    }
     let value = match secret_value(text, names::JETS_SSH_KEY, problems)? {
         Value::Ssm(reference) => Value::Ssm(reference),
-        Value::Known(secret) => match SshKey::parse(secret.expose(), passphrase) {
+        Value::Known(secret) => match SshKey::from_setting(secret.expose(), passphrase) {
             Ok(key) => Value::Known(Arc::new(key)),
             Err(error) => {
                 problems.push(Problem::new(names::JETS_SSH_KEY, error.to_string()).hint(error.hint()));

@@ -149,8 +149,12 @@ fn key_value(
     let value = match SsmRef::parse(text) {
         Ok(Some(reference)) => Value::Ssm(reference),
         Ok(None) => {
-            let secret = Secret::new(text);
-            match SshKey::parse(secret.expose(), passphrase) {
+            // `ec2-instance-connect` is a word, not a secret: not handed to the redactor.
+            let key = match crate::ssh::key::is_instance_connect_setting(text) {
+                true => SshKey::from_setting(text, None),
+                false => SshKey::from_setting(Secret::new(text).expose(), passphrase),
+            };
+            match key {
                 Ok(key) => Value::Known(Arc::new(key)),
                 Err(error) => {
                     problems.push(Problem::new(name, error.to_string()).hint(error.hint()));

@@ -152,6 +152,10 @@ impl Resolved {
             platforms,
             ssh_key_passphrase,
         };
+        let problems = resolved.instance_connect_without_instance();
+        if !problems.is_empty() {
+            return Err(Error::Config(problems));
+        }
         if !config.build.ssh_forward_login_key {
             let problems = resolved.forwarded_login_keys(&config.build.ssh);
             if !problems.is_empty() {
@@ -159,6 +163,44 @@ impl Resolved {
             }
         }
         Ok(resolved)
+    }
+
+    /// Each `ssh://` host that would log in with the run's EC2 Instance Connect key but is not named
+    /// by its instance id: the key can only be pushed to an instance.
+    fn instance_connect_without_instance(&self) -> Vec<crate::error::Problem> {
+        let mut logins: Vec<(&DockerHost, &SshKey, String)> = Vec::new();
+        if let Some(key) = &self.ssh_key {
+            for host in self.hosts.iter().chain(&self.fallback_host) {
+                logins.push((host, key, crate::config::names::JETS_SSH_KEY.to_string()));
+            }
+        }
+        for each in &self.platforms {
+            if let (Some(host), Some(key)) = (&each.host, &each.ssh_key) {
+                logins.push((host, key, format!("the SSH key of {}", each.platform)));
+            }
+        }
+        let mut problems = Vec::new();
+        for (host, key, variable) in logins {
+            if let DockerHost::Ssh { host: name, .. } = host
+                && key.instance_connect
+                && !crate::aws::ec2::is_instance_id(name)
+                && !problems.iter().any(|problem: &crate::error::Problem| problem.message.contains(&host.to_string()))
+            {
+                problems.push(
+                    crate::error::Problem::new(
+                        variable,
+                        format!(
+                            "is ec2-instance-connect, but {host} is not named by its instance id: EC2 Instance Connect \
+                             pushes the key to an instance"
+                        ),
+                    )
+                    .hint(
+                        "name the host by its instance id (ssh://ec2-user@i-0123456789abcdef0), or give a private key",
+                    ),
+                );
+            }
+        }
+        problems
     }
 
     /// Each `--ssh` that would forward a key that also logs into an `ssh://` host of the run: a
@@ -308,10 +350,12 @@ impl Fields<'_> {
     /// with the redactor before it is parsed.
     fn ssh_key(&mut self, sourced: &Sourced<Value<Arc<SshKey>>>, passphrase: Option<&Secret>) -> Option<Arc<SshKey>> {
         self.resolve(sourced, |text| {
-            let text = Secret::new(text);
-            SshKey::parse(text.expose(), passphrase)
-                .map(Arc::new)
-                .map_err(|error| (error.to_string(), Some(error.hint().to_string())))
+            // `ec2-instance-connect` is a word, not a secret: not handed to the redactor.
+            let key = match crate::ssh::key::is_instance_connect_setting(text) {
+                true => SshKey::from_setting(text, None),
+                false => SshKey::from_setting(Secret::new(text).expose(), passphrase),
+            };
+            key.map(Arc::new).map_err(|error| (error.to_string(), Some(error.hint().to_string())))
         })
     }
 

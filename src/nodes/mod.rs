@@ -536,6 +536,18 @@ async fn connect(
                 }
                 (true, None) => return Err(Error::Internal(format!("{name} is an instance, without EC2 access"))),
             };
+            if let (Some(key), Some(instances)) = (candidate.ssh_key.as_deref(), access.instances)
+                && key.instance_connect
+            {
+                // Right before connecting: the instance accepts the key for 60 s.
+                let pushed = std::time::Instant::now();
+                crate::aws::instance_connect::send_public_key(&instances.aws, name, &user, &key.public_line()).await?;
+                tracing::info!(
+                    "pushed this run's key ({}) to {name} for {user} with EC2 Instance Connect in {:.2}s",
+                    key.describe_public(),
+                    pushed.elapsed().as_secs_f64()
+                );
+            }
             let ssh = SshTarget { host: name.clone(), address, port: *port, user, socket: socket.clone() };
             let timeouts = Timeouts { connect: timeout, keepalive: access.read_timeout / 3 };
             let session = SshSession::connect(ssh, &keys, known, timeouts).await?;

@@ -25,7 +25,8 @@ pub enum Step {
     /// Fetch every `SSM:` reference at once (GetParameters, with decryption).
     ResolveSsm { references: Vec<(Origin, SsmRef)>, region: Option<Sourced<String>> },
     /// Write the SSH private key to its file (0600, directory 0700).
-    InstallSshKey { origin: Origin, path: PathBuf, key: Option<String> },
+    /// `in_memory`: the run's own key for EC2 Instance Connect, written nowhere.
+    InstallSshKey { origin: Origin, path: PathBuf, key: Option<String>, in_memory: bool },
     /// Add the known_hosts lines that are not there yet.
     InstallKnownHosts { origin: Origin, path: PathBuf, entries: Vec<String> },
     /// Open the connection to the daemon (to each platform's, in a multi-platform run).
@@ -153,6 +154,7 @@ impl Plan {
                 origin: key.origin.clone(),
                 path: config.ssh_key_file.value.clone(),
                 key: description,
+                in_memory: matches!(&key.value, Value::Known(key) if key.instance_connect),
             });
         }
         if let Some(known) = &config.known_hosts {

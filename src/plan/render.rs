@@ -29,7 +29,16 @@ impl Step {
                     "credentials from the default AWS chain (environment, profile, CodeBuild's role)".to_string(),
                 );
             }
-            Step::InstallSshKey { origin, path, key } => {
+            Step::InstallSshKey { origin, path, key, in_memory: true } => {
+                lines.push(format!("key from {origin}: {} (the key itself is {MASK})", key.as_deref().unwrap_or("")));
+                lines.push(format!(
+                    "its public half is pushed to each instance for the URL's user right before connecting \
+                     (accepted for 60 s); the key is kept in memory only: {} is not written, so later ssh, git \
+                     and docker (ssh://) commands of the buildspec have no key",
+                    path.display()
+                ));
+            }
+            Step::InstallSshKey { origin, path, key, in_memory: false } => {
                 lines.push(match key {
                     Some(key) => format!("key from {origin}: {key} (the key itself is {MASK})"),
                     None => format!("key from {origin}: {MASK}"),

@@ -487,6 +487,7 @@ impl StepRunner for Runner<'_> {
             Step::InstallSshKey { path, .. } => {
                 let resolved = self.resolved()?;
                 match &resolved.ssh_key {
+                    Some(key) if key.instance_connect => ssh::install::keep_in_memory(path, key),
                     Some(key) => ssh::install::install_key(path, key, resolved.ssh_key_passphrase.as_ref())?,
                     None => "no JETS_SSH_KEY".to_string(),
                 }

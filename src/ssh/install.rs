@@ -33,6 +33,17 @@ pub fn install_key(path: &Path, key: &SshKey, passphrase: Option<&Secret>) -> Re
     })
 }
 
+/// The run's own key for EC2 Instance Connect is written nowhere: said, with a warning that later
+/// commands of the buildspec find no key.
+pub fn keep_in_memory(path: &Path, key: &SshKey) -> String {
+    tracing::warn!(
+        "JETS_SSH_KEY=ec2-instance-connect: the agent logs in with a key made for this run and kept in memory; \
+         {} is not written, so later ssh, git and docker (ssh://) commands of the buildspec have no key",
+        path.display()
+    );
+    format!("{}, made for this run, kept in memory; {} not written", key.describe_public(), path.display())
+}
+
 /// Appends the lines of `text` that `path` does not hold yet.
 pub fn install_known_hosts(path: &Path, text: &str) -> Result<String> {
     Ok(match files::install_known_hosts(path, &meaningful_lines(text))? {

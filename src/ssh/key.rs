@@ -37,10 +37,14 @@ impl KeyError {
 }
 
 /// A decoded private key with its repaired text (as it is written to the key file).
+#[derive(Clone)]
 pub struct SshKey {
     pub key: PrivateKey,
     /// The repaired text: what the key file holds. Registered with the redactor.
     pub text: Secret,
+    /// Made for this run (`JETS_SSH_KEY=ec2-instance-connect`): its public half is pushed to each
+    /// instance with EC2 Instance Connect before the agent connects, and it is written nowhere.
+    pub instance_connect: bool,
 }
 
 impl std::fmt::Debug for SshKey {
@@ -50,6 +54,40 @@ impl std::fmt::Debug for SshKey {
 }
 
 impl SshKey {
+    /// The key a `JETS_SSH_KEY` setting (or an arch's) names: `ec2-instance-connect` for the run's
+    /// own key ([`SshKey::for_instance_connect`]), else a private key, repaired and decoded.
+    pub fn from_setting(raw: &str, passphrase: Option<&Secret>) -> Result<SshKey, KeyError> {
+        if is_instance_connect_setting(raw) {
+            return SshKey::for_instance_connect().map_err(KeyError::Corrupt);
+        }
+        SshKey::parse(raw, passphrase)
+    }
+
+    /// The run's key for EC2 Instance Connect: a new ed25519 key, made once per run, in memory only
+    /// (its text registered with the redactor).
+    pub fn for_instance_connect() -> Result<SshKey, String> {
+        static KEY: std::sync::OnceLock<SshKey> = std::sync::OnceLock::new();
+        if let Some(key) = KEY.get() {
+            return Ok(key.clone());
+        }
+        let key = new_ed25519("agent run (EC2 Instance Connect)")?;
+        let text = key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map_err(|error| error.to_string())?;
+        crate::secrets::redactor().register(&text);
+        let made = SshKey { key, text: Secret::new(text.to_string()), instance_connect: true };
+        Ok(KEY.get_or_init(|| made).clone())
+    }
+
+    /// `ssh-ed25519 SHA256:abc…`, whatever the key's origin.
+    pub fn describe_public(&self) -> String {
+        let public = self.key.public_key();
+        format!("{} {}", public.algorithm().as_str(), public.fingerprint(HashAlg::Sha256))
+    }
+
+    /// The public half as an OpenSSH line (`ssh-ed25519 AAAA… comment`).
+    pub fn public_line(&self) -> String {
+        self.key.public_key().to_openssh().unwrap_or_default()
+    }
+
     /// Repairs and decodes a key as found in `JETS_SSH_KEY` or a key file.
     pub fn parse(raw: &str, passphrase: Option<&Secret>) -> Result<SshKey, KeyError> {
         let text = repair(raw);
@@ -74,14 +112,34 @@ impl SshKey {
             }
             Err(error) => return Err(KeyError::Corrupt(redacted_reason(&error))),
         };
-        Ok(SshKey { key, text })
+        Ok(SshKey { key, text, instance_connect: false })
     }
 
-    /// E.g. `ssh-ed25519 SHA256:abc…`.
+    /// E.g. `ssh-ed25519 SHA256:abc…` (and, for the run's own, that it is pushed with EC2 Instance Connect).
     pub fn describe(&self) -> String {
-        let public = self.key.public_key();
-        format!("{} {}", public.algorithm().as_str(), public.fingerprint(HashAlg::Sha256))
+        let key = self.describe_public();
+        if self.instance_connect {
+            format!("{key}, made for this run and pushed with EC2 Instance Connect")
+        } else {
+            key
+        }
     }
+}
+
+/// Whether a `JETS_SSH_KEY` setting asks for EC2 Instance Connect: a word, not a secret (callers
+/// check it before they wrap the value as one, so that the redactor does not mask the word).
+pub fn is_instance_connect_setting(raw: &str) -> bool {
+    raw.trim().trim_matches(['"', '\'']).eq_ignore_ascii_case(crate::aws::instance_connect::SETTING)
+}
+
+/// A new ed25519 key from the system's randomness.
+pub fn new_ed25519(comment: &str) -> Result<PrivateKey, String> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|error| format!("no randomness for a new key: {error}"))?;
+    let mut key = PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed));
+    seed.fill(0);
+    key.set_comment(comment);
+    Ok(key)
 }
 
 /// Whether the key text is an encrypted key (OpenSSH's bcrypt KDF, or a PEM with DEK-Info).

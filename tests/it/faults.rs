@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::agent::{Agent, Watch};
 use crate::world::{World, read};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -22,6 +22,11 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// The server's own directory (an sshd's `sshd.log` is there).
+    pub(crate) fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// Kills the server and every process it started (sshd's per-connection processes).
     fn kill(&mut self) {
         for pid in descendants(self.child.id()) {
@@ -58,7 +63,7 @@ fn descendants(pid: u32) -> Vec<u32> {
     found
 }
 
-fn wait_for_port(port: u16) {
+pub(crate) fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the server on port {port} did not start");
@@ -67,13 +72,18 @@ fn wait_for_port(port: u16) {
 }
 
 /// An sshd of this test's own, configured as the world's but on another port.
-fn own_sshd(world: &World) -> (Server, String) {
+pub(crate) fn own_sshd(world: &World) -> (Server, String) {
     own_sshd_authorizing(world, None)
 }
 
 /// [`own_sshd`], reading the test user's authorized keys from `authorized_keys` when given (a
 /// file of the test's own) rather than the world's.
 pub(crate) fn own_sshd_authorizing(world: &World, authorized_keys: Option<&Path>) -> (Server, String) {
+    own_sshd_with(world, authorized_keys, &[])
+}
+
+/// [`own_sshd_authorizing`], with `extra` lines added to its configuration.
+pub(crate) fn own_sshd_with(world: &World, authorized_keys: Option<&Path>, extra: &[String]) -> (Server, String) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config: String = read(&world.state_dir.join("sshd_config"))
@@ -89,6 +99,7 @@ pub(crate) fn own_sshd_authorizing(world: &World, authorized_keys: Option<&Path>
                 line.to_string()
             }
         })
+        .chain(extra.iter().cloned())
         .collect::<Vec<_>>()
         .join("\n");
     let config_path = dir.path().join("sshd_config");

@@ -14,7 +14,7 @@ use crate::build::{example_app, full_run, over_ssh, unique};
 use crate::world::{World, read};
 
 /// A new instance in moto at 127.0.0.1 (a VPC 127.0.0.0/16, a subnet 127.0.0.0/24), stopped; its id.
-fn stopped_instance(world: &World) -> String {
+pub(crate) fn stopped_instance(world: &World) -> String {
     let script = format!(
         "import boto3\n\
          ec2 = boto3.client('ec2', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\
@@ -32,7 +32,7 @@ fn stopped_instance(world: &World) -> String {
 }
 
 /// The instance's state in moto.
-fn state(world: &World, id: &str) -> String {
+pub(crate) fn state(world: &World, id: &str) -> String {
     let script = format!(
         "import boto3\n\
          ec2 = boto3.client('ec2', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\

@@ -27,6 +27,7 @@ mod host_setup;
 mod hostile_session;
 mod hosts;
 mod image;
+mod instance_connect;
 mod instances;
 mod logins;
 mod parsers;

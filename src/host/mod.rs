@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use russh::keys::ssh_key::LineEnding;
-use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
 
 use crate::cli::{HostCommand, KeygenArgs, KeyscanArgs};
@@ -129,12 +128,7 @@ async fn keygen(args: &KeygenArgs) -> Result<(), Error> {
 
 /// A new ed25519 key from the system's randomness.
 fn new_key(comment: &str) -> Result<PrivateKey, Error> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|error| Error::Internal(format!("no randomness for a new key: {error}")))?;
-    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    seed.fill(0);
-    key.set_comment(comment);
-    Ok(key)
+    crate::ssh::key::new_ed25519(comment).map_err(Error::Internal)
 }
 
 /// The host and port of an `ssh://` URL.
