@@ -60,6 +60,39 @@ pub enum HostCommand {
     /// Store as a SecureString and nowhere else (for JETS_SSH_KEY: SSM:NAME); the public key line
     /// is printed on stdout, for the host's authorized_keys
     Keygen(KeygenArgs),
+    /// On the Docker host, from a systemd timer: run a command (by default `systemctl poweroff`,
+    /// which stops an EBS-backed instance) once no client has been connected for --after; never
+    /// while one is (every build has one: the agent's SSH connection, the docker CLI's). Each run is
+    /// one look; examples/host/agent-idle-stop.timer runs it every minute
+    IdleStop(IdleStopArgs),
+}
+
+/// The flags of `agent host idle-stop`.
+#[derive(Debug, Clone, Args)]
+pub struct IdleStopArgs {
+    /// How long the host must have had no client (30m, 1h, 90s)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub after: std::time::Duration,
+
+    /// What to run once idle that long, with /bin/sh -c
+    #[arg(long, default_value = "systemctl poweroff", value_name = "COMMAND")]
+    pub command: String,
+
+    /// A local TCP port whose established connections are clients (repeatable): the sshd's
+    #[arg(long, default_value = "22", value_name = "PORT")]
+    pub port: Vec<u16>,
+
+    /// The daemon's socket, whose connections are clients (repeatable)
+    #[arg(long, default_value = "/var/run/docker.sock", value_name = "PATH")]
+    pub socket: Vec<std::path::PathBuf>,
+
+    /// Where the time a client was last seen is kept (with the boot's id: a boot starts the clock again)
+    #[arg(long, default_value = "/run/agent/idle-stop", value_name = "PATH")]
+    pub state: std::path::PathBuf,
+
+    /// Look and say what would be done: no command run, no state written
+    #[arg(long)]
+    pub dry: bool,
 }
 
 /// The flags of `agent host keyscan`.

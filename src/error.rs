@@ -134,6 +134,10 @@ pub enum Error {
         hint: Option<String>,
     },
 
+    /// `agent host idle-stop`'s command failed.
+    #[error("the idle command {command:?} failed ({status})")]
+    IdleCommand { command: String, status: String },
+
     /// The SSH key in a variable or file cannot be used.
     #[error("{subject} {error}")]
     SshKey { subject: String, error: crate::ssh::key::KeyError },
@@ -269,7 +273,7 @@ impl Error {
     /// The documented exit code of this failure's class.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::SshKey { .. } => exit::CONFIG,
+            Error::Config(_) | Error::SshKey { .. } | Error::IdleCommand { .. } => exit::CONFIG,
             Error::LocalFile { .. } | Error::KeyFileExists { .. } => exit::LOCAL_FILE,
             Error::NoSshKey { .. } | Error::SshAuth { .. } => exit::SSH_AUTH,
             Error::Connect { class, target, .. } => match class {
@@ -331,6 +335,10 @@ impl Error {
                 ),
             }),
             Error::LocalFile { hint, .. } => hint.clone(),
+            Error::IdleCommand { .. } => Some(
+                "check --command: it runs with /bin/sh -c as the timer's user (root), e.g. \"systemctl poweroff\""
+                    .to_string(),
+            ),
             Error::SshKey { error, .. } => Some(error.hint().to_string()),
             Error::KeyFileExists { .. } => Some(
                 "the agent never overwrites a key: remove that file if it is stale, \

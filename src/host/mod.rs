@@ -1,6 +1,9 @@
 //! `agent host`: the risky parts of setting up a remote host, done by the agent. `keyscan` reads
 //! the host's keys (never trusting them: the user compares the fingerprints) as hashed known_hosts
-//! lines; `keygen` makes a login key whose private half goes into Parameter Store and nowhere else.
+//! lines; `keygen` makes a login key whose private half goes into Parameter Store and nowhere else;
+//! [`idle`] stops the host once no client has been connected for a while.
+
+pub mod idle;
 
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ pub async fn run(command: &HostCommand) -> Result<(), Error> {
     match command {
         HostCommand::Keyscan(args) => keyscan(args).await,
         HostCommand::Keygen(args) => keygen(args).await,
+        HostCommand::IdleStop(args) => idle::run(args),
     }
 }
 

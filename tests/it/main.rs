@@ -26,6 +26,7 @@ mod host_faults;
 mod host_setup;
 mod hostile_session;
 mod hosts;
+mod idle_stop;
 mod image;
 mod instance_connect;
 mod instances;
