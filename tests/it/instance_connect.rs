@@ -211,3 +211,31 @@ fn the_plan_says_the_key_is_made_for_the_run_pushed_and_not_written() {
     assert!(outcome.stdout.contains("is not written"), "{}", outcome.stdout);
     assert!(!outcome.stdout.contains("PRIVATE KEY"));
 }
+
+/// A host per platform, each an instance: each gets its own push of the run's one key before it is
+/// connected (the amd64 host is the world's daemon, the arm64 host the world's arm64 daemon, each
+/// behind an sshd that takes only pushed keys).
+#[test]
+fn each_instance_of_the_run_gets_its_own_push_of_the_one_key() {
+    let world = World::shared();
+    let eic_url = world.var("TW_EIC_URL").expect("TW_EIC_URL (scripts/testworld up)").to_string();
+    let (amd64, arm64) = (stopped_instance(world), stopped_instance(world));
+    let (amd64_sshd, amd64_known) = instance_connect_sshd(world, &eic_url, &amd64);
+    let (arm64_sshd, arm64_known) = instance_connect_sshd(world, &eic_url, &arm64);
+    let arm64_socket = world.var("TW_ARM64_DOCKER_SOCK").expect("TW_ARM64_DOCKER_SOCK").to_string();
+    let outcome = instance_connect_run(world, &eic_url, &amd64, &amd64_sshd, &format!("{amd64_known}\n{arm64_known}"))
+        .env("DOCKER_HOST_ARM64", format!("ssh://{}@{arm64}:{}{arm64_socket}", world.ssh_user, arm64_sshd.port))
+        .args(["run", "--check", "--image", "app", "--platform", "linux/amd64,linux/arm64"])
+        .run();
+    outcome.expect_code(0);
+    let pushes: Vec<&str> = outcome.stderr.lines().filter(|line| line.contains("pushed this run's key (")).collect();
+    assert_eq!(pushes.len(), 2, "{}", outcome.stderr);
+    for id in [&amd64, &arm64] {
+        assert!(pushes.iter().any(|line| line.contains(&format!("to {id} for "))), "{}", outcome.stderr);
+    }
+    let keys: Vec<&str> = pushes.iter().filter_map(|line| fingerprint_after(line, "pushed this run's key (")).collect();
+    assert_eq!(keys[0], keys[1], "one key for the run: {pushes:?}");
+    for sshd in [&amd64_sshd, &arm64_sshd] {
+        assert!(read(&sshd.dir().join("sshd.log")).contains(keys[0]), "each sshd accepted the run's key");
+    }
+}
