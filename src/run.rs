@@ -63,6 +63,12 @@ async fn run(args: &cli::RunArgs, matches: &clap::ArgMatches) -> Result<(), Erro
     if let Some(message) = env.get("AGENT_TEST_PANIC") {
         panic!("a test panic with {message}");
     }
+    // Without `SSM:` references every value is known now: what resolution refuses (a login key
+    // forwarded with --ssh, ec2-instance-connect for a host that is no instance) is refused here,
+    // in a dry run too, before anything is done. With references, the run's resolution step does it.
+    if config.ssm_references().is_empty() {
+        crate::config::resolve::Resolved::new(&config, &std::collections::BTreeMap::new())?;
+    }
     let plan = Plan::new(&config, &cwd);
     let mode = match (args.dry, args.check) {
         (true, _) => Mode::Dry,

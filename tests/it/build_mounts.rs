@@ -318,6 +318,11 @@ fn a_login_key_of_the_run_is_not_forwarded_unless_told() {
         assert!(outcome.stderr.contains("a deploy key of its own"), "{}", outcome.stderr);
         assert!(outcome.stderr.contains("--ssh-forward-login-key"), "{}", outcome.stderr);
         assert!(!outcome.stderr.contains("connect to"), "refused before connecting: {}", outcome.stderr);
+        // The rehearsal says so too.
+        let dry =
+            crate::build::over_ssh(world).args(["run", "--dry", "--image", "agent-it/login-key", "--ssh", &flag]).run();
+        dry.expect_code(3);
+        assert!(dry.stderr.contains(&format!("--ssh {id}: would forward JETS_SSH_KEY")), "{}", dry.stderr);
     }
     // Another key is forwarded as ever.
     let outcome = crate::build::over_ssh(world)

@@ -196,6 +196,27 @@ fn ec2_instance_connect_for_a_host_that_is_not_an_instance_is_a_config_error() {
     outcome.expect_code(3);
     assert!(outcome.stderr.contains("is not named by its instance id"), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("ssh://ec2-user@i-0123456789abcdef0"), "{}", outcome.stderr);
+    // The rehearsal says so too; a parameter holding the word is checked once resolved.
+    let dry = Agent::new()
+        .env("DOCKER_HOST", world.ssh_url())
+        .env("JETS_SSH_KEY", "ec2-instance-connect")
+        .args(["run", "--dry", "--image", "app"])
+        .run();
+    dry.expect_code(3);
+    assert!(dry.stderr.contains("JETS_SSH_KEY: is ec2-instance-connect, but ssh://"), "{}", dry.stderr);
+    let parameter = format!("/{}/key", unique("eic"));
+    crate::logins::put_parameter(world, &parameter, "ec2-instance-connect", false);
+    let resolved = Agent::new()
+        .env("DOCKER_HOST", world.ssh_url())
+        .env("JETS_SSH_KEY", format!("SSM:{parameter}"))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &world.moto_url)
+        .args(["run", "--check", "--image", "app"])
+        .run();
+    resolved.expect_code(3);
+    assert!(resolved.stderr.contains("is ec2-instance-connect, but ssh://"), "{}", resolved.stderr);
 }
 
 /// The plan says the key is made for the run, pushed before connecting, and not written.
