@@ -187,3 +187,38 @@ fn the_host_template_passes_cfn_lint() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The template's UserData is a valid shell script with the parameters filled in (`bash -n`), and
+/// with OnDemand its idle-stop units say what examples/host's do.
+#[test]
+fn the_host_templates_user_data_is_a_shell_script_whose_idle_units_match_the_examples() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/host");
+    let template = std::fs::read_to_string(dir.join("host.yaml")).unwrap();
+    let start = template.find("Fn::Base64: !Sub |\n").expect("UserData") + "Fn::Base64: !Sub |\n".len();
+    let block = &template[start..];
+    let end = block.find("\n\n").unwrap_or(block.len());
+    let mut script = String::new();
+    for line in block[..end].lines() {
+        script.push_str(line.strip_prefix("          ").unwrap_or(line.trim_start()));
+        script.push('\n');
+    }
+    for (name, value) in [
+        ("KeepStorage", "60GB"),
+        ("AuthorizedKey", ""),
+        ("OnDemand", "true"),
+        ("AgentUrl", "https://example.com/agent-x86_64-linux"),
+        ("IdleMinutes", "30"),
+    ] {
+        script = script.replace(&format!("${{{name}}}"), value);
+    }
+    assert!(!script.contains("${"), "a parameter the test does not fill: {script}");
+    let checked = Command::new("bash").args(["-n", "-c", &script]).output().unwrap();
+    assert!(checked.status.success(), "{}\n{script}", String::from_utf8_lossy(&checked.stderr));
+    let service = std::fs::read_to_string(dir.join("agent-idle-stop.service")).unwrap();
+    let timer = std::fs::read_to_string(dir.join("agent-idle-stop.timer")).unwrap();
+    for line in service.lines().chain(timer.lines()) {
+        if line.starts_with("ExecStart=") || line.starts_with("On") || line.starts_with("Type=") {
+            assert!(script.lines().any(|each| each == line), "{line:?} is not in the template's units:\n{script}");
+        }
+    }
+}
