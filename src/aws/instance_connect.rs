@@ -16,12 +16,6 @@ const SERVICE: signed::Service = signed::Service {
     endpoint_variable: "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT",
 };
 
-/// The value of `JETS_SSH_KEY` (or an arch's) that asks for a key pushed with EC2 Instance Connect.
-pub const SETTING: &str = "ec2-instance-connect";
-
-/// How long the instance accepts a pushed key.
-pub const KEY_LIFETIME_SECS: u64 = 60;
-
 /// Pushes `public_key` (an OpenSSH public key line) to `instance` for `user`.
 pub async fn send_public_key(
     aws: &aws_config::SdkConfig,

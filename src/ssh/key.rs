@@ -5,6 +5,10 @@ use russh::keys::{HashAlg, PrivateKey};
 
 use crate::secrets::Secret;
 
+/// The value of `JETS_SSH_KEY` (or an arch's) that asks for a key made for the run and pushed with
+/// EC2 Instance Connect (`aws::instance_connect`).
+pub const INSTANCE_CONNECT: &str = "ec2-instance-connect";
+
 /// Why a key could not be used. Messages never contain the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
@@ -129,7 +133,7 @@ impl SshKey {
 /// Whether a `JETS_SSH_KEY` setting asks for EC2 Instance Connect: a word, not a secret (callers
 /// check it before they wrap the value as one, so that the redactor does not mask the word).
 pub fn is_instance_connect_setting(raw: &str) -> bool {
-    raw.trim().trim_matches(['"', '\'']).eq_ignore_ascii_case(crate::aws::instance_connect::SETTING)
+    raw.trim().trim_matches(['"', '\'']).eq_ignore_ascii_case(INSTANCE_CONNECT)
 }
 
 /// A new ed25519 key from the system's randomness.
