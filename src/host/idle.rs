@@ -106,7 +106,8 @@ pub fn connected_to(table: &str, paths: &[PathBuf]) -> usize {
         .count()
 }
 
-/// The state file's record: the boot it was written in, and the last time a client was seen.
+/// The state file's record: the boot it was written in, and the last time a client was seen (in
+/// milliseconds since the epoch).
 fn read_state(path: &Path, boot: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     let (written_boot, seen) = text.trim().split_once(' ')?;
@@ -128,8 +129,9 @@ fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_string()).unwrap_or_default()
 }
 
+/// Milliseconds since the epoch: a look a second apart must not count as two seconds of idle.
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or_default()
 }
 
 /// What one look decided.
@@ -158,7 +160,7 @@ pub fn look(ports: &[u16], sockets: &[PathBuf], state: &Path, after: Duration, d
         write(now)?;
         return Ok(Verdict::Idle(Duration::ZERO));
     };
-    let idle = Duration::from_secs(now.saturating_sub(seen));
+    let idle = Duration::from_millis(now.saturating_sub(seen));
     Ok(if idle >= after { Verdict::Due(idle) } else { Verdict::Idle(idle) })
 }
 
@@ -166,7 +168,8 @@ pub fn look(ports: &[u16], sockets: &[PathBuf], state: &Path, after: Duration, d
 pub fn run(args: &crate::cli::IdleStopArgs) -> Result<(), Error> {
     let after = args.after;
     let verdict = look(&args.port, &args.socket, &args.state, after, args.dry)?;
-    let shown = |duration: Duration| humantime::format_duration(duration).to_string();
+    // Whole seconds: `12m 3s`, not `12m 3s 412ms`.
+    let shown = |duration: Duration| humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string();
     match verdict {
         Verdict::Busy(clients) => {
             tracing::info!("busy: {}; the idle clock starts again", clients.describe());

@@ -106,7 +106,8 @@ fn the_idle_watcher_never_stops_the_host_during_a_build_and_stops_it_after() {
         look(dir.path(), "2s", sshd.port, &no_socket).expect_code(0);
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert!(ended.elapsed() >= Duration::from_millis(1500), "ran {:?} after the build", ended.elapsed());
+    // The last look that saw the connection was at most a look (~300 ms) before the run ended.
+    assert!(ended.elapsed() >= Duration::from_millis(1200), "ran {:?} after the build", ended.elapsed());
 }
 
 #[test]
