@@ -240,26 +240,23 @@ pub async fn build(
     // A file that changed or failed while it was sent explains the failure better than the
     // daemon's view of a truncated upload does.
     let sent = request.context.failure_slot();
-    let body = bollard::body_try_stream(request.context.stream());
+    let body =
+        http_body_util::StreamBody::new(request.context.stream().map(|chunk| chunk.map(hyper::body::Frame::data)));
     // Credentials for private base images: the classic builder takes them with the request
-    // (X-Registry-Config, keyed by server address).
+    // (X-Registry-Config, keyed by server address, base64url of JSON as the docker CLI sends them).
     let config = registry_config(credentials);
-    let mut stream = daemon.docker.build_image(options.build(), (!config.is_empty()).then_some(config), Some(body));
-
-    let mut progress = Progress::new(request.build.progress.value);
-    while let Some(item) = stream.next().await {
-        let info = match item {
-            Ok(info) => info,
-            Err(bollard::errors::Error::DockerStreamError { error }) => {
-                return Err(context::send_failure(&sent).unwrap_or_else(|| progress.failure(error)));
-            }
-            Err(other) => return Err(context::send_failure(&sent).unwrap_or_else(|| daemon.explain(other))),
-        };
-        if let Some(failure) = progress.info(info) {
-            return Err(context::send_failure(&sent).unwrap_or(failure));
-        }
-    }
-    Ok(progress.finish())
+    let config = match config.is_empty() {
+        true => None,
+        false => Some(
+            serde_json::to_string(&config)
+                .map(|json| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE, json))
+                .map_err(|error| Error::Internal(format!("failed to encode the registry logins: {error}")))?,
+        ),
+    };
+    // Read as the session build's stream is, with its bounds (not bollard's decoder, which keeps
+    // a line that never ends).
+    let built = run_build(daemon, &options.build(), body, config.as_deref(), request.build.progress.value).await;
+    built.map_err(|error| context::send_failure(&sent).unwrap_or(error))
 }
 
 /// The BuildKit build: the agent's session serves the context and the Dockerfile's directory
@@ -320,7 +317,8 @@ async fn build_with_session(
         .session(&session.id)
         .version(BuilderVersion::BuilderBuildKit)
         .build();
-    let result = run_session_build(daemon, &options, request.build.progress.value).await;
+    let empty = http_body_util::Empty::<bytes::Bytes>::new();
+    let result = run_build(daemon, &options, empty, None, request.build.progress.value).await;
     session.close().await;
     let mut summary = result?;
     let sent = ContextSent {
@@ -366,19 +364,30 @@ fn stable_mtimes(
     Some((std::sync::Arc::new(index), in_checkout))
 }
 
-/// `POST /build` for a session build, its JSON stream read into the progress.
-async fn run_session_build(
+/// `POST /build` with `body` (the context's tar for the classic builder; nothing for a session
+/// build) and the registry logins, its JSON stream read into the progress, one bounded line at a time.
+async fn run_build<B>(
     daemon: &Daemon,
     options: &bollard::query_parameters::BuildImageOptions,
+    body: B,
+    registry_config: Option<&str>,
     mode: spec::ProgressMode,
-) -> Result<BuildSummary, Error> {
+) -> Result<BuildSummary, Error>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let query = serde_urlencoded::to_string(options)
         .map_err(|error| Error::Internal(format!("failed to encode the build's parameters: {error}")))?;
-    let request = http::Request::post(format!("{}?{query}", daemon.api_path("/build")))
+    let mut request = http::Request::post(format!("{}?{query}", daemon.api_path("/build")))
         .header(http::header::HOST, "docker")
-        .header(http::header::CONTENT_TYPE, "application/x-tar")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|error| Error::Internal(format!("failed to build the /build request: {error}")))?;
+        .header(http::header::CONTENT_TYPE, "application/x-tar");
+    if let Some(config) = registry_config {
+        request = request.header("X-Registry-Config", config);
+    }
+    let request =
+        request.body(body).map_err(|error| Error::Internal(format!("failed to build the /build request: {error}")))?;
     let response = daemon.raw_request(request).await?;
     let status = response.status();
     let mut body = response.into_body();

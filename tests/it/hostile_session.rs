@@ -325,26 +325,38 @@ mod endless {
     }
 }
 
+/// Both builders' streams are read one bounded line at a time (the classic builder's too: its
+/// stream is not bollard's to decode).
 #[test]
 fn an_endless_build_line_ends_with_a_clear_error_and_bounded_memory() {
     crate::world::World::shared();
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("docker.sock");
-    endless::start(&socket);
-    let agent = crate::agent::Agent::new();
-    std::fs::write(agent.work.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
-    // GNU time reports the agent's peak resident memory (kB) on its last line.
-    let report = dir.path().join("time.txt");
-    let work = agent.work.path().to_str().unwrap().to_string();
-    let outcome = agent
-        .program(Path::new("/usr/bin/time"))
-        .args(["-o", report.to_str().unwrap(), "-f", "%M"])
-        .args([env!("CARGO_BIN_EXE_agent"), "run", "--image", "agent-it/endless", "--no-push", "--builder", "buildkit"])
-        .args(["--context", work.as_str()])
-        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
-        .run();
-    outcome.expect_code(30);
-    assert!(outcome.stderr.contains("sent a build message longer than"), "{}", outcome.stderr);
-    let peak_kb: u64 = std::fs::read_to_string(&report).unwrap().trim().lines().last().unwrap().parse().unwrap();
-    assert!(peak_kb < 64 * 1024, "the agent's peak memory was {} MB", peak_kb / 1024);
+    for builder in ["buildkit", "classic"] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        endless::start(&socket);
+        let agent = crate::agent::Agent::new();
+        std::fs::write(agent.work.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+        // GNU time reports the agent's peak resident memory (kB) on its last line.
+        let report = dir.path().join("time.txt");
+        let work = agent.work.path().to_str().unwrap().to_string();
+        let outcome = agent
+            .program(Path::new("/usr/bin/time"))
+            .args(["-o", report.to_str().unwrap(), "-f", "%M"])
+            .args([
+                env!("CARGO_BIN_EXE_agent"),
+                "run",
+                "--image",
+                "agent-it/endless",
+                "--no-push",
+                "--builder",
+                builder,
+            ])
+            .args(["--context", work.as_str()])
+            .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+            .run();
+        outcome.expect_code(30);
+        assert!(outcome.stderr.contains("sent a build message longer than"), "{builder}: {}", outcome.stderr);
+        let peak_kb: u64 = std::fs::read_to_string(&report).unwrap().trim().lines().last().unwrap().parse().unwrap();
+        assert!(peak_kb < 64 * 1024, "{builder}: the agent's peak memory was {} MB", peak_kb / 1024);
+    }
 }
