@@ -117,6 +117,12 @@ impl DockerHost {
                 if host.contains('@') {
                     return Err(refuse("a tcp:// address takes no user name"));
                 }
+                if crate::aws::ec2::is_instance_id(&host) {
+                    return Err(HostError {
+                        message: format!("{host} is an EC2 instance id: the agent reaches instances over ssh:// only"),
+                        hint: format!("write ssh://ec2-user@{host} (the instance's user), or the daemon's address"),
+                    });
+                }
                 Ok(DockerHost::Tcp { host, port })
             }
             "unix" => {
@@ -290,6 +296,10 @@ mod tests {
             ("host:2375", "\"host:2375\" has no scheme"),
             ("ssh://[::1", "an IPv6 address opened with '[' is not closed with ']'"),
             ("ssh://ho st", "the host \"ho st\" contains ' '"),
+            (
+                "tcp://i-0123456789abcdef0:2376",
+                "i-0123456789abcdef0 is an EC2 instance id: the agent reaches instances over ssh:// only",
+            ),
         ];
         for (text, want) in cases {
             let error = DockerHost::parse(text, false).expect_err(text);
