@@ -50,16 +50,22 @@ impl ScannedKey {
 pub async fn scan(host: &str, address: Option<&str>, port: u16, timeout: Duration) -> Result<Vec<ScannedKey>, Error> {
     let name_host = host;
     let host = address.unwrap_or(host);
+    // An instance is named by its id and the address it was reached at (`i-… (at 10.0.1.23)`).
+    let shown_as = match address {
+        Some(address) => format!("{} (at {})", lookup_name(name_host, port), lookup_name(address, port)),
+        None => lookup_name(host, port),
+    };
     // First a plain connection, so that a wrong name, a refusal or a timeout is said once, as such.
-    let target = format!("ssh://{}", lookup_name(host, port));
+    let target = format!("ssh://{shown_as}");
     let timed_out = || Error::Connect {
         target: target.clone(),
         class: ConnectClass::Timeout,
         detail: format!("no answer within {}s", timeout.as_secs()),
     };
     tokio::time::timeout(timeout, connect_tcp("ssh", host, port)).await.map_err(|_| timed_out())??;
-    let shown =
-        futures_util::future::join_all(KEY_TYPES.iter().map(|algorithm| shown_key(host, port, algorithm, timeout)));
+    let shown = futures_util::future::join_all(
+        KEY_TYPES.iter().map(|algorithm| shown_key(host, port, &shown_as, algorithm, timeout)),
+    );
     let mut keys = Vec::new();
     let mut failures = Vec::new();
     for (algorithm, outcome) in KEY_TYPES.iter().zip(shown.await) {
@@ -80,13 +86,15 @@ pub async fn scan(host: &str, address: Option<&str>, port: u16, timeout: Duratio
 }
 
 /// The key the server shows when offered only `algorithm`; `None` when it has no key of that type.
+/// Errors name the host `shown_as`.
 async fn shown_key(
     host: &str,
     port: u16,
+    shown_as: &str,
     algorithm: &Algorithm,
     timeout: Duration,
 ) -> Result<Option<PublicKey>, Error> {
-    let name = lookup_name(host, port);
+    let name = shown_as.to_string();
     let handshake = async {
         let tcp = connect_tcp("ssh", host, port).await?;
         let preferred = russh::Preferred { key: Cow::Owned(vec![algorithm.clone()]), ..Default::default() };
