@@ -1,6 +1,6 @@
 """The test world's EC2 Instance Connect: SendSSHPublicKey that keeps each pushed key for a while.
 
-    python3 testworld-eic-server.py serve PORT [--ttl SECONDS] [--deny-user USER]...
+    python3 testworld-eic-server.py serve PORT [--ttl SECONDS] [--deny-user USER]... [--throttle-first N]
     python3 testworld-eic-server.py authorized-keys URL INSTANCE USER
 
 `serve` answers the EC2 Instance Connect API (POST /, X-Amz-Target
@@ -9,8 +9,9 @@ makes: a request must be SigV4-signed for the service `ec2-instance-connect` (it
 header's credential scope is checked; the signature is not, as moto does not), name an instance
 `i-…`, a user and an OpenSSH public key; the key is then kept for that instance and user for
 --ttl seconds (AWS: 60). A user given with --deny-user gets AuthException, as a role whose
-`ec2:osuser` condition names another user does. moto's own SendSSHPublicKey keeps nothing, so
-this stands in for it.
+`ec2:osuser` condition names another user does. The first N pushes of --throttle-first get
+ThrottlingException, as many builds pushing at once may. moto's own SendSSHPublicKey keeps
+nothing, so this stands in for it.
 
 GET /active-keys/INSTANCE/USER answers the keys still valid, one per line: what the instance
 metadata's managed-ssh-keys give the real host's `eic_run_authorized_keys`. `authorized-keys`
@@ -33,9 +34,10 @@ KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0
 SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/ec2-instance-connect/aws4_request")
 
 
-def serve(port, ttl, denied):
+def serve(port, ttl, denied, throttled):
     keys = {}  # (instance, user) -> [(expiry, key)]
     lock = threading.Lock()
+    throttle = [throttled]
 
     class Handler(BaseHTTPRequestHandler):
         def reply(self, status, body, content_type="application/x-amz-json-1.1"):
@@ -77,6 +79,11 @@ def serve(port, ttl, denied):
                 return self.error(400, "InvalidArgsException", "invalid instance id")
             if not user or not KEY.match(key):
                 return self.error(400, "InvalidArgsException", "invalid user or key")
+            with lock:
+                throttle[0] -= 1
+                throttled_now = throttle[0] >= 0
+            if throttled_now:
+                return self.error(400, "ThrottlingException", "Rate exceeded")
             if user in denied:
                 return self.error(
                     400,
@@ -107,16 +114,18 @@ def authorized_keys(url, instance, user):
 
 def main(argv):
     if len(argv) >= 2 and argv[0] == "serve":
-        port, ttl, denied, rest = int(argv[1]), 60.0, set(), argv[2:]
+        port, ttl, denied, throttled, rest = int(argv[1]), 60.0, set(), 0, argv[2:]
         while rest:
             if rest[0] == "--ttl":
                 ttl, rest = float(rest[1]), rest[2:]
+            elif rest[0] == "--throttle-first":
+                throttled, rest = int(rest[1]), rest[2:]
             elif rest[0] == "--deny-user":
                 denied.add(rest[1])
                 rest = rest[2:]
             else:
                 sys.exit(f"unknown argument {rest[0]!r}")
-        serve(port, ttl, denied)
+        serve(port, ttl, denied, throttled)
     elif len(argv) == 4 and argv[0] == "authorized-keys":
         authorized_keys(*argv[1:])
     else:

@@ -8,6 +8,8 @@
 //! but the signer, the client and the error handling are already here for EC2, and the call is one
 //! request of four fields whose answer matters only by its status and error type.
 
+use std::time::Duration;
+
 use super::signed;
 use crate::error::{Error, InstanceFailure};
 
@@ -16,13 +18,42 @@ const SERVICE: signed::Service = signed::Service {
     endpoint_variable: "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT",
 };
 
-/// Pushes `public_key` (an OpenSSH public key line) to `instance` for `user`.
+/// How often a throttled or failing push is tried again, and the waits between the tries.
+const RETRY_WAITS: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(4)];
+
+/// Pushes `public_key` (an OpenSSH public key line) to `instance` for `user`. A throttled push
+/// (ThrottlingException: many builds pushing at once) or one the service failed (ServiceException,
+/// HTTP 5xx) is tried again after 1, 2 and 4 s.
 pub async fn send_public_key(
     aws: &aws_config::SdkConfig,
     instance: &str,
     user: &str,
     public_key: &str,
 ) -> Result<(), Error> {
+    let mut waits = RETRY_WAITS.iter();
+    loop {
+        match push_once(aws, instance, user, public_key).await {
+            Err(Pushed::Again(error)) => match waits.next() {
+                Some(wait) => {
+                    tracing::warn!("{error}; trying again in {}s", wait.as_secs());
+                    tokio::time::sleep(*wait).await;
+                }
+                None => return Err(error),
+            },
+            Err(Pushed::Failed(error)) => return Err(error),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// Why one push did not take.
+enum Pushed {
+    /// Throttled, or the service's own failure: worth another try.
+    Again(Error),
+    Failed(Error),
+}
+
+async fn push_once(aws: &aws_config::SdkConfig, instance: &str, user: &str, public_key: &str) -> Result<(), Pushed> {
     let failed = |detail: String| Error::Instance {
         instance: instance.to_string(),
         kind: InstanceFailure::KeyPush { user: user.to_string() },
@@ -44,7 +75,7 @@ pub async fn send_public_key(
         body,
     )
     .await
-    .map_err(|unsent| unsent.into_error(failed))?;
+    .map_err(|unsent| Pushed::Failed(unsent.into_error(failed)))?;
     let reply: serde_json::Value = serde_json::from_str(&answer.text).unwrap_or_default();
     if (200..300).contains(&answer.status) && reply.get("Success").and_then(serde_json::Value::as_bool) != Some(false) {
         return Ok(());
@@ -67,8 +98,10 @@ pub async fn send_public_key(
     };
     Err(match kind {
         "EC2InstanceNotFoundException" => {
-            Error::Instance { instance: instance.to_string(), kind: InstanceFailure::NotFound, detail }
+            Pushed::Failed(Error::Instance { instance: instance.to_string(), kind: InstanceFailure::NotFound, detail })
         }
-        _ => failed(detail),
+        "ThrottlingException" | "ServiceException" => Pushed::Again(failed(detail)),
+        _ if answer.status >= 500 => Pushed::Again(failed(detail)),
+        _ => Pushed::Failed(failed(detail)),
     })
 }

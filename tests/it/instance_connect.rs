@@ -97,20 +97,13 @@ fn a_run_with_ec2_instance_connect_pushes_a_key_of_its_own_builds_and_pushes_and
     outcome.expect_code(25);
 }
 
-/// The EC2 Instance Connect stand-in for this test alone, keeping keys `ttl` seconds and refusing
-/// the users of `deny`.
-fn own_stand_in(world: &World, ttl: &str, deny: &[&str]) -> (KillOnDrop, String) {
+/// The EC2 Instance Connect stand-in for this test alone, with `args` after `serve PORT` (`--ttl 3`,
+/// `--deny-user U`, `--throttle-first N`).
+fn own_stand_in(world: &World, args: &[&str]) -> (KillOnDrop, String) {
     let port = free_port();
     let mut command = Command::new("/usr/bin/python3");
-    command.arg(world.var("TW_EIC_SCRIPT").expect("TW_EIC_SCRIPT (scripts/testworld up)")).args([
-        "serve",
-        &port.to_string(),
-        "--ttl",
-        ttl,
-    ]);
-    for user in deny {
-        command.args(["--deny-user", user]);
-    }
+    command.arg(world.var("TW_EIC_SCRIPT").expect("TW_EIC_SCRIPT (scripts/testworld up)"));
+    command.args(["serve", &port.to_string()]).args(args);
     let child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("python3");
     wait_for_port(port);
     (KillOnDrop(child), format!("http://127.0.0.1:{port}"))
@@ -130,7 +123,7 @@ impl Drop for KillOnDrop {
 #[test]
 fn a_pushed_key_logs_in_until_it_expires() {
     let world = World::shared();
-    let (_stand_in, eic_url) = own_stand_in(world, "3", &[]);
+    let (_stand_in, eic_url) = own_stand_in(world, &["--ttl", "3"]);
     let id = "i-0bbbbbbbbbbbbbbb1";
     let (sshd, _) = instance_connect_sshd(world, &eic_url, id);
     let dir = tempfile::tempdir().unwrap();
@@ -168,7 +161,7 @@ fn a_pushed_key_logs_in_until_it_expires() {
 #[test]
 fn a_refused_push_is_named_as_ec2_instance_connects_with_the_policy_in_the_hint() {
     let world = World::shared();
-    let (_stand_in, eic_url) = own_stand_in(world, "60", &[world.ssh_user.as_str()]);
+    let (_stand_in, eic_url) = own_stand_in(world, &["--deny-user", world.ssh_user.as_str()]);
     let id = stopped_instance(world);
     let (sshd, known) = instance_connect_sshd(world, &eic_url, &id);
     let outcome =
@@ -181,6 +174,23 @@ fn a_refused_push_is_named_as_ec2_instance_connects_with_the_policy_in_the_hint(
     );
     assert!(outcome.stderr.contains(&format!("ec2:osuser = {}", world.ssh_user)), "{}", outcome.stderr);
     assert!(!outcome.all_output().contains("PRIVATE KEY"));
+}
+
+/// Many builds pushing at once may be throttled: the push is tried again (1, 2, 4 s), and the run
+/// goes on once it takes.
+#[test]
+fn a_throttled_push_is_tried_again_and_the_run_goes_on() {
+    let world = World::shared();
+    let (_stand_in, eic_url) = own_stand_in(world, &["--throttle-first", "2"]);
+    let id = stopped_instance(world);
+    let (sshd, known) = instance_connect_sshd(world, &eic_url, &id);
+    let outcome =
+        instance_connect_run(world, &eic_url, &id, &sshd, &known).args(["run", "--check", "--image", "app"]).run();
+    outcome.expect_code(0);
+    let retries: Vec<&str> = outcome.stderr.lines().filter(|line| line.contains("ThrottlingException")).collect();
+    assert_eq!(retries.len(), 2, "{}", outcome.stderr);
+    assert!(retries[0].contains("trying again in 1s") && retries[1].contains("trying again in 2s"), "{retries:?}");
+    assert!(outcome.stderr.contains("pushed this run's key ("), "{}", outcome.stderr);
 }
 
 /// The key can only be pushed to an instance: a host named otherwise is a configuration error
