@@ -6,7 +6,7 @@
 //! One signed JSON call ([`signed::post`], as EC2's two Query calls) rather than
 //! `aws-sdk-ec2instanceconnect`: that crate would cost little (the issue measured +3 s of build),
 //! but the signer, the client and the error handling are already here for EC2, and the call is one
-//! request of four fields whose answer matters only by its status and error type.
+//! request of three fields whose answer matters only by its status and error type.
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! minutes. The connections are read from the kernel's tables (`/proc/net/tcp`, `tcp6`, `unix`),
 //! asking nothing of the daemon (which may be the thing that hangs).
 //!
-//! Each look is one run of the command: when anything is connected, the time is written to the
+//! Each look is one run of `agent host idle-stop`: when anything is connected, the time is written to the
 //! state file; otherwise the time since the one written is the idle time. The state file holds the
 //! boot's id with the time, so that a boot starts the idle clock again wherever the file lives.
 
