@@ -332,13 +332,10 @@ fn a_login_key_of_the_run_is_not_forwarded_unless_told() {
     assert!(outcome.stdout.contains("signing SSH logins only"), "{}", outcome.stdout);
 }
 
-/// Issue 26: a forwarded agent signs SSH logins only, unless `--ssh-sign anything`: a build step
-/// that asks it to sign other data (`ssh-keygen -Y sign`) is refused, and the log says so with the
-/// key's fingerprint and how to allow it.
-#[test]
-fn a_forwarded_agent_refuses_to_sign_what_is_no_ssh_login() {
-    let world = World::shared();
-    let public = std::fs::read_to_string(world.key_ecdsa.with_extension("pub")).unwrap();
+/// A BuildKit build whose step asks the forwarded agent (holding the world's ECDSA key, `--ssh git=`)
+/// to sign data (`ssh-keygen -Y sign`) with the key whose public half is beside `key`.
+fn sign_through_the_forwarded_ecdsa_key(world: &World, key: &Path, image: &str) -> Outcome {
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let agent = Agent::new();
     let mut context = agent.work.path().join("context");
     std::fs::create_dir_all(&context).unwrap();
@@ -351,10 +348,19 @@ fn a_forwarded_agent_refuses_to_sign_what_is_no_ssh_login() {
         ),
     );
     std::fs::write(context.join("key.pub"), public).unwrap();
-    let outcome = agent
-        .args(["run", "--context", context.to_str().unwrap(), "--image", "agent-it/ssh-refused", "--tag", &unique("t")])
+    agent
+        .args(["run", "--context", context.to_str().unwrap(), "--image", image, "--tag", &unique("t")])
         .args(["--no-push", "--builder", "buildkit", "--ssh", &format!("git={}", world.key_ecdsa.display())])
-        .run();
+        .run()
+}
+
+/// Issue 26: a forwarded agent signs SSH logins only, unless `--ssh-sign anything`: a build step
+/// that asks it to sign other data (`ssh-keygen -Y sign`) is refused, and the log says so with the
+/// key's fingerprint and how to allow it.
+#[test]
+fn a_forwarded_agent_refuses_to_sign_what_is_no_ssh_login() {
+    let world = World::shared();
+    let outcome = sign_through_the_forwarded_ecdsa_key(world, &world.key_ecdsa, "agent-it/ssh-refused");
     outcome.expect_code(50);
     assert!(outcome.stderr.contains("ssh agent \"git\": refused to sign"), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("ecdsa-sha2-nistp256 SHA256:"), "{}", outcome.stderr);
@@ -389,23 +395,7 @@ fn an_ssh_mount_no_ssh_flag_gives_fails_the_build_naming_its_id() {
 fn a_forwarded_agent_holds_only_its_own_key() {
     // The agent holds the ECDSA key; the step asks it to sign with the ed25519 one, and must fail.
     let world = World::shared();
-    let other_public = std::fs::read_to_string(world.key_ed25519.with_extension("pub")).unwrap();
-    let agent = Agent::new();
-    let mut context = agent.work.path().join("context");
-    std::fs::create_dir_all(&context).unwrap();
-    let copies = add_ssh_keygen(&context);
-    context = busybox_context(
-        agent.work.path(),
-        &format!(
-            "{copies}COPY key.pub /\nRUN --mount=type=ssh,id=git echo {} > /data && ssh-keygen -Y sign -f /key.pub -n agent-test /data",
-            unique("nonce")
-        ),
-    );
-    std::fs::write(context.join("key.pub"), other_public).unwrap();
-    let outcome = agent
-        .args(["run", "--context", context.to_str().unwrap(), "--image", "agent-it/ssh-other", "--tag", &unique("t")])
-        .args(["--no-push", "--builder", "buildkit", "--ssh", &format!("git={}", world.key_ecdsa.display())])
-        .run();
+    let outcome = sign_through_the_forwarded_ecdsa_key(world, &world.key_ed25519, "agent-it/ssh-other");
     outcome.expect_code(50);
     assert!(outcome.stderr.contains("ssh-keygen -Y sign"), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("No private key found for public key"), "{}", outcome.stderr);
