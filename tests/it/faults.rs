@@ -207,42 +207,71 @@ fn proxy_one(
     fault: Fault,
     pick: impl Fn(&str, &str) -> bool,
 ) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let end = loop {
-        // The daemon tries TLS first on a loopback registry: refuse it at once, as a plain HTTP
-        // server would, so that it falls back to HTTP.
-        if buffer.first() == Some(&0x16) {
-            return client.shutdown(std::net::Shutdown::Both);
-        }
-        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-            break end;
-        }
-        let n = client.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    use std::io::Write;
+    let Some(request) = read_request_head(&mut client)? else { return Ok(()) };
+    let (method, path) = request.method_and_path();
     if pick(method, path) {
         if let Fault::Unavailable = fault {
             client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
         }
         return client.shutdown(std::net::Shutdown::Both);
     }
-    let mut request: String = head
+    forward(client, &request, upstream)
+}
+
+/// A request's head as a registry proxy of a test reads it, and what followed it in the same reads.
+pub(crate) struct RequestHead {
+    pub(crate) head: String,
+    after: Vec<u8>,
+}
+
+impl RequestHead {
+    pub(crate) fn method_and_path(&self) -> (&str, &str) {
+        let mut words = self.head.split_whitespace();
+        (words.next().unwrap_or_default(), words.next().unwrap_or_default())
+    }
+}
+
+/// Reads a request's head from `client`; `None` when it closed first or opened with TLS. The daemon
+/// tries TLS first on a loopback registry: that is answered as Go's HTTP server answers a TLS hello
+/// ("HTTP/" where a TLS record should be), which is what makes containerd's resolver (Docker 26, 28)
+/// fall back to plain HTTP; 20.10 falls back on any failure.
+pub(crate) fn read_request_head(client: &mut std::net::TcpStream) -> std::io::Result<Option<RequestHead>> {
+    use std::io::{Read, Write};
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if buffer.first() == Some(&0x16) {
+            client.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")?;
+            client.shutdown(std::net::Shutdown::Both)?;
+            return Ok(None);
+        }
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end;
+        }
+        let n = client.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+    Ok(Some(RequestHead { head, after: buffer[end + 4..].to_vec() }))
+}
+
+/// Sends `request` on to the registry at `upstream` (one request per connection) and its answer back.
+pub(crate) fn forward(mut client: std::net::TcpStream, request: &RequestHead, upstream: u16) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut head: String = request
+        .head
         .split("\r\n")
         .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
         .map(|line| format!("{line}\r\n"))
         .collect();
-    request.push_str("Connection: close\r\n\r\n");
+    head.push_str("Connection: close\r\n\r\n");
     let mut server = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
-    server.write_all(request.as_bytes())?;
-    server.write_all(&buffer[end + 4..])?;
+    server.write_all(head.as_bytes())?;
+    server.write_all(&request.after)?;
     let (mut from_client, mut to_server) = (client.try_clone()?, server.try_clone()?);
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut from_client, &mut to_server);

@@ -84,29 +84,9 @@ fn serve_one(
     upstream: Option<u16>,
     limit: impl Fn(&str, &str) -> bool,
 ) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let end = loop {
-        // The daemon tries TLS first on a loopback registry: answer as Go's HTTP server does to a
-        // TLS hello ("HTTP/" where a TLS record should be), which is what makes containerd's
-        // resolver (Docker 26, 28) fall back to plain HTTP; 20.10 falls back on any failure.
-        if buffer.first() == Some(&0x16) {
-            client.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")?;
-            return client.shutdown(std::net::Shutdown::Both);
-        }
-        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-            break end;
-        }
-        let n = client.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    use std::io::Write;
+    let Some(request) = crate::faults::read_request_head(&mut client)? else { return Ok(()) };
+    let (method, path) = request.method_and_path();
     let limited = limit(method, path);
     let Some(upstream) = upstream.filter(|_| !limited) else {
         let body = if method == "HEAD" { "" } else { DOCKER_HUB_429 };
@@ -118,22 +98,7 @@ fn serve_one(
         )?;
         return client.shutdown(std::net::Shutdown::Both);
     };
-    let mut request: String = head
-        .split("\r\n")
-        .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
-        .map(|line| format!("{line}\r\n"))
-        .collect();
-    request.push_str("Connection: close\r\n\r\n");
-    let mut server = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
-    server.write_all(request.as_bytes())?;
-    server.write_all(&buffer[end + 4..])?;
-    let (mut from_client, mut to_server) = (client.try_clone()?, server.try_clone()?);
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from_client, &mut to_server);
-        let _ = to_server.shutdown(std::net::Shutdown::Write);
-    });
-    std::io::copy(&mut server, &mut client)?;
-    client.shutdown(std::net::Shutdown::Both)
+    crate::faults::forward(client, &request, upstream)
 }
 
 /// A context of a static busybox, a file of `nonce` (so its layers are this test's own) and
