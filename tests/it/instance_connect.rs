@@ -30,14 +30,10 @@ fn instance_connect_sshd(world: &World, eic_url: &str, instance: &str) -> (Serve
 
 /// A run over EC2 Instance Connect to `instance`'s sshd, pushing to the ECR stand-in.
 fn instance_connect_run(world: &World, eic_url: &str, instance: &str, sshd: &Server, known: &str) -> Agent {
-    Agent::new()
+    crate::logins::with_aws(world)
         .env("DOCKER_HOST", format!("ssh://{}@{instance}:{}", world.ssh_user, sshd.port))
         .env("JETS_SSH_KEY", "ec2-instance-connect")
         .env("JETS_SSH_KNOWN", known)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", &world.moto_url)
         .env("AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", eic_url)
         .env("ECR_REGISTRY", &world.ecr_registry)
 }
@@ -216,13 +212,9 @@ fn ec2_instance_connect_for_a_host_that_is_not_an_instance_is_a_config_error() {
     assert!(dry.stderr.contains("JETS_SSH_KEY: is ec2-instance-connect, but ssh://"), "{}", dry.stderr);
     let parameter = format!("/{}/key", unique("eic"));
     crate::logins::put_parameter(world, &parameter, "ec2-instance-connect", false);
-    let resolved = Agent::new()
+    let resolved = crate::logins::with_aws(world)
         .env("DOCKER_HOST", world.ssh_url())
         .env("JETS_SSH_KEY", format!("SSM:{parameter}"))
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret-access-key")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", &world.moto_url)
         .args(["run", "--check", "--image", "app"])
         .run();
     resolved.expect_code(3);
