@@ -63,19 +63,16 @@ async fn run(args: &cli::RunArgs, matches: &clap::ArgMatches) -> Result<(), Erro
     if let Some(message) = env.get("AGENT_TEST_PANIC") {
         panic!("a test panic with {message}");
     }
-    // Without `SSM:` references every value is known now: what resolution refuses (a login key
-    // forwarded with --ssh, ec2-instance-connect for a host that is no instance) is refused here,
-    // in a dry run too, before anything is done. With references, the run's resolution step does it.
-    if config.ssm_references().is_empty() {
-        crate::config::resolve::Resolved::new(&config, &std::collections::BTreeMap::new())?;
-    }
+    // Without `SSM:` references the runner types every value now: what resolution refuses (a login
+    // key forwarded with --ssh, ec2-instance-connect for a host that is no instance) is refused
+    // before the plan, in a dry run too. With references, the run's resolution step does it.
+    let mut runner = Runner::new(&config)?;
     let plan = Plan::new(&config, &cwd);
     let mode = match (args.dry, args.check) {
         (true, _) => Mode::Dry,
         (false, true) => Mode::Check,
         (false, false) => Mode::Run,
     };
-    let mut runner = Runner::new(&config)?;
     let result = plan::execute(&plan, mode, &mut runner).await;
     runner.finish().await;
     result
