@@ -73,8 +73,8 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
 /// - `hyper`, `hyper_util`, `h2`, `tonic`, `tower`: at trace they print frames and buffers of the
 ///   Docker API and of the BuildKit session (whose Auth service answers with registry passwords).
 /// - `russh`: at trace it prints packet-level details of the connection that carries all of the above.
-/// - `oci_client`, `reqwest`: the image index's registry client; the bearer tokens it fetches from a
-///   registry's token server never reach the agent, so no redactor can know them.
+/// - `reqwest`: the HTTP of the registry client and of the signed AWS calls (their tokens and
+///   signatures travel in its requests' headers; the agent registers the tokens it gets).
 ///
 /// Kept at debug, not lower: their debug lines (connections, retries, endpoints) are what a user
 /// turning logging up needs, and none of them holds a value.
@@ -87,7 +87,6 @@ pub const LIBRARY_CAPS: &[(&str, LevelFilter)] = &[
     ("tonic", LevelFilter::DEBUG),
     ("tower", LevelFilter::DEBUG),
     ("russh", LevelFilter::DEBUG),
-    ("oci_client", LevelFilter::DEBUG),
     ("reqwest", LevelFilter::DEBUG),
 ];
 

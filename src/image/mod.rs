@@ -537,7 +537,8 @@ impl std::fmt::Display for Pushed {
 }
 
 /// Pushes one tag with the registry's credentials, retrying transient failures with backoff, and
-/// a registry's 429 as long as [`rate_limit::PATIENCE`] allows (the daemon relays no Retry-After).
+/// a registry's 429 as long as [`rate_limit::PATIENCE`] allows (the daemon's errors are text: no
+/// Retry-After reaches the agent, so the waits are the backoff's).
 pub async fn push(
     daemon: &Daemon,
     reference: &str,
@@ -559,7 +560,7 @@ pub async fn push(
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(PushFailure::RateLimited(error)) => match rate_limit.next_wait() {
+            Err(PushFailure::RateLimited(error)) => match rate_limit.next_wait(None) {
                 Some(wait) => {
                     tracing::warn!(
                         "push {reference}: rate-limited, the registry answered 429 Too Many Requests; retrying in {}s",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::registry::Credential;
-use crate::registry::index::IndexPusher;
+use crate::registry::api::{self, Access, Registry};
 use crate::registry::reference::Repository;
 
 /// The base image's manifest digest (the platform's, out of an index) and its layers (diff_ids).
@@ -45,23 +45,21 @@ pub async fn layers(
     let (repository, tag_or_digest) =
         split_reference(reference).ok_or_else(|| format!("{reference:?} is not an image reference"))?;
     let credential = credentials.iter().find(|credential| credential.registry == repository.registry());
-    let registry = IndexPusher::new(&repository, credential, timeout);
-    let tag = if tag_or_digest.starts_with("sha256:") { crate::registry::reference::LATEST } else { &tag_or_digest };
-    registry.authorize(tag, oci_client::RegistryOperation::Pull).await.map_err(|error| error.to_string())?;
-    let manifest = if tag_or_digest.starts_with("sha256:") {
-        registry.manifest_by_digest(&tag_or_digest).await.map_err(|error| error.to_string())?
-    } else {
-        let manifest = registry.tag_manifest(&tag_or_digest).await.map_err(|error| error.to_string())?;
-        manifest.ok_or_else(|| format!("the registry has no {reference}"))?
+    let registry = Registry::new(&repository, credential, timeout);
+    registry.authorize(Access::Pull).await.map_err(|error| error.to_string())?;
+    let manifest = match registry.tag_manifest(&tag_or_digest, api::ANY_MANIFEST).await {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => return Err(format!("the registry has no {reference}")),
+        Err(error) => return Err(error.to_string()),
     };
     let mut parsed: Value = serde_json::from_slice(&manifest.bytes).map_err(|error| error.to_string())?;
     let mut digest = manifest.digest.clone();
     if parsed["manifests"].is_array() {
         digest = platform_manifest(&parsed, os, arch).ok_or_else(|| format!("{reference} has no {os}/{arch} image"))?;
-        let manifest = registry.manifest_by_digest(&digest).await.map_err(|error| error.to_string())?;
+        let manifest = registry.manifest(&digest, api::IMAGE_MANIFESTS).await.map_err(|error| error.to_string())?;
         parsed = serde_json::from_slice(&manifest.bytes).map_err(|error| error.to_string())?;
     }
-    let descriptor: oci_client::manifest::OciDescriptor =
+    let descriptor: api::Descriptor =
         serde_json::from_value(parsed["config"].clone()).map_err(|error| format!("its manifest: {error}"))?;
     let config = registry.blob(&descriptor).await.map_err(|error| error.to_string())?;
     let config: Value = serde_json::from_slice(&config).map_err(|error| format!("its config: {error}"))?;

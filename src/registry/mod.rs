@@ -2,6 +2,7 @@
 //! `$DOCKER_CONFIG` or `~/.docker`), merged with what is there, written atomically with mode 0600,
 //! so later buildspec commands (`docker push`, `docker run` of a private image) are logged in too.
 
+pub mod api;
 pub mod base_image;
 pub mod index;
 pub mod rate_limit;

@@ -1,20 +1,15 @@
 //! A registry's rate limit (429 Too Many Requests): how long the agent waits for it to lift before
 //! the run fails with [`Error::RateLimited`](crate::error::Error::RateLimited), for its own registry
-//! calls (the comparison, the image index) and for the pushes it asks the daemon for.
+//! calls (the comparison, the image index, the base image's read: [`crate::registry::api`]) and for
+//! the pushes it asks the daemon for.
 //!
-//! `Retry-After` is not honoured, because the agent never sees it: oci-client 0.18 turns a 429
-//! into an error that keeps the body (`RegistryError` with the `TOOMANYREQUESTS` code, or
-//! `ServerError { code: 429 }`, or the token server's `AuthenticationFailure(body)`) but drops the
-//! response's headers, and the daemon does not relay them either (its push and pull errors are
-//! text). So the waits are the agent's own: doubling from [`FIRST_WAIT`], each at most
-//! [`LONGEST_WAIT`], [`PATIENCE`] in all.
+//! The agent's own calls wait as the registry's `Retry-After` asks, when it gives one (at least
+//! [`FIRST_WAIT`], so that a `0` does not make a busy loop); a registry that asks for more than the
+//! patience has left is not waited for at all: the run fails at once and says so. Without one —
+//! and for the daemon's pushes, whose errors are text and relay no header — the waits double from
+//! [`FIRST_WAIT`], each at most [`LONGEST_WAIT`]. Either way [`PATIENCE`] in all.
 
-use std::future::Future;
 use std::time::Duration;
-
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-
-use crate::docker::cause::says_rate_limited;
 
 /// How long the agent waits in all, per call, for a rate limit to lift. The limits that lift by
 /// waiting are the per-second throttles (ECR's API rates, a registry's burst limit): they clear
@@ -43,15 +38,20 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// The wait before the next attempt, or `None` when [`PATIENCE`] is spent.
-    pub fn next_wait(&mut self) -> Option<Duration> {
+    /// The wait before the next attempt: what the registry's `Retry-After` asks (`asked`), else
+    /// the next of the doubling waits; `None` when [`PATIENCE`] is spent, or would be before the
+    /// registry's asked wait is over.
+    pub fn next_wait(&mut self, asked: Option<Duration>) -> Option<Duration> {
         let left = PATIENCE.saturating_sub(self.waited);
-        if left.is_zero() {
-            return None;
-        }
-        let wait = self.next.min(LONGEST_WAIT).min(left);
-        self.waited += wait;
+        let doubling = self.next.min(LONGEST_WAIT);
         self.next *= 2;
+        let wait = match asked {
+            Some(asked) if asked.max(FIRST_WAIT) > left => return None,
+            Some(asked) => asked.max(FIRST_WAIT),
+            None if left.is_zero() => return None,
+            None => doubling.min(left),
+        };
+        self.waited += wait;
         Some(wait)
     }
 
@@ -61,71 +61,30 @@ impl Backoff {
     }
 }
 
-/// Whether oci-client's error is a registry's 429: Docker Hub's and distribution's
-/// `TOOMANYREQUESTS` error code, a 429 with another body, or a token server's 429 body.
-pub fn is_rate_limited(error: &OciDistributionError) -> bool {
-    match error {
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|each| each.code == OciErrorCode::Toomanyrequests || says_rate_limited(&each.message)),
-        OciDistributionError::ServerError { code: 429, .. } => true,
-        OciDistributionError::AuthenticationFailure(body) => says_rate_limited(body),
-        _ => false,
-    }
-}
-
-/// `call` again after each 429, as [`Backoff`] waits, with a warning naming `registry` and `what`;
-/// its last error once [`PATIENCE`] is spent.
-pub async fn patiently<T, F, Fut>(registry: &str, what: &str, mut call: F) -> Result<T, OciDistributionError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, OciDistributionError>>,
-{
-    let mut backoff = Backoff::default();
-    loop {
-        match call().await {
-            Err(error) if is_rate_limited(&error) => match backoff.next_wait() {
-                Some(wait) => {
-                    tracing::warn!(
-                        "{registry} answered {what} with 429 Too Many Requests (rate-limited); retrying in {}s",
-                        wait.as_secs()
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                None => return Err(error),
-            },
-            other => return other,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_client::errors::{OciEnvelope, OciError};
 
     #[test]
     fn the_waits_double_up_to_the_longest_and_stop_at_the_patience() {
         let mut backoff = Backoff::default();
-        let waits: Vec<u64> = std::iter::from_fn(|| backoff.next_wait()).map(|wait| wait.as_secs()).collect();
+        let waits: Vec<u64> = std::iter::from_fn(|| backoff.next_wait(None)).map(|wait| wait.as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 15]);
         assert_eq!(backoff.waited(), PATIENCE);
     }
 
     #[test]
-    fn a_429_is_told_apart_in_each_form_oci_client_gives_it() {
-        let docker_hub = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit"}]}"#;
-        let envelope: OciEnvelope = serde_json::from_str(docker_hub).unwrap();
-        let url = "http://127.0.0.1:5000/v2/app/manifests/latest".to_string();
-        assert!(is_rate_limited(&OciDistributionError::RegistryError { envelope, url: url.clone() }));
-        let plain = OciDistributionError::ServerError { code: 429, url: url.clone(), message: String::new() };
-        assert!(is_rate_limited(&plain));
-        assert!(is_rate_limited(&OciDistributionError::AuthenticationFailure(docker_hub.to_string())));
-        let denied = OciEnvelope {
-            errors: vec![OciError { code: OciErrorCode::Denied, message: "denied".into(), detail: Default::default() }],
-        };
-        assert!(!is_rate_limited(&OciDistributionError::RegistryError { envelope: denied, url: url.clone() }));
-        assert!(!is_rate_limited(&OciDistributionError::ServerError { code: 503, url, message: String::new() }));
+    fn a_retry_after_is_waited_as_asked_unless_it_outlasts_the_patience() {
+        let mut backoff = Backoff::default();
+        assert_eq!(backoff.next_wait(Some(Duration::from_secs(3))), Some(Duration::from_secs(3)));
+        assert_eq!(backoff.next_wait(Some(Duration::ZERO)), Some(FIRST_WAIT), "no busy loop on a 0");
+        assert_eq!(backoff.next_wait(Some(Duration::from_secs(20))), Some(Duration::from_secs(20)));
+        assert_eq!(backoff.waited(), Duration::from_secs(24));
+        assert_eq!(backoff.next_wait(Some(Duration::from_secs(7))), None, "7 s more would pass the 30");
+        assert_eq!(backoff.next_wait(None), Some(Duration::from_secs(6)), "the rest of the patience");
+        assert_eq!(backoff.next_wait(None), None);
+        let mut asked_too_much = Backoff::default();
+        assert_eq!(asked_too_much.next_wait(Some(Duration::from_secs(3600))), None);
+        assert_eq!(asked_too_much.waited(), Duration::ZERO);
     }
 }

@@ -19,16 +19,12 @@ use serde_json::Value;
 use crate::docker::daemon::Daemon;
 use crate::error::Error;
 use crate::registry::Credential;
-use crate::registry::index::{IndexPusher, TagManifest};
+use crate::registry::api::{self, Access, ApiError, Manifest, Registry};
 use crate::registry::reference::Repository;
 
 /// The image config's field where BuildKit records its inline cache: the one field that differs
 /// between two fully cached builds, and that no container reads.
 pub const INLINE_CACHE_FIELD: &str = "moby.buildkit.cache.v0";
-
-/// The manifest types whose config can be compared.
-const SINGLE_IMAGE_TYPES: &[&str] =
-    &[oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE, oci_client::manifest::OCI_IMAGE_MEDIA_TYPE];
 
 /// The registry's image that this build is the same as: kept instead of pushed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,10 +67,10 @@ pub enum Verdict {
 /// distinct single-image manifest. Asked for before the comparison needs it — while the image
 /// builds — since it does not depend on the build.
 pub struct RegistryImages {
-    registry: IndexPusher,
+    registry: Registry,
     tags: Vec<String>,
     /// Per tag, in the order of `tags`.
-    manifests: Vec<Option<TagManifest>>,
+    manifests: Vec<Option<Manifest>>,
     /// Per distinct manifest digest, in the order of the tags: its config's digest and the config.
     configs: Vec<(String, String, Value)>,
 }
@@ -96,37 +92,44 @@ pub async fn registry_images(
     credential: Option<&Credential>,
     timeout: Duration,
 ) -> Result<RegistryImages, String> {
-    let first_tag = tags.first().ok_or_else(|| "no tag".to_string())?;
-    let registry = IndexPusher::new(repository, credential, timeout);
-    registry.authorize(first_tag, oci_client::RegistryOperation::Pull).await.map_err(|error| error.to_string())?;
-    let manifests = futures_util::future::join_all(tags.iter().map(|tag| registry.tag_manifest(tag))).await;
+    if tags.is_empty() {
+        return Err("no tag".to_string());
+    }
+    let registry = Registry::new(repository, credential, timeout);
+    registry.authorize(Access::Pull).await.map_err(|error| registry_failure(&error))?;
+    // Indexes are accepted so that the registry serves what the tag holds: asked for image
+    // manifests only, a registry may answer with one platform's manifest out of an index.
+    let manifests =
+        futures_util::future::join_all(tags.iter().map(|tag| registry.tag_manifest(tag, api::ANY_MANIFEST))).await;
     let manifests = manifests
         .into_iter()
         .zip(tags)
         .map(|(manifest, tag)| manifest.map_err(|error| format!("the registry's {tag}: {}", registry_failure(&error))))
-        .collect::<Result<Vec<Option<TagManifest>>, String>>()?;
-    let mut distinct: Vec<(&TagManifest, oci_client::manifest::OciImageManifest)> = Vec::new();
+        .collect::<Result<Vec<Option<Manifest>>, String>>()?;
+    let mut distinct: Vec<(&Manifest, api::Descriptor)> = Vec::new();
     for manifest in manifests.iter().flatten() {
         if distinct.iter().any(|(seen, _)| seen.digest == manifest.digest) {
             continue;
         }
-        if !SINGLE_IMAGE_TYPES.contains(&manifest.media_type.as_str()) {
+        if !api::IMAGE_MANIFESTS.contains(&manifest.media_type.as_str()) {
             return Err(format!(
                 "the registry's {} is {}, not one image's manifest",
                 manifest.digest,
                 if manifest.media_type.is_empty() { "of no known media type" } else { &manifest.media_type }
             ));
         }
-        let parsed = serde_json::from_slice(&manifest.bytes)
+        let fields: Value = serde_json::from_slice(&manifest.bytes)
             .map_err(|error| format!("the registry's {}: {error}", manifest.digest))?;
-        distinct.push((manifest, parsed));
+        let config = serde_json::from_value(fields["config"].clone())
+            .map_err(|error| format!("the registry's {}: its config: {error}", manifest.digest))?;
+        distinct.push((manifest, config));
     }
-    let configs = distinct.iter().map(|(manifest, parsed)| async {
+    let configs = distinct.iter().map(|(manifest, config)| async {
         let context =
             |error: &dyn std::fmt::Display| format!("the config of the registry's {}: {error}", manifest.digest);
-        let bytes = registry.blob(&parsed.config).await.map_err(|error| context(&registry_failure(&error)))?;
-        let config: Value = serde_json::from_slice(&bytes).map_err(|error| context(&error))?;
-        Ok::<_, String>((manifest.digest.clone(), parsed.config.digest.clone(), config))
+        let bytes = registry.blob(config).await.map_err(|error| context(&registry_failure(&error)))?;
+        let parsed: Value = serde_json::from_slice(&bytes).map_err(|error| context(&error))?;
+        Ok::<_, String>((manifest.digest.clone(), config.digest.clone(), parsed))
     });
     let configs = futures_util::future::try_join_all(configs).await?;
     Ok(RegistryImages { registry, tags: tags.to_vec(), manifests, configs })
@@ -134,14 +137,10 @@ pub async fn registry_images(
 
 /// A registry call's failure as the comparison's reason to push: a 429 that outlasted the retries
 /// is said plainly (the pushes may well pass: Docker Hub counts manifest reads as pulls, not pushes).
-fn registry_failure(error: &oci_client::errors::OciDistributionError) -> String {
-    if crate::registry::rate_limit::is_rate_limited(error) {
-        format!(
-            "rate-limited: the registry still answered 429 Too Many Requests after {}s of retries",
-            crate::registry::rate_limit::PATIENCE.as_secs()
-        )
-    } else {
-        error.to_string()
+fn registry_failure(error: &ApiError) -> String {
+    match error.patience_spent() {
+        Some(spent) => format!("rate-limited: the registry still answered 429 Too Many Requests ({spent})"),
+        None => error.to_string(),
     }
 }
 
@@ -204,13 +203,11 @@ async fn compare(daemon: &Daemon, local: &str, images: &RegistryImages) -> Resul
             missing.push(tag.clone());
         }
     }
-    if let Some(first_missing) = missing.first() {
+    if !missing.is_empty() {
         let registry = &images.registry;
-        registry
-            .authorize(first_missing, oci_client::RegistryOperation::Push)
-            .await
-            .map_err(|error| error.to_string())?;
-        let puts = missing.iter().map(|tag| registry.put_manifest(tag, manifest));
+        registry.authorize(Access::Push).await.map_err(|error| registry_failure(&error))?;
+        let puts =
+            missing.iter().map(|tag| registry.put_manifest(tag, &manifest.bytes, &manifest.media_type, "a tag's push"));
         for (result, tag) in futures_util::future::join_all(puts).await.into_iter().zip(&missing) {
             result.map_err(|error| {
                 format!("putting the registry's {digest} under {tag}: {}", registry_failure(&error))

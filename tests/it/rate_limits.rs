@@ -1,13 +1,14 @@
 //! Issue 23, `rate-limited` (exit 41): a registry that answers 429 Too Many Requests. Each test
 //! starts a registry stand-in of its own on loopback (the daemon speaks plain HTTP to 127.0.0.0/8):
-//! it answers 429 with Docker Hub's JSON body and `Retry-After: 1`, to every request or to the
-//! first few a test picks, passing the others to the world's ECR stand-in. The daemon's words for
+//! it answers 429 with Docker Hub's JSON body (and a `Retry-After` when the test gives one), to
+//! every request or to the first few a test picks, passing the others to a registry of the world. The daemon's words for
 //! a 429 differ between Docker 20.10 and the newer engines, and between BuildKit and the classic
 //! builder: the daemon-facing tests run on every engine of the world, with both builders.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, Outcome};
 use crate::build::{full_run, unique};
@@ -25,6 +26,10 @@ struct RateLimitedRegistry {
     remaining: Arc<AtomicUsize>,
     /// The 429s answered.
     answered: Arc<AtomicUsize>,
+    /// The `Retry-After` of the 429s, if any.
+    retry_after: Arc<Mutex<Option<String>>>,
+    /// When each picked request came, and whether it was answered 429.
+    picked: Arc<Mutex<Vec<(Instant, bool)>>>,
 }
 
 impl RateLimitedRegistry {
@@ -41,28 +46,51 @@ impl RateLimitedRegistry {
     fn start(upstream: Option<u16>, count: usize, picks: fn(&str, &str) -> bool) -> RateLimitedRegistry {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (remaining, answered) = (Arc::new(AtomicUsize::new(count)), Arc::new(AtomicUsize::new(0)));
-        let (budget, counter) = (remaining.clone(), answered.clone());
+        let stand_in = RateLimitedRegistry {
+            port,
+            remaining: Arc::new(AtomicUsize::new(count)),
+            answered: Arc::new(AtomicUsize::new(0)),
+            retry_after: Arc::new(Mutex::new(None)),
+            picked: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (budget, counter) = (stand_in.remaining.clone(), stand_in.answered.clone());
+        let (retry_after, picked) = (stand_in.retry_after.clone(), stand_in.picked.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let (budget, counter) = (budget.clone(), counter.clone());
+                let (retry_after, picked) = (retry_after.clone(), picked.clone());
                 std::thread::spawn(move || {
                     let limit = |method: &str, path: &str| {
+                        let chosen = upstream.is_none() || picks(method, path);
                         let limited = upstream.is_none()
-                            || (picks(method, path)
+                            || (chosen
                                 && budget
                                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                                     .is_ok());
                         if limited {
                             counter.fetch_add(1, Ordering::SeqCst);
                         }
-                        limited
+                        if chosen {
+                            picked.lock().unwrap().push((Instant::now(), limited));
+                        }
+                        limited.then(|| retry_after.lock().unwrap().clone())
                     };
                     let _ = serve_one(client, upstream, limit);
                 });
             }
         });
-        RateLimitedRegistry { port, remaining, answered }
+        stand_in
+    }
+
+    /// The 429s carry `Retry-After: value` (seconds or an HTTP date).
+    fn retry_after(&self, value: &str) {
+        *self.retry_after.lock().unwrap() = Some(value.to_string());
+    }
+
+    /// How long after each 429 the next picked request came.
+    fn waits_after_429(&self) -> Vec<Duration> {
+        let picked = self.picked.lock().unwrap();
+        picked.windows(2).filter(|pair| pair[0].1).map(|pair| pair[1].0 - pair[0].0).collect()
     }
 
     /// The next `count` picked requests are answered 429.
@@ -79,20 +107,26 @@ impl RateLimitedRegistry {
     }
 }
 
+/// Serves one request: 429 when `limit` says so (`Some`, with the `Retry-After` to send, if any),
+/// else passed to `upstream`.
 fn serve_one(
     mut client: std::net::TcpStream,
     upstream: Option<u16>,
-    limit: impl Fn(&str, &str) -> bool,
+    limit: impl Fn(&str, &str) -> Option<Option<String>>,
 ) -> std::io::Result<()> {
     use std::io::Write;
     let Some(request) = crate::faults::read_request_head(&mut client)? else { return Ok(()) };
     let (method, path) = request.method_and_path();
     let limited = limit(method, path);
-    let Some(upstream) = upstream.filter(|_| !limited) else {
+    let Some(upstream) = upstream.filter(|_| limited.is_none()) else {
         let body = if method == "HEAD" { "" } else { DOCKER_HUB_429 };
+        let retry_after = match limited.flatten() {
+            Some(value) => format!("Retry-After: {value}\r\n"),
+            None => String::new(),
+        };
         write!(
             client,
-            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\n\
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n{retry_after}\
              Docker-Distribution-Api-Version: registry/2.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             DOCKER_HUB_429.len()
         )?;
@@ -200,11 +234,11 @@ fn manifest_read(method: &str, path: &str) -> bool {
     method == "GET" && path.contains("/manifests/")
 }
 
-/// The agent's own registry call, the comparison before the pushes, answered 429 twice (with
-/// `Retry-After: 1`) in front of the ECR stand-in: retried, it finds the registry's image the same
-/// and keeps it, and nothing is pushed.
+/// The agent's own registry call, the comparison before the pushes, answered 429 twice with
+/// `Retry-After: 3` in front of the ECR stand-in: it waits as asked (not its own 1 s, then 2 s),
+/// finds the registry's image the same and keeps it, and nothing is pushed.
 #[test]
-fn the_comparison_answered_429_is_retried_and_keeps_the_unchanged_image() {
+fn the_comparison_answered_429_waits_as_retry_after_asks_and_keeps_the_unchanged_image() {
     let world = World::shared();
     let engine = world.engine("20.10");
     let _cache = engine.cache_lock(false);
@@ -221,14 +255,19 @@ fn the_comparison_answered_429_is_retried_and_keeps_the_unchanged_image() {
     first.expect_code(0);
     assert_eq!(world.ecr_tags(&repository), ["latest"], "{}", first.stderr);
 
+    ecr.retry_after("3");
     ecr.limit(2);
     let second = run_on(&engine, agent(), &app, &["-t", "latest"]);
     second.expect_code(0);
     assert_eq!(ecr.answered(), 2, "{}", second.stderr);
-    let retried =
-        format!("{} answered a tag's read with 429 Too Many Requests (rate-limited); retrying in 1s", ecr.host());
-    assert!(second.stderr.contains(&retried), "{}", second.stderr);
-    assert!(second.stderr.contains("retrying in 2s"), "{}", second.stderr);
+    let retried = format!(
+        "{} answered a tag's read with 429 Too Many Requests (rate-limited); retrying in 3s, as its Retry-After asks",
+        ecr.host()
+    );
+    assert_eq!(second.stderr.matches(&retried).count(), 2, "{}", second.stderr);
+    let waits = ecr.waits_after_429();
+    assert_eq!(waits.len(), 2, "{waits:?}");
+    assert!(waits.iter().all(|wait| *wait >= Duration::from_secs(3)), "asked again sooner than asked: {waits:?}");
     assert!(second.stderr.contains("unchanged since "), "{}", second.stderr);
     assert!(!second.stderr.contains("pushed sha256:"), "{}", second.stderr);
 }
@@ -239,10 +278,11 @@ fn manifest_put(method: &str, path: &str) -> bool {
 }
 
 /// The agent's own push of a multi-platform image index, in front of the Docker Hub stand-in:
-/// answered 429 twice, it is retried and lands; answered 429 to every put, it is rate-limited
-/// (exit 41) naming the registry once its 30 s of retries are spent, and no index is pushed.
+/// answered 429 twice with `Retry-After: 2`, it waits as asked and lands; answered 429 with a
+/// `Retry-After` an hour away (an HTTP date), it does not wait at all: rate-limited (exit 41) at
+/// once, naming the registry and the wait asked for, and no index is pushed.
 #[test]
-fn the_image_index_push_retries_a_429_and_then_is_rate_limited() {
+fn the_image_index_push_waits_as_retry_after_asks_and_not_past_its_patience() {
     use agent::registry::Credential;
     use agent::registry::index::push_index;
     use agent::registry::reference::Repository;
@@ -255,25 +295,33 @@ fn the_image_index_push_retries_a_429_and_then_is_rate_limited() {
     let credential = Credential::new(hub.host(), world.hub_user.clone(), Secret::new(world.hub_pass()));
     let push = |tag: &str| {
         let tags = [tag.to_string()];
-        let timeout = std::time::Duration::from_secs(20);
+        let timeout = Duration::from_secs(20);
         crate::platform::runtime().block_on(push_index(&repository, Some(&credential), &tags, &images, timeout))
     };
 
+    hub.retry_after("2");
     hub.limit(2);
     let pushed = push("retried").unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(hub.answered(), 2);
+    let waits = hub.waits_after_429();
+    assert!(waits.len() == 2 && waits.iter().all(|wait| *wait >= Duration::from_secs(2)), "{waits:?}");
     let (_, digest) =
         world.manifest(crate::platform::Api::Hub, &name, "retried", crate::platform::DOCKER_MANIFEST_LIST);
     assert_eq!(digest, pushed.digest);
 
+    let an_hour_away = std::time::SystemTime::now() + Duration::from_secs(3600);
+    hub.retry_after(&httpdate::fmt_http_date(an_hour_away));
     hub.limit(usize::MAX);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let error = push("limited").expect_err("a registry answering 429 to every put");
-    assert!(started.elapsed() >= std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?} for nothing", started.elapsed());
+    assert_eq!(hub.answered(), 3, "asked once: {error}");
     assert_eq!(error.exit_code(), 41, "{error}");
     let message = error.to_string();
     assert!(message.starts_with(&format!("{} answered 429 Too Many Requests", hub.host())), "{message}");
-    assert!(message.contains("pushing the image index (after 30s of retries)"), "{message}");
+    assert!(message.contains("during pushing the image index (its Retry-After asked for 3"), "{message}");
+    assert!(message.contains("s more, longer than the agent waits (30s))"), "{message}");
+    assert!(message.contains("TOOMANYREQUESTS: You have reached your pull rate limit"), "{message}");
     assert!(!message.contains(&world.hub_pass()), "{message}");
     let (status, _, _) = world.registry_get(
         crate::platform::Api::Hub,
