@@ -331,3 +331,77 @@ fn the_image_index_push_waits_as_retry_after_asks_and_not_past_its_patience() {
     );
     assert_eq!(status, 404, "no index may be pushed under the tag");
 }
+
+/// A registry with a bearer challenge whose token server is itself: `/token` answered 429 with
+/// `Retry-After: 2` the first time, then a token; `/v2/` answered 401 with the challenge unless the
+/// request carries that token. `realm` overrides the challenge's realm. Returns its port and the
+/// times and queries of the token requests.
+fn bearer_registry(token: &'static str, realm: Option<&'static str>) -> (u16, Arc<Mutex<Vec<(Instant, String)>>>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    std::thread::spawn(move || {
+        for mut client in listener.incoming().flatten() {
+            let Ok(Some(request)) = crate::faults::read_request_head(&mut client) else { continue };
+            let (_, path) = request.method_and_path();
+            let (status, extra, body) = if let Some(query) = path.strip_prefix("/token?") {
+                let mut asked = log.lock().unwrap();
+                asked.push((Instant::now(), query.to_string()));
+                if asked.len() == 1 {
+                    ("429 Too Many Requests", "Retry-After: 2\r\n".to_string(), DOCKER_HUB_429.to_string())
+                } else {
+                    ("200 OK", String::new(), format!(r#"{{"token":"{token}","expires_in":300}}"#))
+                }
+            } else if request.head.contains(&format!("Bearer {token}")) {
+                ("200 OK", String::new(), "{}".to_string())
+            } else {
+                let realm = realm.map(str::to_string).unwrap_or_else(|| format!("http://127.0.0.1:{port}/token"));
+                (
+                    "401 Unauthorized",
+                    format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"stand-in\"\r\n"),
+                    "{}".to_string(),
+                )
+            };
+            let _ = write!(
+                client,
+                "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, asked)
+}
+
+/// A token server's 429 is waited out as its `Retry-After` asks, like the registry's; the token it
+/// then gives is masked in any output; and a login is never sent to a plain-HTTP token server off
+/// loopback.
+#[test]
+fn a_token_servers_429_waits_as_asked_and_its_token_is_never_printed() {
+    use agent::registry::Credential;
+    use agent::registry::api::{Access, Registry};
+    use agent::registry::reference::Repository;
+    use agent::secrets::Secret;
+
+    const TOKEN: &str = "stand-in-token-5f0c2a9e71d4";
+    let (port, asked) = bearer_registry(TOKEN, None);
+    let repository = Repository::parse(&format!("127.0.0.1:{port}/team/app")).unwrap();
+    let registry = Registry::new(&repository, None, Duration::from_secs(5));
+    crate::platform::runtime().block_on(registry.authorize(Access::Pull)).unwrap_or_else(|error| panic!("{error}"));
+    let asked = asked.lock().unwrap();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(asked[1].0 - asked[0].0 >= Duration::from_secs(2), "asked again sooner than asked: {asked:?}");
+    assert!(asked[1].1.contains("scope=repository%3Ateam%2Fapp%3Apull"), "{asked:?}");
+    assert!(asked[1].1.contains("service=stand-in"), "{asked:?}");
+    let redacted = agent::secrets::redact(&format!("Authorization: Bearer {TOKEN}"));
+    assert!(!redacted.contains(TOKEN), "{redacted}");
+
+    let (port, asked) = bearer_registry(TOKEN, Some("http://tokens.example.invalid/token"));
+    let repository = Repository::parse(&format!("127.0.0.1:{port}/app")).unwrap();
+    let login = Credential::new(format!("127.0.0.1:{port}"), "someone", Secret::new("a-password-for-no-one"));
+    let registry = Registry::new(&repository, Some(&login), Duration::from_secs(5));
+    let error = crate::platform::runtime().block_on(registry.authorize(Access::Pull)).expect_err("a plain-HTTP realm");
+    assert!(error.to_string().contains("the token server is plain HTTP"), "{error}");
+    assert!(asked.lock().unwrap().is_empty());
+}
