@@ -153,7 +153,17 @@ pub struct Descriptor {
     pub size: u64,
 }
 
-/// The authorizations found for a repository, by access: `Some(None)` means no login is needed.
+/// What a call does once it has answered the registry's challenge.
+#[derive(Debug, Clone, Copy)]
+enum Then {
+    /// Sends the request again, with the login or the token found.
+    Retry,
+    /// Stops, with the challenge's answer as the call's result: [`Registry::authorize`] asks for
+    /// nothing else (a wrong login shows on the first request that uses it, or at the token server).
+    Stop,
+}
+
+/// The authorizations found for a repository, by access (a push token allows pulls too).
 #[derive(Default)]
 struct Authorizations {
     pull: Option<HeaderValue>,
@@ -222,8 +232,11 @@ impl Registry {
     /// that follow share one token instead of each asking the token server, and a refused login
     /// shows before anything else is asked.
     pub async fn authorize(&self, access: Access) -> Result<(), ApiError> {
+        if self.authorization(access).is_some() {
+            return Ok(());
+        }
         let url = format!("{}/v2/", self.base);
-        self.call(access, "the login", || self.http.get(&url)).await.map(drop)
+        self.call(access, "the login", Then::Stop, || self.http.get(&url)).await.map(drop)
     }
 
     /// The manifest `reference` (a tag or a digest) names, of one of the `accepted` media types;
@@ -232,7 +245,8 @@ impl Registry {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.path);
         let accept = accepted.join(", ");
         let what = if reference.starts_with("sha256:") { "a manifest's read" } else { "a tag's read" };
-        let response = self.call(Access::Pull, what, || self.http.get(&url).header(ACCEPT, &accept)).await?;
+        let response =
+            self.call(Access::Pull, what, Then::Retry, || self.http.get(&url).header(ACCEPT, &accept)).await?;
         let bytes = read_bounded(response, MANIFEST_LIMIT, &url).await?;
         let digest = sha256_digest(&bytes);
         if reference.starts_with("sha256:") && reference != digest {
@@ -272,7 +286,7 @@ impl Registry {
         }
         // A registry may redirect a blob to storage elsewhere (S3, a CDN): reqwest follows, and
         // drops the Authorization header when the host changes.
-        let response = self.call(Access::Pull, "a config's read", || self.http.get(&url)).await?;
+        let response = self.call(Access::Pull, "a config's read", Then::Retry, || self.http.get(&url)).await?;
         let bytes = read_bounded(response, BLOB_LIMIT, &url).await?;
         let digest = sha256_digest(&bytes);
         if digest != descriptor.digest || bytes.len() as u64 != descriptor.size {
@@ -292,16 +306,18 @@ impl Registry {
     ) -> Result<(), ApiError> {
         let url = format!("{}/v2/{}/manifests/{tag}", self.base, self.path);
         let put = || self.http.put(&url).header(CONTENT_TYPE, media_type).body(bytes.clone());
-        self.call(Access::Push, what, put).await.map(drop)
+        self.call(Access::Push, what, Then::Retry, put).await.map(drop)
     }
 
     /// Sends the request `build` makes, with the authorization found for `access`: a 401 is
-    /// answered once (the registry's challenge: a login or a token), a 429 waited out as
-    /// [`Backoff`] allows. Any other error status is the call's error.
+    /// answered once (the registry's challenge: a login or a token), then the request sent again
+    /// or not as `then` says; a 429 waited out as [`Backoff`] allows. Any other error status is
+    /// the call's error.
     async fn call(
         &self,
         access: Access,
         what: &str,
+        then: Then,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ApiError> {
         let mut challenged = false;
@@ -332,10 +348,13 @@ impl Registry {
                 challenged = true;
                 let challenge = response.headers().get(WWW_AUTHENTICATE).and_then(|value| value.to_str().ok());
                 let challenge = challenge.map(str::to_string);
-                let error = refused(response, &url).await;
-                match challenge {
-                    Some(challenge) if self.answer(access, &challenge, &url).await? => continue,
-                    _ => return Err(error),
+                if let Some(challenge) = challenge
+                    && self.answer(access, &challenge, &url).await?
+                {
+                    match then {
+                        Then::Retry => continue,
+                        Then::Stop => return Ok(response),
+                    }
                 }
             }
             return Err(refused(response, &url).await);

@@ -332,11 +332,14 @@ fn the_image_index_push_waits_as_retry_after_asks_and_not_past_its_patience() {
     assert_eq!(status, 404, "no index may be pushed under the tag");
 }
 
+/// When each token request came, and its query.
+type TokenRequests = Arc<Mutex<Vec<(Instant, String)>>>;
+
 /// A registry with a bearer challenge whose token server is itself: `/token` answered 429 with
 /// `Retry-After: 2` the first time, then a token; `/v2/` answered 401 with the challenge unless the
 /// request carries that token. `realm` overrides the challenge's realm. Returns its port and the
 /// times and queries of the token requests.
-fn bearer_registry(token: &'static str, realm: Option<&'static str>) -> (u16, Arc<Mutex<Vec<(Instant, String)>>>) {
+fn bearer_registry(token: &'static str, realm: Option<&'static str>) -> (u16, TokenRequests) {
     use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
