@@ -140,7 +140,7 @@ pub enum Error {
 
     /// The SSH key in a variable or file cannot be used.
     #[error("{subject} {error}")]
-    SshKey { subject: String, error: crate::ssh::key::KeyError },
+    SshKey { subject: String, error: KeyError },
 
     /// The key file exists and holds another key: it is never overwritten.
     #[error("{} already holds a different key", .path.display())]
@@ -603,6 +603,38 @@ pub fn missing_build_secret(message: &str) -> Option<&str> {
 pub fn missing_ssh_id(message: &str) -> Option<&str> {
     let rest = message.split_once("no SSH key \"").or_else(|| message.split_once("no --ssh gives the ssh id \""))?.1;
     Some(rest.split_once('"')?.0)
+}
+
+/// Why an SSH private key (`ssh::key`) could not be used. Messages never contain the key. Kept here,
+/// with the error it is part of, so that this leaf needs nothing of `ssh`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("holds no private key (no \"-----BEGIN … PRIVATE KEY-----\" line)")]
+    NotAKey,
+    #[error("holds a public key, not a private key")]
+    PublicKey,
+    #[error("is an encrypted key and no passphrase was given")]
+    Encrypted,
+    #[error("could not be decrypted with the passphrase in JETS_SSH_KEY_PASSPHRASE")]
+    WrongPassphrase,
+    #[error("could not be read as a private key: {0}")]
+    Corrupt(String),
+}
+
+impl KeyError {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            KeyError::NotAKey | KeyError::Corrupt(_) => {
+                "store the whole private key file, from its -----BEGIN line to its -----END line \
+                 (OpenSSH, PEM RSA or PKCS#8 format)"
+            }
+            KeyError::PublicKey => {
+                "store the private key (the file without .pub), e.g. the contents of ~/.ssh/id_ed25519"
+            }
+            KeyError::Encrypted => "set JETS_SSH_KEY_PASSPHRASE, or store a key without passphrase",
+            KeyError::WrongPassphrase => "check JETS_SSH_KEY_PASSPHRASE",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,42 +3,12 @@
 
 use russh::keys::{HashAlg, PrivateKey};
 
+pub use crate::error::KeyError;
 use crate::secrets::Secret;
 
 /// The value of `JETS_SSH_KEY` (or an arch's) that asks for a key made for the run and pushed with
 /// EC2 Instance Connect (`aws::instance_connect`).
 pub const INSTANCE_CONNECT: &str = "ec2-instance-connect";
-
-/// Why a key could not be used. Messages never contain the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    #[error("holds no private key (no \"-----BEGIN … PRIVATE KEY-----\" line)")]
-    NotAKey,
-    #[error("holds a public key, not a private key")]
-    PublicKey,
-    #[error("is an encrypted key and no passphrase was given")]
-    Encrypted,
-    #[error("could not be decrypted with the passphrase in JETS_SSH_KEY_PASSPHRASE")]
-    WrongPassphrase,
-    #[error("could not be read as a private key: {0}")]
-    Corrupt(String),
-}
-
-impl KeyError {
-    pub fn hint(&self) -> &'static str {
-        match self {
-            KeyError::NotAKey | KeyError::Corrupt(_) => {
-                "store the whole private key file, from its -----BEGIN line to its -----END line \
-                 (OpenSSH, PEM RSA or PKCS#8 format)"
-            }
-            KeyError::PublicKey => {
-                "store the private key (the file without .pub), e.g. the contents of ~/.ssh/id_ed25519"
-            }
-            KeyError::Encrypted => "set JETS_SSH_KEY_PASSPHRASE, or store a key without passphrase",
-            KeyError::WrongPassphrase => "check JETS_SSH_KEY_PASSPHRASE",
-        }
-    }
-}
 
 /// A decoded private key with its repaired text (as it is written to the key file).
 #[derive(Clone)]
