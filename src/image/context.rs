@@ -65,7 +65,26 @@ fn read_error(path: &Path, source: io::Error) -> Error {
 pub fn read_dockerignore(root: &Path) -> Result<DockerIgnore, Error> {
     let ignore_path = root.join(".dockerignore");
     match fs::read(&ignore_path) {
-        Ok(bytes) => Ok(DockerIgnore::parse(&String::from_utf8_lossy(&bytes))),
+        Ok(bytes) => {
+            let ignore = DockerIgnore::parse(&String::from_utf8_lossy(&bytes));
+            match ignore.bad_pattern() {
+                None => Ok(ignore),
+                Some((line, pattern)) => Err(Error::LocalFile {
+                    action: "read",
+                    path: ignore_path,
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("line {line}: {pattern:?} is no valid pattern (syntax error in pattern)"),
+                    ),
+                    hint: Some(
+                        "a `[` opens a character class that needs its `]` (and may not start with `]` or `-`), and a \
+                         `\\` escapes the next character (write `\\[` for a bracket); the docker CLI and BuildKit \
+                         refuse this file too"
+                            .to_string(),
+                    ),
+                }),
+            }
+        }
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(DockerIgnore::default()),
         Err(error) => Err(read_error(&ignore_path, error)),
     }

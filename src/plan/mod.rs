@@ -397,6 +397,13 @@ pub enum Mode {
 pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> Result<()> {
     if mode == Mode::Dry {
         crate::output::print(&render(plan));
+        // The rehearsal fails as the run would on a .dockerignore no Docker reads (the plan says
+        // why beside the context too).
+        for step in &plan.steps {
+            if let Step::Build { build, .. } = step {
+                crate::image::context::read_dockerignore(&build.spec.context)?;
+            }
+        }
         return Ok(());
     }
     let total = plan.steps.len();

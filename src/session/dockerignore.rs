@@ -21,6 +21,8 @@
 struct Pattern {
     /// The pattern as cleaned, without its `!`.
     cleaned: String,
+    /// Its line in the file (from 1).
+    line: usize,
     exception: bool,
     matcher: Matcher,
 }
@@ -34,8 +36,9 @@ enum Matcher {
     /// `**/name` or `**name`: the path ends with the rest (`**/name` also matches `name`).
     Suffix(String),
     Tokens(Vec<Token>),
-    /// A pattern that is no valid expression (an unclosed `[`): the docker CLI refuses the file;
-    /// here it matches nothing.
+    /// A pattern that is no valid expression (an unclosed `[`): the docker CLI and BuildKit refuse
+    /// the file ("syntax error in pattern"), and so does the agent ([`DockerIgnore::bad_pattern`]);
+    /// patterns from elsewhere (the host's) that are invalid match nothing.
     Invalid,
 }
 
@@ -70,7 +73,7 @@ impl DockerIgnore {
     pub fn parse(text: &str) -> DockerIgnore {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut patterns = Vec::new();
-        for line in text.lines() {
+        for (number, line) in text.lines().enumerate() {
             // A comment starts at the line's first character; " #x" is the pattern "#x".
             if line.starts_with('#') {
                 continue;
@@ -94,9 +97,16 @@ impl DockerIgnore {
                 continue;
             }
             let matcher = compile(&cleaned);
-            patterns.push(Pattern { cleaned, exception, matcher });
+            patterns.push(Pattern { cleaned, line: number + 1, exception, matcher });
         }
         DockerIgnore { patterns }
+    }
+
+    /// The first pattern that is not valid, as Go's `filepath.Match` decides (patternmatcher's `New`
+    /// refuses it, and with it the docker CLI and BuildKit's file sync): its line and its text.
+    pub fn bad_pattern(&self) -> Option<(usize, &str)> {
+        let bad = self.patterns.iter().find(|pattern| pattern.matcher == Matcher::Invalid)?;
+        Some((bad.line, bad.cleaned.as_str()))
     }
 
     /// Whether any pattern is an exception (then excluded directories must still be walked).
@@ -697,6 +707,13 @@ mod tests {
             }
         }
         assert!(differ.is_empty(), "{} cases differ:\n{}", differ.len(), differ.join("\n"));
+    }
+
+    #[test]
+    fn the_first_bad_pattern_is_named_by_its_line() {
+        assert_eq!(DockerIgnore::parse("*.tmp\n# a comment\n\n!keep[\nx[]\n").bad_pattern(), Some((4, "keep[")));
+        assert_eq!(DockerIgnore::parse("a\\\n").bad_pattern(), Some((1, "a\\")));
+        assert_eq!(DockerIgnore::parse("[a-c]\n\\[x\n**/*.log\n").bad_pattern(), None);
     }
 
     #[test]

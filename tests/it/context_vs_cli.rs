@@ -239,3 +239,46 @@ fn the_context_comparison_holds_while_images_are_removed_beside_its_builds() {
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
+
+/// A `.dockerignore` with a pattern Go's `filepath.Match` refuses (an unclosed `[`, a trailing
+/// `\`): every docker CLI refuses the file, and so does the agent, in a dry run too, naming the
+/// file and the line, before anything is sent; it never sends what the file meant to keep out.
+#[test]
+fn a_bad_pattern_is_refused_as_the_docker_cli_refuses_it() {
+    let nonce = format!("{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
+    for (ignore, line, pattern) in [("*.tmp\n\n[abc\n", 3, "[abc"), ("secret.env\n!keep\\\n", 2, "keep\\")] {
+        let case = Case { name: "bad-pattern", ignore: Some(ignore), dockerfile: "Dockerfile" };
+        let dir = tempfile::tempdir().unwrap();
+        let (context, dockerfile) = lay_out(dir.path(), &case, &nonce);
+        for cli in CLIS.iter().filter(|cli| Path::new(cli).exists()) {
+            let home = tempfile::tempdir().unwrap();
+            let built = Command::new(cli)
+                .env("DOCKER_HOST", SOCKET)
+                .env("DOCKER_BUILDKIT", "0")
+                .env("HOME", home.path())
+                .args(["build", "--no-cache", "-q", "-f"])
+                .arg(&dockerfile)
+                .arg(&context)
+                .output()
+                .expect("docker build");
+            let stderr = String::from_utf8_lossy(&built.stderr);
+            assert!(!built.status.success() && stderr.contains("syntax error in pattern"), "{cli}: {stderr}");
+        }
+        for dry in [true, false] {
+            let outcome = Agent::new()
+                .env("DOCKER_HOST", SOCKET)
+                .args(["run", "--image", "agent-it/context-bad-pattern", "--no-push", "--context"])
+                .args([context.to_str().unwrap()])
+                .args(dry.then_some("--dry"))
+                .run();
+            outcome.expect_code(4);
+            let ignore_path = context.join(".dockerignore");
+            let expected = format!(
+                "error: failed to read {}: line {line}: {pattern:?} is no valid pattern (syntax error in pattern)",
+                ignore_path.display()
+            );
+            assert!(outcome.stderr.contains(&expected), "{}", outcome.stderr);
+            assert!(outcome.stderr.contains("the docker CLI and BuildKit refuse this file too"), "{}", outcome.stderr);
+        }
+    }
+}
