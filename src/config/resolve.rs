@@ -157,7 +157,7 @@ impl Resolved {
             return Err(Error::Config(problems));
         }
         if !config.build.ssh_forward_login_key {
-            let problems = resolved.forwarded_login_keys(&config.build.ssh);
+            let problems = resolved.forwarded_login_keys(&config.build.ssh, &config.ssh_key_file.value);
             if !problems.is_empty() {
                 return Err(Error::Config(problems));
             }
@@ -165,26 +165,30 @@ impl Resolved {
         Ok(resolved)
     }
 
-    /// Each `ssh://` host that would log in with the run's EC2 Instance Connect key but is not named
-    /// by its instance id: the key can only be pushed to an instance.
-    fn instance_connect_without_instance(&self) -> Vec<crate::error::Problem> {
-        let mut logins: Vec<(&DockerHost, &SshKey, String)> = Vec::new();
-        if let Some(key) = &self.ssh_key {
-            for host in self.hosts.iter().chain(&self.fallback_host) {
-                logins.push((host, key, crate::config::names::JETS_SSH_KEY.to_string()));
-            }
-        }
+    /// Every host of the run with the key it logs in with (`None`: OpenSSH's `~/.ssh/id_*` files)
+    /// and the name of that key's variable: the pool's hosts and the fallback host with
+    /// JETS_SSH_KEY, each platform's own host with its key.
+    fn logins(&self) -> Vec<(&DockerHost, Option<&SshKey>, String)> {
+        let jets = crate::config::names::JETS_SSH_KEY;
+        let pool = self.hosts.iter().chain(&self.fallback_host);
+        let mut logins: Vec<_> = pool.map(|host| (host, self.ssh_key.as_deref(), jets.to_string())).collect();
         for each in &self.platforms {
-            if let (Some(host), Some(key)) = (&each.host, &each.ssh_key) {
-                logins.push((host, key, format!("the SSH key of {}", each.platform)));
+            if let Some(host) = &each.host {
+                logins.push((host, each.ssh_key.as_deref(), format!("the SSH key of {}", each.platform)));
             }
         }
-        let mut problems = Vec::new();
-        for (host, key, variable) in logins {
+        logins
+    }
+
+    /// Each `ssh://` host that would log in with the run's EC2 Instance Connect key but is not named
+    /// by an instance id: there is no instance to push the key to.
+    fn instance_connect_without_instance(&self) -> Vec<crate::error::Problem> {
+        let mut problems: Vec<crate::error::Problem> = Vec::new();
+        for (host, key, variable) in self.logins() {
             if let DockerHost::Ssh { host: name, .. } = host
-                && key.instance_connect
+                && key.is_some_and(|key| key.instance_connect)
                 && !crate::aws::ec2::is_instance_id(name)
-                && !problems.iter().any(|problem: &crate::error::Problem| problem.message.contains(&host.to_string()))
+                && !problems.iter().any(|problem| problem.message.contains(&host.to_string()))
             {
                 problems.push(
                     crate::error::Problem::new(
@@ -204,21 +208,29 @@ impl Resolved {
     }
 
     /// Each `--ssh` that would forward a key that also logs into an `ssh://` host of the run: a
-    /// shared host's root could log into the run's other hosts with it while the build runs.
-    fn forwarded_login_keys(&self, forwards: &[crate::config::mounts::SshForward]) -> Vec<crate::error::Problem> {
-        let ssh = |host: &DockerHost| matches!(host, DockerHost::Ssh { .. });
-        let mut logins: Vec<(&SshKey, String)> = Vec::new();
-        let shared_hosts: Vec<String> =
-            self.hosts.iter().chain(&self.fallback_host).filter(|host| ssh(host)).map(DockerHost::to_string).collect();
-        if let Some(key) = &self.ssh_key {
-            if let Some(first) = shared_hosts.first() {
-                logins.push((key, format!("JETS_SSH_KEY, the login key of {first}")));
+    /// shared host's root could log into the run's other hosts with it while the build runs. A host
+    /// logged into without JETS_SSH_KEY logs in with OpenSSH's `~/.ssh/id_*` files beside
+    /// `key_file`: those count too.
+    fn forwarded_login_keys(
+        &self,
+        forwards: &[crate::config::mounts::SshForward],
+        key_file: &std::path::Path,
+    ) -> Vec<crate::error::Problem> {
+        let mut logins: Vec<(russh::keys::PublicKey, String)> = Vec::new();
+        let mut default_keys = None;
+        for (host, key, variable) in self.logins() {
+            if !matches!(host, DockerHost::Ssh { .. }) {
+                continue;
             }
-        }
-        for each in &self.platforms {
-            if let (Some(host), Some(key)) = (&each.host, &each.ssh_key) {
-                if ssh(host) {
-                    logins.push((key, format!("the login key of {host} ({})", each.platform)));
+            match key {
+                Some(key) => {
+                    logins.push((key.key.public_key().clone(), format!("{variable}, the login key of {host}")))
+                }
+                None => {
+                    let passphrase = self.ssh_key_passphrase.as_ref();
+                    let files = default_keys
+                        .get_or_insert_with(|| crate::ssh::login::default_public_keys(key_file, passphrase));
+                    logins.extend(files.iter().map(|key| (key.clone(), format!("the login key of {host} (~/.ssh)"))));
                 }
             }
         }
@@ -228,9 +240,9 @@ impl Resolved {
                 crate::config::mounts::SshKeys::JetsSshKey => self.ssh_key.iter().map(|key| key.as_ref()).collect(),
                 crate::config::mounts::SshKeys::Files(files) => files.iter().map(|file| file.key.as_ref()).collect(),
             };
-            let shared = logins.iter().find(|(login, _)| {
-                keys.iter().any(|key| key.key.public_key().key_data() == login.key.public_key().key_data())
-            });
+            let shared = logins
+                .iter()
+                .find(|(login, _)| keys.iter().any(|key| key.key.public_key().key_data() == login.key_data()));
             if let Some((_, what)) = shared {
                 problems.push(
                     crate::error::Problem::new(

@@ -23,8 +23,7 @@ pub fn login_keys(
     if let Some(key) = ssh_key {
         return Ok(vec![(key.describe(), Arc::new(key.key.clone()))]);
     }
-    let dir = key_file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".ssh"));
-    let candidates: Vec<PathBuf> = ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|name| dir.join(name)).collect();
+    let candidates = default_key_files(key_file);
     let mut keys = Vec::new();
     for path in &candidates {
         let Ok(text) = std::fs::read_to_string(path) else {
@@ -40,6 +39,21 @@ pub fn login_keys(
         return Err(Error::NoSshKey { host: host.to_string(), tried: tried.join(", ") });
     }
     Ok(keys)
+}
+
+/// The key files OpenSSH would offer without `-i`, in its order: `id_ed25519`, `id_ecdsa`, `id_rsa`
+/// beside the key file (`~/.ssh`).
+pub fn default_key_files(key_file: &Path) -> Vec<PathBuf> {
+    let dir = key_file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".ssh"));
+    ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|name| dir.join(name)).collect()
+}
+
+/// The public halves of the keys [`login_keys`] would offer without JETS_SSH_KEY, read quietly
+/// (a file that is missing or cannot be opened is left out: the login warns of it when it comes
+/// to it, and offers it not).
+pub fn default_public_keys(key_file: &Path, passphrase: Option<&Secret>) -> Vec<russh::keys::PublicKey> {
+    let keys = default_key_files(key_file).into_iter().filter_map(|path| std::fs::read_to_string(path).ok());
+    keys.filter_map(|text| SshKey::parse(&text, passphrase).ok()).map(|key| key.key.public_key().clone()).collect()
 }
 
 /// The host keys a run trusts for its SSH hosts: each candidate's pasted known_hosts (JETS_SSH_KNOWN

@@ -332,6 +332,28 @@ fn a_login_key_of_the_run_is_not_forwarded_unless_told() {
     assert!(outcome.stdout.contains("signing SSH logins only"), "{}", outcome.stdout);
 }
 
+/// Without JETS_SSH_KEY the run logs in with `~/.ssh/id_*`, as OpenSSH would: forwarding that key
+/// is refused the same way, in a dry run too.
+#[test]
+fn a_login_key_from_the_home_ssh_directory_is_not_forwarded_unless_told() {
+    let world = World::shared();
+    let known = std::fs::read_to_string(&world.known_hosts_hashed).unwrap();
+    let agent = Agent::new().env("DOCKER_HOST", world.ssh_url()).env("JETS_SSH_KNOWN", known);
+    let ssh = agent.home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::copy(&world.key_ed25519, ssh.join("id_ed25519")).unwrap();
+    let flag = format!("git={}", world.key_ed25519.display());
+    let expected = "--ssh git: would forward the login key of ssh://agent-test@";
+    for dry in [&["--dry"][..], &[]] {
+        let outcome =
+            agent.args_cloned(&[&["run", "--image", "agent-it/login-key", "--ssh", &flag][..], dry].concat()).run();
+        outcome.expect_code(3);
+        assert!(outcome.stderr.contains(expected) && outcome.stderr.contains(" (~/.ssh): "), "{}", outcome.stderr);
+    }
+    let ecdsa = format!("git={}", world.key_ecdsa.display());
+    agent.args_cloned(&["run", "--dry", "--image", "agent-it/login-key", "--ssh", &ecdsa]).run().expect_code(0);
+}
+
 /// A BuildKit build whose step asks the forwarded agent (holding the world's ECDSA key, `--ssh git=`)
 /// to sign data (`ssh-keygen -Y sign`) with the key whose public half is beside `key`.
 fn sign_through_the_forwarded_ecdsa_key(world: &World, key: &Path, image: &str) -> Outcome {
