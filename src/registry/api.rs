@@ -143,6 +143,18 @@ pub struct Manifest {
     pub media_type: String,
 }
 
+impl Manifest {
+    /// The config a single image's manifest names.
+    pub fn config(&self) -> Result<Descriptor, String> {
+        #[derive(serde::Deserialize)]
+        struct Image {
+            config: Descriptor,
+        }
+        let image: Image = serde_json::from_slice(&self.bytes).map_err(|error| format!("its config: {error}"))?;
+        Ok(image.config)
+    }
+}
+
 /// A blob named by a manifest: an image's config.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -184,8 +196,12 @@ pub struct Registry {
 
 impl Registry {
     /// `credential` is the run's login for the repository's registry, if it has one; `timeout`
-    /// bounds connecting and each read.
-    pub fn new(repository: &Repository, credential: Option<&Credential>, timeout: Duration) -> Registry {
+    /// bounds connecting and each read. Fails only when no HTTP client can be made (its TLS).
+    pub fn new(
+        repository: &Repository,
+        credential: Option<&Credential>,
+        timeout: Duration,
+    ) -> Result<Registry, ApiError> {
         let registry = repository.registry();
         let path = if registry == DOCKER_HUB && !repository.path.contains('/') {
             format!("library/{}", repository.path)
@@ -202,15 +218,15 @@ impl Registry {
             .read_timeout(timeout)
             .user_agent(concat!("agent/", env!("CARGO_PKG_VERSION")))
             .build()
-            .unwrap_or_default();
-        Registry {
+            .map_err(|error| ApiError::Unusable { url: base.clone(), message: format!("no HTTP client: {error}") })?;
+        Ok(Registry {
             http,
             base,
             repository: repository.clone(),
             path,
             login: credential.cloned(),
             authorizations: Mutex::default(),
-        }
+        })
     }
 
     /// The repository, as the run names it.
@@ -634,11 +650,11 @@ mod tests {
     #[test]
     fn docker_hub_is_asked_at_its_api_host_and_official_images_get_the_library_prefix() {
         let timeout = Duration::from_secs(5);
-        let official = Registry::new(&Repository::parse("alpine").unwrap(), None, timeout);
+        let official = Registry::new(&Repository::parse("alpine").unwrap(), None, timeout).unwrap();
         assert_eq!((official.base.as_str(), official.path()), ("https://registry-1.docker.io", "library/alpine"));
-        let user = Registry::new(&Repository::parse("me/app").unwrap(), None, timeout);
+        let user = Registry::new(&Repository::parse("me/app").unwrap(), None, timeout).unwrap();
         assert_eq!(user.path(), "me/app");
-        let local = Registry::new(&Repository::parse("127.0.0.1:5000/app").unwrap(), None, timeout);
+        let local = Registry::new(&Repository::parse("127.0.0.1:5000/app").unwrap(), None, timeout).unwrap();
         assert_eq!((local.base.as_str(), local.path()), ("http://127.0.0.1:5000", "app"));
     }
 

@@ -45,25 +45,25 @@ pub async fn layers(
     let (repository, tag_or_digest) =
         split_reference(reference).ok_or_else(|| format!("{reference:?} is not an image reference"))?;
     let credential = credentials.iter().find(|credential| credential.registry == repository.registry());
-    let registry = Registry::new(&repository, credential, timeout);
+    let registry = Registry::new(&repository, credential, timeout).map_err(|error| error.to_string())?;
     registry.authorize(Access::Pull).await.map_err(|error| error.to_string())?;
     let manifest = match registry.tag_manifest(&tag_or_digest, api::ANY_MANIFEST).await {
         Ok(Some(manifest)) => manifest,
         Ok(None) => return Err(format!("the registry has no {reference}")),
         Err(error) => return Err(error.to_string()),
     };
-    let mut parsed: Value = serde_json::from_slice(&manifest.bytes).map_err(|error| error.to_string())?;
-    let mut digest = manifest.digest.clone();
-    if parsed["manifests"].is_array() {
-        digest = platform_manifest(&parsed, os, arch).ok_or_else(|| format!("{reference} has no {os}/{arch} image"))?;
-        let manifest = registry.manifest(&digest, api::IMAGE_MANIFESTS).await.map_err(|error| error.to_string())?;
-        parsed = serde_json::from_slice(&manifest.bytes).map_err(|error| error.to_string())?;
-    }
-    let descriptor: api::Descriptor =
-        serde_json::from_value(parsed["config"].clone()).map_err(|error| format!("its manifest: {error}"))?;
-    let config = registry.blob(&descriptor).await.map_err(|error| error.to_string())?;
+    let parsed: Value = serde_json::from_slice(&manifest.bytes).map_err(|error| error.to_string())?;
+    // An index: the platform's manifest, read by its digest (and checked against it).
+    let manifest = if parsed["manifests"].is_array() {
+        let digest =
+            platform_manifest(&parsed, os, arch).ok_or_else(|| format!("{reference} has no {os}/{arch} image"))?;
+        registry.manifest(&digest, api::IMAGE_MANIFESTS).await.map_err(|error| error.to_string())?
+    } else {
+        manifest
+    };
+    let config = registry.blob(&manifest.config()?).await.map_err(|error| error.to_string())?;
     let config: Value = serde_json::from_slice(&config).map_err(|error| format!("its config: {error}"))?;
-    Ok(BaseLayers { digest, diff_ids: diff_ids(&config) })
+    Ok(BaseLayers { digest: manifest.digest, diff_ids: diff_ids(&config) })
 }
 
 /// The digest of an index's manifest for `os`/`arch`.

@@ -104,9 +104,7 @@ async fn describe(registry: &Registry, image: &PlatformImage, tag: &str) -> Resu
         }
         other => return Err(unusable(format!("{}: it is {other}, not a single-platform image manifest", context()))),
     };
-    let fields: serde_json::Value = serde_json::from_slice(&manifest.bytes).unwrap_or_default();
-    let config: api::Descriptor = serde_json::from_value(fields["config"].clone())
-        .map_err(|error| unusable(format!("{}: its config: {error}", context())))?;
+    let config = manifest.config().map_err(|error| unusable(format!("{}: {error}", context())))?;
     let config = registry
         .blob(&config)
         .await
@@ -174,7 +172,11 @@ pub async fn push_index(
     timeout: Duration,
 ) -> Result<PushedIndex, Error> {
     let first_tag = tags.first().map(String::as_str).unwrap_or(crate::registry::reference::LATEST);
-    let registry = Registry::new(repository, credential, timeout);
+    let registry = Registry::new(repository, credential, timeout).map_err(|error| Error::Push {
+        reference: repository.with_tag(first_tag),
+        registry: repository.registry().to_string(),
+        message: error.to_string(),
+    })?;
     let logging_in = || format!("logging in to {}", repository.registry());
     registry.authorize(Access::Pull).await.map_err(|error| push_error(&registry, first_tag, logging_in(), error))?;
     let entries =
@@ -236,7 +238,7 @@ mod tests {
     /// as the user knows it and how long the agent waited; any other registry error stays the push's.
     #[test]
     fn a_429_after_the_retries_is_rate_limited_and_names_the_registry() {
-        let hub = Registry::new(&Repository::parse("me/app").unwrap(), None, Duration::from_secs(5));
+        let hub = Registry::new(&Repository::parse("me/app").unwrap(), None, Duration::from_secs(5)).unwrap();
         let url = "https://registry-1.docker.io/v2/me/app/manifests/v1".to_string();
         let limited = ApiError::RateLimited {
             url: url.clone(),

@@ -95,7 +95,7 @@ pub async fn registry_images(
     if tags.is_empty() {
         return Err("no tag".to_string());
     }
-    let registry = Registry::new(repository, credential, timeout);
+    let registry = Registry::new(repository, credential, timeout).map_err(|error| error.to_string())?;
     registry.authorize(Access::Pull).await.map_err(|error| registry_failure(&error))?;
     // Indexes are accepted so that the registry serves what the tag holds: asked for image
     // manifests only, a registry may answer with one platform's manifest out of an index.
@@ -118,10 +118,7 @@ pub async fn registry_images(
                 if manifest.media_type.is_empty() { "of no known media type" } else { &manifest.media_type }
             ));
         }
-        let fields: Value = serde_json::from_slice(&manifest.bytes)
-            .map_err(|error| format!("the registry's {}: {error}", manifest.digest))?;
-        let config = serde_json::from_value(fields["config"].clone())
-            .map_err(|error| format!("the registry's {}: its config: {error}", manifest.digest))?;
+        let config = manifest.config().map_err(|error| format!("the registry's {}: {error}", manifest.digest))?;
         distinct.push((manifest, config));
     }
     let configs = distinct.iter().map(|(manifest, config)| async {

@@ -390,7 +390,7 @@ fn a_token_servers_429_waits_as_asked_and_its_token_is_never_printed() {
     const TOKEN: &str = "stand-in-token-5f0c2a9e71d4";
     let (port, asked) = bearer_registry(TOKEN, None);
     let repository = Repository::parse(&format!("127.0.0.1:{port}/team/app")).unwrap();
-    let registry = Registry::new(&repository, None, Duration::from_secs(5));
+    let registry = Registry::new(&repository, None, Duration::from_secs(5)).unwrap();
     crate::platform::runtime().block_on(registry.authorize(Access::Pull)).unwrap_or_else(|error| panic!("{error}"));
     let asked = asked.lock().unwrap();
     assert_eq!(asked.len(), 2, "{asked:?}");
@@ -403,7 +403,7 @@ fn a_token_servers_429_waits_as_asked_and_its_token_is_never_printed() {
     let (port, asked) = bearer_registry(TOKEN, Some("http://tokens.example.invalid/token"));
     let repository = Repository::parse(&format!("127.0.0.1:{port}/app")).unwrap();
     let login = Credential::new(format!("127.0.0.1:{port}"), "someone", Secret::new("a-password-for-no-one"));
-    let registry = Registry::new(&repository, Some(&login), Duration::from_secs(5));
+    let registry = Registry::new(&repository, Some(&login), Duration::from_secs(5)).unwrap();
     let error = crate::platform::runtime().block_on(registry.authorize(Access::Pull)).expect_err("a plain-HTTP realm");
     assert!(error.to_string().contains("the token server is plain HTTP"), "{error}");
     assert!(asked.lock().unwrap().is_empty());
