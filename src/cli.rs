@@ -86,6 +86,11 @@ pub struct IdleStopArgs {
     #[arg(long, default_value = "/var/run/docker.sock", value_name = "PATH")]
     pub socket: Vec<std::path::PathBuf>,
 
+    /// A process whose connections to the daemon's socket do not count, by its name as `ps -o comm`
+    /// shows it (repeatable): a monitoring agent that holds the socket open
+    #[arg(long, value_name = "NAME")]
+    pub ignore_client: Vec<String>,
+
     /// Where the time a client was last seen is kept (with the boot's id: a boot starts the clock again)
     #[arg(long, default_value = "/run/agent/idle-stop", value_name = "PATH")]
     pub state: std::path::PathBuf,

@@ -3,10 +3,12 @@
 //! no AWS permission) once the host has been idle for the given time, and never while a build runs.
 //!
 //! Idle means no client: no established TCP connection to the sshd's port(s) and no connection to
-//! the daemon's socket. Every build has one for its whole length — the agent's SSH connection, the
+//! the daemon's socket but from a process of `--ignore-client` (a monitoring agent that holds the
+//! socket open). Every build has one for its whole length — the agent's SSH connection, the
 //! docker CLI's `ssh` or its socket connection — since BuildKit and the classic builder both cancel
 //! a build whose client goes away; so a host with no client for 30 minutes has run no build for 30
-//! minutes. The connections are read from the kernel's tables (`/proc/net/tcp`, `tcp6`, `unix`),
+//! minutes. The connections are read from the kernel's tables (`/proc/net/tcp`, `tcp6`; the socket's
+//! through sock_diag, which also says which process holds each client's end: [`crate::host::sock_diag`]),
 //! asking nothing of the daemon (which may be the thing that hangs).
 //!
 //! Each look is one run of `agent host idle-stop`: when anything is connected, the time is written to the
@@ -23,27 +25,74 @@ use crate::error::Error;
 pub struct Clients {
     /// Established TCP connections to one of the watched local ports (sshd's).
     pub ssh: usize,
-    /// Connections to the daemon's socket.
-    pub daemon: usize,
+    /// Connections to the daemon's socket, each with the process at its other end when known.
+    pub daemon: Vec<SocketClient>,
+    /// Connections to the daemon's socket from a process of `--ignore-client`: not counted.
+    pub ignored: Vec<SocketClient>,
+}
+
+/// The client end of a connection to the daemon's socket: the process that holds it (its pid and
+/// name), when the kernel's tables say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketClient {
+    pub process: Option<(u32, String)>,
+}
+
+impl std::fmt::Display for SocketClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.process {
+            Some((pid, name)) => write!(f, "{} (pid {pid})", crate::output::escape_controls(name)),
+            None => f.write_str("a process not known"),
+        }
+    }
 }
 
 impl Clients {
     pub fn any(&self) -> bool {
-        self.ssh + self.daemon > 0
+        self.ssh + self.daemon.len() > 0
     }
 
     pub fn describe(&self) -> String {
         let plural = |count: usize, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
-        format!(
+        let mut text = format!(
             "{}, {}",
             plural(self.ssh, "SSH connection", "SSH connections"),
-            plural(self.daemon, "client of the daemon's socket", "clients of the daemon's socket")
-        )
+            plural(self.daemon.len(), "client of the daemon's socket", "clients of the daemon's socket")
+        );
+        if !self.daemon.is_empty() {
+            text.push_str(&format!(" ({})", list(&self.daemon)));
+        }
+        text
     }
 }
 
-/// The connections to the watched ports and sockets, as the kernel lists them.
-pub fn clients(ports: &[u16], sockets: &[PathBuf]) -> Result<Clients, Error> {
+/// `a (pid 1), b (pid 2) ×3`: each process once, with its number of connections when more than one.
+pub fn list(clients: &[SocketClient]) -> String {
+    let mut counted: Vec<(&SocketClient, usize)> = Vec::new();
+    for client in clients {
+        match counted.iter_mut().find(|(seen, _)| *seen == client) {
+            Some((_, count)) => *count += 1,
+            None => counted.push((client, 1)),
+        }
+    }
+    let shown = counted.iter().map(|(client, count)| match count {
+        1 => client.to_string(),
+        count => format!("{client} ×{count}"),
+    });
+    shown.collect::<Vec<_>>().join(", ")
+}
+
+/// Whether a process named `name` (`/proc/PID/comm`: at most 15 bytes, longer names cut) is one of
+/// `ignored` (as given: a longer name matches its first 15 bytes).
+fn is_ignored(name: &str, ignored: &[String]) -> bool {
+    ignored.iter().any(|each| {
+        each == name || (name.len() == 15 && each.len() > 15 && each.as_bytes().starts_with(name.as_bytes()))
+    })
+}
+
+/// The connections to the watched ports and sockets, as the kernel lists them; connections to a
+/// socket from a process named in `ignored` are listed apart.
+pub fn clients(ports: &[u16], sockets: &[PathBuf], ignored: &[String]) -> Result<Clients, Error> {
     let mut found = Clients::default();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         match std::fs::read_to_string(table) {
@@ -55,13 +104,6 @@ pub fn clients(ports: &[u16], sockets: &[PathBuf]) -> Result<Clients, Error> {
             }
         }
     }
-    let table = "/proc/net/unix";
-    let text = std::fs::read_to_string(table).map_err(|source| Error::LocalFile {
-        action: "read",
-        path: PathBuf::from(table),
-        source,
-        hint: None,
-    })?;
     // The socket as bound: `/var/run/docker.sock` is `/run/docker.sock` through the usual symlink.
     let mut names: Vec<PathBuf> = Vec::new();
     for socket in sockets {
@@ -70,7 +112,34 @@ pub fn clients(ports: &[u16], sockets: &[PathBuf]) -> Result<Clients, Error> {
             names.push(real);
         }
     }
-    found.daemon = connected_to(&text, &names);
+    // Who is at the other end: the kernel's sock_diag, then /proc/PID/fd. Without sock_diag (a
+    // kernel without unix_diag), /proc/net/unix counts the connections, their processes unknown.
+    let connections = match crate::host::sock_diag::connections(&names) {
+        Ok(connections) => connections,
+        Err(error) => {
+            tracing::debug!("sock_diag: {error}; counting the daemon's socket's clients in /proc/net/unix");
+            let table = "/proc/net/unix";
+            let text = std::fs::read_to_string(table).map_err(|source| Error::LocalFile {
+                action: "read",
+                path: PathBuf::from(table),
+                source,
+                hint: None,
+            })?;
+            let count = connected_to(&text, &names);
+            found.daemon = vec![SocketClient { process: None }; count];
+            return Ok(found);
+        }
+    };
+    let peers: Vec<u32> = connections.iter().filter_map(|connection| connection.peer).collect();
+    let owners = crate::host::sock_diag::owners(&peers);
+    for connection in connections {
+        let process = connection.peer.and_then(|peer| owners.get(&peer).cloned());
+        let client = SocketClient { process };
+        match &client.process {
+            Some((_, name)) if is_ignored(name, ignored) => found.ignored.push(client),
+            _ => found.daemon.push(client),
+        }
+    }
     Ok(found)
 }
 
@@ -145,17 +214,15 @@ pub enum Verdict {
     Due(Duration),
 }
 
-/// One look: reads the connections and the state file, and writes the state file unless `dry`.
-pub fn look(ports: &[u16], sockets: &[PathBuf], state: &Path, after: Duration, dry: bool) -> Result<Verdict, Error> {
-    let boot = boot_id();
-    let clients = clients(ports, sockets)?;
+/// One look at `clients` (what is connected now): reads the state file, and writes it unless `dry`.
+pub fn look(clients: Clients, boot: &str, state: &Path, after: Duration, dry: bool) -> Result<Verdict, Error> {
     let now = now();
-    let write = |seen| if dry { Ok(()) } else { write_state(state, &boot, seen) };
+    let write = |seen| if dry { Ok(()) } else { write_state(state, boot, seen) };
     if clients.any() {
         write(now)?;
         return Ok(Verdict::Busy(clients));
     }
-    let Some(seen) = read_state(state, &boot) else {
+    let Some(seen) = read_state(state, boot) else {
         // The first look of this boot: the idle clock starts now.
         write(now)?;
         return Ok(Verdict::Idle(Duration::ZERO));
@@ -167,7 +234,12 @@ pub fn look(ports: &[u16], sockets: &[PathBuf], state: &Path, after: Duration, d
 /// Carries out `agent host idle-stop`.
 pub fn run(args: &crate::cli::IdleStopArgs) -> Result<(), Error> {
     let after = args.after;
-    let verdict = look(&args.port, &args.socket, &args.state, after, args.dry)?;
+    let boot = boot_id();
+    let now_connected = clients(&args.port, &args.socket, &args.ignore_client)?;
+    if !now_connected.ignored.is_empty() {
+        tracing::info!("not counted (--ignore-client): {}", list(&now_connected.ignored));
+    }
+    let verdict = look(now_connected, &boot, &args.state, after, args.dry)?;
     // Whole seconds: `12m 3s`, not `12m 3s 412ms`.
     let shown = |duration: Duration| humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string();
     match verdict {
@@ -190,14 +262,14 @@ pub fn run(args: &crate::cli::IdleStopArgs) -> Result<(), Error> {
                 return Ok(());
             }
             // A client that came in since the look keeps the host: looked at once more, right before.
-            let clients = clients(&args.port, &args.socket)?;
+            let clients = clients(&args.port, &args.socket, &args.ignore_client)?;
             if clients.any() {
-                write_state(&args.state, &boot_id(), now())?;
+                write_state(&args.state, &boot, now())?;
                 tracing::info!("busy after all: {}; the idle clock starts again", clients.describe());
                 return Ok(());
             }
             // Run once per idle period: the clock starts again from now, whatever the command does.
-            write_state(&args.state, &boot_id(), now())?;
+            write_state(&args.state, &boot, now())?;
             tracing::warn!("idle for {} (at least {}): running {:?}", shown(idle), shown(after), args.command);
             let status =
                 std::process::Command::new("/bin/sh").arg("-c").arg(&args.command).status().map_err(|source| {
@@ -246,6 +318,22 @@ mod tests {
     fn connected_sockets_bound_to_the_daemons_socket_count_and_its_listener_does_not() {
         assert_eq!(connected_to(UNIX, &[PathBuf::from("/run/docker.sock")]), 1);
         assert_eq!(connected_to(UNIX, &[PathBuf::from("/var/run/docker.sock")]), 0);
+    }
+
+    #[test]
+    fn clients_are_listed_once_per_process() {
+        let client = |pid: u32, name: &str| SocketClient { process: Some((pid, name.to_string())) };
+        let clients = [client(7, "agent"), client(9, "docker"), client(7, "agent"), SocketClient { process: None }];
+        assert_eq!(list(&clients), "agent (pid 7) ×2, docker (pid 9), a process not known");
+    }
+
+    #[test]
+    fn an_ignored_name_matches_as_comm_cuts_it() {
+        let ignored = ["datadog-agent".to_string(), "cloudwatch-agent-ctl".to_string()];
+        assert!(is_ignored("datadog-agent", &ignored));
+        assert!(!is_ignored("datadog", &ignored));
+        assert!(is_ignored("cloudwatch-agen", &ignored), "comm keeps 15 bytes");
+        assert!(!is_ignored("sshd", &ignored));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! [`idle`] stops the host once no client has been connected for a while.
 
 pub mod idle;
+pub mod sock_diag;
 
 use std::time::Duration;
 

@@ -155,3 +155,45 @@ fn the_example_units_pass_systemd_analyze_verify() {
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
     assert!(verified.stderr.is_empty(), "{}", String::from_utf8_lossy(&verified.stderr));
 }
+
+/// A monitoring agent that holds the daemon's socket open would keep the host up for ever: the
+/// look names the process at the other end of each connection (sock_diag, /proc/PID/fd), and
+/// `--ignore-client NAME` leaves that process's connections out, so the host goes idle beside it.
+#[test]
+fn a_client_is_named_by_its_process_and_an_ignored_one_does_not_keep_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let port = free_port();
+    // A client of its own process, named as monitoring agents are: python3 holding the connection.
+    let mut monitor = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(60)")
+        .arg(&socket)
+        .spawn()
+        .expect("python3");
+    let (_accepted, _) = listener.accept().unwrap();
+    let pid = monitor.id();
+
+    let busy = look(dir.path(), "1s", port, &socket);
+    busy.expect_code(0);
+    let named = format!("busy: 0 SSH connections, 1 client of the daemon's socket (python3 (pid {pid}))");
+    assert!(busy.stderr.contains(&named), "{}", busy.stderr);
+
+    let ignoring = |dir: &Path| {
+        Agent::new()
+            .args(["host", "idle-stop", "--after", "1s", "--port", &port.to_string(), "--ignore-client", "python3"])
+            .args(["--socket", socket.to_str().unwrap(), "--state", dir.join("state").to_str().unwrap()])
+            .args(["--command", &format!("echo ran >> {}", dir.join("ran").display())])
+            .run()
+    };
+    let idle = ignoring(dir.path());
+    idle.expect_code(0);
+    assert!(idle.stderr.contains(&format!("not counted (--ignore-client): python3 (pid {pid})")), "{}", idle.stderr);
+    assert!(idle.stderr.contains("idle for 0s of 1s"), "{}", idle.stderr);
+    std::thread::sleep(Duration::from_millis(1100));
+    ignoring(dir.path()).expect_code(0);
+    assert_eq!(ran(dir.path()), 1, "stopped beside the ignored client");
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+}
