@@ -397,11 +397,12 @@ pub enum Mode {
 pub async fn execute(plan: &Plan, mode: Mode, runner: &mut impl StepRunner) -> Result<()> {
     if mode == Mode::Dry {
         crate::output::print(&render(plan));
-        // The rehearsal fails as the run would on a .dockerignore no Docker reads (the plan says
-        // why beside the context too).
+        // The rehearsal fails as the run would on a context it cannot send (a file it may not read,
+        // a .dockerignore no Docker reads): the plan says why beside the context, and so does the
+        // error. (A second walk of the context, in a dry run only.)
         for step in &plan.steps {
             if let Step::Build { build, .. } = step {
-                crate::image::context::read_dockerignore(&build.spec.context)?;
+                crate::image::context::Context::scan(&build.spec.context, &build.spec.dockerfile)?;
             }
         }
         return Ok(());
