@@ -97,7 +97,9 @@ pub async fn resolve_ssm(
         for parameter in output.parameters() {
             if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
                 let secure = parameter.r#type() == Some(&aws_sdk_ssm::types::ParameterType::SecureString);
-                if secure {
+                // The word that asks for EC2 Instance Connect is no secret, wherever it is kept:
+                // masked, it would hide itself in the messages about it ("is ec2-instance-connect, but…").
+                if secure && value.trim() != crate::ssh::key::INSTANCE_CONNECT {
                     crate::secrets::redactor().register(value);
                 }
                 values.insert(SsmRef { name: name.to_string() }, Parameter { value: value.to_string(), secure });

@@ -210,15 +210,18 @@ fn ec2_instance_connect_for_a_host_that_is_not_an_instance_is_a_config_error() {
         .run();
     dry.expect_code(3);
     assert!(dry.stderr.contains("JETS_SSH_KEY: is ec2-instance-connect, but ssh://"), "{}", dry.stderr);
-    let parameter = format!("/{}/key", unique("eic"));
-    crate::logins::put_parameter(world, &parameter, "ec2-instance-connect", false);
-    let resolved = crate::logins::with_aws(world)
-        .env("DOCKER_HOST", world.ssh_url())
-        .env("JETS_SSH_KEY", format!("SSM:{parameter}"))
-        .args(["run", "--check", "--image", "app"])
-        .run();
-    resolved.expect_code(3);
-    assert!(resolved.stderr.contains("is ec2-instance-connect, but ssh://"), "{}", resolved.stderr);
+    // A String or a SecureString parameter alike: the word is no secret, and is not masked.
+    for secure in [false, true] {
+        let parameter = format!("/{}/key", unique("eic"));
+        crate::logins::put_parameter(world, &parameter, "ec2-instance-connect", secure);
+        let resolved = crate::logins::with_aws(world)
+            .env("DOCKER_HOST", world.ssh_url())
+            .env("JETS_SSH_KEY", format!("SSM:{parameter}"))
+            .args(["run", "--check", "--image", "app"])
+            .run();
+        resolved.expect_code(3);
+        assert!(resolved.stderr.contains("is ec2-instance-connect, but ssh://"), "{}", resolved.stderr);
+    }
 }
 
 /// The plan says the key is made for the run, pushed before connecting, and not written.
