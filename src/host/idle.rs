@@ -117,7 +117,15 @@ pub fn clients(ports: &[u16], sockets: &[PathBuf], ignored: &[String]) -> Result
     let connections = match crate::host::sock_diag::connections(&names) {
         Ok(connections) => connections,
         Err(error) => {
-            tracing::debug!("sock_diag: {error}; counting the daemon's socket's clients in /proc/net/unix");
+            let why = format!("the kernel's sock_diag for Unix sockets answered {error}");
+            if ignored.is_empty() {
+                tracing::debug!("{why}; counting the daemon's socket's clients in /proc/net/unix");
+            } else {
+                tracing::warn!(
+                    "{why}: the processes behind the daemon's socket's clients are not known, so --ignore-client \
+                     leaves none out (load the unix_diag module: modprobe unix_diag)"
+                );
+            }
             let table = "/proc/net/unix";
             let text = std::fs::read_to_string(table).map_err(|source| Error::LocalFile {
                 action: "read",
