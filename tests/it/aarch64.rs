@@ -81,6 +81,30 @@ fn aarch64_binary_prints_its_version_under_qemu() {
     assert_eq!(text(&run.stdout).trim(), format!("agent {VERSION}"), "a stale aarch64 binary: {NOT_BUILT}");
 }
 
+/// QEMU's user mode has no NETLINK_SOCK_DIAG: `agent host idle-stop` counts the daemon's socket's
+/// clients from /proc/net/unix instead, and says that --ignore-client can leave none out.
+#[test]
+fn aarch64_binary_counts_socket_clients_without_sock_diag_under_qemu() {
+    assert_this_machine_is_not_arm64();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let _client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let (_accepted, _) = listener.accept().unwrap();
+    let state = dir.path().join("state");
+    let run = output(
+        Command::new(aarch64_binary())
+            .args(["host", "idle-stop", "--after", "1m", "--dry", "--ignore-client", "monitor", "--socket"])
+            .arg(&socket)
+            .arg("--state")
+            .arg(&state),
+    );
+    let stderr = text(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("1 client of the daemon's socket (a process not known)"), "{stderr}");
+    assert!(stderr.contains("--ignore-client leaves none out"), "{stderr}");
+}
+
 #[test]
 fn aarch64_binary_rehearses_a_jets_style_run_under_qemu_without_showing_the_key() {
     assert_this_machine_is_not_arm64();
