@@ -16,10 +16,16 @@ use crate::world::World;
 /// One look: `agent host idle-stop` watching `port` and `socket`, its state in `dir`, its command
 /// appending a line to `dir/ran`.
 fn look(dir: &Path, after: &str, port: u16, socket: &Path) -> Outcome {
+    look_with(dir, after, port, socket, &[])
+}
+
+/// [`look`] with more flags.
+fn look_with(dir: &Path, after: &str, port: u16, socket: &Path, more: &[&str]) -> Outcome {
     Agent::new()
         .args(["host", "idle-stop", "--after", after, "--port", &port.to_string()])
         .args(["--socket", socket.to_str().unwrap(), "--state", dir.join("state").to_str().unwrap()])
         .args(["--command", &format!("echo ran >> {}", dir.join("ran").display())])
+        .args(more)
         .run()
 }
 
@@ -180,13 +186,7 @@ fn a_client_is_named_by_its_process_and_an_ignored_one_does_not_keep_the_host() 
     let named = format!("busy: 0 SSH connections, 1 client of the daemon's socket (python3 (pid {pid}))");
     assert!(busy.stderr.contains(&named), "{}", busy.stderr);
 
-    let ignoring = |dir: &Path| {
-        Agent::new()
-            .args(["host", "idle-stop", "--after", "1s", "--port", &port.to_string(), "--ignore-client", "python3"])
-            .args(["--socket", socket.to_str().unwrap(), "--state", dir.join("state").to_str().unwrap()])
-            .args(["--command", &format!("echo ran >> {}", dir.join("ran").display())])
-            .run()
-    };
+    let ignoring = |dir: &Path| look_with(dir, "1s", port, &socket, &["--ignore-client", "python3"]);
     let idle = ignoring(dir.path());
     idle.expect_code(0);
     assert!(idle.stderr.contains(&format!("not counted (--ignore-client): python3 (pid {pid})")), "{}", idle.stderr);
