@@ -85,9 +85,10 @@ pub enum ApiError {
     /// The token server (a bearer challenge's realm) answered with an error.
     #[error("the token server {url} answered {status}{}", message_part(.message))]
     TokenRefused { url: String, status: StatusCode, message: String },
-    /// A 429 that outlasted the rate limit's patience, or asked for a longer wait than it allows.
+    /// A 429 that outlasted the rate limit's patience, asked for a longer wait than it allows, or
+    /// is a pull quota (`quota`: not waited for).
     #[error("{url} answered 429 Too Many Requests{}", message_part(.message))]
-    RateLimited { url: String, message: String, waited: Duration, asked: Option<Duration> },
+    RateLimited { url: String, message: String, waited: Duration, asked: Option<Duration>, quota: bool },
     /// An answer the agent cannot use: too large, not JSON, not what its digest says, a challenge
     /// it cannot answer.
     #[error("{url}: {message}")]
@@ -120,8 +121,11 @@ impl ApiError {
     /// How long the agent waited for a rate limit before giving up, and why it stopped: the words
     /// that follow "during …" in the run's error.
     pub fn patience_spent(&self) -> Option<String> {
-        let ApiError::RateLimited { waited, asked, .. } = self else { return None };
+        let ApiError::RateLimited { waited, asked, quota, .. } = self else { return None };
         let patience = rate_limit::PATIENCE.as_secs();
+        if *quota {
+            return Some("a pull quota, which lifts in hours, not seconds: not retried".to_string());
+        }
         Some(match asked {
             Some(asked) if *waited + *asked > rate_limit::PATIENCE => format!(
                 "{}its Retry-After asked for {}s more, longer than the agent waits ({patience}s)",
@@ -505,12 +509,13 @@ impl Registry {
         error: ApiError,
     ) -> Result<(), ApiError> {
         let waited = backoff.waited();
-        let Some(wait) = backoff.next_wait(asked) else {
-            let (url, message) = match error {
-                ApiError::Refused { url, message, .. } => (url, message),
-                other => (String::new(), other.to_string()),
-            };
-            return Err(ApiError::RateLimited { url, message, waited, asked });
+        let (url, message) = match error {
+            ApiError::Refused { url, message, .. } => (url, message),
+            other => (String::new(), other.to_string()),
+        };
+        let quota = asked.is_none() && rate_limit::is_pull_quota(&message);
+        let Some(wait) = backoff.next_wait(asked).filter(|_| !quota) else {
+            return Err(ApiError::RateLimited { url, message, waited, asked, quota });
         };
         let why = if asked.is_some() { ", as its Retry-After asks" } else { "" };
         tracing::warn!(
@@ -681,6 +686,7 @@ mod tests {
             message: String::new(),
             waited: Duration::from_secs(waited),
             asked: asked.map(Duration::from_secs),
+            quota: false,
         };
         assert_eq!(limited(30, None).patience_spent().unwrap(), "after 30s of retries");
         assert_eq!(
@@ -691,6 +697,14 @@ mod tests {
             limited(3, Some(40)).patience_spent().unwrap(),
             "after 3s of retries, its Retry-After asked for 40s more, longer than the agent waits (30s)"
         );
+        let quota = ApiError::RateLimited {
+            url: String::new(),
+            message: String::new(),
+            waited: Duration::ZERO,
+            asked: None,
+            quota: true,
+        };
+        assert_eq!(quota.patience_spent().unwrap(), "a pull quota, which lifts in hours, not seconds: not retried");
     }
 
     #[test]

@@ -245,6 +245,7 @@ mod tests {
             message: "TOOMANYREQUESTS: slow down".to_string(),
             waited: crate::registry::rate_limit::PATIENCE,
             asked: None,
+            quota: false,
         };
         let error = push_error(&hub, "v1", "pushing the image index".to_string(), limited);
         assert_eq!(error.exit_code(), crate::error::exit::RATE_LIMITED);

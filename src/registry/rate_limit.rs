@@ -7,7 +7,8 @@
 //! [`FIRST_WAIT`], so that a `0` does not make a busy loop); a registry that asks for more than the
 //! patience has left is not waited for at all: the run fails at once and says so. Without one —
 //! and for the daemon's pushes, whose errors are text and relay no header — the waits double from
-//! [`FIRST_WAIT`], each at most [`LONGEST_WAIT`]. Either way [`PATIENCE`] in all.
+//! [`FIRST_WAIT`], each at most [`LONGEST_WAIT`]. Either way [`PATIENCE`] in all. Docker Hub's pull
+//! quota without a `Retry-After` is not waited for at all ([`is_pull_quota`]).
 
 use std::time::Duration;
 
@@ -23,6 +24,13 @@ pub const FIRST_WAIT: Duration = Duration::from_secs(1);
 
 /// The longest single wait, so that [`PATIENCE`] holds several attempts (1, 2, 4, 8, 15 s).
 pub const LONGEST_WAIT: Duration = Duration::from_secs(15);
+
+/// Whether a 429's message is Docker Hub's pull quota ("You have reached your pull rate limit"):
+/// a limit per hours of pulls, which no wait the agent can afford lifts. Without a `Retry-After`
+/// such an answer is not waited for: the comparison pushes at once, the cache line does without.
+pub fn is_pull_quota(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("pull rate limit")
+}
 
 /// The waits between the attempts of one call that a registry answers with 429.
 #[derive(Debug)]
@@ -71,6 +79,12 @@ mod tests {
         let waits: Vec<u64> = std::iter::from_fn(|| backoff.next_wait(None)).map(|wait| wait.as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 15]);
         assert_eq!(backoff.waited(), PATIENCE);
+    }
+
+    #[test]
+    fn docker_hubs_pull_quota_is_told_from_a_throttle() {
+        assert!(is_pull_quota("TOOMANYREQUESTS: You have reached your pull rate limit. You may increase the limit"));
+        assert!(!is_pull_quota("TOOMANYREQUESTS: Rate exceeded"));
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub async fn registry_images(
 /// is said plainly (the pushes may well pass: Docker Hub counts manifest reads as pulls, not pushes).
 fn registry_failure(error: &ApiError) -> String {
     match error.patience_spent() {
-        Some(spent) => format!("rate-limited: the registry still answered 429 Too Many Requests ({spent})"),
+        Some(spent) => format!("rate-limited: the registry answered 429 Too Many Requests ({spent})"),
         None => error.to_string(),
     }
 }

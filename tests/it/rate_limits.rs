@@ -272,6 +272,35 @@ fn the_comparison_answered_429_waits_as_retry_after_asks_and_keeps_the_unchanged
     assert!(!second.stderr.contains("pushed sha256:"), "{}", second.stderr);
 }
 
+/// Docker Hub's pull quota (its body, no `Retry-After`) lifts in hours: the comparison asks once,
+/// is not retried, and the tags are pushed at once (a push does not count against the quota).
+#[test]
+fn the_comparison_does_not_wait_for_a_pull_quota_and_the_tags_are_pushed() {
+    let world = World::shared();
+    let engine = world.engine("20.10");
+    let _cache = engine.cache_lock(false);
+    let ecr = RateLimitedRegistry::in_front_of(port_of(&world.ecr_registry), manifest_read);
+    let repository = unique("rate-limited-quota");
+    let work = tempfile::tempdir().unwrap();
+    let app = app(work.path(), "scratch", &repository);
+    let agent = || {
+        full_run(world, &repository)
+            .env("ECR_REGISTRY", ecr.host())
+            .env("REPOSITORY_URI", format!("{}/{repository}", ecr.host()))
+    };
+    run_on(&engine, agent(), &app, &["-t", "latest"]).expect_code(0);
+
+    ecr.limit(usize::MAX);
+    let second = run_on(&engine, agent(), &app, &["-t", "latest"]);
+    second.expect_code(0);
+    assert_eq!(ecr.answered(), 1, "asked once: {}", second.stderr);
+    assert!(!second.stderr.contains("retrying in"), "{}", second.stderr);
+    let said = "rate-limited: the registry answered 429 Too Many Requests (a pull quota, which lifts in hours, \
+                not seconds: not retried)";
+    assert!(second.stderr.contains(said), "{}", second.stderr);
+    assert!(second.stderr.contains("pushed sha256:"), "{}", second.stderr);
+}
+
 /// Whether a request puts a manifest: the image index's push.
 fn manifest_put(method: &str, path: &str) -> bool {
     method == "PUT" && path.contains("/manifests/")
