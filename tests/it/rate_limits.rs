@@ -234,16 +234,15 @@ fn manifest_read(method: &str, path: &str) -> bool {
     method == "GET" && path.contains("/manifests/")
 }
 
-/// The agent's own registry call, the comparison before the pushes, answered 429 twice with
-/// `Retry-After: 3` in front of the ECR stand-in: it waits as asked (not its own 1 s, then 2 s),
-/// finds the registry's image the same and keeps it, and nothing is pushed.
-#[test]
-fn the_comparison_answered_429_waits_as_retry_after_asks_and_keeps_the_unchanged_image() {
+/// The comparison before the pushes, in front of the ECR stand-in: a first run pushes the app
+/// (`name` makes its repository), then `limit` sets the stand-in's 429s for the manifest reads and
+/// the same app runs again. Returns the second run and the stand-in.
+fn compare_again_rate_limited(name: &str, limit: impl FnOnce(&RateLimitedRegistry)) -> (Outcome, RateLimitedRegistry) {
     let world = World::shared();
     let engine = world.engine("20.10");
     let _cache = engine.cache_lock(false);
     let ecr = RateLimitedRegistry::in_front_of(port_of(&world.ecr_registry), manifest_read);
-    let repository = unique("rate-limited-compare");
+    let repository = unique(name);
     let work = tempfile::tempdir().unwrap();
     let app = app(work.path(), "scratch", &repository);
     let agent = || {
@@ -255,10 +254,21 @@ fn the_comparison_answered_429_waits_as_retry_after_asks_and_keeps_the_unchanged
     first.expect_code(0);
     assert_eq!(world.ecr_tags(&repository), ["latest"], "{}", first.stderr);
 
-    ecr.retry_after("3");
-    ecr.limit(2);
+    limit(&ecr);
     let second = run_on(&engine, agent(), &app, &["-t", "latest"]);
     second.expect_code(0);
+    (second, ecr)
+}
+
+/// The agent's own registry call, the comparison before the pushes, answered 429 twice with
+/// `Retry-After: 3` in front of the ECR stand-in: it waits as asked (not its own 1 s, then 2 s),
+/// finds the registry's image the same and keeps it, and nothing is pushed.
+#[test]
+fn the_comparison_answered_429_waits_as_retry_after_asks_and_keeps_the_unchanged_image() {
+    let (second, ecr) = compare_again_rate_limited("rate-limited-compare", |ecr| {
+        ecr.retry_after("3");
+        ecr.limit(2);
+    });
     assert_eq!(ecr.answered(), 2, "{}", second.stderr);
     let retried = format!(
         "{} answered a tag's read with 429 Too Many Requests (rate-limited); retrying in 3s, as its Retry-After asks",
@@ -276,23 +286,7 @@ fn the_comparison_answered_429_waits_as_retry_after_asks_and_keeps_the_unchanged
 /// is not retried, and the tags are pushed at once (a push does not count against the quota).
 #[test]
 fn the_comparison_does_not_wait_for_a_pull_quota_and_the_tags_are_pushed() {
-    let world = World::shared();
-    let engine = world.engine("20.10");
-    let _cache = engine.cache_lock(false);
-    let ecr = RateLimitedRegistry::in_front_of(port_of(&world.ecr_registry), manifest_read);
-    let repository = unique("rate-limited-quota");
-    let work = tempfile::tempdir().unwrap();
-    let app = app(work.path(), "scratch", &repository);
-    let agent = || {
-        full_run(world, &repository)
-            .env("ECR_REGISTRY", ecr.host())
-            .env("REPOSITORY_URI", format!("{}/{repository}", ecr.host()))
-    };
-    run_on(&engine, agent(), &app, &["-t", "latest"]).expect_code(0);
-
-    ecr.limit(usize::MAX);
-    let second = run_on(&engine, agent(), &app, &["-t", "latest"]);
-    second.expect_code(0);
+    let (second, ecr) = compare_again_rate_limited("rate-limited-quota", |ecr| ecr.limit(usize::MAX));
     assert_eq!(ecr.answered(), 1, "asked once: {}", second.stderr);
     assert!(!second.stderr.contains("retrying in"), "{}", second.stderr);
     let said = "rate-limited: the registry answered 429 Too Many Requests (a pull quota, which lifts in hours, \
