@@ -514,7 +514,8 @@ impl Registry {
             other => (String::new(), other.to_string()),
         };
         let quota = asked.is_none() && rate_limit::is_pull_quota(&message);
-        let Some(wait) = backoff.next_wait(asked).filter(|_| !quota) else {
+        let next = if quota { None } else { backoff.next_wait(asked) };
+        let Some(wait) = next else {
             return Err(ApiError::RateLimited { url, message, waited, asked, quota });
         };
         let why = if asked.is_some() { ", as its Retry-After asks" } else { "" };
